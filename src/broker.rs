@@ -1,0 +1,856 @@
+//! The broker: the topology registry and the publish path.
+//!
+//! Publishers read two maps (exchanges by name, queues by name), each an
+//! immutable snapshot behind an `ArcSwap`, and each exchange's routing table,
+//! also behind an `ArcSwap`: routing takes no lock at all. Topology changes
+//! (declare, bind, delete) serialise on the registry mutex, build new
+//! snapshots and swap them in.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+
+use arc_swap::ArcSwap;
+
+use crate::connection::Connection;
+use crate::error::{BindError, DeclareError, DeleteError, PublishError};
+use crate::exchange::headers::HeadersMatcher;
+use crate::exchange::{
+    BindingInfo, Dest, Exchange, ExchangeKind, ExchangeOptions, Routes, compile_arguments,
+};
+use crate::field::FieldTable;
+use crate::message::Message;
+use crate::queue::{Envelope, Queue, QueueOptions, QueueStats};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
+
+/// The longest name (of a queue or exchange) or routing key, in bytes: AMQP's short string.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Broker-wide settings.
+///
+/// ```
+/// use interoffice::{Broker, BrokerOptions};
+/// let broker = Broker::with_options(BrokerOptions { max_message_size: 1 << 20, ..Default::default() });
+/// # drop(broker);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerOptions {
+    /// The largest message body accepted, in bytes (RabbitMQ's
+    /// `max_message_size`, 128 MiB by default).
+    pub max_message_size: usize,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions { max_message_size: 128 << 20 }
+    }
+}
+
+/// Options of [`Connection::publish_with`](crate::Connection::publish_with).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Fail with [`PublishError::Unroutable`], handing the message back, if it
+    /// reaches no queue (AMQP's basic.return). Without it an unroutable
+    /// message is dropped and [`Routed::queues`] is 0.
+    pub mandatory: bool,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a message that reached no queue was dropped"]
+pub struct Routed {
+    queues: usize,
+}
+
+impl Routed {
+    /// How many queues the message was enqueued in.
+    pub fn queues(&self) -> usize {
+        self.queues
+    }
+
+    /// Whether it reached at least one queue.
+    pub fn is_routed(&self) -> bool {
+        self.queues > 0
+    }
+}
+
+/// The in-process broker: a cheap, cloneable handle (`Clone + Send + Sync`).
+///
+/// A broker starts with the default exchange `""` and `amq.direct`,
+/// `amq.fanout`, `amq.topic`, `amq.headers` and `amq.match`. Everything else
+/// is done through a [`Connection`].
+///
+/// ```
+/// use interoffice::{Broker, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable, Message, QueueOptions};
+/// let broker = Broker::new();
+/// let conn = broker.connect();
+/// conn.declare_exchange("orders", ExchangeKind::Topic, ExchangeOptions::default())?;
+/// conn.declare_queue("billing", QueueOptions::default())?;
+/// conn.bind_queue("billing", "orders", "order.*.created", FieldTable::new())?;
+/// let routed = conn.publish("orders", "order.eu.created", Message::new("42"))?;
+/// assert_eq!(routed.queues(), 1);
+/// let consumer = conn.consume("billing", ConsumeOptions::default())?;
+/// let delivery = consumer.recv()?;
+/// assert_eq!(delivery.routing_key(), "order.eu.created");
+/// delivery.ack()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Broker {
+    pub(crate) inner: Arc<BrokerInner>,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker::new()
+    }
+}
+
+impl Broker {
+    /// A broker with default options.
+    pub fn new() -> Self {
+        Broker::with_options(BrokerOptions::default())
+    }
+
+    /// A broker with `options`.
+    pub fn with_options(options: BrokerOptions) -> Self {
+        let inner = BrokerInner {
+            exchanges: ArcSwap::from_pointee(HashMap::new()),
+            queues: ArcSwap::from_pointee(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            name_seed: std::collections::hash_map::RandomState::new(),
+            vhost: "/".into(),
+            options,
+        };
+        {
+            let mut registry = inner.registry.lock();
+            let mut map = HashMap::new();
+            for (name, kind) in [
+                ("", ExchangeKind::Direct),
+                ("amq.direct", ExchangeKind::Direct),
+                ("amq.fanout", ExchangeKind::Fanout),
+                ("amq.topic", ExchangeKind::Topic),
+                ("amq.headers", ExchangeKind::Headers),
+                ("amq.match", ExchangeKind::Headers),
+            ] {
+                let options = ExchangeOptions { durable: true, ..Default::default() };
+                let exchange = Exchange::new(name.into(), inner.id(), kind, options);
+                map.insert(Arc::clone(&exchange.name), Arc::new(exchange));
+            }
+            inner.exchanges.store(Arc::new(map));
+            registry.binding_count.clear();
+        }
+        Broker { inner: Arc::new(inner) }
+    }
+
+    /// Opens a connection: a client's handle for declaring, publishing and
+    /// consuming. Dropping it closes it.
+    pub fn connect(&self) -> Connection {
+        Connection::open(self.clone(), None)
+    }
+
+    /// Opens a connection with a name, shown in its `Debug` output.
+    pub fn connect_named(&self, name: impl Into<String>) -> Connection {
+        Connection::open(self.clone(), Some(name.into()))
+    }
+
+    /// Counts for queue `name`, or `None` if there is no such queue.
+    pub fn queue_stats(&self, name: &str) -> Option<QueueStats> {
+        self.inner.queues.load().get(name).map(|q| q.stats())
+    }
+
+    /// The names of all queues, sorted.
+    pub fn queue_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.queues.load().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// The names of all exchanges (including `""` and `amq.*`), sorted.
+    pub fn exchange_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.exchanges.load().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// Every binding, sorted by source, destination and key. The default
+    /// exchange's implicit bindings are not listed.
+    pub fn bindings(&self) -> Vec<BindingInfo> {
+        let registry = self.inner.registry.lock();
+        let mut out: Vec<BindingInfo> = registry
+            .bindings
+            .values()
+            .flat_map(|entry| {
+                entry.args.iter().map(move |(arguments, _)| BindingInfo {
+                    source: entry.source.name.to_string(),
+                    destination: match &entry.dest {
+                        Dest::Queue(q) => q.name.to_string(),
+                        Dest::Exchange(e) => e.name.to_string(),
+                    },
+                    destination_is_exchange: matches!(entry.dest, Dest::Exchange(_)),
+                    routing_key: entry.key.clone(),
+                    arguments: arguments.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.source, &a.destination, &a.routing_key).cmp(&(&b.source, &b.destination, &b.routing_key))
+        });
+        out
+    }
+}
+
+/// Identity of a binding's destination, for the registry's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum DestId {
+    Queue(u64),
+    Exchange(u64),
+}
+
+impl Dest {
+    fn id(&self) -> DestId {
+        match self {
+            Dest::Queue(q) => DestId::Queue(q.id),
+            Dest::Exchange(e) => DestId::Exchange(e.id),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BindingKey {
+    source: u64,
+    dest: DestId,
+    key: String,
+}
+
+/// All bindings from one source to one destination under one key; they
+/// differ by arguments.
+#[derive(Debug)]
+struct BindingEntry {
+    source: Arc<Exchange>,
+    dest: Dest,
+    key: String,
+    args: Vec<(FieldTable, Option<HeadersMatcher>)>,
+}
+
+/// The writers' side of the topology: every binding, for listing, deleting
+/// and auto-delete. Only touched under the registry mutex.
+#[derive(Debug, Default)]
+struct Registry {
+    bindings: HashMap<BindingKey, BindingEntry>,
+    /// Bindings per source exchange id (for `if_unused` and auto-delete).
+    binding_count: HashMap<u64, usize>,
+}
+
+/// Routing changes to apply to one exchange's table in one swap.
+struct RouteEdit {
+    key: String,
+    matcher: Option<HeadersMatcher>,
+    dest: Dest,
+    add: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct BrokerInner {
+    exchanges: ArcSwap<HashMap<Arc<str>, Arc<Exchange>>>,
+    queues: ArcSwap<HashMap<Arc<str>, Arc<Queue>>>,
+    registry: Mutex<Registry>,
+    next_id: AtomicU64,
+    name_seed: std::collections::hash_map::RandomState,
+    vhost: Box<str>,
+    options: BrokerOptions,
+}
+
+fn check_name(name: &str) -> Result<(), DeclareError> {
+    if name.len() > MAX_NAME_LEN {
+        let mut cut = MAX_NAME_LEN;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Err(DeclareError::InvalidName {
+            name: format!("{}…", &name[..cut]),
+            reason: "longer than 255 bytes",
+        });
+    }
+    Ok(())
+}
+
+impl BrokerInner {
+    /// A fresh id for a queue, exchange, consumer or connection.
+    pub(crate) fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A fresh, unguessable name with `prefix` (`amq.gen-`, `amq.ctag-`),
+    /// shaped like RabbitMQ's.
+    pub(crate) fn generate_name(&self, prefix: &str) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let id = self.id();
+        let bits = u128::from(self.name_seed.hash_one(id)) << 64 | u128::from(self.name_seed.hash_one(!id));
+        let mut name = String::with_capacity(prefix.len() + 22);
+        name.push_str(prefix);
+        name.extend((0..22).map(|i| ALPHABET[((bits >> (i * 6)) & 63) as usize] as char));
+        name
+    }
+
+    pub(crate) fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    pub(crate) fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.load().get(name).cloned()
+    }
+
+    fn no_exchange(&self, name: &str) -> String {
+        format!("no exchange '{name}' in vhost '{}'", self.vhost)
+    }
+
+    fn no_queue(&self, name: &str) -> String {
+        format!("no queue '{name}' in vhost '{}'", self.vhost)
+    }
+
+    // ----- publish -------------------------------------------------------
+
+    /// Routes and enqueues. Lock-free up to each queue's own lock.
+    pub(crate) fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        if routing_key.len() > MAX_NAME_LEN {
+            return Err(PublishError::InvalidRoutingKey {
+                len: routing_key.len(),
+                message: Box::new(message),
+            });
+        }
+        let size = message.body().len();
+        if size > self.options.max_message_size {
+            let limit = self.options.max_message_size;
+            return Err(PublishError::TooLarge { size, limit, message: Box::new(message) });
+        }
+        let exchanges = self.exchanges.load();
+        let Some(start) = exchanges.get(exchange) else {
+            return Err(PublishError::ExchangeNotFound {
+                exchange: exchange.into(),
+                message: Box::new(message),
+            });
+        };
+        if start.options.internal {
+            return Err(PublishError::InternalExchange {
+                exchange: exchange.into(),
+                message: Box::new(message),
+            });
+        }
+        let envelope = Arc::new(Envelope {
+            exchange: Arc::clone(&start.name),
+            routing_key: routing_key.into(),
+            message,
+        });
+        let queues = self.route(&exchanges, start, &envelope);
+        if queues == 0 && options.mandatory {
+            let message =
+                Arc::try_unwrap(envelope).map_or_else(|shared| shared.message.clone(), |e| e.message);
+            return Err(PublishError::Unroutable {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+                message: Box::new(message),
+            });
+        }
+        Ok(Routed { queues })
+    }
+
+    /// Walks the exchange graph from `start`, enqueueing in every queue
+    /// reached, once per queue, and returns how many took the message.
+    /// Each exchange is visited once, so cycles end. An exchange whose own
+    /// bindings match nothing hands the message to its alternate exchange.
+    fn route(
+        &self,
+        exchanges: &HashMap<Arc<str>, Arc<Exchange>>,
+        start: &Arc<Exchange>,
+        envelope: &Arc<Envelope>,
+    ) -> usize {
+        let key = &*envelope.routing_key;
+        let headers = envelope.message.headers();
+        let mut seen_queues = SeenSet::default();
+        let mut seen_exchanges = SeenSet::default();
+        seen_exchanges.insert(start.id);
+        let mut pending: Vec<Arc<Exchange>> = Vec::new();
+        let mut enqueued = 0;
+        let mut exchange = Arc::clone(start);
+        loop {
+            let mut matched = false;
+            if exchange.is_default() {
+                if let Some(queue) = self.queues.load().get(key) {
+                    matched = true;
+                    if seen_queues.insert(queue.id) && queue.enqueue(envelope) {
+                        enqueued += 1;
+                    }
+                }
+            } else {
+                exchange.routes.load().for_each_match(key, headers, |dest| {
+                    matched = true;
+                    match dest {
+                        Dest::Queue(queue) => {
+                            if seen_queues.insert(queue.id) && queue.enqueue(envelope) {
+                                enqueued += 1;
+                            }
+                        }
+                        Dest::Exchange(next) => {
+                            if seen_exchanges.insert(next.id) {
+                                pending.push(Arc::clone(next));
+                            }
+                        }
+                    }
+                });
+            }
+            if !matched {
+                let alternate =
+                    exchange.options.alternate_exchange.as_deref().and_then(|ae| exchanges.get(ae));
+                if let Some(alternate) = alternate {
+                    if seen_exchanges.insert(alternate.id) {
+                        pending.push(Arc::clone(alternate));
+                    }
+                }
+            }
+            match pending.pop() {
+                Some(next) => exchange = next,
+                None => return enqueued,
+            }
+        }
+    }
+
+    // ----- exchanges -----------------------------------------------------
+
+    pub(crate) fn declare_exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+    ) -> Result<(), DeclareError> {
+        check_name(name)?;
+        let _registry = self.registry.lock();
+        let existing = self.exchanges.load().get(name).cloned();
+        if options.passive {
+            return existing.map(|_| ()).ok_or_else(|| DeclareError::NotFound(self.no_exchange(name)));
+        }
+        if name.is_empty() {
+            return Err(DeclareError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(DeclareError::AccessRefused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        if let Some(current) = existing {
+            let inequivalent = |arg: &str, received: &str, now: &str| {
+                DeclareError::PreconditionFailed(format!(
+                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '{}': received '{received}' but current is '{now}'",
+                    self.vhost
+                ))
+            };
+            if current.kind != kind {
+                return Err(inequivalent("type", kind.as_str(), current.kind.as_str()));
+            }
+            if let Some((arg, received, now)) = options.difference(&current.options) {
+                return Err(inequivalent(&arg, &received, &now));
+            }
+            return Ok(());
+        }
+        let exchange = Arc::new(Exchange::new(name.into(), self.id(), kind, options));
+        let mut map = (**self.exchanges.load()).clone();
+        map.insert(Arc::clone(&exchange.name), exchange);
+        self.exchanges.store(Arc::new(map));
+        Ok(())
+    }
+
+    pub(crate) fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), DeleteError> {
+        if name.is_empty() {
+            return Err(DeleteError::AccessRefused("operation not permitted on the default exchange".into()));
+        }
+        if name.starts_with("amq.") {
+            return Err(DeleteError::AccessRefused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' refused",
+                self.vhost
+            )));
+        }
+        let mut registry = self.registry.lock();
+        let exchange = self
+            .exchanges
+            .load()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| DeleteError::NotFound(self.no_exchange(name)))?;
+        if if_unused && registry.binding_count.get(&exchange.id).copied().unwrap_or(0) > 0 {
+            return Err(DeleteError::PreconditionFailed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.vhost
+            )));
+        }
+        self.remove_exchange(&mut registry, &exchange);
+        Ok(())
+    }
+
+    /// Removes an exchange and every binding from or to it, then auto-deletes
+    /// the sources that lost their last binding.
+    fn remove_exchange(&self, registry: &mut Registry, exchange: &Arc<Exchange>) {
+        let mut map = (**self.exchanges.load()).clone();
+        if !map.get(&exchange.name).is_some_and(|e| Arc::ptr_eq(e, exchange)) {
+            return;
+        }
+        map.remove(&exchange.name);
+        self.exchanges.store(Arc::new(map));
+        let id = exchange.id;
+        self.remove_bindings(registry, |k| k.source == id || k.dest == DestId::Exchange(id));
+        registry.binding_count.remove(&id);
+        exchange.routes.store(Arc::new(Routes::empty(exchange.kind)));
+    }
+
+    // ----- queues --------------------------------------------------------
+
+    pub(crate) fn declare_queue(
+        &self,
+        conn: u64,
+        name: &str,
+        options: QueueOptions,
+    ) -> Result<String, DeclareError> {
+        check_name(name)?;
+        let _registry = self.registry.lock();
+        let queues = self.queues.load();
+        if options.passive {
+            let queue = queues.get(name).ok_or_else(|| DeclareError::NotFound(self.no_queue(name)))?;
+            if !queue.accessible_by(conn) {
+                return Err(DeclareError::ResourceLocked(name.into()));
+            }
+            return Ok(name.into());
+        }
+        let name = if name.is_empty() {
+            loop {
+                let candidate = self.generate_name("amq.gen-");
+                if !queues.contains_key(candidate.as_str()) {
+                    break candidate;
+                }
+            }
+        } else if name.starts_with("amq.") {
+            return Err(DeclareError::AccessRefused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        } else {
+            name.to_owned()
+        };
+        if let Some(current) = queues.get(name.as_str()) {
+            if !current.accessible_by(conn) {
+                return Err(DeclareError::ResourceLocked(name));
+            }
+            if let Some((arg, received, now)) = options.difference(&current.options) {
+                return Err(DeclareError::PreconditionFailed(format!(
+                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received '{received}' but current is '{now}'",
+                    self.vhost
+                )));
+            }
+            return Ok(name);
+        }
+        let owner = options.exclusive.then_some(conn);
+        let options = QueueOptions { passive: false, ..options };
+        let queue = Arc::new(Queue::new(name.as_str().into(), self.id(), options, owner));
+        let mut map = (**queues).clone();
+        map.insert(Arc::clone(&queue.name), queue);
+        self.queues.store(Arc::new(map));
+        Ok(name)
+    }
+
+    /// Looks a queue up for connection `conn`: `Err(true)` if it is missing,
+    /// `Err(false)` if it is exclusive to another connection.
+    pub(crate) fn queue_for(&self, conn: u64, name: &str) -> Result<Arc<Queue>, bool> {
+        let queue = self.queue(name).ok_or(true)?;
+        if queue.accessible_by(conn) { Ok(queue) } else { Err(false) }
+    }
+
+    pub(crate) fn delete_queue(
+        &self,
+        conn: u64,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<usize, DeleteError> {
+        let mut registry = self.registry.lock();
+        let queue = self.queue_for(conn, name).map_err(|missing| {
+            if missing {
+                DeleteError::NotFound(self.no_queue(name))
+            } else {
+                DeleteError::ResourceLocked(name.into())
+            }
+        })?;
+        let (consumers, ready) = queue.usage();
+        if if_unused && consumers > 0 {
+            return Err(DeleteError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.vhost
+            )));
+        }
+        if if_empty && ready > 0 {
+            return Err(DeleteError::PreconditionFailed(format!(
+                "queue '{name}' in vhost '{}' is not empty",
+                self.vhost
+            )));
+        }
+        Ok(self.remove_queue(&mut registry, &queue))
+    }
+
+    /// Takes a queue out of the topology, cancels its consumers and drops its
+    /// messages; returns how many were ready.
+    fn remove_queue(&self, registry: &mut Registry, queue: &Arc<Queue>) -> usize {
+        let mut map = (**self.queues.load()).clone();
+        if !map.get(&queue.name).is_some_and(|q| Arc::ptr_eq(q, queue)) {
+            return 0;
+        }
+        map.remove(&queue.name);
+        self.queues.store(Arc::new(map));
+        let id = queue.id;
+        self.remove_bindings(registry, |k| k.dest == DestId::Queue(id));
+        queue.mark_deleted()
+    }
+
+    /// Deletes an auto-delete queue whose last consumer just went, unless a
+    /// new consumer came meanwhile.
+    pub(crate) fn auto_delete_queue(&self, queue: &Arc<Queue>) {
+        let mut registry = self.registry.lock();
+        if queue.usage().0 == 0 {
+            self.remove_queue(&mut registry, queue);
+        }
+    }
+
+    /// Deletes the exclusive queues of connection `conn`, which is closing.
+    pub(crate) fn delete_exclusive_queues(&self, conn: u64) {
+        let owned: Vec<Arc<Queue>> =
+            self.queues.load().values().filter(|q| q.owner == Some(conn)).cloned().collect();
+        if owned.is_empty() {
+            return;
+        }
+        let mut registry = self.registry.lock();
+        for queue in owned {
+            self.remove_queue(&mut registry, &queue);
+        }
+    }
+
+    pub(crate) fn purge_queue(&self, conn: u64, name: &str) -> Result<usize, DeleteError> {
+        let queue = self.queue_for(conn, name).map_err(|missing| {
+            if missing {
+                DeleteError::NotFound(self.no_queue(name))
+            } else {
+                DeleteError::ResourceLocked(name.into())
+            }
+        })?;
+        Ok(queue.purge())
+    }
+
+    // ----- bindings ------------------------------------------------------
+
+    /// Resolves both ends of a binding.
+    fn binding_ends(
+        &self,
+        conn: u64,
+        destination: &str,
+        to_exchange: bool,
+        source: &str,
+        key: &str,
+    ) -> Result<(Arc<Exchange>, Dest), BindError> {
+        if key.len() > MAX_NAME_LEN {
+            return Err(BindError::InvalidName("binding key longer than 255 bytes"));
+        }
+        if source.is_empty() || (to_exchange && destination.is_empty()) {
+            return Err(BindError::AccessRefused("operation not permitted on the default exchange".into()));
+        }
+        let exchanges = self.exchanges.load();
+        let dest = if to_exchange {
+            Dest::Exchange(
+                exchanges
+                    .get(destination)
+                    .cloned()
+                    .ok_or_else(|| BindError::NotFound(self.no_exchange(destination)))?,
+            )
+        } else {
+            Dest::Queue(self.queue_for(conn, destination).map_err(|missing| {
+                if missing {
+                    BindError::NotFound(self.no_queue(destination))
+                } else {
+                    BindError::ResourceLocked(destination.into())
+                }
+            })?)
+        };
+        let source =
+            exchanges.get(source).cloned().ok_or_else(|| BindError::NotFound(self.no_exchange(source)))?;
+        Ok((source, dest))
+    }
+
+    pub(crate) fn bind(
+        &self,
+        conn: u64,
+        destination: &str,
+        to_exchange: bool,
+        source: &str,
+        key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), BindError> {
+        let mut registry = self.registry.lock();
+        let (source, dest) = self.binding_ends(conn, destination, to_exchange, source, key)?;
+        let matcher = compile_arguments(source.kind, &arguments).map_err(BindError::PreconditionFailed)?;
+        let binding_key = BindingKey { source: source.id, dest: dest.id(), key: key.to_owned() };
+        let entry = registry.bindings.entry(binding_key).or_insert_with(|| BindingEntry {
+            source: Arc::clone(&source),
+            dest: dest.clone(),
+            key: key.to_owned(),
+            args: Vec::new(),
+        });
+        if entry.args.iter().any(|(a, _)| *a == arguments) {
+            return Ok(());
+        }
+        entry.args.push((arguments, matcher.clone()));
+        *registry.binding_count.entry(source.id).or_default() += 1;
+        apply_edits(&source, [RouteEdit { key: key.to_owned(), matcher, dest, add: true }]);
+        Ok(())
+    }
+
+    pub(crate) fn unbind(
+        &self,
+        conn: u64,
+        destination: &str,
+        to_exchange: bool,
+        source: &str,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), BindError> {
+        let mut registry = self.registry.lock();
+        let (source, dest) = self.binding_ends(conn, destination, to_exchange, source, key)?;
+        let binding_key = BindingKey { source: source.id, dest: dest.id(), key: key.to_owned() };
+        let Some(entry) = registry.bindings.get_mut(&binding_key) else { return Ok(()) };
+        let Some(index) = entry.args.iter().position(|(a, _)| a == arguments) else { return Ok(()) };
+        let (_, matcher) = entry.args.remove(index);
+        if entry.args.is_empty() {
+            registry.bindings.remove(&binding_key);
+        }
+        apply_edits(&source, [RouteEdit { key: key.to_owned(), matcher, dest, add: false }]);
+        self.forget_bindings(&mut registry, &[(source, 1)]);
+        Ok(())
+    }
+
+    /// Removes every binding whose key `doomed` selects, updates the routing
+    /// tables of their sources, and auto-deletes sources left with none.
+    fn remove_bindings(&self, registry: &mut Registry, doomed: impl Fn(&BindingKey) -> bool) {
+        let keys: Vec<BindingKey> = registry.bindings.keys().filter(|k| doomed(k)).cloned().collect();
+        let mut edits: HashMap<u64, (Arc<Exchange>, Vec<RouteEdit>)> = HashMap::new();
+        for key in keys {
+            let entry = registry.bindings.remove(&key).expect("key listed above");
+            let (_, list) =
+                edits.entry(entry.source.id).or_insert_with(|| (Arc::clone(&entry.source), Vec::new()));
+            for (_, matcher) in entry.args {
+                list.push(RouteEdit {
+                    key: entry.key.clone(),
+                    matcher,
+                    dest: entry.dest.clone(),
+                    add: false,
+                });
+            }
+        }
+        let mut removed = Vec::new();
+        for (_, (source, list)) in edits {
+            let n = list.len();
+            apply_edits(&source, list);
+            removed.push((source, n));
+        }
+        self.forget_bindings(registry, &removed);
+    }
+
+    /// Lowers binding counts; an auto-delete exchange that loses its last
+    /// binding is deleted (which may cascade).
+    fn forget_bindings(&self, registry: &mut Registry, removed: &[(Arc<Exchange>, usize)]) {
+        for (source, n) in removed {
+            let count = registry.binding_count.entry(source.id).or_default();
+            *count = count.saturating_sub(*n);
+            if *count == 0 && source.options.auto_delete {
+                self.remove_exchange(registry, source);
+            }
+        }
+    }
+}
+
+/// Applies edits to an exchange's routing table and publishes the result.
+fn apply_edits(exchange: &Exchange, edits: impl IntoIterator<Item = RouteEdit>) {
+    let mut routes = Routes::clone(&exchange.routes.load());
+    for edit in edits {
+        if edit.add {
+            routes.add(&edit.key, edit.matcher, edit.dest);
+        } else {
+            routes.remove(&edit.key, edit.matcher.as_ref(), &edit.dest);
+        }
+    }
+    exchange.routes.store(Arc::new(routes));
+}
+
+impl Drop for BrokerInner {
+    fn drop(&mut self) {
+        // Exchange bindings may form cycles of `Arc`s; empty every table so
+        // they are freed.
+        for exchange in self.exchanges.load().values() {
+            exchange.routes.store(Arc::new(Routes::empty(exchange.kind)));
+        }
+    }
+}
+
+/// A set of ids for one routing pass: a short vector while small (the usual
+/// case), a hash set once large.
+#[derive(Default)]
+struct SeenSet {
+    small: Vec<u64>,
+    large: Option<HashSet<u64>>,
+}
+
+impl SeenSet {
+    const SMALL: usize = 32;
+
+    /// True if `id` was not in the set.
+    fn insert(&mut self, id: u64) -> bool {
+        if let Some(large) = &mut self.large {
+            return large.insert(id);
+        }
+        if self.small.contains(&id) {
+            return false;
+        }
+        if self.small.len() == Self::SMALL {
+            let mut large: HashSet<u64> = self.small.drain(..).collect();
+            large.insert(id);
+            self.large = Some(large);
+        } else {
+            self.small.push(id);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_set_switches_to_hash_set_and_stays_exact() {
+        let mut seen = SeenSet::default();
+        for id in 0..100 {
+            assert!(seen.insert(id));
+        }
+        for id in 0..100 {
+            assert!(!seen.insert(id));
+        }
+    }
+
+    #[test]
+    fn generated_names_are_unique_and_shaped_like_rabbitmqs() {
+        let broker = Broker::new();
+        let a = broker.inner.generate_name("amq.gen-");
+        let b = broker.inner.generate_name("amq.gen-");
+        assert_ne!(a, b);
+        assert!(a.starts_with("amq.gen-") && a.len() == 30, "{a}");
+    }
+}

@@ -1,0 +1,298 @@
+//! Connections: a client's handle on the broker, and what closes with it.
+
+use std::fmt;
+
+use crossbeam_channel::unbounded;
+
+use crate::broker::{Broker, PublishOptions, Routed};
+use crate::consumer::{ConsumeOptions, Consumer, ConsumerShared};
+use crate::delivery::{Delivery, GetStore};
+use crate::error::{BindError, ConsumeError, DeclareError, DeleteError, PublishError, RecvError};
+use crate::exchange::{ExchangeKind, ExchangeOptions};
+use crate::field::FieldTable;
+use crate::message::Message;
+use crate::queue::{QueueOptions, QueueStats};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering, Weak};
+
+/// Options of [`Connection::delete_queue`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeleteQueueOptions {
+    /// Refuse (`PreconditionFailed`) if the queue has consumers.
+    pub if_unused: bool,
+    /// Refuse (`PreconditionFailed`) if the queue has ready messages.
+    pub if_empty: bool,
+}
+
+/// Options of [`Connection::delete_exchange`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeleteExchangeOptions {
+    /// Refuse (`PreconditionFailed`) if the exchange is the source of any binding.
+    pub if_unused: bool,
+}
+
+/// What outlives a `Connection` handle: what its consumers and deliveries
+/// need to know about it.
+#[derive(Debug)]
+pub(crate) struct ConnectionShared {
+    pub(crate) id: u64,
+    name: Option<String>,
+    /// Every consumer opened on this connection whose shared state is still
+    /// alive (cancelled ones may still have deliveries to requeue on close).
+    /// The same lock orders `consume` against `close`.
+    consumers: Mutex<ConsumerList>,
+    gets: Arc<GetStore>,
+}
+
+#[derive(Debug, Default)]
+struct ConsumerList {
+    closed: bool,
+    list: Vec<Weak<ConsumerShared>>,
+}
+
+/// A client's connection to the broker: declares topology, publishes,
+/// consumes. `Send + Sync`: share it between threads by reference or `Arc`.
+///
+/// Dropping it closes it, as [`close`](Connection::close) does: its
+/// consumers are cancelled, every delivery it holds unsettled is requeued
+/// (flagged redelivered), and its exclusive queues are deleted.
+///
+/// AMQP multiplexes channels over a connection; here a connection is both:
+/// open several connections where you would open several channels.
+pub struct Connection {
+    shared: Arc<ConnectionShared>,
+    broker: Broker,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection").field("id", &self.shared.id).field("name", &self.shared.name).finish()
+    }
+}
+
+impl Connection {
+    pub(crate) fn open(broker: Broker, name: Option<String>) -> Self {
+        let shared = Arc::new(ConnectionShared {
+            id: broker.inner.id(),
+            name,
+            consumers: Mutex::new(ConsumerList::default()),
+            gets: Arc::new(GetStore::default()),
+        });
+        Connection { shared, broker }
+    }
+
+    /// The connection's id, unique within its broker.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The name given at [`Broker::connect_named`], if any.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
+    }
+
+    /// The broker this connection belongs to.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Declares an exchange, or checks an existing one: idempotent when the
+    /// kind and options are equal, [`DeclareError::PreconditionFailed`] naming
+    /// the first difference otherwise. With `options.passive`, only checks
+    /// that it exists. Names starting with `amq.` are reserved.
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeOptions,
+    ) -> Result<(), DeclareError> {
+        self.broker.inner.declare_exchange(name, kind, options)
+    }
+
+    /// Deletes an exchange and every binding from or to it.
+    pub fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<(), DeleteError> {
+        self.broker.inner.delete_exchange(name, options.if_unused)
+    }
+
+    /// Declares a queue, or checks an existing one, and returns its name.
+    /// `""` asks for a fresh server-generated name (`amq.gen-…`). Idempotent
+    /// when the options are equal; [`DeclareError::PreconditionFailed`] naming
+    /// the first difference otherwise. Names starting with `amq.` are reserved.
+    pub fn declare_queue(&self, name: &str, options: QueueOptions) -> Result<String, DeclareError> {
+        self.broker.inner.declare_queue(self.shared.id, name, options)
+    }
+
+    /// Deletes a queue: its consumers are cancelled and its messages dropped.
+    /// Returns how many messages were ready.
+    pub fn delete_queue(&self, name: &str, options: DeleteQueueOptions) -> Result<usize, DeleteError> {
+        self.broker.inner.delete_queue(self.shared.id, name, options.if_unused, options.if_empty)
+    }
+
+    /// Drops every ready message of a queue (not the unacknowledged ones);
+    /// returns how many.
+    pub fn purge_queue(&self, name: &str) -> Result<usize, DeleteError> {
+        self.broker.inner.purge_queue(self.shared.id, name)
+    }
+
+    /// Counts for a queue this connection may use.
+    pub fn queue_stats(&self, name: &str) -> Result<QueueStats, ConsumeError> {
+        Ok(self.queue_for(name)?.stats())
+    }
+
+    /// Binds queue `queue` to exchange `exchange` with binding key `key` (a
+    /// pattern for topic exchanges) and `arguments` (what a headers exchange
+    /// matches). Binding twice is harmless.
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), BindError> {
+        self.broker.inner.bind(self.shared.id, queue, false, exchange, key, arguments)
+    }
+
+    /// Removes a binding made by [`bind_queue`](Self::bind_queue) with the
+    /// same key and arguments. Removing a binding that does not exist is harmless.
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), BindError> {
+        self.broker.inner.unbind(self.shared.id, queue, false, exchange, key, arguments)
+    }
+
+    /// Binds exchange `destination` to exchange `source`: what `source`
+    /// routes under `key` also goes through `destination`.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), BindError> {
+        self.broker.inner.bind(self.shared.id, destination, true, source, key, arguments)
+    }
+
+    /// Removes an exchange-to-exchange binding.
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), BindError> {
+        self.broker.inner.unbind(self.shared.id, destination, true, source, key, arguments)
+    }
+
+    /// Publishes `message` to `exchange` with `routing_key`. Never blocks.
+    /// A message that reaches no queue is dropped and the result says 0
+    /// queues; use [`publish_with`](Self::publish_with) and `mandatory` to
+    /// get it back instead.
+    pub fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<Routed, PublishError> {
+        self.publish_with(exchange, routing_key, message, PublishOptions::default())
+    }
+
+    /// Publishes with options. Every error hands the message back.
+    pub fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        self.broker.inner.publish(exchange, routing_key, message, options)
+    }
+
+    /// Starts consuming from `queue`.
+    pub fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, ConsumeError> {
+        let queue = self.queue_for(queue)?;
+        let mut consumers = self.shared.consumers.lock();
+        if consumers.closed {
+            return Err(ConsumeError::ConnectionClosed);
+        }
+        consumers.list.retain(|c| c.strong_count() > 0);
+        let tag: Arc<str> = match &options.consumer_tag {
+            Some(tag) => {
+                let in_use = consumers
+                    .list
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .any(|c| !c.is_cancelled() && *c.tag == **tag);
+                if in_use {
+                    return Err(ConsumeError::TagInUse(tag.clone()));
+                }
+                tag.as_str().into()
+            }
+            None => self.broker.inner.generate_name("amq.ctag-").into(),
+        };
+        let (sender, inbox) = unbounded();
+        let shared = Arc::new(ConsumerShared::new(tag, Arc::clone(&queue), &options, inbox));
+        queue.add_consumer(Arc::clone(&shared), sender)?;
+        consumers.list.push(Arc::downgrade(&shared));
+        Ok(Consumer::new(shared, Arc::clone(&self.broker.inner)))
+    }
+
+    /// AMQP basic.get: takes the next ready message of `queue`, if any, even
+    /// while consumers are attached. Unless `auto_ack`, the delivery must be
+    /// settled like a consumer's.
+    pub fn get(&self, queue: &str, auto_ack: bool) -> Result<Option<Delivery>, ConsumeError> {
+        let queue = self.queue_for(queue)?;
+        if self.shared.consumers.lock().closed {
+            return Err(ConsumeError::ConnectionClosed);
+        }
+        let Some(msg) = queue.get(!auto_ack)? else { return Ok(None) };
+        if auto_ack {
+            return Ok(Some(Delivery::new(msg.envelope, 0, msg.redelivered, None)));
+        }
+        self.shared.gets.hold(&queue, msg).map(Some).ok_or(ConsumeError::ConnectionClosed)
+    }
+
+    fn queue_for(&self, name: &str) -> Result<Arc<crate::queue::Queue>, ConsumeError> {
+        self.broker.inner.queue_for(self.shared.id, name).map_err(|missing| {
+            if missing {
+                ConsumeError::NotFound(format!("no queue '{name}' in vhost '{}'", self.broker.inner.vhost()))
+            } else {
+                ConsumeError::ResourceLocked(name.into())
+            }
+        })
+    }
+
+    /// Closes the connection (as dropping it does).
+    pub fn close(self) {}
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let consumers = {
+            let mut consumers = self.shared.consumers.lock();
+            consumers.closed = true;
+            std::mem::take(&mut consumers.list)
+        };
+        for consumer in consumers.iter().filter_map(Weak::upgrade) {
+            if consumer.cancel(RecvError::ConnectionClosed) {
+                self.broker.inner.auto_delete_queue(&consumer.queue);
+            }
+            consumer.close();
+        }
+        self.shared.gets.close();
+        self.broker.inner.delete_exclusive_queues(self.shared.id);
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Connection>();
+    check::<Broker>();
+    check::<Consumer>();
+    check::<Delivery>();
+    let _ = Ordering::Relaxed;
+    let _ = AtomicBool::new(false);
+}

@@ -1,0 +1,275 @@
+//! Consumers: a queue's deliveries, pushed into the consumer's own inbox and
+//! handed to the application by `recv`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError as ChannelTimeout, TryRecvError as ChannelTryRecv};
+
+use crate::broker::BrokerInner;
+use crate::delivery::{Delivery, Holder};
+use crate::error::{AckError, RecvError, RecvTimeoutError, TryRecvError};
+use crate::field::FieldTable;
+use crate::queue::{Queue, QueuedMessage, Settlement};
+use crate::sync::{Arc, AtomicBool, AtomicU32, Mutex, Ordering};
+
+/// Options of [`Connection::consume`](crate::Connection::consume).
+///
+/// ```
+/// use interoffice::ConsumeOptions;
+/// let fair = ConsumeOptions { prefetch: 1, ..Default::default() };
+/// assert!(!fair.auto_ack);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConsumeOptions {
+    /// The most unsettled deliveries this consumer holds at once; 0 means no
+    /// limit. With a limit, a slow consumer stops receiving while the others
+    /// take the rest (fair dispatch).
+    ///
+    /// For auto-ack consumers RabbitMQ ignores prefetch; interoffice uses it
+    /// to bound the consumer's inbox (deliveries not yet received), which
+    /// gives the same fair dispatch to auto-ack consumers.
+    pub prefetch: u32,
+    /// Deliveries count as settled when handed to the application (AMQP `no-ack`).
+    pub auto_ack: bool,
+    /// The only consumer of the queue: refused if it has others, and others
+    /// are refused while this one is attached.
+    pub exclusive: bool,
+    /// The consumer tag; generated (`amq.ctag-…`) when `None`.
+    pub consumer_tag: Option<String>,
+    /// Other arguments, kept for a bridge to a real broker.
+    pub arguments: FieldTable,
+}
+
+/// Deliveries handed to the application and not yet settled, by tag.
+#[derive(Debug, Default)]
+struct Unsettled {
+    next_tag: u64,
+    entries: HashMap<u64, QueuedMessage>,
+    /// Set when the connection closes: everything was requeued, and later
+    /// settles report it.
+    closed: bool,
+}
+
+/// The part of a consumer shared by its handle, its queue (which sends into
+/// its inbox) and the deliveries it handed out (which settle through it).
+#[derive(Debug)]
+pub(crate) struct ConsumerShared {
+    pub(crate) tag: Arc<str>,
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) prefetch: u32,
+    pub(crate) auto_ack: bool,
+    pub(crate) exclusive: bool,
+    /// Deliveries sent to the inbox and not yet settled. Only the queue
+    /// increments it, under its lock; settling decrements it.
+    pub(crate) in_flight: AtomicU32,
+    inbox: Receiver<QueuedMessage>,
+    unsettled: Mutex<Unsettled>,
+    cancelled: AtomicBool,
+    cancel_reason: Mutex<Option<RecvError>>,
+}
+
+impl ConsumerShared {
+    pub(crate) fn new(
+        tag: Arc<str>,
+        queue: Arc<Queue>,
+        options: &ConsumeOptions,
+        inbox: Receiver<QueuedMessage>,
+    ) -> Self {
+        ConsumerShared {
+            tag,
+            queue,
+            prefetch: options.prefetch,
+            auto_ack: options.auto_ack,
+            exclusive: options.exclusive,
+            in_flight: AtomicU32::new(0),
+            inbox,
+            unsettled: Mutex::new(Unsettled::default()),
+            cancelled: AtomicBool::new(false),
+            cancel_reason: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn has_credit(&self) -> bool {
+        self.prefetch == 0 || self.in_flight.load(Ordering::Acquire) < self.prefetch
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Records why the consumer ended; the first reason wins.
+    pub(crate) fn set_cancelled(&self, reason: RecvError) {
+        self.cancelled.store(true, Ordering::Release);
+        self.cancel_reason.lock().get_or_insert(reason);
+    }
+
+    fn reason(&self) -> RecvError {
+        self.cancel_reason.lock().clone().unwrap_or(RecvError::ConnectionClosed)
+    }
+
+    /// Cancels the consumer: out of the queue's ring, and what sits in its
+    /// inbox goes back to the queue (never seen by the application, so not
+    /// flagged redelivered). Deliveries already handed out stay settle-able.
+    /// True if the queue should now be auto-deleted.
+    pub(crate) fn cancel(self: &Arc<Self>, reason: RecvError) -> bool {
+        if self.cancelled.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.cancel_reason.lock().get_or_insert(reason);
+        let auto_delete = self.queue.remove_consumer(self);
+        let pending: Vec<QueuedMessage> = self.inbox.try_iter().collect();
+        if !pending.is_empty() {
+            self.queue.requeue(pending, Some(self), false);
+        }
+        auto_delete
+    }
+
+    /// Requeues every delivery handed out and not settled (the connection
+    /// closed); later settles of them fail with `ConnectionClosed`.
+    pub(crate) fn close(self: &Arc<Self>) {
+        let entries: Vec<QueuedMessage> = {
+            let mut unsettled = self.unsettled.lock();
+            unsettled.closed = true;
+            unsettled.entries.drain().map(|(_, m)| m).collect()
+        };
+        if !entries.is_empty() {
+            self.queue.requeue(entries, Some(self), true);
+        }
+    }
+
+    /// Turns an inbox entry into a delivery for the application.
+    fn hand_out(self: &Arc<Self>, msg: QueuedMessage) -> Result<Delivery, RecvError> {
+        if self.auto_ack {
+            self.queue.release_credit(self, 1);
+            return Ok(Delivery::new(msg.envelope, 0, msg.redelivered, None));
+        }
+        let mut unsettled = self.unsettled.lock();
+        if unsettled.closed {
+            drop(unsettled);
+            self.queue.requeue([msg], Some(self), false);
+            return Err(self.reason());
+        }
+        unsettled.next_tag += 1;
+        let tag = unsettled.next_tag;
+        unsettled.entries.insert(tag, msg.clone());
+        drop(unsettled);
+        Ok(Delivery::new(msg.envelope, tag, msg.redelivered, Some(Holder::Consumer(Arc::clone(self)))))
+    }
+
+    /// Settles delivery `tag`.
+    pub(crate) fn settle(&self, tag: u64, how: Settlement) -> Result<(), AckError> {
+        let msg = {
+            let mut unsettled = self.unsettled.lock();
+            match unsettled.entries.remove(&tag) {
+                Some(msg) => msg,
+                None => return Err(AckError::ConnectionClosed(tag)),
+            }
+        };
+        match how {
+            Settlement::Ack | Settlement::Discard => self.queue.release_credit(self, 1),
+            Settlement::Requeue => self.queue.requeue([msg], Some(self), true),
+        }
+        Ok(())
+    }
+}
+
+/// A subscription to a queue: receives its deliveries.
+///
+/// Created by [`Connection::consume`](crate::Connection::consume). Dropping it
+/// (or calling [`cancel`](Consumer::cancel)) cancels the subscription: what
+/// the queue had sent to this consumer but `recv` had not yet returned goes
+/// back to the queue; deliveries already returned stay settle-able, as after
+/// AMQP's basic.cancel.
+///
+/// ```
+/// use interoffice::{Broker, ConsumeOptions, Message, QueueOptions};
+/// let conn = Broker::new().connect();
+/// conn.declare_queue("jobs", QueueOptions::default())?;
+/// conn.publish("", "jobs", Message::new("one"))?;
+/// let consumer = conn.consume("jobs", ConsumeOptions::default())?;
+/// let delivery = consumer.recv()?;
+/// assert_eq!(delivery.body().as_ref(), b"one");
+/// delivery.ack()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Consumer {
+    shared: Arc<ConsumerShared>,
+    broker: Arc<BrokerInner>,
+}
+
+impl Consumer {
+    pub(crate) fn new(shared: Arc<ConsumerShared>, broker: Arc<BrokerInner>) -> Self {
+        Consumer { shared, broker }
+    }
+
+    /// The consumer tag.
+    pub fn tag(&self) -> &str {
+        &self.shared.tag
+    }
+
+    /// The queue consumed from.
+    pub fn queue(&self) -> &str {
+        &self.shared.queue.name
+    }
+
+    /// Waits for the next delivery. Fails once the consumer is cancelled (its
+    /// queue deleted, its connection closed) and nothing is left in its inbox.
+    pub fn recv(&self) -> Result<Delivery, RecvError> {
+        match self.shared.inbox.recv() {
+            Ok(msg) => self.shared.hand_out(msg),
+            Err(_) => Err(self.shared.reason()),
+        }
+    }
+
+    /// Like [`recv`](Self::recv), waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Delivery, RecvTimeoutError> {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.recv_deadline(deadline),
+            None => self.recv().map_err(RecvTimeoutError::from),
+        }
+    }
+
+    /// Like [`recv`](Self::recv), waiting until `deadline`.
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<Delivery, RecvTimeoutError> {
+        match self.shared.inbox.recv_deadline(deadline) {
+            Ok(msg) => Ok(self.shared.hand_out(msg)?),
+            Err(ChannelTimeout::Timeout) => Err(RecvTimeoutError::Timeout),
+            Err(ChannelTimeout::Disconnected) => Err(self.shared.reason().into()),
+        }
+    }
+
+    /// The next delivery if one is waiting, without blocking.
+    pub fn try_recv(&self) -> Result<Delivery, TryRecvError> {
+        match self.shared.inbox.try_recv() {
+            Ok(msg) => Ok(self.shared.hand_out(msg)?),
+            Err(ChannelTryRecv::Empty) => Err(TryRecvError::Empty),
+            Err(ChannelTryRecv::Disconnected) => Err(self.shared.reason().into()),
+        }
+    }
+
+    /// A blocking iterator over deliveries; it ends when the consumer is cancelled.
+    pub fn iter(&self) -> impl Iterator<Item = Delivery> + '_ {
+        std::iter::from_fn(move || self.recv().ok())
+    }
+
+    /// Cancels the consumer (AMQP basic.cancel); the same as dropping it.
+    pub fn cancel(self) {}
+}
+
+impl<'a> IntoIterator for &'a Consumer {
+    type Item = Delivery;
+    type IntoIter = Box<dyn Iterator<Item = Delivery> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if self.shared.cancel(RecvError::ConnectionClosed) {
+            self.broker.auto_delete_queue(&self.shared.queue);
+        }
+    }
+}

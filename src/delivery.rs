@@ -1,0 +1,177 @@
+//! Deliveries: a message handed to the application, and how it is settled.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::consumer::ConsumerShared;
+use crate::error::AckError;
+use crate::field::FieldTable;
+use crate::message::{Message, Properties};
+use crate::queue::{Envelope, Queue, QueuedMessage, Settlement};
+use crate::sync::{Arc, Mutex};
+
+/// Who settles a delivery.
+#[derive(Debug)]
+pub(crate) enum Holder {
+    /// A consumer's delivery.
+    Consumer(Arc<ConsumerShared>),
+    /// A delivery taken by `get` on a connection.
+    Get(Arc<GetStore>),
+}
+
+/// A message delivered to the application, from a [`Consumer`](crate::Consumer)
+/// or [`Connection::get`](crate::Connection::get).
+///
+/// Unless it was auto-acknowledged, a delivery must be settled: [`ack`],
+/// [`nack`] or [`reject`]. Each takes the delivery by value, so it cannot be
+/// settled twice. A delivery dropped unsettled (for instance by a panicking
+/// thread) is requeued in its original position, flagged redelivered: nothing
+/// is lost.
+///
+/// [`ack`]: Delivery::ack
+/// [`nack`]: Delivery::nack
+/// [`reject`]: Delivery::reject
+#[derive(Debug)]
+pub struct Delivery {
+    envelope: Arc<Envelope>,
+    tag: u64,
+    redelivered: bool,
+    holder: Option<Holder>,
+}
+
+impl Delivery {
+    pub(crate) fn new(envelope: Arc<Envelope>, tag: u64, redelivered: bool, holder: Option<Holder>) -> Self {
+        Delivery { envelope, tag, redelivered, holder }
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        self.envelope.message.body()
+    }
+
+    /// The whole message.
+    pub fn message(&self) -> &Message {
+        &self.envelope.message
+    }
+
+    /// The message's properties.
+    pub fn properties(&self) -> &Properties {
+        self.envelope.message.properties()
+    }
+
+    /// The message's headers, if any.
+    pub fn headers(&self) -> Option<&FieldTable> {
+        self.envelope.message.headers()
+    }
+
+    /// The exchange the message was published to (`""` for the default exchange).
+    pub fn exchange(&self) -> &str {
+        &self.envelope.exchange
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        &self.envelope.routing_key
+    }
+
+    /// Whether the message was delivered before and not acknowledged.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The delivery tag: unique among the unsettled deliveries of its consumer
+    /// (or of its connection's `get`s); 0 for auto-acknowledged deliveries.
+    pub fn delivery_tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// Whether this delivery still has to be settled.
+    pub fn needs_settling(&self) -> bool {
+        self.holder.is_some()
+    }
+
+    /// Acknowledges: the message is done with and leaves the queue.
+    pub fn ack(mut self) -> Result<(), AckError> {
+        self.settle(Settlement::Ack)
+    }
+
+    /// Negative acknowledgement. With `requeue`, the message goes back to its
+    /// original position in the queue, flagged redelivered; without, it is
+    /// discarded.
+    pub fn nack(mut self, requeue: bool) -> Result<(), AckError> {
+        self.settle(if requeue { Settlement::Requeue } else { Settlement::Discard })
+    }
+
+    /// AMQP basic.reject: the same as [`nack`](Self::nack) for one message.
+    pub fn reject(self, requeue: bool) -> Result<(), AckError> {
+        self.nack(requeue)
+    }
+
+    fn settle(&mut self, how: Settlement) -> Result<(), AckError> {
+        match self.holder.take() {
+            None => Err(AckError::AutoAck(self.tag)),
+            Some(Holder::Consumer(consumer)) => consumer.settle(self.tag, how),
+            Some(Holder::Get(store)) => store.settle(self.tag, how),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.holder.is_some() {
+            // Already requeued if the connection closed first; nothing else can fail.
+            let _ = self.settle(Settlement::Requeue);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct GetEntries {
+    next_tag: u64,
+    entries: HashMap<u64, (Arc<Queue>, QueuedMessage)>,
+    closed: bool,
+}
+
+/// The unsettled deliveries a connection took with `get`.
+#[derive(Debug, Default)]
+pub(crate) struct GetStore {
+    inner: Mutex<GetEntries>,
+}
+
+impl GetStore {
+    /// Records a delivery taken from `queue`; `None` if the connection closed
+    /// meanwhile (the message is then requeued).
+    pub(crate) fn hold(self: &Arc<Self>, queue: &Arc<Queue>, msg: QueuedMessage) -> Option<Delivery> {
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            drop(inner);
+            queue.requeue([msg], None, false);
+            return None;
+        }
+        inner.next_tag += 1;
+        let tag = inner.next_tag;
+        let (envelope, redelivered) = (Arc::clone(&msg.envelope), msg.redelivered);
+        inner.entries.insert(tag, (Arc::clone(queue), msg));
+        Some(Delivery::new(envelope, tag, redelivered, Some(Holder::Get(Arc::clone(self)))))
+    }
+
+    fn settle(&self, tag: u64, how: Settlement) -> Result<(), AckError> {
+        let entry = self.inner.lock().entries.remove(&tag);
+        let (queue, msg) = entry.ok_or(AckError::ConnectionClosed(tag))?;
+        queue.settle_get(msg, how);
+        Ok(())
+    }
+
+    /// Requeues everything unsettled: the connection is closing.
+    pub(crate) fn close(&self) {
+        let entries: Vec<_> = {
+            let mut inner = self.inner.lock();
+            inner.closed = true;
+            inner.entries.drain().map(|(_, e)| e).collect()
+        };
+        for (queue, msg) in entries {
+            queue.requeue([msg], None, true);
+        }
+    }
+}

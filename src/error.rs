@@ -1,0 +1,327 @@
+//! Errors, one enum per operation.
+//!
+//! Each carries an AMQP-like [`ErrorKind`] (see `kind()`) and a message worded
+//! as RabbitMQ words it, so that what users know from a real broker reads the
+//! same here. Errors from publishing hand the message back.
+
+use thiserror::Error;
+
+use crate::message::Message;
+
+/// The AMQP 0-9-1 class of an error, with its reply code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// 312 `NO_ROUTE`: a mandatory message reached no queue.
+    NoRoute,
+    /// 311 `CONTENT_TOO_LARGE`: the message is larger than the broker accepts.
+    ContentTooLarge,
+    /// 320 `CONNECTION_FORCED`: the connection is closed.
+    ConnectionClosed,
+    /// 403 `ACCESS_REFUSED`: the operation is not allowed on that object.
+    AccessRefused,
+    /// 404 `NOT_FOUND`: the object does not exist.
+    NotFound,
+    /// 405 `RESOURCE_LOCKED`: another connection owns the exclusive queue.
+    ResourceLocked,
+    /// 406 `PRECONDITION_FAILED`: the object is not in the required state, or
+    /// a declaration differs from the existing object.
+    PreconditionFailed,
+    /// 402 `INVALID_PATH`-like: a name or routing key is not acceptable.
+    InvalidName,
+    /// 530 `NOT_ALLOWED`: e.g. reusing a consumer tag.
+    NotAllowed,
+}
+
+impl ErrorKind {
+    /// The AMQP reply code.
+    pub fn reply_code(self) -> u16 {
+        match self {
+            ErrorKind::NoRoute => 312,
+            ErrorKind::ContentTooLarge => 311,
+            ErrorKind::ConnectionClosed => 320,
+            ErrorKind::InvalidName => 402,
+            ErrorKind::AccessRefused => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::ResourceLocked => 405,
+            ErrorKind::PreconditionFailed => 406,
+            ErrorKind::NotAllowed => 530,
+        }
+    }
+}
+
+/// Why a declaration (`declare_exchange`, `declare_queue`) failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DeclareError {
+    /// The name is too long or otherwise unusable.
+    #[error("invalid name '{name}': {reason}")]
+    InvalidName {
+        /// The rejected name (cut to 300 bytes at most).
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The name is reserved (`amq.*`, the default exchange).
+    #[error("ACCESS_REFUSED - {0}")]
+    AccessRefused(String),
+    /// A passive declaration named an object that does not exist.
+    #[error("NOT_FOUND - {0}")]
+    NotFound(String),
+    /// The object exists with other options, or an argument is invalid.
+    #[error("PRECONDITION_FAILED - {0}")]
+    PreconditionFailed(String),
+    /// The queue is exclusive to another connection.
+    #[error("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}'")]
+    ResourceLocked(String),
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    ConnectionClosed,
+}
+
+/// Why binding or unbinding failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The routing key is too long.
+    #[error("invalid routing key: {0}")]
+    InvalidName(&'static str),
+    /// The default exchange cannot be bound to or from.
+    #[error("ACCESS_REFUSED - {0}")]
+    AccessRefused(String),
+    /// The source or destination does not exist.
+    #[error("NOT_FOUND - {0}")]
+    NotFound(String),
+    /// The arguments are invalid (e.g. an unknown `x-match`).
+    #[error("PRECONDITION_FAILED - {0}")]
+    PreconditionFailed(String),
+    /// The queue is exclusive to another connection.
+    #[error("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}'")]
+    ResourceLocked(String),
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    ConnectionClosed,
+}
+
+/// Why deleting or purging failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DeleteError {
+    /// The default exchange and `amq.*` exchanges cannot be deleted.
+    #[error("ACCESS_REFUSED - {0}")]
+    AccessRefused(String),
+    /// The object does not exist.
+    #[error("NOT_FOUND - {0}")]
+    NotFound(String),
+    /// `if_unused` or `if_empty` did not hold.
+    #[error("PRECONDITION_FAILED - {0}")]
+    PreconditionFailed(String),
+    /// The queue is exclusive to another connection.
+    #[error("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}'")]
+    ResourceLocked(String),
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    ConnectionClosed,
+}
+
+/// Why `consume` or `get` failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConsumeError {
+    /// The queue does not exist.
+    #[error("NOT_FOUND - {0}")]
+    NotFound(String),
+    /// The queue is exclusive to another connection.
+    #[error("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}'")]
+    ResourceLocked(String),
+    /// Another consumer holds the queue exclusively, or this one asked for
+    /// exclusivity on a queue that already has consumers.
+    #[error("ACCESS_REFUSED - {0}")]
+    AccessRefused(String),
+    /// The connection already has a consumer with that tag.
+    #[error("NOT_ALLOWED - attempt to reuse consumer tag '{0}'")]
+    TagInUse(String),
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    ConnectionClosed,
+}
+
+/// Why a publish failed. Every variant hands the message back: see
+/// [`PublishError::into_message`].
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// No exchange has that name.
+    #[error("NOT_FOUND - no exchange '{exchange}'")]
+    ExchangeNotFound {
+        /// The exchange named.
+        exchange: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The exchange is internal: it only takes messages from other exchanges.
+    #[error("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}'")]
+    InternalExchange {
+        /// The exchange named.
+        exchange: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// A mandatory message reached no queue (AMQP's basic.return).
+    #[error("NO_ROUTE - message to exchange '{exchange}' with routing key '{routing_key}' reached no queue")]
+    Unroutable {
+        /// The exchange it was published to.
+        exchange: String,
+        /// Its routing key.
+        routing_key: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The routing key is longer than 255 bytes.
+    #[error("invalid routing key: longer than 255 bytes ({len} bytes)")]
+    InvalidRoutingKey {
+        /// The key's length in bytes.
+        len: usize,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The body is larger than the broker's `max_message_size`.
+    #[error("CONTENT_TOO_LARGE - message body of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The body's size.
+        size: usize,
+        /// The broker's limit.
+        limit: usize,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    ConnectionClosed {
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+}
+
+impl PublishError {
+    /// The message that was not published.
+    pub fn message(&self) -> &Message {
+        match self {
+            PublishError::ExchangeNotFound { message, .. }
+            | PublishError::InternalExchange { message, .. }
+            | PublishError::Unroutable { message, .. }
+            | PublishError::InvalidRoutingKey { message, .. }
+            | PublishError::TooLarge { message, .. }
+            | PublishError::ConnectionClosed { message } => message,
+        }
+    }
+
+    /// Takes the message back.
+    pub fn into_message(self) -> Message {
+        match self {
+            PublishError::ExchangeNotFound { message, .. }
+            | PublishError::InternalExchange { message, .. }
+            | PublishError::Unroutable { message, .. }
+            | PublishError::InvalidRoutingKey { message, .. }
+            | PublishError::TooLarge { message, .. }
+            | PublishError::ConnectionClosed { message } => *message,
+        }
+    }
+
+    /// The AMQP class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PublishError::ExchangeNotFound { .. } => ErrorKind::NotFound,
+            PublishError::InternalExchange { .. } => ErrorKind::AccessRefused,
+            PublishError::Unroutable { .. } => ErrorKind::NoRoute,
+            PublishError::InvalidRoutingKey { .. } => ErrorKind::InvalidName,
+            PublishError::TooLarge { .. } => ErrorKind::ContentTooLarge,
+            PublishError::ConnectionClosed { .. } => ErrorKind::ConnectionClosed,
+        }
+    }
+}
+
+/// Why a consumer stopped: returned by [`Consumer::recv`](crate::Consumer::recv)
+/// once the consumer is cancelled and its inbox is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The queue was deleted.
+    #[error("queue '{0}' was deleted")]
+    QueueDeleted(String),
+    /// The consumer's connection was closed.
+    #[error("the connection is closed")]
+    ConnectionClosed,
+}
+
+/// Why [`Consumer::try_recv`](crate::Consumer::try_recv) returned nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// No delivery is waiting right now.
+    #[error("no delivery is waiting")]
+    Empty,
+    /// The consumer is cancelled.
+    #[error(transparent)]
+    Closed(#[from] RecvError),
+}
+
+/// Why [`Consumer::recv_timeout`](crate::Consumer::recv_timeout) returned nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RecvTimeoutError {
+    /// No delivery arrived in time.
+    #[error("no delivery arrived in time")]
+    Timeout,
+    /// The consumer is cancelled.
+    #[error(transparent)]
+    Closed(#[from] RecvError),
+}
+
+/// Why settling a delivery (ack, nack, reject) failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum AckError {
+    /// The delivery was auto-acknowledged: there is nothing to settle
+    /// (RabbitMQ answers `PRECONDITION_FAILED - unknown delivery tag`).
+    #[error("PRECONDITION_FAILED - unknown delivery tag {0} (the delivery was auto-acknowledged)")]
+    AutoAck(u64),
+    /// The connection closed first; the message was requeued then.
+    #[error("the connection is closed: delivery {0} was requeued when it closed")]
+    ConnectionClosed(u64),
+}
+
+macro_rules! kinds {
+    ($ty:ident { $($pat:pat => $kind:ident),* $(,)? }) => {
+        impl $ty {
+            /// The AMQP class of the error.
+            pub fn kind(&self) -> ErrorKind {
+                #[allow(clippy::enum_glob_use)]
+                use $ty::*;
+                match self {
+                    $($pat => ErrorKind::$kind,)*
+                }
+            }
+        }
+    };
+}
+
+kinds!(DeclareError {
+    InvalidName { .. } => InvalidName, AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
+    PreconditionFailed(_) => PreconditionFailed, ResourceLocked(_) => ResourceLocked,
+    ConnectionClosed => ConnectionClosed,
+});
+kinds!(BindError {
+    InvalidName(_) => InvalidName, AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
+    PreconditionFailed(_) => PreconditionFailed, ResourceLocked(_) => ResourceLocked,
+    ConnectionClosed => ConnectionClosed,
+});
+kinds!(DeleteError {
+    AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
+    PreconditionFailed(_) => PreconditionFailed, ResourceLocked(_) => ResourceLocked,
+    ConnectionClosed => ConnectionClosed,
+});
+kinds!(ConsumeError {
+    NotFound(_) => NotFound, ResourceLocked(_) => ResourceLocked, AccessRefused(_) => AccessRefused,
+    TagInUse(_) => NotAllowed, ConnectionClosed => ConnectionClosed,
+});

@@ -1,0 +1,256 @@
+//! Exchanges: kinds, options, and the routing tables publishers read.
+//!
+//! Each exchange publishes its routing table through an `ArcSwap`: a
+//! publisher loads the current table without a lock, and a topology change
+//! builds the next table and swaps it in. Tables are cheap to copy where they
+//! can be large (the topic trie shares unchanged nodes).
+
+pub(crate) mod headers;
+pub(crate) mod topic;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use arc_swap::ArcSwap;
+
+use crate::field::FieldTable;
+use crate::queue::Queue;
+use crate::sync::Arc;
+
+use headers::HeadersMatcher;
+use topic::TopicTrie;
+
+/// How an exchange picks the queues (and exchanges) a message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    /// To bindings whose key equals the routing key.
+    Direct,
+    /// To every binding; the routing key is ignored.
+    Fanout,
+    /// To bindings whose pattern matches the routing key: words split on `.`,
+    /// `*` matches exactly one word (possibly empty), `#` zero or more.
+    Topic,
+    /// To bindings whose arguments match the message headers, by `x-match`:
+    /// `all` (the default), `any`, `all-with-x` or `any-with-x`. The routing
+    /// key is ignored.
+    Headers,
+}
+
+impl ExchangeKind {
+    /// The AMQP name of the kind (`direct`, `fanout`, `topic`, `headers`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+impl fmt::Display for ExchangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Options of [`Connection::declare_exchange`](crate::Connection::declare_exchange).
+///
+/// ```
+/// use interoffice::ExchangeOptions;
+/// let opts = ExchangeOptions { alternate_exchange: Some("unrouted".into()), ..Default::default() };
+/// assert!(!opts.internal);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExchangeOptions {
+    /// Only check that the exchange exists; every other option is ignored.
+    pub passive: bool,
+    /// Recorded and compared on re-declaration, for a bridge to a real broker.
+    pub durable: bool,
+    /// Delete the exchange when its last binding (as a source) is removed,
+    /// once it has had one.
+    pub auto_delete: bool,
+    /// Refuse direct publishing: only other exchanges route into it.
+    pub internal: bool,
+    /// Where messages this exchange routes nowhere go instead. Resolved when a
+    /// message is routed, so it may name an exchange that does not exist yet.
+    pub alternate_exchange: Option<String>,
+    /// Other arguments (`x-*`), compared on re-declaration.
+    pub arguments: FieldTable,
+}
+
+impl ExchangeOptions {
+    /// The first option that differs: `(name, received, current)`.
+    pub(crate) fn difference(&self, current: &ExchangeOptions) -> Option<(String, String, String)> {
+        let flag = |name: &str, new: bool, old: bool| {
+            (new != old).then(|| (name.to_owned(), new.to_string(), old.to_string()))
+        };
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        flag("durable", self.durable, current.durable)
+            .or_else(|| flag("auto_delete", self.auto_delete, current.auto_delete))
+            .or_else(|| flag("internal", self.internal, current.internal))
+            .or_else(|| {
+                (self.alternate_exchange != current.alternate_exchange).then(|| {
+                    (
+                        "alternate-exchange".to_owned(),
+                        show(&self.alternate_exchange),
+                        show(&current.alternate_exchange),
+                    )
+                })
+            })
+            .or_else(|| crate::queue::table_difference(&self.arguments, &current.arguments))
+    }
+}
+
+/// Where a binding leads.
+#[derive(Debug, Clone)]
+pub(crate) enum Dest {
+    Queue(Arc<Queue>),
+    Exchange(Arc<Exchange>),
+}
+
+impl PartialEq for Dest {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Dest::Queue(a), Dest::Queue(b)) => Arc::ptr_eq(a, b),
+            (Dest::Exchange(a), Dest::Exchange(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// An exchange's routing table, one shape per kind.
+#[derive(Debug, Clone)]
+pub(crate) enum Routes {
+    /// The default exchange: the routing key names the queue.
+    Default,
+    Direct(HashMap<Box<str>, Vec<Dest>>),
+    Fanout(Vec<Dest>),
+    Topic(TopicTrie<Dest>),
+    Headers(Vec<(HeadersMatcher, Dest)>),
+}
+
+impl Routes {
+    pub(crate) fn empty(kind: ExchangeKind) -> Self {
+        match kind {
+            ExchangeKind::Direct => Routes::Direct(HashMap::new()),
+            ExchangeKind::Fanout => Routes::Fanout(Vec::new()),
+            ExchangeKind::Topic => Routes::Topic(TopicTrie::new()),
+            ExchangeKind::Headers => Routes::Headers(Vec::new()),
+        }
+    }
+
+    /// Adds one binding. Binding identity (key and arguments) is the
+    /// registry's job; here the same destination may appear twice under
+    /// different arguments, and routing deduplicates.
+    pub(crate) fn add(&mut self, key: &str, matcher: Option<HeadersMatcher>, dest: Dest) {
+        match self {
+            Routes::Default => {}
+            Routes::Direct(map) => map.entry(key.into()).or_default().push(dest),
+            Routes::Fanout(dests) => dests.push(dest),
+            Routes::Topic(trie) => {
+                trie.insert(key, dest);
+            }
+            Routes::Headers(list) => {
+                list.push((matcher.expect("headers bindings are compiled"), dest));
+            }
+        }
+    }
+
+    /// Removes one binding added with the same key, matcher and destination.
+    pub(crate) fn remove(&mut self, key: &str, matcher: Option<&HeadersMatcher>, dest: &Dest) {
+        fn remove_one(dests: &mut Vec<Dest>, dest: &Dest) {
+            if let Some(i) = dests.iter().position(|d| d == dest) {
+                dests.remove(i);
+            }
+        }
+        match self {
+            Routes::Default => {}
+            Routes::Direct(map) => {
+                if let Some(dests) = map.get_mut(key) {
+                    remove_one(dests, dest);
+                    if dests.is_empty() {
+                        map.remove(key);
+                    }
+                }
+            }
+            Routes::Fanout(dests) => remove_one(dests, dest),
+            Routes::Topic(trie) => {
+                trie.remove(key, dest);
+            }
+            Routes::Headers(list) => {
+                if let Some(i) = list.iter().position(|(m, d)| Some(m) == matcher && d == dest) {
+                    list.remove(i);
+                }
+            }
+        }
+    }
+
+    /// Calls `f` for each destination the message matches (possibly twice:
+    /// the caller deduplicates). The default exchange is resolved by the caller.
+    pub(crate) fn for_each_match(&self, key: &str, headers: Option<&FieldTable>, mut f: impl FnMut(&Dest)) {
+        match self {
+            Routes::Default => {}
+            Routes::Direct(map) => map.get(key).into_iter().flatten().for_each(f),
+            Routes::Fanout(dests) => dests.iter().for_each(f),
+            Routes::Topic(trie) => trie.for_each_match(key, f),
+            Routes::Headers(list) => {
+                for (matcher, dest) in list {
+                    if matcher.matches(headers) {
+                        f(dest);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An exchange, shared by the broker's map and the bindings that lead to it.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    pub(crate) name: Arc<str>,
+    pub(crate) id: u64,
+    pub(crate) kind: ExchangeKind,
+    pub(crate) options: ExchangeOptions,
+    pub(crate) routes: ArcSwap<Routes>,
+}
+
+impl Exchange {
+    pub(crate) fn new(name: Arc<str>, id: u64, kind: ExchangeKind, options: ExchangeOptions) -> Self {
+        let routes = if name.is_empty() { Routes::Default } else { Routes::empty(kind) };
+        Exchange { name, id, kind, options, routes: ArcSwap::from_pointee(routes) }
+    }
+
+    /// The default exchange `""`.
+    pub(crate) fn is_default(&self) -> bool {
+        self.name.is_empty()
+    }
+}
+
+/// A binding, as [`Broker::bindings`](crate::Broker::bindings) lists it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BindingInfo {
+    /// The source exchange.
+    pub source: String,
+    /// The destination queue or exchange.
+    pub destination: String,
+    /// Whether the destination is an exchange.
+    pub destination_is_exchange: bool,
+    /// The binding key.
+    pub routing_key: String,
+    /// The binding arguments.
+    pub arguments: FieldTable,
+}
+
+/// `x-match` and the other arguments of a headers binding, compiled; `None`
+/// for other kinds. An invalid `x-match` is refused here, at bind time.
+pub(crate) fn compile_arguments(
+    kind: ExchangeKind,
+    args: &FieldTable,
+) -> Result<Option<HeadersMatcher>, String> {
+    match kind {
+        ExchangeKind::Headers => HeadersMatcher::parse(args).map(Some),
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,367 @@
+//! AMQP field tables: the typed key/value maps carried in message headers and
+//! in binding and declaration arguments.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// One typed value of a [`FieldTable`], as in AMQP 0-9-1's field-value.
+///
+/// The kinds are kept apart: `FieldValue::from("1")` and `FieldValue::from(1)`
+/// are different values, and a headers exchange does not match one against
+/// the other (see [`ExchangeKind::Headers`](crate::ExchangeKind::Headers)).
+///
+/// ```
+/// use interoffice::FieldValue;
+/// assert_eq!(FieldValue::from("eu"), FieldValue::String("eu".into()));
+/// assert_eq!(FieldValue::from(7_i64).as_i64(), Some(7));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FieldValue {
+    /// A boolean (`t`).
+    Bool(bool),
+    /// A signed 8-bit integer (`b`).
+    I8(i8),
+    /// An unsigned 8-bit integer (`B`).
+    U8(u8),
+    /// A signed 16-bit integer (`s`).
+    I16(i16),
+    /// An unsigned 16-bit integer (`u`).
+    U16(u16),
+    /// A signed 32-bit integer (`I`).
+    I32(i32),
+    /// An unsigned 32-bit integer (`i`).
+    U32(u32),
+    /// A signed 64-bit integer (`l`).
+    I64(i64),
+    /// An unsigned 64-bit integer. AMQP has no such type: a bridge to a real
+    /// broker sends it as a signed 64-bit integer when it fits.
+    U64(u64),
+    /// A 32-bit float (`f`).
+    F32(f32),
+    /// A 64-bit float (`d`).
+    F64(f64),
+    /// A UTF-8 string (`S`).
+    String(String),
+    /// A byte array (`x`).
+    Bytes(Bytes),
+    /// A timestamp in seconds since the Unix epoch (`T`).
+    Timestamp(u64),
+    /// An array of values (`A`).
+    Array(Vec<FieldValue>),
+    /// A nested table (`F`).
+    Table(FieldTable),
+    /// No value (`V`). In a headers binding it tests presence only.
+    Void,
+}
+
+impl FieldValue {
+    /// The value as a signed integer, if it is an integer of any width that
+    /// fits in an `i64`.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            FieldValue::I8(v) => Some(v.into()),
+            FieldValue::U8(v) => Some(v.into()),
+            FieldValue::I16(v) => Some(v.into()),
+            FieldValue::U16(v) => Some(v.into()),
+            FieldValue::I32(v) => Some(v.into()),
+            FieldValue::U32(v) => Some(v.into()),
+            FieldValue::I64(v) => Some(v),
+            FieldValue::U64(v) => i64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a string slice, if it is a [`FieldValue::String`].
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            FieldValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as bytes, if it is a string or a byte array.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            FieldValue::String(s) => Some(s.as_bytes()),
+            FieldValue::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The value as a bool, if it is a [`FieldValue::Bool`].
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            FieldValue::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The value as a nested table, if it is a [`FieldValue::Table`].
+    pub fn as_table(&self) -> Option<&FieldTable> {
+        match self {
+            FieldValue::Table(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The value as an array, if it is a [`FieldValue::Array`].
+    pub fn as_array(&self) -> Option<&[FieldValue]> {
+        match self {
+            FieldValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// RabbitMQ's equality for header matching: the same kind and the same
+    /// value, where integers of any width compare by value, floats of either
+    /// width compare by value, and a string equals a byte array holding the
+    /// same bytes. `"1"` is not `1`, and `true` is not `1`.
+    pub(crate) fn amqp_eq(&self, other: &FieldValue) -> bool {
+        use FieldValue as V;
+        if let (Some(a), Some(b)) = (self.as_integer(), other.as_integer()) {
+            return a == b;
+        }
+        match (self, other) {
+            (V::F32(_) | V::F64(_), V::F32(_) | V::F64(_)) => self.as_f64() == other.as_f64(),
+            (V::String(_) | V::Bytes(_), V::String(_) | V::Bytes(_)) => self.as_bytes() == other.as_bytes(),
+            (V::Array(a), V::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.amqp_eq(y)),
+            (V::Table(a), V::Table(b)) => {
+                a.len() == b.len()
+                    && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| ka == kb && va.amqp_eq(vb))
+            }
+            _ => self == other,
+        }
+    }
+
+    /// Any integer widened to `i128`, so `U64::MAX` and `I64::MIN` both fit.
+    fn as_integer(&self) -> Option<i128> {
+        match *self {
+            FieldValue::U64(v) => Some(v.into()),
+            _ => self.as_i64().map(i128::from),
+        }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            FieldValue::F32(v) => Some(v.into()),
+            FieldValue::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for FieldValue {
+    /// Formats the value as RabbitMQ quotes it in error messages: strings bare,
+    /// numbers and booleans as literals.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldValue::Bool(v) => write!(f, "{v}"),
+            FieldValue::I8(v) => write!(f, "{v}"),
+            FieldValue::U8(v) => write!(f, "{v}"),
+            FieldValue::I16(v) => write!(f, "{v}"),
+            FieldValue::U16(v) => write!(f, "{v}"),
+            FieldValue::I32(v) => write!(f, "{v}"),
+            FieldValue::U32(v) => write!(f, "{v}"),
+            FieldValue::I64(v) => write!(f, "{v}"),
+            FieldValue::U64(v) => write!(f, "{v}"),
+            FieldValue::F32(v) => write!(f, "{v}"),
+            FieldValue::F64(v) => write!(f, "{v}"),
+            FieldValue::String(v) => f.write_str(v),
+            FieldValue::Bytes(v) => write!(f, "{}", String::from_utf8_lossy(v)),
+            FieldValue::Timestamp(v) => write!(f, "{v}"),
+            FieldValue::Array(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
+            FieldValue::Table(t) => write!(f, "{t}"),
+            FieldValue::Void => f.write_str("void"),
+        }
+    }
+}
+
+macro_rules! field_value_from {
+    ($($ty:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$ty> for FieldValue {
+            fn from(v: $ty) -> Self {
+                FieldValue::$variant(v.into())
+            }
+        })*
+    };
+}
+
+field_value_from! {
+    bool => Bool, i8 => I8, u8 => U8, i16 => I16, u16 => U16, i32 => I32, u32 => U32,
+    i64 => I64, u64 => U64, f32 => F32, f64 => F64, String => String, &str => String,
+    Bytes => Bytes, Vec<FieldValue> => Array, FieldTable => Table,
+}
+
+impl From<&String> for FieldValue {
+    fn from(v: &String) -> Self {
+        FieldValue::String(v.clone())
+    }
+}
+
+impl From<()> for FieldValue {
+    fn from((): ()) -> Self {
+        FieldValue::Void
+    }
+}
+
+/// A table of named, typed values: message headers and the arguments of
+/// bindings and declarations.
+///
+/// Keys are kept sorted, as RabbitMQ sorts them, so two tables with the same
+/// entries are equal whatever order they were built in.
+///
+/// ```
+/// use interoffice::{FieldTable, FieldValue};
+/// let headers = FieldTable::from([("region", FieldValue::from("eu")), ("tier", 2.into())]);
+/// assert_eq!(headers.get("region").and_then(FieldValue::as_str), Some("eu"));
+/// assert_eq!(headers.len(), 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FieldTable(BTreeMap<String, FieldValue>);
+
+impl FieldTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        FieldTable(BTreeMap::new())
+    }
+
+    /// Sets `key` to `value`, returning the value it replaces.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Option<FieldValue> {
+        self.0.insert(key.into(), value.into())
+    }
+
+    /// Builder form of [`insert`](Self::insert).
+    #[must_use]
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
+        self.insert(key, value);
+        self
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Option<&FieldValue> {
+        self.0.get(key)
+    }
+
+    /// A mutable reference to the value under `key`.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut FieldValue> {
+        self.0.get_mut(key)
+    }
+
+    /// Removes and returns the value under `key`.
+    pub fn remove(&mut self, key: &str) -> Option<FieldValue> {
+        self.0.remove(key)
+    }
+
+    /// Whether the table holds `key`.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The entries, in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &FieldValue)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl fmt::Display for FieldTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (k, v)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{k}={v}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl<K: Into<String>, V: Into<FieldValue>, const N: usize> From<[(K, V); N]> for FieldTable {
+    fn from(entries: [(K, V); N]) -> Self {
+        entries.into_iter().collect()
+    }
+}
+
+impl<K: Into<String>, V: Into<FieldValue>> FromIterator<(K, V)> for FieldTable {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        FieldTable(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+}
+
+impl<K: Into<String>, V: Into<FieldValue>> Extend<(K, V)> for FieldTable {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        self.0.extend(iter.into_iter().map(|(k, v)| (k.into(), v.into())));
+    }
+}
+
+impl IntoIterator for FieldTable {
+    type Item = (String, FieldValue);
+    type IntoIter = std::collections::btree_map::IntoIter<String, FieldValue>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a FieldTable {
+    type Item = (&'a String, &'a FieldValue);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, FieldValue>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_of_any_width_are_amqp_equal() {
+        assert!(FieldValue::I32(1).amqp_eq(&FieldValue::I64(1)));
+        assert!(FieldValue::U8(1).amqp_eq(&FieldValue::U64(1)));
+        assert!(!FieldValue::I64(-1).amqp_eq(&FieldValue::U64(u64::MAX)));
+    }
+
+    #[test]
+    fn kinds_stay_apart() {
+        assert!(!FieldValue::from("1").amqp_eq(&FieldValue::from(1)));
+        assert!(!FieldValue::Bool(true).amqp_eq(&FieldValue::I32(1)));
+        assert!(!FieldValue::Timestamp(1).amqp_eq(&FieldValue::I64(1)));
+    }
+
+    #[test]
+    fn string_equals_bytes_with_same_content() {
+        assert!(FieldValue::from("ab").amqp_eq(&FieldValue::Bytes(Bytes::from_static(b"ab"))));
+        assert!(!FieldValue::from("ab").amqp_eq(&FieldValue::Bytes(Bytes::from_static(b"ba"))));
+    }
+
+    #[test]
+    fn table_order_does_not_matter() {
+        let a = FieldTable::from([("x", 1), ("y", 2)]);
+        let b = FieldTable::from([("y", 2), ("x", 1)]);
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "{x=1,y=2}");
+    }
+}

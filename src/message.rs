@@ -1,0 +1,187 @@
+//! Messages: a binary body and the AMQP 0-9-1 basic properties.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::field::{FieldTable, FieldValue};
+
+/// Whether a message should survive a broker restart (AMQP `delivery-mode`).
+///
+/// interoffice keeps everything in memory, so the mode changes nothing here;
+/// it is carried so that a bridge to a real RabbitMQ can honour it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeliveryMode {
+    /// Mode 1: may be lost on a broker restart.
+    Transient,
+    /// Mode 2: written to disk by a broker that has one.
+    Persistent,
+}
+
+/// The AMQP 0-9-1 basic properties of a [`Message`].
+///
+/// Every field is optional, as on the wire. Build them through the
+/// `Message::with_*` methods or set the fields directly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Properties {
+    /// MIME type of the body, e.g. `application/json`.
+    pub content_type: Option<String>,
+    /// Encoding of the body, e.g. `gzip`.
+    pub content_encoding: Option<String>,
+    /// Application headers; also what a headers exchange matches on.
+    pub headers: Option<FieldTable>,
+    /// Transient or persistent.
+    pub delivery_mode: Option<DeliveryMode>,
+    /// Priority 0..=255, used by priority queues.
+    pub priority: Option<u8>,
+    /// Correlates a reply with its request.
+    pub correlation_id: Option<String>,
+    /// Where a reply should be sent (a queue name).
+    pub reply_to: Option<String>,
+    /// Per-message time to live, in milliseconds as a decimal string (AMQP's form).
+    pub expiration: Option<String>,
+    /// Application-assigned message id.
+    pub message_id: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub timestamp: Option<u64>,
+    /// Message type name (AMQP `type`).
+    pub kind: Option<String>,
+    /// The publishing user's id.
+    pub user_id: Option<String>,
+    /// The publishing application's id.
+    pub app_id: Option<String>,
+}
+
+/// A message: [`Properties`] and a body of bytes.
+///
+/// The body is a [`Bytes`], so a message routed to many queues shares one
+/// body: it is never copied per queue.
+///
+/// ```
+/// use interoffice::{FieldTable, FieldValue, Message};
+/// let msg = Message::new("payload")
+///     .with_content_type("text/plain")
+///     .with_headers(FieldTable::from([("region", FieldValue::from("eu"))]));
+/// assert_eq!(msg.body().as_ref(), b"payload");
+/// assert_eq!(msg.header("region").and_then(FieldValue::as_str), Some("eu"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    properties: Properties,
+    body: Bytes,
+}
+
+macro_rules! string_property {
+    ($(#[$doc:meta] $with:ident => $field:ident),* $(,)?) => {
+        $(#[$doc]
+        #[must_use]
+        pub fn $with(mut self, value: impl Into<String>) -> Self {
+            self.properties.$field = Some(value.into());
+            self
+        })*
+    };
+}
+
+impl Message {
+    /// A message with `body` and no properties.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Message { properties: Properties::default(), body: body.into() }
+    }
+
+    /// A message with `body` and `properties`.
+    pub fn with_properties(body: impl Into<Bytes>, properties: Properties) -> Self {
+        Message { properties, body: body.into() }
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The properties.
+    pub fn properties(&self) -> &Properties {
+        &self.properties
+    }
+
+    /// The properties, to change them.
+    pub fn properties_mut(&mut self) -> &mut Properties {
+        &mut self.properties
+    }
+
+    /// Splits the message into its properties and body.
+    pub fn into_parts(self) -> (Properties, Bytes) {
+        (self.properties, self.body)
+    }
+
+    /// The headers table, if any.
+    pub fn headers(&self) -> Option<&FieldTable> {
+        self.properties.headers.as_ref()
+    }
+
+    /// One header's value.
+    pub fn header(&self, key: &str) -> Option<&FieldValue> {
+        self.headers().and_then(|h| h.get(key))
+    }
+
+    /// Replaces the headers.
+    #[must_use]
+    pub fn with_headers(mut self, headers: FieldTable) -> Self {
+        self.properties.headers = Some(headers);
+        self
+    }
+
+    /// Sets one header, creating the table if needed.
+    #[must_use]
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
+        self.properties.headers.get_or_insert_with(FieldTable::new).insert(key, value);
+        self
+    }
+
+    /// Sets the delivery mode.
+    #[must_use]
+    pub fn with_delivery_mode(mut self, mode: DeliveryMode) -> Self {
+        self.properties.delivery_mode = Some(mode);
+        self
+    }
+
+    /// Sets the priority.
+    #[must_use]
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.properties.priority = Some(priority);
+        self
+    }
+
+    /// Sets the per-message time to live (stored as AMQP's millisecond string).
+    #[must_use]
+    pub fn with_expiration(mut self, ttl: Duration) -> Self {
+        self.properties.expiration = Some(ttl.as_millis().to_string());
+        self
+    }
+
+    /// Sets the timestamp, in seconds since the Unix epoch.
+    #[must_use]
+    pub fn with_timestamp(mut self, seconds: u64) -> Self {
+        self.properties.timestamp = Some(seconds);
+        self
+    }
+
+    string_property! {
+        /// Sets the content type.
+        with_content_type => content_type,
+        /// Sets the content encoding.
+        with_content_encoding => content_encoding,
+        /// Sets the correlation id.
+        with_correlation_id => correlation_id,
+        /// Sets the reply-to queue name.
+        with_reply_to => reply_to,
+        /// Sets the message id.
+        with_message_id => message_id,
+        /// Sets the message type name (AMQP `type`).
+        with_kind => kind,
+        /// Sets the user id.
+        with_user_id => user_id,
+        /// Sets the application id.
+        with_app_id => app_id,
+    }
+}
