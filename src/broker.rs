@@ -56,7 +56,6 @@ pub struct PublishOptions {
 
 /// What a publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use = "a message that reached no queue was dropped"]
 pub struct Routed {
     queues: usize,
 }

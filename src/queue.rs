@@ -377,7 +377,7 @@ impl Queue {
     }
 
     #[cfg(test)]
-    fn lock(&self) -> crate::sync::MutexGuard<'_, QueueState> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, QueueState> {
         self.state.lock()
     }
 }
