@@ -407,10 +407,10 @@ impl BrokerInner {
             if !matched {
                 let alternate =
                     exchange.options.alternate_exchange.as_deref().and_then(|ae| exchanges.get(ae));
-                if let Some(alternate) = alternate {
-                    if seen_exchanges.insert(alternate.id) {
-                        pending.push(Arc::clone(alternate));
-                    }
+                if let Some(alternate) = alternate
+                    && seen_exchanges.insert(alternate.id)
+                {
+                    pending.push(Arc::clone(alternate));
                 }
             }
             match pending.pop() {
@@ -477,12 +477,8 @@ impl BrokerInner {
             )));
         }
         let mut registry = self.registry.lock();
-        let exchange = self
-            .exchanges
-            .load()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| DeleteError::NotFound(self.no_exchange(name)))?;
+        // As in RabbitMQ since 3.2, deleting what does not exist succeeds.
+        let Some(exchange) = self.exchanges.load().get(name).cloned() else { return Ok(()) };
         if if_unused && registry.binding_count.get(&exchange.id).copied().unwrap_or(0) > 0 {
             return Err(DeleteError::PreconditionFailed(format!(
                 "exchange '{name}' in vhost '{}' in use",
@@ -576,13 +572,12 @@ impl BrokerInner {
         if_empty: bool,
     ) -> Result<usize, DeleteError> {
         let mut registry = self.registry.lock();
-        let queue = self.queue_for(conn, name).map_err(|missing| {
-            if missing {
-                DeleteError::NotFound(self.no_queue(name))
-            } else {
-                DeleteError::ResourceLocked(name.into())
-            }
-        })?;
+        let queue = match self.queue_for(conn, name) {
+            Ok(queue) => queue,
+            // As in RabbitMQ since 3.2, deleting what does not exist succeeds.
+            Err(true) => return Ok(0),
+            Err(false) => return Err(DeleteError::ResourceLocked(name.into())),
+        };
         let (consumers, ready) = queue.usage();
         if if_unused && consumers > 0 {
             return Err(DeleteError::PreconditionFailed(format!(
@@ -723,7 +718,12 @@ impl BrokerInner {
         arguments: &FieldTable,
     ) -> Result<(), BindError> {
         let mut registry = self.registry.lock();
-        let (source, dest) = self.binding_ends(conn, destination, to_exchange, source, key)?;
+        let (source, dest) = match self.binding_ends(conn, destination, to_exchange, source, key) {
+            Ok(ends) => ends,
+            // As in RabbitMQ since 3.2, removing what does not exist succeeds.
+            Err(BindError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let binding_key = BindingKey { source: source.id, dest: dest.id(), key: key.to_owned() };
         let Some(entry) = registry.bindings.get_mut(&binding_key) else { return Ok(()) };
         let Some(index) = entry.args.iter().position(|(a, _)| a == arguments) else { return Ok(()) };

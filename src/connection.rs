@@ -108,7 +108,8 @@ impl Connection {
         self.broker.inner.declare_exchange(name, kind, options)
     }
 
-    /// Deletes an exchange and every binding from or to it.
+    /// Deletes an exchange and every binding from or to it. Deleting an
+    /// exchange that does not exist succeeds, as in RabbitMQ.
     pub fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<(), DeleteError> {
         self.broker.inner.delete_exchange(name, options.if_unused)
     }
@@ -122,7 +123,8 @@ impl Connection {
     }
 
     /// Deletes a queue: its consumers are cancelled and its messages dropped.
-    /// Returns how many messages were ready.
+    /// Returns how many messages were ready. Deleting a queue that does not
+    /// exist succeeds and returns 0, as in RabbitMQ.
     pub fn delete_queue(&self, name: &str, options: DeleteQueueOptions) -> Result<usize, DeleteError> {
         self.broker.inner.delete_queue(self.shared.id, name, options.if_unused, options.if_empty)
     }
@@ -152,7 +154,8 @@ impl Connection {
     }
 
     /// Removes a binding made by [`bind_queue`](Self::bind_queue) with the
-    /// same key and arguments. Removing a binding that does not exist is harmless.
+    /// same key and arguments. Removing a binding that does not exist (or
+    /// whose queue or exchange does not) succeeds, as in RabbitMQ.
     pub fn unbind_queue(
         &self,
         queue: &str,

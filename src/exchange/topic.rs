@@ -65,12 +65,13 @@ impl<D: Clone + PartialEq> TopicTrie<D> {
         TopicTrie { root: Arc::new(Node::empty()), len: 0 }
     }
 
-    /// Adds `dest` under `pattern`; false (and no change) if that exact pair is already there.
-    pub(crate) fn insert(&mut self, pattern: &str, dest: D) -> bool {
-        // Checked read-only first so a duplicate does not copy a shared path.
-        if self.find(pattern).is_some_and(|n| n.dests.contains(&dest)) {
-            return false;
-        }
+    /// Adds one binding of `dest` under `pattern`. The same pair may be added
+    /// more than once — two bindings that differ only by arguments, or `a.#`
+    /// and `a.#.#`, which collapse to one pattern — and each needs its own
+    /// [`remove`](Self::remove): removing one binding must not silence the
+    /// other. Routing reports such a destination more than once; the caller
+    /// deduplicates.
+    pub(crate) fn insert(&mut self, pattern: &str, dest: D) {
         let mut node = Arc::make_mut(&mut self.root);
         for word in pattern_words(pattern) {
             let child = match word {
@@ -82,10 +83,10 @@ impl<D: Clone + PartialEq> TopicTrie<D> {
         }
         node.dests.push(dest);
         self.len += 1;
-        true
     }
 
-    /// Removes `dest` from `pattern`; false if absent. Prunes nodes left empty.
+    /// Removes one binding of `dest` under `pattern`; false if absent. Prunes
+    /// nodes left empty.
     pub(crate) fn remove(&mut self, pattern: &str, dest: &D) -> bool {
         // Checked read-only first so a miss does not copy a shared path.
         if !self.find(pattern).is_some_and(|n| n.dests.contains(dest)) {
@@ -324,7 +325,7 @@ mod tests {
     /// Whether a trie holding only `pattern` routes `key`.
     fn matches(pattern: &str, key: &str) -> bool {
         let mut trie = TopicTrie::new();
-        assert!(trie.insert(pattern, 1));
+        trie.insert(pattern, 1);
         let hit = !routes(&trie, key).is_empty();
         assert_eq!(hit, reference(pattern, key), "reference disagrees on {pattern:?} / {key:?}");
         hit
@@ -452,22 +453,28 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_insert_is_refused_and_counted_once() {
+    fn each_insert_of_the_same_binding_needs_its_own_remove() {
         let mut trie = TopicTrie::new();
         assert!(trie.is_empty());
-        assert!(trie.insert("a.#", 1));
-        assert!(!trie.insert("a.#", 1));
-        // `#.#` collapses, so this is the same binding.
-        assert!(!trie.insert("a.#.#", 1));
-        assert!(trie.insert("a.#", 2));
-        assert!(trie.insert("a.*", 1));
-        assert_eq!(trie.len(), 3);
-        assert!(!trie.is_empty());
+        trie.insert("a.#", 1);
+        // `#.#` collapses, so this is the same pattern bound a second time.
+        trie.insert("a.#.#", 1);
+        trie.insert("a.#", 2);
+        trie.insert("a.*", 1);
+        assert_eq!(trie.len(), 4);
         let mut hits = Vec::new();
         trie.for_each_match("a.b", |d| hits.push(*d));
         hits.sort_unstable();
-        // Destination 1 is bound twice over matching patterns: reported twice.
-        assert_eq!(hits, [1, 1, 2]);
+        // Destination 1 is bound three times over matching patterns.
+        assert_eq!(hits, [1, 1, 1, 2]);
+        assert!(trie.remove("a.#.#", &1));
+        let mut hits = Vec::new();
+        trie.for_each_match("a.b.c", |d| hits.push(*d));
+        hits.sort_unstable();
+        assert_eq!(hits, [1, 2], "the other a.# binding of 1 still routes");
+        assert!(trie.remove("a.#", &1));
+        assert!(!trie.remove("a.#", &1));
+        assert_eq!(trie.len(), 2);
     }
 
     #[test]
@@ -501,9 +508,9 @@ mod tests {
         original.insert("a.*", 1);
         original.insert("#.b", 2);
         let mut copy = original.clone();
-        assert!(copy.insert("a.*", 3));
+        copy.insert("a.*", 3);
         assert!(copy.remove("#.b", &2));
-        assert!(copy.insert("a.b", 4));
+        copy.insert("a.b", 4);
         assert_eq!(routes(&original, "a.b"), [1, 2]);
         assert_eq!(routes(&copy, "a.b"), [1, 3, 4]);
         assert_eq!((original.len(), copy.len()), (2, 3));
