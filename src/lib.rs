@@ -51,3 +51,8 @@ pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
 pub use field::{FieldTable, FieldValue};
 pub use message::{DeliveryMode, Message, Properties};
 pub use queue::{QueueOptions, QueueStats};
+
+/// The README's code blocks, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
