@@ -430,16 +430,18 @@ impl BrokerInner {
     ) -> Result<(), DeclareError> {
         check_name(name)?;
         let _registry = self.registry.lock();
-        let existing = self.exchanges.load().get(name).cloned();
-        if options.passive {
-            return existing.map(|_| ()).ok_or_else(|| DeclareError::NotFound(self.no_exchange(name)));
-        }
         if name.is_empty() {
             return Err(DeclareError::AccessRefused(
                 "operation not permitted on the default exchange".into(),
             ));
         }
-        if name.starts_with("amq.") {
+        let existing = self.exchanges.load().get(name).cloned();
+        if options.passive {
+            return existing.map(|_| ()).ok_or_else(|| DeclareError::NotFound(self.no_exchange(name)));
+        }
+        // As RabbitMQ does, the reserved prefix only stops creating an
+        // exchange: re-declaring `amq.direct` equivalently succeeds.
+        if existing.is_none() && name.starts_with("amq.") {
             return Err(DeclareError::AccessRefused(format!(
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
@@ -537,7 +539,9 @@ impl BrokerInner {
             name.to_owned()
         };
         if let Some(current) = queues.get(name.as_str()) {
-            if !current.accessible_by(conn) {
+            // RabbitMQ checks exclusivity before the other options: a
+            // mismatch either way is RESOURCE_LOCKED, not an inequivalent arg.
+            if !current.accessible_by(conn) || options.exclusive != current.options.exclusive {
                 return Err(DeclareError::ResourceLocked(name));
             }
             if let Some((arg, received, now)) = options.difference(&current.options) {
