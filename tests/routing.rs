@@ -17,7 +17,7 @@ use interoffice::{
 type TestResult = Result<(), Box<dyn Error>>;
 
 fn mandatory() -> PublishOptions {
-    PublishOptions { mandatory: true, ..Default::default() }
+    PublishOptions { mandatory: true }
 }
 
 fn no_args() -> FieldTable {
