@@ -36,6 +36,8 @@ pub struct DeleteExchangeOptions {
 pub(crate) struct ConnectionShared {
     pub(crate) id: u64,
     name: Option<String>,
+    /// Set once by `close` (or drop); every operation checks it first.
+    closed: AtomicBool,
     /// Every consumer opened on this connection whose shared state is still
     /// alive (cancelled ones may still have deliveries to requeue on close).
     /// The same lock orders `consume` against `close`.
@@ -52,9 +54,10 @@ struct ConsumerList {
 /// A client's connection to the broker: declares topology, publishes,
 /// consumes. `Send + Sync`: share it between threads by reference or `Arc`.
 ///
-/// Dropping it closes it, as [`close`](Connection::close) does: its
-/// consumers are cancelled, every delivery it holds unsettled is requeued
-/// (flagged redelivered), and its exclusive queues are deleted.
+/// [`close`](Connection::close) — or dropping it — closes it: its consumers
+/// are cancelled, every delivery it holds unsettled is requeued (flagged
+/// redelivered), and its exclusive queues are deleted. Operations on a closed
+/// connection fail with a `ConnectionClosed` error.
 ///
 /// AMQP multiplexes channels over a connection; here a connection is both:
 /// open several connections where you would open several channels.
@@ -74,6 +77,7 @@ impl Connection {
         let shared = Arc::new(ConnectionShared {
             id: broker.inner.id(),
             name,
+            closed: AtomicBool::new(false),
             consumers: Mutex::new(ConsumerList::default()),
             gets: Arc::new(GetStore::default()),
         });
@@ -105,12 +109,14 @@ impl Connection {
         kind: ExchangeKind,
         options: ExchangeOptions,
     ) -> Result<(), DeclareError> {
+        self.check_open(DeclareError::ConnectionClosed)?;
         self.broker.inner.declare_exchange(name, kind, options)
     }
 
     /// Deletes an exchange and every binding from or to it. Deleting an
     /// exchange that does not exist succeeds, as in RabbitMQ.
     pub fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<(), DeleteError> {
+        self.check_open(DeleteError::ConnectionClosed)?;
         self.broker.inner.delete_exchange(name, options.if_unused)
     }
 
@@ -119,6 +125,7 @@ impl Connection {
     /// when the options are equal; [`DeclareError::PreconditionFailed`] naming
     /// the first difference otherwise. Names starting with `amq.` are reserved.
     pub fn declare_queue(&self, name: &str, options: QueueOptions) -> Result<String, DeclareError> {
+        self.check_open(DeclareError::ConnectionClosed)?;
         self.broker.inner.declare_queue(self.shared.id, name, options)
     }
 
@@ -126,12 +133,14 @@ impl Connection {
     /// Returns how many messages were ready. Deleting a queue that does not
     /// exist succeeds and returns 0, as in RabbitMQ.
     pub fn delete_queue(&self, name: &str, options: DeleteQueueOptions) -> Result<usize, DeleteError> {
+        self.check_open(DeleteError::ConnectionClosed)?;
         self.broker.inner.delete_queue(self.shared.id, name, options.if_unused, options.if_empty)
     }
 
     /// Drops every ready message of a queue (not the unacknowledged ones);
     /// returns how many.
     pub fn purge_queue(&self, name: &str) -> Result<usize, DeleteError> {
+        self.check_open(DeleteError::ConnectionClosed)?;
         self.broker.inner.purge_queue(self.shared.id, name)
     }
 
@@ -150,6 +159,7 @@ impl Connection {
         key: &str,
         arguments: FieldTable,
     ) -> Result<(), BindError> {
+        self.check_open(BindError::ConnectionClosed)?;
         self.broker.inner.bind(self.shared.id, queue, false, exchange, key, arguments)
     }
 
@@ -163,6 +173,7 @@ impl Connection {
         key: &str,
         arguments: &FieldTable,
     ) -> Result<(), BindError> {
+        self.check_open(BindError::ConnectionClosed)?;
         self.broker.inner.unbind(self.shared.id, queue, false, exchange, key, arguments)
     }
 
@@ -175,6 +186,7 @@ impl Connection {
         key: &str,
         arguments: FieldTable,
     ) -> Result<(), BindError> {
+        self.check_open(BindError::ConnectionClosed)?;
         self.broker.inner.bind(self.shared.id, destination, true, source, key, arguments)
     }
 
@@ -186,6 +198,7 @@ impl Connection {
         key: &str,
         arguments: &FieldTable,
     ) -> Result<(), BindError> {
+        self.check_open(BindError::ConnectionClosed)?;
         self.broker.inner.unbind(self.shared.id, destination, true, source, key, arguments)
     }
 
@@ -210,6 +223,9 @@ impl Connection {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::ConnectionClosed { message: Box::new(message) });
+        }
         self.broker.inner.publish(exchange, routing_key, message, options)
     }
 
@@ -258,6 +274,7 @@ impl Connection {
     }
 
     fn queue_for(&self, name: &str) -> Result<Arc<crate::queue::Queue>, ConsumeError> {
+        self.check_open(ConsumeError::ConnectionClosed)?;
         self.broker.inner.queue_for(self.shared.id, name).map_err(|missing| {
             if missing {
                 ConsumeError::NotFound(format!("no queue '{name}' in vhost '{}'", self.broker.inner.vhost()))
@@ -267,12 +284,23 @@ impl Connection {
         })
     }
 
-    /// Closes the connection (as dropping it does).
-    pub fn close(self) {}
-}
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
+    fn check_open<E>(&self, error: E) -> Result<(), E> {
+        if self.is_closed() { Err(error) } else { Ok(()) }
+    }
+
+    /// Closes the connection: cancels its consumers (a `recv` blocked on
+    /// another thread returns [`RecvError::ConnectionClosed`]), requeues every
+    /// delivery it holds unsettled, flagged redelivered, and deletes its
+    /// exclusive queues. Closing twice does nothing; dropping closes too.
+    pub fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let consumers = {
             let mut consumers = self.shared.consumers.lock();
             consumers.closed = true;
@@ -289,13 +317,22 @@ impl Drop for Connection {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn check<T: Send + Sync>() {}
-    check::<Connection>();
-    check::<Broker>();
-    check::<Consumer>();
-    check::<Delivery>();
-    let _ = Ordering::Relaxed;
-    let _ = AtomicBool::new(false);
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Connection>();
+        check::<Broker>();
+        check::<Consumer>();
+        check::<Delivery>();
+    }
 }

@@ -254,8 +254,22 @@ impl Consumer {
         std::iter::from_fn(move || self.recv().ok())
     }
 
-    /// Cancels the consumer (AMQP basic.cancel); the same as dropping it.
-    pub fn cancel(self) {}
+    /// Cancels the consumer (AMQP basic.cancel), as dropping it does: what
+    /// the queue had sent to it but `recv` had not returned goes back to the
+    /// queue, and a `recv` blocked on another thread returns
+    /// [`RecvError::Cancelled`]. Deliveries already returned stay settle-able.
+    /// Cancelling twice does nothing.
+    pub fn cancel(&self) {
+        if self.shared.cancel(RecvError::Cancelled) {
+            self.broker.auto_delete_queue(&self.shared.queue);
+        }
+    }
+
+    /// Whether the consumer is cancelled (by [`cancel`](Self::cancel), its
+    /// queue's deletion or its connection's close).
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.is_cancelled()
+    }
 }
 
 impl<'a> IntoIterator for &'a Consumer {
@@ -268,8 +282,6 @@ impl<'a> IntoIterator for &'a Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        if self.shared.cancel(RecvError::ConnectionClosed) {
-            self.broker.auto_delete_queue(&self.shared.queue);
-        }
+        self.cancel();
     }
 }

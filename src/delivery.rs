@@ -65,6 +65,11 @@ impl Delivery {
         self.envelope.message.headers()
     }
 
+    /// One header's value.
+    pub fn header(&self, key: &str) -> Option<&crate::FieldValue> {
+        self.envelope.message.header(key)
+    }
+
     /// The exchange the message was published to (`""` for the default exchange).
     pub fn exchange(&self) -> &str {
         &self.envelope.exchange

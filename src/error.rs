@@ -148,6 +148,10 @@ pub enum ConsumeError {
 
 /// Why a publish failed. Every variant hands the message back: see
 /// [`PublishError::into_message`].
+///
+/// Converting the error with `?` into a boxed error keeps the message inside
+/// it, but out of reach: `match` on the error (or call `into_message`) where
+/// the message matters, e.g. to retry it or store it elsewhere.
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum PublishError {
@@ -246,6 +250,9 @@ impl PublishError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum RecvError {
+    /// The consumer was cancelled with [`Consumer::cancel`](crate::Consumer::cancel).
+    #[error("the consumer was cancelled")]
+    Cancelled,
     /// The queue was deleted.
     #[error("queue '{0}' was deleted")]
     QueueDeleted(String),
@@ -256,7 +263,6 @@ pub enum RecvError {
 
 /// Why [`Consumer::try_recv`](crate::Consumer::try_recv) returned nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
 pub enum TryRecvError {
     /// No delivery is waiting right now.
     #[error("no delivery is waiting")]
@@ -268,7 +274,6 @@ pub enum TryRecvError {
 
 /// Why [`Consumer::recv_timeout`](crate::Consumer::recv_timeout) returned nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
 pub enum RecvTimeoutError {
     /// No delivery arrived in time.
     #[error("no delivery arrived in time")]

@@ -74,6 +74,15 @@ impl FieldValue {
         }
     }
 
+    /// The value as an unsigned integer, if it is a non-negative integer of
+    /// any width.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            FieldValue::U64(v) => Some(v),
+            _ => self.as_i64().and_then(|v| u64::try_from(v).ok()),
+        }
+    }
+
     /// The value as a string slice, if it is a [`FieldValue::String`].
     pub fn as_str(&self) -> Option<&str> {
         match self {

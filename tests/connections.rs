@@ -273,3 +273,62 @@ fn acks_racing_publishes_at_prefetch_1_never_strand_a_message() -> Result {
     assert_eq!((stats.messages_ready, stats.messages_unacknowledged), (0, 0));
     Ok(())
 }
+
+#[test]
+fn every_operation_on_a_closed_connection_fails_with_connection_closed() -> Result {
+    use interoffice::{BindError, ConsumeError, DeclareError, DeleteError, DeleteQueueOptions, ErrorKind};
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default())?;
+    conn.close();
+    conn.close();
+    assert!(conn.is_closed());
+    let err = conn.publish("", "q", Message::new("kept")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionClosed);
+    assert_eq!(err.into_message().body().as_ref(), b"kept");
+    assert_eq!(conn.declare_queue("r", QueueOptions::default()), Err(DeclareError::ConnectionClosed));
+    assert_eq!(
+        conn.declare_exchange("x", ExchangeKind::Direct, ExchangeOptions::default()),
+        Err(DeclareError::ConnectionClosed)
+    );
+    assert_eq!(conn.bind_queue("q", "amq.direct", "k", FieldTable::new()), Err(BindError::ConnectionClosed));
+    assert_eq!(conn.purge_queue("q"), Err(DeleteError::ConnectionClosed));
+    assert_eq!(conn.delete_queue("q", DeleteQueueOptions::default()), Err(DeleteError::ConnectionClosed));
+    assert_eq!(conn.consume("q", ConsumeOptions::default()).unwrap_err(), ConsumeError::ConnectionClosed);
+    assert_eq!(conn.get("q", true).unwrap_err(), ConsumeError::ConnectionClosed);
+    assert_eq!(broker.queue_stats("q").unwrap().messages_ready, 0);
+    Ok(())
+}
+
+#[test]
+fn a_consumer_cancelled_from_another_thread_ends_its_blocked_recv() -> Result {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default())?;
+    let consumer = conn.consume("q", ConsumeOptions::default())?;
+    let outcome = std::thread::scope(|s| {
+        let waiter = s.spawn(|| consumer.recv().map(|_| ()));
+        consumer.cancel();
+        waiter.join().unwrap()
+    });
+    assert_eq!(outcome, Err(RecvError::Cancelled));
+    assert!(consumer.is_cancelled());
+    conn.publish("", "q", Message::new("after"))?;
+    assert_eq!(broker.queue_stats("q").unwrap().messages_ready, 1);
+    Ok(())
+}
+
+#[test]
+fn a_connection_closed_from_another_thread_ends_a_consumers_blocked_recv() -> Result {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default())?;
+    let consumer = conn.consume("q", ConsumeOptions::default())?;
+    let outcome = std::thread::scope(|s| {
+        let waiter = s.spawn(|| consumer.recv().map(|_| ()));
+        s.spawn(|| conn.close());
+        waiter.join().unwrap()
+    });
+    assert_eq!(outcome, Err(RecvError::ConnectionClosed));
+    Ok(())
+}
