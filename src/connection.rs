@@ -61,6 +61,29 @@ struct ConsumerList {
 ///
 /// AMQP multiplexes channels over a connection; here a connection is both:
 /// open several connections where you would open several channels.
+///
+/// ```
+/// use interoffice::{Broker, ExchangeKind, ExchangeOptions, FieldTable, Message, PublishError,
+///                   PublishOptions, QueueOptions};
+/// let broker = Broker::new();
+/// let conn = broker.connect();
+/// conn.declare_exchange("audit", ExchangeKind::Fanout, ExchangeOptions::default())?;
+///
+/// // Nothing is bound yet: a mandatory publish hands the message back.
+/// let mandatory = PublishOptions { mandatory: true };
+/// match conn.publish_with("audit", "", Message::new("login"), mandatory) {
+///     Err(PublishError::Unroutable { message, .. }) => assert_eq!(message.body().as_ref(), b"login"),
+///     other => panic!("expected a return, got {other:?}"),
+/// }
+///
+/// let queue = conn.declare_queue("", QueueOptions { exclusive: true, ..Default::default() })?;
+/// conn.bind_queue(&queue, "audit", "", FieldTable::new())?;
+/// assert_eq!(conn.publish_with("audit", "", Message::new("login"), mandatory)?.queues(), 1);
+///
+/// conn.close(); // the exclusive queue goes with the connection
+/// assert!(broker.queue_stats(&queue).is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Connection {
     shared: Arc<ConnectionShared>,
     broker: Broker,

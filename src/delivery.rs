@@ -32,6 +32,24 @@ pub(crate) enum Holder {
 /// [`ack`]: Delivery::ack
 /// [`nack`]: Delivery::nack
 /// [`reject`]: Delivery::reject
+///
+/// ```
+/// use interoffice::{Broker, ConsumeOptions, Message, QueueOptions};
+/// let conn = Broker::new().connect();
+/// conn.declare_queue("jobs", QueueOptions::default())?;
+/// conn.publish("", "jobs", Message::new("resize image 7"))?;
+/// conn.publish("", "jobs", Message::new("resize image 8"))?;
+/// let consumer = conn.consume("jobs", ConsumeOptions { prefetch: 1, ..Default::default() })?;
+///
+/// let first = consumer.recv()?;
+/// first.nack(true)?; // not now: back to its place at the head of the queue
+///
+/// let again = consumer.recv()?;
+/// assert_eq!(again.body().as_ref(), b"resize image 7");
+/// assert!(again.redelivered());
+/// again.ack()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Delivery {
     envelope: Arc<Envelope>,
