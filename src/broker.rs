@@ -12,7 +12,7 @@ use std::hash::BuildHasher;
 use arc_swap::ArcSwap;
 
 use crate::connection::Connection;
-use crate::error::{BindError, DeclareError, DeleteError, PublishError};
+use crate::error::{BindError, ConsumeError, DeclareError, DeleteError, PublishError};
 use crate::exchange::headers::HeadersMatcher;
 use crate::exchange::{
     BindingInfo, Dest, Exchange, ExchangeKind, ExchangeOptions, Routes, compile_arguments,
@@ -199,6 +199,30 @@ impl Broker {
     }
 }
 
+/// Why a connection may not use a queue; converts into each operation's error.
+#[derive(Debug)]
+pub(crate) enum QueueRefusal {
+    /// No such queue (the message names it as RabbitMQ does).
+    NotFound(String),
+    /// Exclusive to another connection (the queue's name).
+    Locked(String),
+}
+
+macro_rules! from_queue_refusal {
+    ($($error:ident),*) => {$(
+        impl From<QueueRefusal> for $error {
+            fn from(refusal: QueueRefusal) -> Self {
+                match refusal {
+                    QueueRefusal::NotFound(message) => $error::NotFound(message),
+                    QueueRefusal::Locked(name) => $error::ResourceLocked(name),
+                }
+            }
+        }
+    )*};
+}
+
+from_queue_refusal!(BindError, DeleteError, ConsumeError);
+
 /// Identity of a binding's destination, for the registry's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum DestId {
@@ -290,10 +314,6 @@ impl BrokerInner {
         name.push_str(prefix);
         name.extend((0..22).map(|i| ALPHABET[((bits >> (i * 6)) & 63) as usize] as char));
         name
-    }
-
-    pub(crate) fn vhost(&self) -> &str {
-        &self.vhost
     }
 
     pub(crate) fn queue(&self, name: &str) -> Option<Arc<Queue>> {
@@ -561,11 +581,11 @@ impl BrokerInner {
         Ok(name)
     }
 
-    /// Looks a queue up for connection `conn`: `Err(true)` if it is missing,
-    /// `Err(false)` if it is exclusive to another connection.
-    pub(crate) fn queue_for(&self, conn: u64, name: &str) -> Result<Arc<Queue>, bool> {
-        let queue = self.queue(name).ok_or(true)?;
-        if queue.accessible_by(conn) { Ok(queue) } else { Err(false) }
+    /// Looks a queue up for connection `conn`, refusing a missing queue or
+    /// one exclusive to another connection.
+    pub(crate) fn queue_for(&self, conn: u64, name: &str) -> Result<Arc<Queue>, QueueRefusal> {
+        let queue = self.queue(name).ok_or_else(|| QueueRefusal::NotFound(self.no_queue(name)))?;
+        if queue.accessible_by(conn) { Ok(queue) } else { Err(QueueRefusal::Locked(name.into())) }
     }
 
     pub(crate) fn delete_queue(
@@ -579,8 +599,8 @@ impl BrokerInner {
         let queue = match self.queue_for(conn, name) {
             Ok(queue) => queue,
             // As in RabbitMQ since 3.2, deleting what does not exist succeeds.
-            Err(true) => return Ok(0),
-            Err(false) => return Err(DeleteError::ResourceLocked(name.into())),
+            Err(QueueRefusal::NotFound(_)) => return Ok(0),
+            Err(locked) => return Err(locked.into()),
         };
         let (consumers, ready) = queue.usage();
         if if_unused && consumers > 0 {
@@ -635,13 +655,7 @@ impl BrokerInner {
     }
 
     pub(crate) fn purge_queue(&self, conn: u64, name: &str) -> Result<usize, DeleteError> {
-        let queue = self.queue_for(conn, name).map_err(|missing| {
-            if missing {
-                DeleteError::NotFound(self.no_queue(name))
-            } else {
-                DeleteError::ResourceLocked(name.into())
-            }
-        })?;
+        let queue = self.queue_for(conn, name)?;
         Ok(queue.purge())
     }
 
@@ -671,13 +685,7 @@ impl BrokerInner {
                     .ok_or_else(|| BindError::NotFound(self.no_exchange(destination)))?,
             )
         } else {
-            Dest::Queue(self.queue_for(conn, destination).map_err(|missing| {
-                if missing {
-                    BindError::NotFound(self.no_queue(destination))
-                } else {
-                    BindError::ResourceLocked(destination.into())
-                }
-            })?)
+            Dest::Queue(self.queue_for(conn, destination)?)
         };
         let source =
             exchanges.get(source).cloned().ok_or_else(|| BindError::NotFound(self.no_exchange(source)))?;

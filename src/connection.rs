@@ -298,13 +298,7 @@ impl Connection {
 
     fn queue_for(&self, name: &str) -> Result<Arc<crate::queue::Queue>, ConsumeError> {
         self.check_open(ConsumeError::ConnectionClosed)?;
-        self.broker.inner.queue_for(self.shared.id, name).map_err(|missing| {
-            if missing {
-                ConsumeError::NotFound(format!("no queue '{name}' in vhost '{}'", self.broker.inner.vhost()))
-            } else {
-                ConsumeError::ResourceLocked(name.into())
-            }
-        })
+        Ok(self.broker.inner.queue_for(self.shared.id, name)?)
     }
 
     /// Whether the connection is closed.
