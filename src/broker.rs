@@ -362,11 +362,7 @@ impl BrokerInner {
                 message: Box::new(message),
             });
         }
-        let envelope = Arc::new(Envelope {
-            exchange: Arc::clone(&start.name),
-            routing_key: routing_key.into(),
-            message,
-        });
+        let envelope = Arc::new(Envelope::new(exchange, routing_key, message));
         let queues = self.route(&exchanges, start, &envelope);
         if queues == 0 && options.mandatory {
             let message =
@@ -387,56 +383,54 @@ impl BrokerInner {
     fn route(
         &self,
         exchanges: &HashMap<Arc<str>, Arc<Exchange>>,
-        start: &Arc<Exchange>,
+        start: &Exchange,
         envelope: &Arc<Envelope>,
     ) -> usize {
-        let key = &*envelope.routing_key;
-        let headers = envelope.message.headers();
-        let mut seen_queues = SeenSet::default();
-        let mut seen_exchanges = SeenSet::default();
-        seen_exchanges.insert(start.id);
-        let mut pending: Vec<Arc<Exchange>> = Vec::new();
-        let mut enqueued = 0;
-        let mut exchange = Arc::clone(start);
-        loop {
-            let mut matched = false;
-            if exchange.is_default() {
-                if let Some(queue) = self.queues.load().get(key) {
-                    matched = true;
-                    if seen_queues.insert(queue.id) && queue.enqueue(envelope) {
-                        enqueued += 1;
-                    }
+        let mut pass = RoutingPass {
+            envelope,
+            seen_queues: SeenSet::new(),
+            seen_exchanges: SeenSet::new(),
+            pending: Vec::new(),
+            enqueued: 0,
+        };
+        pass.seen_exchanges.insert(start.id);
+        self.route_through(exchanges, start, &mut pass);
+        // Only exchange-to-exchange bindings and alternate exchanges fill
+        // `pending`: the common single-exchange publish never allocates it.
+        while let Some(next) = pass.pending.pop() {
+            self.route_through(exchanges, &next, &mut pass);
+        }
+        pass.enqueued
+    }
+
+    /// One exchange's step of a routing pass.
+    fn route_through(
+        &self,
+        exchanges: &HashMap<Arc<str>, Arc<Exchange>>,
+        exchange: &Exchange,
+        pass: &mut RoutingPass<'_>,
+    ) {
+        let key = pass.envelope.routing_key();
+        let mut matched = false;
+        if exchange.is_default() {
+            if let Some(queue) = self.queues.load().get(key) {
+                matched = true;
+                pass.enqueue(queue);
+            }
+        } else {
+            exchange.routes.load().for_each_match(key, pass.envelope.message.headers(), |dest| {
+                matched = true;
+                match dest {
+                    Dest::Queue(queue) => pass.enqueue(queue),
+                    Dest::Exchange(next) => pass.visit(next),
                 }
-            } else {
-                exchange.routes.load().for_each_match(key, headers, |dest| {
-                    matched = true;
-                    match dest {
-                        Dest::Queue(queue) => {
-                            if seen_queues.insert(queue.id) && queue.enqueue(envelope) {
-                                enqueued += 1;
-                            }
-                        }
-                        Dest::Exchange(next) => {
-                            if seen_exchanges.insert(next.id) {
-                                pending.push(Arc::clone(next));
-                            }
-                        }
-                    }
-                });
-            }
-            if !matched {
-                let alternate =
-                    exchange.options.alternate_exchange.as_deref().and_then(|ae| exchanges.get(ae));
-                if let Some(alternate) = alternate
-                    && seen_exchanges.insert(alternate.id)
-                {
-                    pending.push(Arc::clone(alternate));
-                }
-            }
-            match pending.pop() {
-                Some(next) => exchange = next,
-                None => return enqueued,
-            }
+            });
+        }
+        if !matched
+            && let Some(alternate) =
+                exchange.options.alternate_exchange.as_deref().and_then(|ae| exchanges.get(ae))
+        {
+            pass.visit(alternate);
         }
     }
 
@@ -811,31 +805,61 @@ impl Drop for BrokerInner {
     }
 }
 
-/// A set of ids for one routing pass: a short vector while small (the usual
-/// case), a hash set once large.
-#[derive(Default)]
+/// The state of routing one message: where it went and what is left.
+struct RoutingPass<'a> {
+    envelope: &'a Arc<Envelope>,
+    seen_queues: SeenSet,
+    seen_exchanges: SeenSet,
+    pending: Vec<Arc<Exchange>>,
+    enqueued: usize,
+}
+
+impl RoutingPass<'_> {
+    /// Enqueues in `queue` unless this message already reached it.
+    fn enqueue(&mut self, queue: &Queue) {
+        if self.seen_queues.insert(queue.id) && queue.enqueue(self.envelope) {
+            self.enqueued += 1;
+        }
+    }
+
+    /// Schedules `exchange` unless this message already went through it.
+    fn visit(&mut self, exchange: &Arc<Exchange>) {
+        if self.seen_exchanges.insert(exchange.id) {
+            self.pending.push(Arc::clone(exchange));
+        }
+    }
+}
+
+/// A set of ids for one routing pass: inline (no allocation) while small,
+/// the usual case; a hash set once large.
 struct SeenSet {
-    small: Vec<u64>,
-    large: Option<HashSet<u64>>,
+    len: usize,
+    inline: [u64; SeenSet::INLINE],
+    spilled: Option<HashSet<u64>>,
 }
 
 impl SeenSet {
-    const SMALL: usize = 32;
+    const INLINE: usize = 16;
+
+    fn new() -> Self {
+        SeenSet { len: 0, inline: [0; Self::INLINE], spilled: None }
+    }
 
     /// True if `id` was not in the set.
     fn insert(&mut self, id: u64) -> bool {
-        if let Some(large) = &mut self.large {
-            return large.insert(id);
+        if let Some(spilled) = &mut self.spilled {
+            return spilled.insert(id);
         }
-        if self.small.contains(&id) {
+        if self.inline[..self.len].contains(&id) {
             return false;
         }
-        if self.small.len() == Self::SMALL {
-            let mut large: HashSet<u64> = self.small.drain(..).collect();
-            large.insert(id);
-            self.large = Some(large);
+        if self.len == Self::INLINE {
+            let mut spilled: HashSet<u64> = self.inline.iter().copied().collect();
+            spilled.insert(id);
+            self.spilled = Some(spilled);
         } else {
-            self.small.push(id);
+            self.inline[self.len] = id;
+            self.len += 1;
         }
         true
     }
@@ -847,7 +871,7 @@ mod tests {
 
     #[test]
     fn seen_set_switches_to_hash_set_and_stays_exact() {
-        let mut seen = SeenSet::default();
+        let mut seen = SeenSet::new();
         for id in 0..100 {
             assert!(seen.insert(id));
         }

@@ -90,12 +90,12 @@ impl Delivery {
 
     /// The exchange the message was published to (`""` for the default exchange).
     pub fn exchange(&self) -> &str {
-        &self.envelope.exchange
+        self.envelope.exchange()
     }
 
     /// The routing key it was published with.
     pub fn routing_key(&self) -> &str {
-        &self.envelope.routing_key
+        self.envelope.routing_key()
     }
 
     /// Whether the message was delivered before and not acknowledged.

@@ -80,11 +80,34 @@ pub struct QueueStats {
 
 /// What a publish leaves in every queue it reaches: the message with its
 /// routing, shared by all those queues.
+///
+/// The exchange name and routing key are copied into one allocation of the
+/// envelope's own rather than sharing the exchange's `Arc<str>`: a refcount
+/// shared by every publisher and consumer of an exchange would bounce its
+/// cache line between cores on every message.
 #[derive(Debug)]
 pub(crate) struct Envelope {
-    pub(crate) exchange: Arc<str>,
-    pub(crate) routing_key: Box<str>,
+    /// `exchange` followed by `routing_key`.
+    names: Box<str>,
+    exchange_len: usize,
     pub(crate) message: Message,
+}
+
+impl Envelope {
+    pub(crate) fn new(exchange: &str, routing_key: &str, message: Message) -> Self {
+        let mut names = String::with_capacity(exchange.len() + routing_key.len());
+        names.push_str(exchange);
+        names.push_str(routing_key);
+        Envelope { names: names.into_boxed_str(), exchange_len: exchange.len(), message }
+    }
+
+    pub(crate) fn exchange(&self) -> &str {
+        &self.names[..self.exchange_len]
+    }
+
+    pub(crate) fn routing_key(&self) -> &str {
+        &self.names[self.exchange_len..]
+    }
 }
 
 /// One message in one queue. `seq` is its position: requeueing puts it back
@@ -441,11 +464,7 @@ mod tests {
     use super::*;
 
     fn msg(seq: u64) -> QueuedMessage {
-        let envelope = Arc::new(Envelope {
-            exchange: Arc::from(""),
-            routing_key: "q".into(),
-            message: Message::new(seq.to_string()),
-        });
+        let envelope = Arc::new(Envelope::new("", "q", Message::new(seq.to_string())));
         QueuedMessage { seq, envelope, redelivered: false }
     }
 
