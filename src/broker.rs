@@ -7,6 +7,12 @@
 //! snapshots and swap them in.
 
 use std::collections::{HashMap, HashSet};
+
+/// Exchanges by name: a persistent map, so a topology change copies a path,
+/// not the whole map, while publishers keep reading the previous version.
+type ExchangeMap = imbl::HashMap<Arc<str>, Arc<Exchange>>;
+/// Queues by name, likewise.
+type QueueMap = imbl::HashMap<Arc<str>, Arc<Queue>>;
 use std::hash::BuildHasher;
 
 use arc_swap::ArcSwap;
@@ -113,8 +119,8 @@ impl Broker {
     /// A broker with `options`.
     pub fn with_options(options: BrokerOptions) -> Self {
         let inner = BrokerInner {
-            exchanges: ArcSwap::from_pointee(HashMap::new()),
-            queues: ArcSwap::from_pointee(HashMap::new()),
+            exchanges: ArcSwap::from_pointee(ExchangeMap::new()),
+            queues: ArcSwap::from_pointee(QueueMap::new()),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             name_seed: std::collections::hash_map::RandomState::new(),
@@ -123,7 +129,7 @@ impl Broker {
         };
         {
             let mut registry = inner.registry.lock();
-            let mut map = HashMap::new();
+            let mut map = ExchangeMap::new();
             for (name, kind) in [
                 ("", ExchangeKind::Direct),
                 ("amq.direct", ExchangeKind::Direct),
@@ -256,13 +262,63 @@ struct BindingEntry {
     args: Vec<(FieldTable, Option<HeadersMatcher>)>,
 }
 
-/// The writers' side of the topology: every binding, for listing, deleting
-/// and auto-delete. Only touched under the registry mutex.
+/// The writers' side of the topology: every binding, indexed by source and
+/// by destination so that deleting a queue or exchange touches only its own
+/// bindings. Only touched under the registry mutex.
 #[derive(Debug, Default)]
 struct Registry {
     bindings: HashMap<BindingKey, BindingEntry>,
-    /// Bindings per source exchange id (for `if_unused` and auto-delete).
+    by_source: HashMap<u64, HashSet<BindingKey>>,
+    by_dest: HashMap<DestId, HashSet<BindingKey>>,
+    /// Bindings per source exchange id, counting argument variants (for
+    /// `if_unused` and auto-delete).
     binding_count: HashMap<u64, usize>,
+    /// Exclusive queues by owning connection, deleted when it closes.
+    exclusive: HashMap<u64, Vec<Arc<Queue>>>,
+}
+
+impl Registry {
+    /// The entry for `key`, created (and indexed) if new.
+    fn entry(&mut self, key: BindingKey, source: &Arc<Exchange>, dest: &Dest) -> &mut BindingEntry {
+        if !self.bindings.contains_key(&key) {
+            self.by_source.entry(key.source).or_default().insert(key.clone());
+            self.by_dest.entry(key.dest).or_default().insert(key.clone());
+        }
+        self.bindings.entry(key.clone()).or_insert_with(|| BindingEntry {
+            source: Arc::clone(source),
+            dest: dest.clone(),
+            key: key.key,
+            args: Vec::new(),
+        })
+    }
+
+    /// Removes the entry for `key` and its index records.
+    fn take(&mut self, key: &BindingKey) -> Option<BindingEntry> {
+        let entry = self.bindings.remove(key)?;
+        unindex(&mut self.by_source, key.source, key);
+        unindex(&mut self.by_dest, key.dest, key);
+        Some(entry)
+    }
+
+    /// Keys of every binding from source exchange `source`.
+    fn keys_from(&self, source: u64) -> impl Iterator<Item = &BindingKey> {
+        self.by_source.get(&source).into_iter().flatten()
+    }
+
+    /// Keys of every binding to `dest`.
+    fn keys_to(&self, dest: DestId) -> impl Iterator<Item = &BindingKey> {
+        self.by_dest.get(&dest).into_iter().flatten()
+    }
+}
+
+/// Drops `key` from the index set under `id`, and the set once empty.
+fn unindex<I: std::hash::Hash + Eq>(index: &mut HashMap<I, HashSet<BindingKey>>, id: I, key: &BindingKey) {
+    if let Some(keys) = index.get_mut(&id) {
+        keys.remove(key);
+        if keys.is_empty() {
+            index.remove(&id);
+        }
+    }
 }
 
 /// Routing changes to apply to one exchange's table in one swap.
@@ -275,8 +331,8 @@ struct RouteEdit {
 
 #[derive(Debug)]
 pub(crate) struct BrokerInner {
-    exchanges: ArcSwap<HashMap<Arc<str>, Arc<Exchange>>>,
-    queues: ArcSwap<HashMap<Arc<str>, Arc<Queue>>>,
+    exchanges: ArcSwap<ExchangeMap>,
+    queues: ArcSwap<QueueMap>,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     name_seed: std::collections::hash_map::RandomState,
@@ -380,12 +436,7 @@ impl BrokerInner {
     /// reached, once per queue, and returns how many took the message.
     /// Each exchange is visited once, so cycles end. An exchange whose own
     /// bindings match nothing hands the message to its alternate exchange.
-    fn route(
-        &self,
-        exchanges: &HashMap<Arc<str>, Arc<Exchange>>,
-        start: &Exchange,
-        envelope: &Arc<Envelope>,
-    ) -> usize {
+    fn route(&self, exchanges: &ExchangeMap, start: &Exchange, envelope: &Arc<Envelope>) -> usize {
         let mut pass = RoutingPass {
             envelope,
             seen_queues: SeenSet::new(),
@@ -404,12 +455,7 @@ impl BrokerInner {
     }
 
     /// One exchange's step of a routing pass.
-    fn route_through(
-        &self,
-        exchanges: &HashMap<Arc<str>, Arc<Exchange>>,
-        exchange: &Exchange,
-        pass: &mut RoutingPass<'_>,
-    ) {
+    fn route_through(&self, exchanges: &ExchangeMap, exchange: &Exchange, pass: &mut RoutingPass<'_>) {
         let key = pass.envelope.routing_key();
         let mut matched = false;
         if exchange.is_default() {
@@ -515,7 +561,9 @@ impl BrokerInner {
         map.remove(&exchange.name);
         self.exchanges.store(Arc::new(map));
         let id = exchange.id;
-        self.remove_bindings(registry, |k| k.source == id || k.dest == DestId::Exchange(id));
+        let keys: Vec<BindingKey> =
+            registry.keys_from(id).chain(registry.keys_to(DestId::Exchange(id))).cloned().collect();
+        self.remove_bindings(registry, keys);
         registry.binding_count.remove(&id);
         exchange.routes.store(Arc::new(Routes::empty(exchange.kind)));
     }
@@ -529,7 +577,7 @@ impl BrokerInner {
         options: QueueOptions,
     ) -> Result<String, DeclareError> {
         check_name(name)?;
-        let _registry = self.registry.lock();
+        let mut registry = self.registry.lock();
         let queues = self.queues.load();
         if options.passive {
             let queue = queues.get(name).ok_or_else(|| DeclareError::NotFound(self.no_queue(name)))?;
@@ -569,6 +617,9 @@ impl BrokerInner {
         let owner = options.exclusive.then_some(conn);
         let options = QueueOptions { passive: false, ..options };
         let queue = Arc::new(Queue::new(name.as_str().into(), self.id(), options, owner));
+        if owner.is_some() {
+            registry.exclusive.entry(conn).or_default().push(Arc::clone(&queue));
+        }
         let mut map = (**queues).clone();
         map.insert(Arc::clone(&queue.name), queue);
         self.queues.store(Arc::new(map));
@@ -621,8 +672,13 @@ impl BrokerInner {
         }
         map.remove(&queue.name);
         self.queues.store(Arc::new(map));
-        let id = queue.id;
-        self.remove_bindings(registry, |k| k.dest == DestId::Queue(id));
+        let keys: Vec<BindingKey> = registry.keys_to(DestId::Queue(queue.id)).cloned().collect();
+        self.remove_bindings(registry, keys);
+        if let Some(owner) = queue.owner
+            && let Some(owned) = registry.exclusive.get_mut(&owner)
+        {
+            owned.retain(|q| !Arc::ptr_eq(q, queue));
+        }
         queue.mark_deleted()
     }
 
@@ -637,13 +693,8 @@ impl BrokerInner {
 
     /// Deletes the exclusive queues of connection `conn`, which is closing.
     pub(crate) fn delete_exclusive_queues(&self, conn: u64) {
-        let owned: Vec<Arc<Queue>> =
-            self.queues.load().values().filter(|q| q.owner == Some(conn)).cloned().collect();
-        if owned.is_empty() {
-            return;
-        }
         let mut registry = self.registry.lock();
-        for queue in owned {
+        for queue in registry.exclusive.remove(&conn).unwrap_or_default() {
             self.remove_queue(&mut registry, &queue);
         }
     }
@@ -699,12 +750,7 @@ impl BrokerInner {
         let (source, dest) = self.binding_ends(conn, destination, to_exchange, source, key)?;
         let matcher = compile_arguments(source.kind, &arguments).map_err(BindError::PreconditionFailed)?;
         let binding_key = BindingKey { source: source.id, dest: dest.id(), key: key.to_owned() };
-        let entry = registry.bindings.entry(binding_key).or_insert_with(|| BindingEntry {
-            source: Arc::clone(&source),
-            dest: dest.clone(),
-            key: key.to_owned(),
-            args: Vec::new(),
-        });
+        let entry = registry.entry(binding_key, &source, &dest);
         if entry.args.iter().any(|(a, _)| *a == arguments) {
             return Ok(());
         }
@@ -735,20 +781,20 @@ impl BrokerInner {
         let Some(index) = entry.args.iter().position(|(a, _)| a == arguments) else { return Ok(()) };
         let (_, matcher) = entry.args.remove(index);
         if entry.args.is_empty() {
-            registry.bindings.remove(&binding_key);
+            registry.take(&binding_key);
         }
         apply_edits(&source, [RouteEdit { key: key.to_owned(), matcher, dest, add: false }]);
         self.forget_bindings(&mut registry, &[(source, 1)]);
         Ok(())
     }
 
-    /// Removes every binding whose key `doomed` selects, updates the routing
-    /// tables of their sources, and auto-deletes sources left with none.
-    fn remove_bindings(&self, registry: &mut Registry, doomed: impl Fn(&BindingKey) -> bool) {
-        let keys: Vec<BindingKey> = registry.bindings.keys().filter(|k| doomed(k)).cloned().collect();
+    /// Removes the bindings `keys`, updates the routing tables of their
+    /// sources, and auto-deletes sources left with none.
+    fn remove_bindings(&self, registry: &mut Registry, keys: Vec<BindingKey>) {
         let mut edits: HashMap<u64, (Arc<Exchange>, Vec<RouteEdit>)> = HashMap::new();
         for key in keys {
-            let entry = registry.bindings.remove(&key).expect("key listed above");
+            // A key may be listed twice (an exchange bound to itself).
+            let Some(entry) = registry.take(&key) else { continue };
             let (_, list) =
                 edits.entry(entry.source.id).or_insert_with(|| (Arc::clone(&entry.source), Vec::new()));
             for (_, matcher) in entry.args {

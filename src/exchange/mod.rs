@@ -8,7 +8,6 @@
 pub(crate) mod headers;
 pub(crate) mod topic;
 
-use std::collections::HashMap;
 use std::fmt;
 
 use arc_swap::ArcSwap;
@@ -124,19 +123,21 @@ impl PartialEq for Dest {
 pub(crate) enum Routes {
     /// The default exchange: the routing key names the queue.
     Default,
-    Direct(HashMap<Box<str>, Vec<Dest>>),
-    Fanout(Vec<Dest>),
+    /// Persistent collections throughout: a binding change copies a path,
+    /// not the table, so building n bindings costs O(n log n), not O(n²).
+    Direct(imbl::HashMap<Box<str>, Vec<Dest>>),
+    Fanout(imbl::Vector<Dest>),
     Topic(TopicTrie<Dest>),
-    Headers(Vec<(HeadersMatcher, Dest)>),
+    Headers(imbl::Vector<(HeadersMatcher, Dest)>),
 }
 
 impl Routes {
     pub(crate) fn empty(kind: ExchangeKind) -> Self {
         match kind {
-            ExchangeKind::Direct => Routes::Direct(HashMap::new()),
-            ExchangeKind::Fanout => Routes::Fanout(Vec::new()),
+            ExchangeKind::Direct => Routes::Direct(imbl::HashMap::new()),
+            ExchangeKind::Fanout => Routes::Fanout(imbl::Vector::new()),
             ExchangeKind::Topic => Routes::Topic(TopicTrie::new()),
-            ExchangeKind::Headers => Routes::Headers(Vec::new()),
+            ExchangeKind::Headers => Routes::Headers(imbl::Vector::new()),
         }
     }
 
@@ -146,35 +147,42 @@ impl Routes {
     pub(crate) fn add(&mut self, key: &str, matcher: Option<HeadersMatcher>, dest: Dest) {
         match self {
             Routes::Default => {}
-            Routes::Direct(map) => map.entry(key.into()).or_default().push(dest),
-            Routes::Fanout(dests) => dests.push(dest),
+            Routes::Direct(map) => {
+                let mut dests = map.get(key).cloned().unwrap_or_default();
+                dests.push(dest);
+                map.insert(key.into(), dests);
+            }
+            Routes::Fanout(dests) => dests.push_back(dest),
             Routes::Topic(trie) => {
                 trie.insert(key, dest);
             }
             Routes::Headers(list) => {
-                list.push((matcher.expect("headers bindings are compiled"), dest));
+                list.push_back((matcher.expect("headers bindings are compiled"), dest));
             }
         }
     }
 
     /// Removes one binding added with the same key, matcher and destination.
     pub(crate) fn remove(&mut self, key: &str, matcher: Option<&HeadersMatcher>, dest: &Dest) {
-        fn remove_one(dests: &mut Vec<Dest>, dest: &Dest) {
-            if let Some(i) = dests.iter().position(|d| d == dest) {
-                dests.remove(i);
-            }
-        }
         match self {
             Routes::Default => {}
             Routes::Direct(map) => {
-                if let Some(dests) = map.get_mut(key) {
-                    remove_one(dests, dest);
+                if let Some(mut dests) = map.get(key).cloned()
+                    && let Some(i) = dests.iter().position(|d| d == dest)
+                {
+                    dests.remove(i);
                     if dests.is_empty() {
                         map.remove(key);
+                    } else {
+                        map.insert(key.into(), dests);
                     }
                 }
             }
-            Routes::Fanout(dests) => remove_one(dests, dest),
+            Routes::Fanout(dests) => {
+                if let Some(i) = dests.iter().position(|d| d == dest) {
+                    dests.remove(i);
+                }
+            }
             Routes::Topic(trie) => {
                 trie.remove(key, dest);
             }
