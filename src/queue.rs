@@ -412,7 +412,7 @@ impl QueueState {
     fn dispatch(&mut self) {
         while !self.ready.is_empty() {
             let Some(index) = self.next_with_credit() else { return };
-            let msg = self.ready.pop().expect("checked non-empty");
+            let Some(msg) = self.ready.pop() else { return };
             if let Err(returned) = self.send_to(index, msg) {
                 self.ready.requeue(returned);
                 return;
