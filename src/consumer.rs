@@ -167,7 +167,11 @@ impl ConsumerShared {
             }
         };
         match how {
-            Settlement::Ack | Settlement::Discard => self.queue.release_credit(self, 1),
+            Settlement::Ack => self.queue.release_credit(self, 1),
+            Settlement::Discard => {
+                self.queue.discard(msg);
+                self.queue.release_credit(self, 1);
+            }
             Settlement::Requeue => self.queue.requeue([msg], Some(self), true),
         }
         Ok(())

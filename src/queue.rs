@@ -338,8 +338,21 @@ impl Queue {
     pub(crate) fn settle_get(&self, msg: QueuedMessage, how: Settlement) {
         match how {
             Settlement::Requeue => self.requeue([msg], None, true),
-            Settlement::Ack | Settlement::Discard => self.state.lock().get_unacked -= 1,
+            Settlement::Ack => self.state.lock().get_unacked -= 1,
+            Settlement::Discard => {
+                self.state.lock().get_unacked -= 1;
+                self.discard(msg);
+            }
         }
+    }
+
+    /// A message rejected without requeue leaves the queue here. This is
+    /// where dead-lettering will route it to the queue's dead-letter
+    /// exchange; until then it is dropped, as RabbitMQ drops it from a queue
+    /// without one. Called without the queue lock held, so routing a dead
+    /// letter may take other queues' locks.
+    pub(crate) fn discard(&self, msg: QueuedMessage) {
+        drop(msg);
     }
 
     /// basic.get: the next ready message, if any. With `track`, it counts as
