@@ -22,6 +22,32 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Concepts
+//!
+//! | AMQP / RabbitMQ | here |
+//! |---|---|
+//! | broker, virtual host | [`Broker`] (one virtual host, `/`) |
+//! | connection + channel | [`Connection`] |
+//! | `exchange.declare` / `delete` | [`Connection::declare_exchange`], [`Connection::delete_exchange`] |
+//! | `queue.declare` / `delete` / `purge` | [`Connection::declare_queue`], [`Connection::delete_queue`], [`Connection::purge_queue`] |
+//! | `queue.bind`, `exchange.bind` | [`Connection::bind_queue`], [`Connection::bind_exchange`] |
+//! | `basic.publish` (+ `mandatory`, `basic.return`) | [`Connection::publish`], [`Connection::publish_with`], [`PublishError::Unroutable`] |
+//! | `basic.consume` (+ `basic.qos` prefetch) / `basic.cancel` | [`Connection::consume`], [`ConsumeOptions::prefetch`], [`Consumer::cancel`] |
+//! | `basic.get` | [`Connection::get`] |
+//! | `basic.ack` / `nack` / `reject` | [`Delivery::ack`], [`Delivery::nack`], [`Delivery::reject`] |
+//! | field table | [`FieldTable`], [`FieldValue`] |
+//!
+//! # Guarantees
+//!
+//! - Nothing is lost: a delivery dropped unsettled, a cancelled consumer's
+//!   undelivered messages and every unsettled delivery of a closed connection
+//!   go back to their queue, in their original position.
+//! - Nothing is duplicated: a message reaches a queue once per publish, and a
+//!   delivery is settled once (settling takes it by value).
+//! - Publishing takes no broker-wide lock and never blocks.
+//! - Bad input is an error, never a panic; a message that is not published
+//!   comes back inside the [`PublishError`].
+//!
 //! See `ARCHITECTURE.md` for the design and `README.md` for where
 //! interoffice differs from RabbitMQ.
 
