@@ -25,7 +25,7 @@ use crate::exchange::{
 };
 use crate::field::FieldTable;
 use crate::message::Message;
-use crate::queue::{Envelope, Queue, QueueOptions, QueueStats};
+use crate::queue::{DeleteRefused, Envelope, Queue, QueueOptions, QueueStats};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 /// The longest name (of a queue or exchange) or routing key, in bytes: AMQP's short string.
@@ -128,7 +128,6 @@ impl Broker {
             options,
         };
         {
-            let mut registry = inner.registry.lock();
             let mut map = ExchangeMap::new();
             for (name, kind) in [
                 ("", ExchangeKind::Direct),
@@ -143,7 +142,6 @@ impl Broker {
                 map.insert(Arc::clone(&exchange.name), Arc::new(exchange));
             }
             inner.exchanges.store(Arc::new(map));
-            registry.binding_count.clear();
         }
         Broker { inner: Arc::new(inner) }
     }
@@ -647,29 +645,31 @@ impl BrokerInner {
             Err(QueueRefusal::NotFound(_)) => return Ok(0),
             Err(locked) => return Err(locked.into()),
         };
-        let (consumers, ready) = queue.usage();
-        if if_unused && consumers > 0 {
-            return Err(DeleteError::PreconditionFailed(format!(
-                "queue '{name}' in vhost '{}' in use",
-                self.vhost
-            )));
-        }
-        if if_empty && ready > 0 {
-            return Err(DeleteError::PreconditionFailed(format!(
-                "queue '{name}' in vhost '{}' is not empty",
-                self.vhost
-            )));
-        }
-        Ok(self.remove_queue(&mut registry, &queue))
+        self.remove_queue(&mut registry, &queue, if_unused, if_empty).map_err(|refused| {
+            let why = match refused {
+                DeleteRefused::InUse => "in use",
+                DeleteRefused::NotEmpty => "is not empty",
+            };
+            DeleteError::PreconditionFailed(format!("queue '{name}' in vhost '{}' {why}", self.vhost))
+        })
     }
 
-    /// Takes a queue out of the topology, cancels its consumers and drops its
-    /// messages; returns how many were ready.
-    fn remove_queue(&self, registry: &mut Registry, queue: &Arc<Queue>) -> usize {
+    /// Deletes a queue (see [`Queue::delete_if`]) and takes it out of the
+    /// topology; returns how many messages were ready.
+    fn remove_queue(
+        &self,
+        registry: &mut Registry,
+        queue: &Arc<Queue>,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<usize, DeleteRefused> {
         let mut map = (**self.queues.load()).clone();
         if !map.get(&queue.name).is_some_and(|q| Arc::ptr_eq(q, queue)) {
-            return 0;
+            return Ok(0);
         }
+        // Marked first: a publisher still holding the old snapshot finds the
+        // queue deleted and does not count it as routed.
+        let dropped = queue.delete_if(if_unused, if_empty)?;
         map.remove(&queue.name);
         self.queues.store(Arc::new(map));
         let keys: Vec<BindingKey> = registry.keys_to(DestId::Queue(queue.id)).cloned().collect();
@@ -679,23 +679,22 @@ impl BrokerInner {
         {
             owned.retain(|q| !Arc::ptr_eq(q, queue));
         }
-        queue.mark_deleted()
+        Ok(dropped)
     }
 
     /// Deletes an auto-delete queue whose last consumer just went, unless a
-    /// new consumer came meanwhile.
+    /// new consumer came meanwhile (then `if_unused` refuses, and it stays).
     pub(crate) fn auto_delete_queue(&self, queue: &Arc<Queue>) {
         let mut registry = self.registry.lock();
-        if queue.usage().0 == 0 {
-            self.remove_queue(&mut registry, queue);
-        }
+        let _still_used = self.remove_queue(&mut registry, queue, true, false);
     }
 
     /// Deletes the exclusive queues of connection `conn`, which is closing.
     pub(crate) fn delete_exclusive_queues(&self, conn: u64) {
         let mut registry = self.registry.lock();
         for queue in registry.exclusive.remove(&conn).unwrap_or_default() {
-            self.remove_queue(&mut registry, &queue);
+            let unconditional = self.remove_queue(&mut registry, &queue, false, false);
+            debug_assert!(unconditional.is_ok());
         }
     }
 

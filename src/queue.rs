@@ -184,6 +184,15 @@ struct QueueState {
     deleted: bool,
 }
 
+/// Why [`Queue::delete_if`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeleteRefused {
+    /// `if_unused`, and the queue has consumers.
+    InUse,
+    /// `if_empty`, and the queue has ready messages.
+    NotEmpty,
+}
+
 /// How a settled delivery leaves the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Settlement {
@@ -375,23 +384,29 @@ impl Queue {
     }
 
     /// Marks the queue deleted, drops its ready messages and cancels its
-    /// consumers. Returns the number of ready messages dropped.
-    pub(crate) fn mark_deleted(&self) -> usize {
+    /// consumers; returns the number of ready messages dropped. With
+    /// `if_unused` / `if_empty` it refuses instead when the queue has
+    /// consumers / ready messages. The check and the deletion happen under
+    /// one lock, so a consumer attaching meanwhile cannot be deleted under.
+    pub(crate) fn delete_if(&self, if_unused: bool, if_empty: bool) -> Result<usize, DeleteRefused> {
         let (dropped, slots) = {
             let mut state = self.state.lock();
+            if state.deleted {
+                return Ok(0);
+            }
+            if if_unused && !state.consumers.is_empty() {
+                return Err(DeleteRefused::InUse);
+            }
+            if if_empty && !state.ready.is_empty() {
+                return Err(DeleteRefused::NotEmpty);
+            }
             state.deleted = true;
             (state.ready.clear(), std::mem::take(&mut state.consumers))
         };
         for slot in &slots {
             slot.consumer.set_cancelled(crate::error::RecvError::QueueDeleted(self.name.to_string()));
         }
-        dropped
-    }
-
-    /// Preconditions of delete: `(consumers, ready)`.
-    pub(crate) fn usage(&self) -> (usize, usize) {
-        let state = self.state.lock();
-        (state.consumers.len(), state.ready.len())
+        Ok(dropped)
     }
 
     pub(crate) fn stats(&self) -> QueueStats {
@@ -497,7 +512,9 @@ mod tests {
     fn enqueue_into_deleted_queue_is_refused() {
         let q = Queue::new(Arc::from("q"), 1, QueueOptions::default(), None);
         assert!(q.enqueue(&msg(0).envelope));
-        assert_eq!(q.mark_deleted(), 1);
+        assert_eq!(q.delete_if(false, true), Err(DeleteRefused::NotEmpty));
+        assert_eq!(q.delete_if(true, false), Ok(1));
+        assert_eq!(q.delete_if(true, true), Ok(0));
         assert!(!q.enqueue(&msg(1).envelope));
         assert!(q.lock().deleted);
     }

@@ -332,3 +332,35 @@ fn a_connection_closed_from_another_thread_ends_a_consumers_blocked_recv() -> Re
     assert_eq!(outcome, Err(RecvError::ConnectionClosed));
     Ok(())
 }
+
+/// An auto-delete queue is deleted only when it has no consumer: a consumer
+/// attaching while the previous one's cancel deletes the queue must either
+/// fail to attach (the queue is gone) or keep a live queue.
+#[test]
+fn an_auto_delete_queue_is_never_deleted_under_a_live_consumer() -> Result {
+    use interoffice::{ConsumeError, TryRecvError};
+    let broker = Broker::new();
+    let options = QueueOptions { auto_delete: true, ..Default::default() };
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let (broker, options) = (&broker, options.clone());
+            s.spawn(move || {
+                let conn = broker.connect();
+                for _ in 0..5_000 {
+                    conn.declare_queue("shared", options.clone()).unwrap();
+                    let consumer = match conn.consume("shared", ConsumeOptions::default()) {
+                        Ok(consumer) => consumer,
+                        Err(ConsumeError::NotFound(_)) => continue,
+                        Err(e) => panic!("{e}"),
+                    };
+                    match consumer.try_recv() {
+                        Err(TryRecvError::Empty) => {}
+                        other => panic!("a live consumer's queue was deleted: {other:?}"),
+                    }
+                }
+            });
+        }
+    });
+    assert!(broker.queue_stats("shared").is_none());
+    Ok(())
+}
