@@ -285,10 +285,9 @@ impl Connection {
     /// while consumers are attached. Unless `auto_ack`, the delivery must be
     /// settled like a consumer's.
     pub fn get(&self, queue: &str, auto_ack: bool) -> Result<Option<Delivery>, ConsumeError> {
+        // `queue_for` refuses a closed connection; a close racing this call
+        // is caught by `GetStore::hold`, which requeues the message.
         let queue = self.queue_for(queue)?;
-        if self.shared.consumers.lock().closed {
-            return Err(ConsumeError::ConnectionClosed);
-        }
         let Some(msg) = queue.get(!auto_ack)? else { return Ok(None) };
         if auto_ack {
             return Ok(Some(Delivery::new(msg.envelope, 0, msg.redelivered, None)));
