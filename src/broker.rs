@@ -14,10 +14,13 @@ type ExchangeMap = imbl::HashMap<Arc<str>, Arc<Exchange>>;
 /// Queues by name, likewise.
 type QueueMap = imbl::HashMap<Arc<str>, Arc<Queue>>;
 use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::clock::Clock;
 use crate::connection::Connection;
+use crate::dead_letter::Letter;
 use crate::error::{BindError, ConsumeError, DeclareError, DeleteError, PublishError};
 use crate::exchange::headers::HeadersMatcher;
 use crate::exchange::{
@@ -25,8 +28,11 @@ use crate::exchange::{
 };
 use crate::field::FieldTable;
 use crate::message::Message;
-use crate::queue::{DeleteRefused, Envelope, Queue, QueueOptions, QueueStats};
-use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
+use crate::queue::{
+    DeleteRefused, Enqueued, Envelope, PublishTiming, Queue, QueueContext, QueueOptions, QueueStats,
+};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
+use crate::timer::Timers;
 
 /// The longest name (of a queue or exchange) or routing key, in bytes: AMQP's short string.
 pub const MAX_NAME_LEN: usize = 255;
@@ -43,11 +49,14 @@ pub struct BrokerOptions {
     /// The largest message body accepted, in bytes (RabbitMQ's
     /// `max_message_size`, 128 MiB by default).
     pub max_message_size: usize,
+    /// The clock every time-based policy reads: the system clock by
+    /// default, a [`ManualClock`](crate::ManualClock) in tests.
+    pub clock: Clock,
 }
 
 impl Default for BrokerOptions {
     fn default() -> Self {
-        BrokerOptions { max_message_size: 128 << 20 }
+        BrokerOptions { max_message_size: 128 << 20, clock: Clock::system() }
     }
 }
 
@@ -64,12 +73,20 @@ pub struct PublishOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Routed {
     queues: usize,
+    duplicates: usize,
 }
 
 impl Routed {
     /// How many queues the message was enqueued in.
     pub fn queues(&self) -> usize {
         self.queues
+    }
+
+    /// How many queues refused it as a duplicate: its `message_id` was
+    /// accepted within their deduplication window. Not an error: the
+    /// message is already there.
+    pub fn duplicates(&self) -> usize {
+        self.duplicates
     }
 
     /// Whether it reached at least one queue.
@@ -118,15 +135,18 @@ impl Broker {
 
     /// A broker with `options`.
     pub fn with_options(options: BrokerOptions) -> Self {
-        let inner = BrokerInner {
+        let timers = Timers::new(options.clock.clone());
+        let inner = Arc::new_cyclic(|me| BrokerInner {
+            me: Weak::clone(me),
             exchanges: ArcSwap::from_pointee(ExchangeMap::new()),
             queues: ArcSwap::from_pointee(QueueMap::new()),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             name_seed: std::collections::hash_map::RandomState::new(),
             vhost: "/".into(),
+            timers,
             options,
-        };
+        });
         {
             let mut map = ExchangeMap::new();
             for (name, kind) in [
@@ -143,7 +163,12 @@ impl Broker {
             }
             inner.exchanges.store(Arc::new(map));
         }
-        Broker { inner: Arc::new(inner) }
+        Broker { inner }
+    }
+
+    /// The clock the broker reads (see [`BrokerOptions::clock`]).
+    pub fn clock(&self) -> &Clock {
+        &self.inner.options.clock
     }
 
     /// Opens a connection: a client's handle for declaring, publishing and
@@ -329,12 +354,15 @@ struct RouteEdit {
 
 #[derive(Debug)]
 pub(crate) struct BrokerInner {
+    /// Itself, for the queues it creates (dead-lettering routes through it).
+    me: Weak<BrokerInner>,
     exchanges: ArcSwap<ExchangeMap>,
     queues: ArcSwap<QueueMap>,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     name_seed: std::collections::hash_map::RandomState,
     vhost: Box<str>,
+    timers: Arc<Timers>,
     options: BrokerOptions,
 }
 
@@ -389,7 +417,7 @@ impl BrokerInner {
         &self,
         exchange: &str,
         routing_key: &str,
-        message: Message,
+        mut message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
         if routing_key.len() > MAX_NAME_LEN {
@@ -403,6 +431,14 @@ impl BrokerInner {
             let limit = self.options.max_message_size;
             return Err(PublishError::TooLarge { size, limit, message: Box::new(message) });
         }
+        let ttl = match message.properties().expiration.as_deref().map(parse_expiration) {
+            None => None,
+            Some(Some(ttl)) => Some(ttl),
+            Some(None) => {
+                let value = message.properties().expiration.clone().unwrap_or_default();
+                return Err(PublishError::InvalidExpiration { value, message: Box::new(message) });
+            }
+        };
         let exchanges = self.exchanges.load();
         let Some(start) = exchanges.get(exchange) else {
             return Err(PublishError::ExchangeNotFound {
@@ -416,40 +452,68 @@ impl BrokerInner {
                 message: Box::new(message),
             });
         }
+        let mut delay = message.take_delay();
+        if start.options.delayed
+            && let Some(ms) = message.header("x-delay").and_then(crate::FieldValue::as_i64)
+            && ms > 0
+        {
+            delay = Some(delay.unwrap_or_default().max(Duration::from_millis(ms.unsigned_abs())));
+        }
         let envelope = Arc::new(Envelope::new(exchange, routing_key, message));
-        let queues = self.route(&exchanges, start, &envelope);
-        if queues == 0 && options.mandatory {
-            let message =
-                Arc::try_unwrap(envelope).map_or_else(|shared| shared.message.clone(), |e| e.message);
+        let mut pass = RoutingPass::new(&envelope, PublishTiming::new(&self.options.clock, ttl, delay), &[]);
+        self.route(&exchanges, start, &mut pass);
+        let RoutingPass { enqueued, duplicates, rejected, letters, .. } = pass;
+        if !letters.is_empty() {
+            crate::dead_letter::bury(letters);
+        }
+        let take_back = |envelope: Arc<Envelope>| {
+            Box::new(Arc::try_unwrap(envelope).map_or_else(|shared| shared.message.clone(), |e| e.message))
+        };
+        if !rejected.is_empty() {
+            return Err(PublishError::Rejected { queues: rejected, routed: enqueued, message: take_back(envelope) });
+        }
+        if enqueued == 0 && duplicates == 0 && options.mandatory {
             return Err(PublishError::Unroutable {
                 exchange: exchange.into(),
                 routing_key: routing_key.into(),
-                message: Box::new(message),
+                message: take_back(envelope),
             });
         }
-        Ok(Routed { queues })
+        Ok(Routed { queues: enqueued, duplicates })
+    }
+
+    /// Republishes a dead letter to exchange `dlx`, skipping the queues in
+    /// `forbidden` (a cycle). Messages this makes leave other queues join
+    /// `work`. True if it reached at least one queue.
+    pub(crate) fn route_dead_letter(
+        &self,
+        dlx: &str,
+        routing_key: &str,
+        message: Message,
+        forbidden: &[String],
+        work: &mut std::collections::VecDeque<Letter>,
+    ) -> bool {
+        let exchanges = self.exchanges.load();
+        let Some(start) = exchanges.get(dlx) else { return false };
+        let envelope = Arc::new(Envelope::new(dlx, routing_key, message));
+        let mut pass = RoutingPass::new(&envelope, PublishTiming::new(&self.options.clock, None, None), forbidden);
+        self.route(&exchanges, start, &mut pass);
+        work.extend(pass.letters);
+        pass.enqueued > 0
     }
 
     /// Walks the exchange graph from `start`, enqueueing in every queue
-    /// reached, once per queue, and returns how many took the message.
-    /// Each exchange is visited once, so cycles end. An exchange whose own
-    /// bindings match nothing hands the message to its alternate exchange.
-    fn route(&self, exchanges: &ExchangeMap, start: &Exchange, envelope: &Arc<Envelope>) -> usize {
-        let mut pass = RoutingPass {
-            envelope,
-            seen_queues: SeenSet::new(),
-            seen_exchanges: SeenSet::new(),
-            pending: Vec::new(),
-            enqueued: 0,
-        };
+    /// reached, once per queue. Each exchange is visited once, so cycles
+    /// end. An exchange whose own bindings match nothing hands the message
+    /// to its alternate exchange.
+    fn route(&self, exchanges: &ExchangeMap, start: &Exchange, pass: &mut RoutingPass<'_>) {
         pass.seen_exchanges.insert(start.id);
-        self.route_through(exchanges, start, &mut pass);
+        self.route_through(exchanges, start, pass);
         // Only exchange-to-exchange bindings and alternate exchanges fill
         // `pending`: the common single-exchange publish never allocates it.
         while let Some(next) = pass.pending.pop() {
-            self.route_through(exchanges, &next, &mut pass);
+            self.route_through(exchanges, &next, pass);
         }
-        pass.enqueued
     }
 
     /// One exchange's step of a routing pass.
@@ -598,23 +662,37 @@ impl BrokerInner {
         } else {
             name.to_owned()
         };
+        let policy = options.policy().map_err(|(arg, why)| {
+            DeclareError::PreconditionFailed(format!(
+                "invalid arg '{arg}' for queue '{name}' in vhost '{}': {why}",
+                self.vhost
+            ))
+        })?;
         if let Some(current) = queues.get(name.as_str()) {
             // RabbitMQ checks exclusivity before the other options: a
             // mismatch either way is RESOURCE_LOCKED, not an inequivalent arg.
             if !current.accessible_by(conn) || options.exclusive != current.options.exclusive {
                 return Err(DeclareError::ResourceLocked(name));
             }
-            if let Some((arg, received, now)) = options.difference(&current.options) {
+            if let Some((arg, received, now)) =
+                options.difference(&policy, &current.options, &current.policy)
+            {
                 return Err(DeclareError::PreconditionFailed(format!(
                     "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received '{received}' but current is '{now}'",
                     self.vhost
                 )));
             }
+            current.touch();
             return Ok(name);
         }
         let owner = options.exclusive.then_some(conn);
         let options = QueueOptions { passive: false, ..options };
-        let queue = Arc::new(Queue::new(name.as_str().into(), self.id(), options, owner));
+        let context = QueueContext {
+            clock: self.options.clock.clone(),
+            timers: Arc::clone(&self.timers),
+            broker: Weak::clone(&self.me),
+        };
+        let queue = Queue::new(name.as_str().into(), self.id(), options, policy, owner, context);
         if owner.is_some() {
             registry.exclusive.entry(conn).or_default().push(Arc::clone(&queue));
         }
@@ -647,7 +725,7 @@ impl BrokerInner {
         };
         self.remove_queue(&mut registry, &queue, if_unused, if_empty).map_err(|refused| {
             let why = match refused {
-                DeleteRefused::InUse => "in use",
+                DeleteRefused::InUse | DeleteRefused::NotIdle => "in use",
                 DeleteRefused::NotEmpty => "is not empty",
             };
             DeleteError::PreconditionFailed(format!("queue '{name}' in vhost '{}' {why}", self.vhost))
@@ -663,13 +741,26 @@ impl BrokerInner {
         if_unused: bool,
         if_empty: bool,
     ) -> Result<usize, DeleteRefused> {
+        self.remove_queue_if(registry, queue, if_unused, if_empty, None)
+    }
+
+    /// [`remove_queue`](Self::remove_queue), also refusing a queue with
+    /// `expires` used since `expiring_at` minus its expiry.
+    fn remove_queue_if(
+        &self,
+        registry: &mut Registry,
+        queue: &Arc<Queue>,
+        if_unused: bool,
+        if_empty: bool,
+        expiring_at: Option<Instant>,
+    ) -> Result<usize, DeleteRefused> {
         let mut map = (**self.queues.load()).clone();
         if !map.get(&queue.name).is_some_and(|q| Arc::ptr_eq(q, queue)) {
             return Ok(0);
         }
         // Marked first: a publisher still holding the old snapshot finds the
         // queue deleted and does not count it as routed.
-        let dropped = queue.delete_if(if_unused, if_empty)?;
+        let dropped = queue.delete_if(if_unused, if_empty, expiring_at)?;
         map.remove(&queue.name);
         self.queues.store(Arc::new(map));
         let keys: Vec<BindingKey> = registry.keys_to(DestId::Queue(queue.id)).cloned().collect();
@@ -687,6 +778,13 @@ impl BrokerInner {
     pub(crate) fn auto_delete_queue(&self, queue: &Arc<Queue>) {
         let mut registry = self.registry.lock();
         let _still_used = self.remove_queue(&mut registry, queue, true, false);
+    }
+
+    /// Deletes a queue whose `expires` time has passed unused, unless it was
+    /// used meanwhile.
+    pub(crate) fn expire_queue(&self, queue: &Arc<Queue>, now: Instant) {
+        let mut registry = self.registry.lock();
+        let _used_meanwhile = self.remove_queue_if(&mut registry, queue, true, false, Some(now));
     }
 
     /// Deletes the exclusive queues of connection `conn`, which is closing.
@@ -842,6 +940,7 @@ fn apply_edits(exchange: &Exchange, edits: impl IntoIterator<Item = RouteEdit>) 
 
 impl Drop for BrokerInner {
     fn drop(&mut self) {
+        self.timers.shutdown();
         // Exchange bindings may form cycles of `Arc`s; empty every table so
         // they are freed.
         for exchange in self.exchanges.load().values() {
@@ -853,17 +952,49 @@ impl Drop for BrokerInner {
 /// The state of routing one message: where it went and what is left.
 struct RoutingPass<'a> {
     envelope: &'a Arc<Envelope>,
+    timing: PublishTiming<'a>,
+    /// Queues a dead letter must not reach (a cycle).
+    forbidden: &'a [String],
     seen_queues: SeenSet,
     seen_exchanges: SeenSet,
     pending: Vec<Arc<Exchange>>,
     enqueued: usize,
+    duplicates: usize,
+    /// Queues that refused the message because they are full.
+    rejected: Vec<String>,
+    /// Messages the enqueues made leave their queues, to dead-letter.
+    letters: Vec<Letter>,
 }
 
-impl RoutingPass<'_> {
+impl<'a> RoutingPass<'a> {
+    fn new(envelope: &'a Arc<Envelope>, timing: PublishTiming<'a>, forbidden: &'a [String]) -> Self {
+        RoutingPass {
+            envelope,
+            timing,
+            forbidden,
+            seen_queues: SeenSet::new(),
+            seen_exchanges: SeenSet::new(),
+            pending: Vec::new(),
+            enqueued: 0,
+            duplicates: 0,
+            rejected: Vec::new(),
+            letters: Vec::new(),
+        }
+    }
+
     /// Enqueues in `queue` unless this message already reached it.
-    fn enqueue(&mut self, queue: &Queue) {
-        if self.seen_queues.insert(queue.id) && queue.enqueue(self.envelope) {
-            self.enqueued += 1;
+    fn enqueue(&mut self, queue: &Arc<Queue>) {
+        if !self.seen_queues.insert(queue.id) {
+            return;
+        }
+        if !self.forbidden.is_empty() && self.forbidden.iter().any(|q| **q == *queue.name) {
+            return;
+        }
+        match queue.enqueue(self.envelope, &mut self.timing, &mut self.letters) {
+            Enqueued::Accepted => self.enqueued += 1,
+            Enqueued::Duplicate => self.duplicates += 1,
+            Enqueued::Rejected => self.rejected.push(queue.name.to_string()),
+            Enqueued::Gone => {}
         }
     }
 
@@ -873,6 +1004,15 @@ impl RoutingPass<'_> {
             self.pending.push(Arc::clone(exchange));
         }
     }
+}
+
+/// A message's own TTL: its `expiration`, a non-negative integer of
+/// milliseconds. `None` if malformed.
+fn parse_expiration(value: &str) -> Option<Duration> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse::<u64>().ok().map(Duration::from_millis)
 }
 
 /// A set of ids for one routing pass: inline (no allocation) while small,

@@ -7,7 +7,7 @@ use crossbeam_channel::unbounded;
 use crate::broker::{Broker, PublishOptions, Routed};
 use crate::consumer::{ConsumeOptions, Consumer, ConsumerShared};
 use crate::delivery::{Delivery, GetStore};
-use crate::error::{BindError, ConsumeError, DeclareError, DeleteError, PublishError, RecvError};
+use crate::error::{BindError, ConsumeError, DeclareError, DeleteError, PublishError};
 use crate::exchange::{ExchangeKind, ExchangeOptions};
 use crate::field::FieldTable;
 use crate::message::Message;
@@ -290,7 +290,7 @@ impl Connection {
         let queue = self.queue_for(queue)?;
         let Some(msg) = queue.get(!auto_ack)? else { return Ok(None) };
         if auto_ack {
-            return Ok(Some(Delivery::new(msg.envelope, 0, msg.redelivered, None)));
+            return Ok(Some(Delivery::new(msg.envelope, 0, msg.redelivered, msg.deliveries, None)));
         }
         self.shared.gets.hold(&queue, msg).map(Some).ok_or(ConsumeError::ConnectionClosed)
     }
@@ -323,10 +323,9 @@ impl Connection {
             std::mem::take(&mut consumers.list)
         };
         for consumer in consumers.iter().filter_map(Weak::upgrade) {
-            if consumer.cancel(RecvError::ConnectionClosed) {
+            if consumer.close() {
                 self.broker.inner.auto_delete_queue(&consumer.queue);
             }
-            consumer.close();
         }
         self.shared.gets.close();
         self.broker.inner.delete_exclusive_queues(self.shared.id);

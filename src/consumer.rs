@@ -37,8 +37,25 @@ pub struct ConsumeOptions {
     pub exclusive: bool,
     /// The consumer tag; generated (`amq.ctag-…`) when `None`.
     pub consumer_tag: Option<String>,
+    /// The consumer's priority (`x-priority`, also read from `arguments`):
+    /// while a higher-priority consumer of the queue has prefetch credit, it
+    /// receives every message; consumers of equal priority share round-robin.
+    pub priority: i32,
     /// Other arguments, kept for a bridge to a real broker.
     pub arguments: FieldTable,
+}
+
+impl ConsumeOptions {
+    /// The effective priority: the field, else `x-priority`.
+    pub(crate) fn effective_priority(&self) -> i32 {
+        if self.priority != 0 {
+            return self.priority;
+        }
+        self.arguments
+            .get("x-priority")
+            .and_then(crate::FieldValue::as_i64)
+            .map_or(0, |p| i32::try_from(p).unwrap_or(if p < 0 { i32::MIN } else { i32::MAX }))
+    }
 }
 
 /// Deliveries handed to the application and not yet settled, by tag.
@@ -60,6 +77,7 @@ pub(crate) struct ConsumerShared {
     pub(crate) prefetch: u32,
     pub(crate) auto_ack: bool,
     pub(crate) exclusive: bool,
+    pub(crate) priority: i32,
     /// Deliveries sent to the inbox and not yet settled. Only the queue
     /// increments it, under its lock; settling decrements it.
     pub(crate) in_flight: AtomicU32,
@@ -82,6 +100,7 @@ impl ConsumerShared {
             prefetch: options.prefetch,
             auto_ack: options.auto_ack,
             exclusive: options.exclusive,
+            priority: options.effective_priority(),
             in_flight: AtomicU32::new(0),
             inbox,
             unsettled: Mutex::new(Unsettled::default()),
@@ -113,36 +132,42 @@ impl ConsumerShared {
     /// flagged redelivered). Deliveries already handed out stay settle-able.
     /// True if the queue should now be auto-deleted.
     pub(crate) fn cancel(self: &Arc<Self>, reason: RecvError) -> bool {
+        self.cancel_returning(reason, Vec::new())
+    }
+
+    /// Cancels, returning `unsettled` to the queue in the same step.
+    fn cancel_returning(self: &Arc<Self>, reason: RecvError, unsettled: Vec<QueuedMessage>) -> bool {
         if self.cancelled.swap(true, Ordering::AcqRel) {
+            if !unsettled.is_empty() {
+                self.queue.requeue(unsettled, Some(self), true);
+            }
             return false;
         }
         self.cancel_reason.lock().get_or_insert(reason);
-        let auto_delete = self.queue.remove_consumer(self);
-        let pending: Vec<QueuedMessage> = self.inbox.try_iter().collect();
-        if !pending.is_empty() {
-            self.queue.requeue(pending, Some(self), false);
-        }
-        auto_delete
+        self.queue.remove_consumer(self, &self.inbox, unsettled)
     }
 
-    /// Requeues every delivery handed out and not settled (the connection
-    /// closed); later settles of them fail with `ConnectionClosed`.
-    pub(crate) fn close(self: &Arc<Self>) {
+    /// The connection closed: cancels the consumer and requeues every
+    /// delivery handed out and not settled, in one step, so that the next
+    /// consumer receives them before anything newer. Later settles of them
+    /// fail with `ConnectionClosed`. True if the queue should now be
+    /// auto-deleted.
+    pub(crate) fn close(self: &Arc<Self>) -> bool {
         let entries: Vec<QueuedMessage> = {
             let mut unsettled = self.unsettled.lock();
             unsettled.closed = true;
-            unsettled.entries.drain().map(|(_, m)| m).collect()
+            let mut entries: Vec<(u64, QueuedMessage)> = unsettled.entries.drain().collect();
+            entries.sort_unstable_by_key(|(tag, _)| *tag);
+            entries.into_iter().map(|(_, m)| m).collect()
         };
-        if !entries.is_empty() {
-            self.queue.requeue(entries, Some(self), true);
-        }
+        self.cancel_returning(RecvError::ConnectionClosed, entries)
     }
 
     /// Turns an inbox entry into a delivery for the application.
     fn hand_out(self: &Arc<Self>, msg: QueuedMessage) -> Result<Delivery, RecvError> {
         if self.auto_ack {
             self.queue.release_credit(self, 1);
-            return Ok(Delivery::new(msg.envelope, 0, msg.redelivered, None));
+            return Ok(Delivery::new(msg.envelope, 0, msg.redelivered, msg.deliveries, None));
         }
         let mut unsettled = self.unsettled.lock();
         if unsettled.closed {
@@ -152,9 +177,10 @@ impl ConsumerShared {
         }
         unsettled.next_tag += 1;
         let tag = unsettled.next_tag;
-        unsettled.entries.insert(tag, msg.clone());
+        let (envelope, redelivered, deliveries) = (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
+        unsettled.entries.insert(tag, msg);
         drop(unsettled);
-        Ok(Delivery::new(msg.envelope, tag, msg.redelivered, Some(Holder::Consumer(Arc::clone(self)))))
+        Ok(Delivery::new(envelope, tag, redelivered, deliveries, Some(Holder::Consumer(Arc::clone(self)))))
     }
 
     /// Settles delivery `tag`.
@@ -173,6 +199,7 @@ impl ConsumerShared {
                 self.queue.release_credit(self, 1);
             }
             Settlement::Requeue => self.queue.requeue([msg], Some(self), true),
+            Settlement::RequeueAfter(delay) => self.queue.requeue_after(msg, delay, Some(self)),
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Deliveries: a message handed to the application, and how it is settled.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -55,12 +56,19 @@ pub struct Delivery {
     envelope: Arc<Envelope>,
     tag: u64,
     redelivered: bool,
+    delivery_count: u32,
     holder: Option<Holder>,
 }
 
 impl Delivery {
-    pub(crate) fn new(envelope: Arc<Envelope>, tag: u64, redelivered: bool, holder: Option<Holder>) -> Self {
-        Delivery { envelope, tag, redelivered, holder }
+    pub(crate) fn new(
+        envelope: Arc<Envelope>,
+        tag: u64,
+        redelivered: bool,
+        delivery_count: u32,
+        holder: Option<Holder>,
+    ) -> Self {
+        Delivery { envelope, tag, redelivered, delivery_count, holder }
     }
 
     /// The body.
@@ -103,6 +111,15 @@ impl Delivery {
         self.redelivered
     }
 
+    /// How many times this message was delivered before and came back
+    /// (nacked or rejected with requeue, dropped unsettled, its connection
+    /// closed, [`nack_with_delay`](Self::nack_with_delay)): 0 on the first
+    /// delivery. In a queue with a delivery limit it is also the
+    /// `x-delivery-count` header.
+    pub fn delivery_count(&self) -> u32 {
+        self.delivery_count
+    }
+
     /// The delivery tag: unique among the unsettled deliveries of its consumer
     /// (or of its connection's `get`s); 0 for auto-acknowledged deliveries.
     pub fn delivery_tag(&self) -> u64 {
@@ -124,6 +141,35 @@ impl Delivery {
     /// discarded.
     pub fn nack(mut self, requeue: bool) -> Result<(), AckError> {
         self.settle(if requeue { Settlement::Requeue } else { Settlement::Discard })
+    }
+
+    /// Negative acknowledgement with a delayed requeue, for retries with
+    /// backoff without a retry-queue topology: the message is invisible for
+    /// `delay` (counted in [`QueueStats::messages_delayed`](crate::QueueStats)),
+    /// then joins the tail of its queue, flagged redelivered. It counts as a
+    /// return against the queue's delivery limit. (An interoffice extension.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use interoffice::{Broker, BrokerOptions, ConsumeOptions, ManualClock, Message, QueueOptions};
+    ///
+    /// let clock = ManualClock::new();
+    /// let broker = Broker::with_options(BrokerOptions { clock: clock.clock(), ..Default::default() });
+    /// let conn = broker.connect();
+    /// conn.declare_queue("emails", QueueOptions::default())?;
+    /// conn.publish("", "emails", Message::new("welcome"))?;
+    /// let consumer = conn.consume("emails", ConsumeOptions::default())?;
+    ///
+    /// consumer.recv()?.nack_with_delay(Duration::from_secs(30))?; // the mail server is down
+    /// assert!(consumer.try_recv().is_err());
+    /// clock.advance(Duration::from_secs(30));
+    /// let retry = consumer.try_recv()?;
+    /// assert_eq!(retry.delivery_count(), 1);
+    /// retry.ack()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn nack_with_delay(mut self, delay: Duration) -> Result<(), AckError> {
+        self.settle(Settlement::RequeueAfter(delay))
     }
 
     /// AMQP basic.reject: the same as [`nack`](Self::nack) for one message.
@@ -174,9 +220,9 @@ impl GetStore {
         }
         inner.next_tag += 1;
         let tag = inner.next_tag;
-        let (envelope, redelivered) = (Arc::clone(&msg.envelope), msg.redelivered);
+        let (envelope, redelivered, deliveries) = (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
         inner.entries.insert(tag, (Arc::clone(queue), msg));
-        Some(Delivery::new(envelope, tag, redelivered, Some(Holder::Get(Arc::clone(self)))))
+        Some(Delivery::new(envelope, tag, redelivered, deliveries, Some(Holder::Get(Arc::clone(self)))))
     }
 
     fn settle(&self, tag: u64, how: Settlement) -> Result<(), AckError> {

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     InvalidName,
     /// 530 `NOT_ALLOWED`: e.g. reusing a consumer tag.
     NotAllowed,
+    /// A queue is full and refuses publishes (AMQP resource-error, 506).
+    ResourceError,
 }
 
 impl ErrorKind {
@@ -46,6 +48,7 @@ impl ErrorKind {
             ErrorKind::ResourceLocked => 405,
             ErrorKind::PreconditionFailed => 406,
             ErrorKind::NotAllowed => 530,
+            ErrorKind::ResourceError => 506,
         }
     }
 }
@@ -199,6 +202,26 @@ pub enum PublishError {
         /// The message, handed back.
         message: Box<Message>,
     },
+    /// Queues with `Overflow::RejectPublish(Dlx)` at their length limit
+    /// refused the message (RabbitMQ's negative publisher confirm). Other
+    /// queues it was routed to may have taken it: `routed` counts them.
+    #[error("RESOURCE_ERROR - queue(s) {queues:?} full: message rejected (taken by {routed} other queue(s))")]
+    Rejected {
+        /// The queues that refused it.
+        queues: Vec<String>,
+        /// How many queues took it nonetheless.
+        routed: usize,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The `expiration` property is not a non-negative integer of milliseconds.
+    #[error("PRECONDITION_FAILED - invalid expiration '{value}': expected milliseconds as a non-negative integer")]
+    InvalidExpiration {
+        /// The expiration given.
+        value: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed {
@@ -216,6 +239,8 @@ impl PublishError {
             | PublishError::Unroutable { message, .. }
             | PublishError::InvalidRoutingKey { message, .. }
             | PublishError::TooLarge { message, .. }
+            | PublishError::Rejected { message, .. }
+            | PublishError::InvalidExpiration { message, .. }
             | PublishError::ConnectionClosed { message } => message,
         }
     }
@@ -228,6 +253,8 @@ impl PublishError {
             | PublishError::Unroutable { message, .. }
             | PublishError::InvalidRoutingKey { message, .. }
             | PublishError::TooLarge { message, .. }
+            | PublishError::Rejected { message, .. }
+            | PublishError::InvalidExpiration { message, .. }
             | PublishError::ConnectionClosed { message } => *message,
         }
     }
@@ -240,6 +267,8 @@ impl PublishError {
             PublishError::Unroutable { .. } => ErrorKind::NoRoute,
             PublishError::InvalidRoutingKey { .. } => ErrorKind::InvalidName,
             PublishError::TooLarge { .. } => ErrorKind::ContentTooLarge,
+            PublishError::Rejected { .. } => ErrorKind::ResourceError,
+            PublishError::InvalidExpiration { .. } => ErrorKind::PreconditionFailed,
             PublishError::ConnectionClosed { .. } => ErrorKind::ConnectionClosed,
         }
     }

@@ -52,22 +52,29 @@
 //! interoffice differs from RabbitMQ.
 
 #![forbid(unsafe_code)]
+#![recursion_limit = "256"]
 #![warn(missing_docs)]
 
 mod broker;
+mod clock;
 mod connection;
 mod consumer;
+mod dead_letter;
 mod delivery;
 mod error;
 mod exchange;
 mod field;
+mod idempotency;
 mod message;
 mod queue;
 mod sync;
+mod timer;
 
 pub use broker::{Broker, BrokerOptions, MAX_NAME_LEN, PublishOptions, Routed};
+pub use clock::{Clock, ManualClock};
 pub use connection::{Connection, DeleteExchangeOptions, DeleteQueueOptions};
 pub use consumer::{ConsumeOptions, Consumer};
+pub use dead_letter::{DeathReason, ReasonCounts};
 pub use delivery::Delivery;
 pub use error::{
     AckError, BindError, ConsumeError, DeclareError, DeleteError, ErrorKind, PublishError, RecvError,
@@ -75,8 +82,9 @@ pub use error::{
 };
 pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
 pub use field::{FieldTable, FieldValue};
+pub use idempotency::{ProcessError, Processed, ProcessedIds};
 pub use message::{DeliveryMode, Message, Properties};
-pub use queue::{QueueOptions, QueueStats};
+pub use queue::{DeduplicationWindow, Overflow, QueueOptions, QueueStats};
 
 /// The README's code blocks, compiled and run as doc tests so they stay true.
 #[cfg(doctest)]

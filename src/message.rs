@@ -70,6 +70,10 @@ pub struct Properties {
 pub struct Message {
     properties: Properties,
     body: Bytes,
+    /// How long the message stays invisible in the queues it reaches: an
+    /// instruction to the broker, consumed at publish (never delivered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delay: Option<Duration>,
 }
 
 macro_rules! string_property {
@@ -86,12 +90,12 @@ macro_rules! string_property {
 impl Message {
     /// A message with `body` and no properties.
     pub fn new(body: impl Into<Bytes>) -> Self {
-        Message { properties: Properties::default(), body: body.into() }
+        Message { properties: Properties::default(), body: body.into(), delay: None }
     }
 
     /// A message with `body` and `properties`.
     pub fn with_properties(body: impl Into<Bytes>, properties: Properties) -> Self {
-        Message { properties, body: body.into() }
+        Message { properties, body: body.into(), delay: None }
     }
 
     /// The body.
@@ -157,6 +161,46 @@ impl Message {
     pub fn with_expiration(mut self, ttl: Duration) -> Self {
         self.properties.expiration = Some(ttl.as_millis().to_string());
         self
+    }
+
+    /// Delays the message: it is routed when published, but stays invisible
+    /// (counted as delayed, not ready) in each queue it reaches until the
+    /// broker's clock has moved `delay` past the publish, then joins the
+    /// queue's tail. A zero delay is no delay.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use interoffice::{Broker, BrokerOptions, ManualClock, Message, QueueOptions};
+    ///
+    /// let clock = ManualClock::new();
+    /// let broker = Broker::with_options(BrokerOptions { clock: clock.clock(), ..Default::default() });
+    /// let conn = broker.connect();
+    /// conn.declare_queue("reminders", QueueOptions::default())?;
+    /// conn.publish("", "reminders", Message::new("call back").with_delay(Duration::from_secs(60)))?;
+    /// assert!(conn.get("reminders", true)?.is_none());
+    /// clock.advance(Duration::from_secs(60));
+    /// assert!(conn.get("reminders", true)?.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// The delay set by [`with_delay`](Self::with_delay), if any.
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay
+    }
+
+    /// Takes the delay out: the broker consumes it at publish.
+    pub(crate) fn take_delay(&mut self) -> Option<Duration> {
+        self.delay.take()
+    }
+
+    /// Drops the delay.
+    pub(crate) fn clear_delay(&mut self) {
+        self.delay = None;
     }
 
     /// Sets the timestamp, in seconds since the Unix epoch.

@@ -746,7 +746,7 @@ fn routing_key_over_255_bytes_is_refused_with_the_message_back() -> TestResult {
 
 #[test]
 fn body_over_max_message_size_is_refused_with_the_message_back() -> TestResult {
-    let broker = Broker::with_options(BrokerOptions { max_message_size: 16 });
+    let broker = Broker::with_options(BrokerOptions { max_message_size: 16, ..Default::default() });
     let conn = broker.connect();
     declare_queues(&conn, &["q"])?;
     assert_eq!(conn.publish("", "q", Message::new(vec![0_u8; 16]))?.queues(), 1);

@@ -76,6 +76,11 @@ pub struct ExchangeOptions {
     pub alternate_exchange: Option<String>,
     /// Other arguments (`x-*`), compared on re-declaration.
     pub arguments: FieldTable,
+    /// A delayed exchange, like RabbitMQ's delayed-message plugin: a message
+    /// published to it with an integer `x-delay` header (milliseconds) stays
+    /// invisible in the queues it reaches for that long, as with
+    /// [`Message::with_delay`](crate::Message::with_delay).
+    pub delayed: bool,
 }
 
 impl ExchangeOptions {
@@ -88,6 +93,7 @@ impl ExchangeOptions {
         flag("durable", self.durable, current.durable)
             .or_else(|| flag("auto_delete", self.auto_delete, current.auto_delete))
             .or_else(|| flag("internal", self.internal, current.internal))
+            .or_else(|| flag("x-delayed-message", self.delayed, current.delayed))
             .or_else(|| {
                 (self.alternate_exchange != current.alternate_exchange).then(|| {
                     (

@@ -1,0 +1,212 @@
+//! Time: the clock a broker reads, real or driven by hand.
+//!
+//! Every time-based policy (message TTL, queue expiry, delayed delivery, the
+//! deduplication window) reads the broker's [`Clock`]. The system clock is the
+//! default; a [`ManualClock`] only moves when a test advances it, and fires
+//! every timer that falls due on the way before `advance` returns, so
+//! time-based tests need no `sleep` and give the same result on every run.
+
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
+use crate::timer::Timers;
+
+/// The source of time of a broker, set in
+/// [`BrokerOptions::clock`](crate::BrokerOptions::clock).
+///
+/// ```
+/// use std::time::Duration;
+/// use interoffice::{Broker, BrokerOptions, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// let broker = Broker::with_options(BrokerOptions { clock: clock.clock(), ..Default::default() });
+/// let before = broker.clock().now();
+/// clock.advance(Duration::from_secs(5));
+/// assert_eq!(broker.clock().now() - before, Duration::from_secs(5));
+/// ```
+#[derive(Clone, Default)]
+pub struct Clock {
+    manual: Option<Arc<ManualState>>,
+}
+
+impl Clock {
+    /// The system clock: real time.
+    pub fn system() -> Clock {
+        Clock { manual: None }
+    }
+
+    /// The current instant, for deadlines.
+    pub fn now(&self) -> Instant {
+        match &self.manual {
+            None => Instant::now(),
+            Some(manual) => manual.now(),
+        }
+    }
+
+    /// The current wall-clock time, for timestamps (`x-death`'s `time`).
+    pub fn system_time(&self) -> SystemTime {
+        match &self.manual {
+            None => SystemTime::now(),
+            Some(manual) => manual.wall_base + manual.elapsed(),
+        }
+    }
+
+    /// Whether this clock is driven by hand.
+    pub(crate) fn is_manual(&self) -> bool {
+        self.manual.is_some()
+    }
+
+    /// Lets the clock fire `timers` when it is advanced by hand.
+    pub(crate) fn register(&self, timers: &Arc<Timers>) {
+        if let Some(manual) = &self.manual {
+            let mut list = manual.timers.lock();
+            list.retain(|t| t.strong_count() > 0);
+            list.push(Arc::downgrade(timers));
+        }
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.manual {
+            None => f.write_str("Clock::System"),
+            Some(manual) => write!(f, "Clock::Manual(+{:?})", manual.elapsed()),
+        }
+    }
+}
+
+impl PartialEq for Clock {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.manual, &other.manual) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Clock {}
+
+struct ManualState {
+    base: Instant,
+    wall_base: SystemTime,
+    /// Nanoseconds advanced so far: read without a lock.
+    offset_nanos: AtomicU64,
+    /// The brokers' timer services this clock drives.
+    timers: Mutex<Vec<Weak<Timers>>>,
+    /// Serialises `advance` calls, so two advancing threads cannot fire
+    /// timers out of time order.
+    advancing: Mutex<()>,
+}
+
+impl ManualState {
+    fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.offset_nanos.load(Ordering::Acquire))
+    }
+
+    fn now(&self) -> Instant {
+        self.base + self.elapsed()
+    }
+
+    fn set(&self, at: Instant) {
+        let nanos = u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        self.offset_nanos.fetch_max(nanos, Ordering::AcqRel);
+    }
+}
+
+/// A clock that moves only when told to, for deterministic tests.
+///
+/// Clones share one time. [`advance`](Self::advance) fires every timer that
+/// falls due on the way (message expiry, delayed messages, queue expiry), in
+/// time order and on the calling thread, before it returns.
+///
+/// ```
+/// use std::time::Duration;
+/// use interoffice::{Broker, BrokerOptions, ManualClock, Message, QueueOptions};
+///
+/// let clock = ManualClock::new();
+/// let broker = Broker::with_options(BrokerOptions { clock: clock.clock(), ..Default::default() });
+/// let conn = broker.connect();
+/// conn.declare_queue("q", QueueOptions { message_ttl: Some(Duration::from_secs(60)), ..Default::default() })?;
+/// conn.publish("", "q", Message::new("short-lived"))?;
+/// clock.advance(Duration::from_secs(59));
+/// assert_eq!(broker.queue_stats("q").unwrap().messages_ready, 1);
+/// clock.advance(Duration::from_secs(1));
+/// assert_eq!(broker.queue_stats("q").unwrap().messages_ready, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct ManualClock {
+    state: Arc<ManualState>,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new()
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualClock").field("elapsed", &self.elapsed()).finish()
+    }
+}
+
+impl ManualClock {
+    /// A clock standing at the present moment.
+    pub fn new() -> Self {
+        ManualClock {
+            state: Arc::new(ManualState {
+                base: Instant::now(),
+                wall_base: SystemTime::now(),
+                offset_nanos: AtomicU64::new(0),
+                timers: Mutex::new(Vec::new()),
+                advancing: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The [`Clock`] to give a broker.
+    pub fn clock(&self) -> Clock {
+        Clock { manual: Some(Arc::clone(&self.state)) }
+    }
+
+    /// The current instant.
+    pub fn now(&self) -> Instant {
+        self.state.now()
+    }
+
+    /// How far the clock was advanced in total.
+    pub fn elapsed(&self) -> Duration {
+        self.state.elapsed()
+    }
+
+    /// Moves time forward by `by`. Each timer due by the new time fires at
+    /// its own instant (the clock stops there while it runs), earliest first,
+    /// so a chain of expiries resolves as it would in real time.
+    pub fn advance(&self, by: Duration) {
+        let _one_at_a_time = self.state.advancing.lock();
+        let target = self.state.now() + by;
+        loop {
+            let timers: Vec<Arc<Timers>> = self.state.timers.lock().iter().filter_map(Weak::upgrade).collect();
+            let next = timers.iter().filter_map(|t| t.next_deadline()).min();
+            match next {
+                Some(at) if at <= target => {
+                    self.state.set(at);
+                    for t in &timers {
+                        t.fire_due(at);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.state.set(target);
+    }
+}
+
+impl From<ManualClock> for Clock {
+    fn from(clock: ManualClock) -> Self {
+        clock.clock()
+    }
+}

@@ -1,0 +1,252 @@
+//! Dead-lettering: republishing a message that left a queue without being
+//! consumed (rejected, expired, dropped by a length limit, past the delivery
+//! limit) to the queue's dead-letter exchange, with RabbitMQ's `x-death`
+//! history.
+//!
+//! Dead letters are collected under a queue's lock and routed here after it
+//! is released. Routing a dead letter may make other messages dead letters
+//! (a full queue dropping its head); they join the same work list rather
+//! than recursing, so chains of any length run in constant stack.
+
+use std::collections::VecDeque;
+use std::time::UNIX_EPOCH;
+
+use crate::field::{FieldTable, FieldValue};
+use crate::message::Message;
+use crate::queue::{Queue, QueuedMessage};
+use crate::sync::Arc;
+
+/// Why a message was dead-lettered: the `reason` of its `x-death` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeathReason {
+    /// Rejected or nacked without requeue.
+    Rejected = 0,
+    /// Its TTL passed while it waited in the queue.
+    Expired = 1,
+    /// Dropped by the queue's length limit, or refused by `RejectPublishDlx`.
+    MaxLen = 2,
+    /// Returned more times than the queue's delivery limit.
+    DeliveryLimit = 3,
+}
+
+impl DeathReason {
+    /// The name RabbitMQ uses in `x-death`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+impl std::fmt::Display for DeathReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counts by [`DeathReason`], in [`QueueStats`](crate::QueueStats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ReasonCounts {
+    /// Rejected or nacked without requeue.
+    pub rejected: u64,
+    /// Expired.
+    pub expired: u64,
+    /// Dropped or refused by a length limit.
+    pub maxlen: u64,
+    /// Past the delivery limit.
+    pub delivery_limit: u64,
+}
+
+impl ReasonCounts {
+    /// The count for one reason.
+    pub fn get(&self, reason: DeathReason) -> u64 {
+        match reason {
+            DeathReason::Rejected => self.rejected,
+            DeathReason::Expired => self.expired,
+            DeathReason::MaxLen => self.maxlen,
+            DeathReason::DeliveryLimit => self.delivery_limit,
+        }
+    }
+
+    /// All reasons together.
+    pub fn total(&self) -> u64 {
+        self.rejected + self.expired + self.maxlen + self.delivery_limit
+    }
+}
+
+/// A message leaving `queue` for `reason`.
+#[derive(Debug)]
+pub(crate) struct Letter {
+    queue: Arc<Queue>,
+    msg: QueuedMessage,
+    reason: DeathReason,
+}
+
+impl Letter {
+    pub(crate) fn new(queue: &Arc<Queue>, msg: QueuedMessage, reason: DeathReason) -> Self {
+        Letter { queue: Arc::clone(queue), msg, reason }
+    }
+}
+
+/// Dead-letters every letter, and those they cause, in order.
+pub(crate) fn bury(letters: Vec<Letter>) {
+    let mut work: VecDeque<Letter> = letters.into();
+    while let Some(letter) = work.pop_front() {
+        let queue = &letter.queue;
+        let reason = letter.reason;
+        let Some(dlx) = queue.policy.dead_letter_exchange.as_deref() else {
+            queue.count_dead_letter(reason, false, false);
+            continue;
+        };
+        let Some(broker) = queue.context.broker.upgrade() else {
+            queue.count_dead_letter(reason, false, true);
+            continue;
+        };
+        let envelope = &letter.msg.envelope;
+        let now = queue.context.clock.system_time();
+        let seconds = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let message = dead_letter_message(&envelope.message, reason, &queue.name, envelope, seconds);
+        let forbidden = cycle_queues(&message, reason);
+        let key = queue.policy.dead_letter_routing_key.as_deref().unwrap_or_else(|| envelope.routing_key());
+        let routed = broker.route_dead_letter(dlx, key, message, &forbidden, &mut work);
+        queue.count_dead_letter(reason, routed, !routed);
+    }
+}
+
+/// The message as republished: `expiration` removed (kept as
+/// `original-expiration`), `x-death` updated, `x-first-death-*` set once.
+fn dead_letter_message(
+    original: &Message,
+    reason: DeathReason,
+    queue: &str,
+    envelope: &crate::queue::Envelope,
+    time: u64,
+) -> Message {
+    let mut message = original.clone();
+    message.clear_delay();
+    let properties = message.properties_mut();
+    let expiration = properties.expiration.take();
+    let headers = properties.headers.get_or_insert_with(FieldTable::new);
+    // Our own bookkeeping header belongs to the queue the message leaves.
+    headers.remove("x-delivery-count");
+
+    let mut deaths: Vec<FieldValue> = match headers.remove("x-death") {
+        Some(FieldValue::Array(deaths)) => deaths,
+        _ => Vec::new(),
+    };
+    let same = deaths.iter().position(|d| {
+        d.as_table().is_some_and(|t| {
+            t.get("queue").and_then(FieldValue::as_str) == Some(queue)
+                && t.get("reason").and_then(FieldValue::as_str) == Some(reason.as_str())
+        })
+    });
+    let entry = match same.map(|i| deaths.remove(i)) {
+        Some(FieldValue::Table(mut entry)) => {
+            let count = entry.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
+            entry.insert("count", FieldValue::I64(count + 1));
+            entry
+        }
+        _ => {
+            let mut entry = FieldTable::new()
+                .with("count", FieldValue::I64(1))
+                .with("reason", reason.as_str())
+                .with("queue", queue)
+                .with("time", FieldValue::Timestamp(time))
+                .with("exchange", envelope.exchange())
+                .with("routing-keys", vec![FieldValue::from(envelope.routing_key())]);
+            if let Some(expiration) = expiration {
+                entry.insert("original-expiration", expiration);
+            }
+            entry
+        }
+    };
+    deaths.insert(0, FieldValue::Table(entry));
+    headers.insert("x-death", deaths);
+    if !headers.contains_key("x-first-death-reason") {
+        headers.insert("x-first-death-reason", reason.as_str());
+        headers.insert("x-first-death-queue", queue);
+        headers.insert("x-first-death-exchange", envelope.exchange());
+    }
+    message
+}
+
+/// The queues this dead letter must not reach: those it already died in
+/// with no rejection since (RabbitMQ's cycle detection). A message that was
+/// rejected somewhere on the way was seen by a consumer, so it is not an
+/// endless automatic loop.
+fn cycle_queues(message: &Message, reason: DeathReason) -> Vec<String> {
+    if reason == DeathReason::Rejected {
+        return Vec::new();
+    }
+    let Some(deaths) = message.header("x-death").and_then(FieldValue::as_array) else {
+        return Vec::new();
+    };
+    let mut queues = Vec::new();
+    for death in deaths.iter().filter_map(FieldValue::as_table) {
+        if death.get("reason").and_then(FieldValue::as_str) == Some(DeathReason::Rejected.as_str()) {
+            break;
+        }
+        if let Some(queue) = death.get("queue").and_then(FieldValue::as_str) {
+            queues.push(queue.to_owned());
+        }
+    }
+    queues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Envelope;
+
+    fn deaths(message: &Message) -> Vec<(String, String, i64)> {
+        message
+            .header("x-death")
+            .and_then(FieldValue::as_array)
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let t = d.as_table().unwrap();
+                let s = |k: &str| t.get(k).and_then(FieldValue::as_str).unwrap().to_owned();
+                (s("queue"), s("reason"), t.get("count").and_then(FieldValue::as_i64).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dying_again_in_the_same_queue_for_the_same_reason_counts_up_and_moves_to_the_front() {
+        let env = Envelope::new("orders", "new", Message::new("m"));
+        let once = dead_letter_message(&env.message, DeathReason::Rejected, "work", &env, 1);
+        let env2 = Envelope::new("retry-x", "new", once);
+        let twice = dead_letter_message(&env2.message, DeathReason::Expired, "retry", &env2, 2);
+        let env3 = Envelope::new("work-x", "new", twice);
+        let thrice = dead_letter_message(&env3.message, DeathReason::Rejected, "work", &env3, 3);
+        assert_eq!(
+            deaths(&thrice),
+            [("work".into(), "rejected".into(), 2), ("retry".into(), "expired".into(), 1)]
+        );
+        assert_eq!(thrice.header("x-first-death-queue").and_then(FieldValue::as_str), Some("work"));
+        assert_eq!(thrice.header("x-first-death-exchange").and_then(FieldValue::as_str), Some("orders"));
+    }
+
+    #[test]
+    fn a_cycle_is_only_the_queues_died_in_since_the_last_rejection() {
+        let env = Envelope::new("", "a", Message::new("m"));
+        let rejected = dead_letter_message(&env.message, DeathReason::Rejected, "a", &env, 1);
+        let env = Envelope::new("", "b", rejected);
+        let expired = dead_letter_message(&env.message, DeathReason::Expired, "b", &env, 2);
+        assert_eq!(cycle_queues(&expired, DeathReason::Expired), ["b"]);
+        assert!(cycle_queues(&expired, DeathReason::Rejected).is_empty());
+    }
+
+    #[test]
+    fn the_expiration_moves_to_original_expiration() {
+        let env = Envelope::new("", "q", Message::new("m").with_expiration(std::time::Duration::from_secs(5)));
+        let dead = dead_letter_message(&env.message, DeathReason::Expired, "q", &env, 1);
+        assert_eq!(dead.properties().expiration, None);
+        let entry = dead.header("x-death").and_then(FieldValue::as_array).unwrap()[0].as_table().unwrap();
+        assert_eq!(entry.get("original-expiration").and_then(FieldValue::as_str), Some("5000"));
+    }
+}

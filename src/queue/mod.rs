@@ -1,0 +1,1029 @@
+//! Queues: the ready store, the consumer ring, dispatch, and the policies
+//! (TTL, limits, dead-lettering, priorities, delays, deduplication).
+//!
+//! A queue's state sits behind one mutex that only this queue's publishers,
+//! its dispatch and its slow paths take; no lock is shared between queues.
+//! Deliveries leave the queue through each consumer's own channel (its
+//! inbox), so a consumer receiving a delivery never touches the queue lock.
+//!
+//! Messages that must be dead-lettered are collected under the lock and
+//! routed after it is released (see [`crate::dead_letter`]), so a dead
+//! letter may reach any queue, this one included, without lock nesting.
+
+mod dedup;
+mod options;
+mod store;
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use options::{DeduplicationWindow, Overflow, QueueOptions};
+pub(crate) use options::QueuePolicy;
+
+use self::dedup::RecentIds;
+use self::store::{Delayed, DelayedStore, ReadyStore};
+use crate::broker::BrokerInner;
+use crate::clock::Clock;
+use crate::consumer::ConsumerShared;
+use crate::dead_letter::{DeathReason, Letter, ReasonCounts};
+use crate::error::{ConsumeError, RecvError};
+use crate::field::{FieldTable, FieldValue};
+use crate::message::Message;
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
+use crate::timer::Timers;
+
+/// The first key whose value differs between two argument tables.
+pub(crate) fn table_difference(new: &FieldTable, old: &FieldTable) -> Option<(String, String, String)> {
+    let show = |v: Option<&crate::FieldValue>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+    new.iter()
+        .map(|(k, _)| k)
+        .chain(old.iter().map(|(k, _)| k))
+        .find(|k| new.get(k) != old.get(k))
+        .map(|k| (k.to_owned(), show(new.get(k)), show(old.get(k))))
+}
+
+/// Counts describing one queue at one moment.
+///
+/// The gauges (`messages_*`, `consumers`) are the present state; the
+/// counters (`messages_expired` and below) count since the queue was
+/// declared. Reading the figures first expires what is due, so an expired
+/// message is never counted as ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// The queue's name.
+    pub name: String,
+    /// Messages waiting for a consumer.
+    pub messages_ready: usize,
+    /// Delayed messages not yet due (not counted as ready).
+    pub messages_delayed: usize,
+    /// Messages delivered (or assigned to a consumer's inbox) and not yet settled.
+    pub messages_unacknowledged: usize,
+    /// Consumers attached.
+    pub consumers: usize,
+    /// Messages that expired in this queue (then dead-lettered or dropped).
+    pub messages_expired: u64,
+    /// Messages that left this queue through its dead-letter exchange and
+    /// reached at least one queue, by reason.
+    pub dead_lettered: ReasonCounts,
+    /// Messages that left this queue for a dead-letter reason and were not
+    /// dead-lettered: the queue has no dead-letter exchange, or it is
+    /// missing, routed them nowhere, or would have made a cycle.
+    pub dropped: ReasonCounts,
+    /// Of the dropped: those that had a dead-letter exchange which failed
+    /// them (missing, routed nowhere, cycle).
+    pub dead_letter_failures: u64,
+    /// Publishes refused because the queue was full (`RejectPublish`,
+    /// `RejectPublishDlx`).
+    pub publishes_rejected: u64,
+    /// Publishes refused as duplicates by the deduplication window.
+    pub duplicates_refused: u64,
+}
+
+/// What a publish leaves in every queue it reaches: the message with its
+/// routing, shared by all those queues.
+///
+/// The exchange name and routing key are copied into one allocation of the
+/// envelope's own rather than sharing the exchange's `Arc<str>`: a refcount
+/// shared by every publisher and consumer of an exchange would bounce its
+/// cache line between cores on every message.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    /// `exchange` followed by `routing_key`.
+    names: Box<str>,
+    exchange_len: usize,
+    pub(crate) message: Message,
+}
+
+impl Envelope {
+    pub(crate) fn new(exchange: &str, routing_key: &str, message: Message) -> Self {
+        let mut names = String::with_capacity(exchange.len() + routing_key.len());
+        names.push_str(exchange);
+        names.push_str(routing_key);
+        Envelope { names: names.into_boxed_str(), exchange_len: exchange.len(), message }
+    }
+
+    pub(crate) fn exchange(&self) -> &str {
+        &self.names[..self.exchange_len]
+    }
+
+    pub(crate) fn routing_key(&self) -> &str {
+        &self.names[self.exchange_len..]
+    }
+
+    /// A copy for one queue whose message carries `x-delivery-count`.
+    fn with_delivery_count(&self, count: u32) -> Arc<Envelope> {
+        let mut message = self.message.clone();
+        message.properties_mut().headers.get_or_insert_with(FieldTable::new).insert(
+            "x-delivery-count",
+            FieldValue::I64(i64::from(count)),
+        );
+        Arc::new(Envelope { names: self.names.clone(), exchange_len: self.exchange_len, message })
+    }
+}
+
+/// One message in one queue. `seq` is its position: requeueing puts it back
+/// there, ahead of everything published after it.
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedMessage {
+    pub(crate) seq: u64,
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) redelivered: bool,
+    /// Times it was delivered and came back.
+    pub(crate) deliveries: u32,
+    /// When it expires, if it has a TTL. Kept across requeues.
+    pub(crate) expires_at: Option<Instant>,
+    /// Priority rank: 0 is served first.
+    rank: u8,
+}
+
+impl QueuedMessage {
+    fn key(&self) -> store::ReadyKey {
+        (self.rank, self.seq)
+    }
+
+    fn body_len(&self) -> usize {
+        self.envelope.message.body().len()
+    }
+
+    fn expired(&self, now: &mut Now<'_>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now.get())
+    }
+}
+
+/// What a publish needs to know about time: read once, only if a policy
+/// asks for it.
+pub(crate) struct PublishTiming<'a> {
+    now: Now<'a>,
+    /// The message's own TTL (its `expiration`).
+    pub(crate) ttl: Option<Duration>,
+    /// How long it stays invisible.
+    pub(crate) delay: Option<Duration>,
+}
+
+impl<'a> PublishTiming<'a> {
+    pub(crate) fn new(clock: &'a Clock, ttl: Option<Duration>, delay: Option<Duration>) -> Self {
+        PublishTiming { now: Now::new(clock), ttl, delay: delay.filter(|d| !d.is_zero()) }
+    }
+}
+
+/// The clock, read at most once per operation.
+struct Now<'a> {
+    clock: &'a Clock,
+    at: Option<Instant>,
+}
+
+impl<'a> Now<'a> {
+    fn new(clock: &'a Clock) -> Self {
+        Now { clock, at: None }
+    }
+
+    fn get(&mut self) -> Instant {
+        *self.at.get_or_insert_with(|| self.clock.now())
+    }
+}
+
+/// What became of a message offered to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Taken (maybe straight to a consumer, maybe dead-lettered at once).
+    Accepted,
+    /// Refused as a duplicate `message_id`.
+    Duplicate,
+    /// Refused: the queue is full and rejects publishes.
+    Rejected,
+    /// The queue was deleted after the routing snapshot was taken.
+    Gone,
+}
+
+/// A consumer as the queue sees it: where to send, and its credit.
+struct Slot {
+    consumer: Arc<ConsumerShared>,
+    inbox: Sender<QueuedMessage>,
+}
+
+struct QueueState {
+    ready: ReadyStore,
+    delayed: DelayedStore,
+    next_seq: u64,
+    /// In attach order (single active consumer takes the first).
+    consumers: Vec<Slot>,
+    /// Whether consumers have different priorities (else plain round-robin).
+    priorities_differ: bool,
+    /// Index of the consumer to try first: strict round-robin.
+    cursor: usize,
+    /// Cancelled consumers still holding unsettled deliveries, for the figures.
+    detached: Vec<Arc<ConsumerShared>>,
+    /// Deliveries taken by `get` and not yet settled.
+    get_unacked: usize,
+    had_consumer: bool,
+    deleted: bool,
+    /// Last consumer gone, `get` or re-declaration, for `expires`.
+    last_used: Option<Instant>,
+    recent_ids: Option<RecentIds>,
+    /// The wake-up asked of the timers, if any.
+    timer_at: Option<Instant>,
+    /// Messages to dead-letter once the lock is released.
+    letters: Vec<(QueuedMessage, DeathReason)>,
+}
+
+/// Monotonic counters, updated without the queue lock.
+#[derive(Debug, Default)]
+struct Figures {
+    expired: AtomicU64,
+    dead_lettered: [AtomicU64; 4],
+    dropped: [AtomicU64; 4],
+    dead_letter_failures: AtomicU64,
+    publishes_rejected: AtomicU64,
+    duplicates_refused: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn read(counters: &[AtomicU64; 4]) -> ReasonCounts {
+    let get = |reason: DeathReason| counters[reason as usize].load(Ordering::Relaxed);
+    ReasonCounts {
+        rejected: get(DeathReason::Rejected),
+        expired: get(DeathReason::Expired),
+        maxlen: get(DeathReason::MaxLen),
+        delivery_limit: get(DeathReason::DeliveryLimit),
+    }
+}
+
+/// Why [`Queue::delete_if`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeleteRefused {
+    /// `if_unused`, and the queue has consumers.
+    InUse,
+    /// `if_empty`, and the queue has ready messages.
+    NotEmpty,
+    /// Expiry, and the queue was used meanwhile.
+    NotIdle,
+}
+
+/// How a settled delivery leaves the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// Acknowledged: gone.
+    Ack,
+    /// Put back in its original position, flagged redelivered.
+    Requeue,
+    /// Put back after a delay, at the tail, flagged redelivered.
+    RequeueAfter(Duration),
+    /// Rejected without requeue: dead-lettered or dropped.
+    Discard,
+}
+
+/// What a queue shares with its broker.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueContext {
+    pub(crate) clock: Clock,
+    pub(crate) timers: Arc<Timers>,
+    pub(crate) broker: Weak<BrokerInner>,
+}
+
+/// A queue. Shared (`Arc`) by the routing tables that reach it, its consumers
+/// and the deliveries it handed out.
+pub(crate) struct Queue {
+    pub(crate) name: Arc<str>,
+    pub(crate) id: u64,
+    pub(crate) options: QueueOptions,
+    pub(crate) policy: QueuePolicy,
+    /// The connection an exclusive queue belongs to.
+    pub(crate) owner: Option<u64>,
+    pub(crate) context: QueueContext,
+    me: Weak<Queue>,
+    figures: Figures,
+    state: Mutex<QueueState>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("name", &self.name).field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(
+        name: Arc<str>,
+        id: u64,
+        options: QueueOptions,
+        policy: QueuePolicy,
+        owner: Option<u64>,
+        context: QueueContext,
+    ) -> Arc<Self> {
+        let last_used = policy.expires.map(|_| context.clock.now());
+        let recent_ids = policy.deduplication_window.map(RecentIds::new);
+        let queue = Arc::new_cyclic(|me| Queue {
+            name,
+            id,
+            options,
+            policy,
+            owner,
+            context,
+            me: Weak::clone(me),
+            figures: Figures::default(),
+            state: Mutex::new(QueueState {
+                ready: ReadyStore::default(),
+                delayed: DelayedStore::default(),
+                next_seq: 0,
+                consumers: Vec::new(),
+                priorities_differ: false,
+                cursor: 0,
+                detached: Vec::new(),
+                get_unacked: 0,
+                had_consumer: false,
+                deleted: false,
+                last_used,
+                recent_ids,
+                timer_at: None,
+                letters: Vec::new(),
+            }),
+        });
+        if queue.policy.expires.is_some() {
+            let mut state = queue.state.lock();
+            queue.reschedule(&mut state);
+        }
+        queue
+    }
+
+    /// Whether connection `conn` may use the queue (exclusive queues belong to one).
+    pub(crate) fn accessible_by(&self, conn: u64) -> bool {
+        self.owner.is_none_or(|owner| owner == conn)
+    }
+
+    /// The priority rank of a message in this queue: 0 is served first.
+    fn rank(&self, message: &Message) -> u8 {
+        match self.policy.max_priority {
+            None => 0,
+            Some(max) => max - message.properties().priority.unwrap_or(0).min(max),
+        }
+    }
+
+    /// Offers a routed message. Messages this makes leave the queue (dropped
+    /// from the head by a length limit, or expired at once) are added to
+    /// `letters`, for the caller to dead-letter once routing is done.
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        envelope: &Arc<Envelope>,
+        timing: &mut PublishTiming<'_>,
+        letters: &mut Vec<Letter>,
+    ) -> Enqueued {
+        let mut state = self.state.lock();
+        if state.deleted {
+            return Enqueued::Gone;
+        }
+        let outcome = self.enqueue_locked(&mut state, envelope, timing);
+        if !state.letters.is_empty() {
+            letters.extend(state.letters.drain(..).map(|(msg, reason)| Letter::new(self, msg, reason)));
+        }
+        outcome
+    }
+
+    fn enqueue_locked(
+        &self,
+        state: &mut QueueState,
+        envelope: &Arc<Envelope>,
+        timing: &mut PublishTiming<'_>,
+    ) -> Enqueued {
+        let message_id = envelope.message.properties().message_id.as_deref();
+        if let (Some(recent), Some(id)) = (&mut state.recent_ids, message_id) {
+            let now = recent.timed().then(|| timing.now.get());
+            if recent.contains(id, now) {
+                bump(&self.figures.duplicates_refused);
+                return Enqueued::Duplicate;
+            }
+        }
+        let envelope = match self.policy.delivery_limit {
+            Some(_) => envelope.with_delivery_count(0),
+            None => Arc::clone(envelope),
+        };
+        let rank = self.rank(&envelope.message);
+        let ttl = match (self.policy.message_ttl, timing.ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut msg =
+            QueuedMessage { seq: 0, envelope, redelivered: false, deliveries: 0, expires_at: None, rank };
+
+        if let Some(delay) = timing.delay {
+            if !self.make_room(state, &msg, &mut timing.now) {
+                return Enqueued::Rejected;
+            }
+            let due = timing.now.get() + delay;
+            state.delayed.insert(due, Delayed { msg, ttl });
+        } else {
+            msg.seq = state.next_seq;
+            state.next_seq += 1;
+            msg.expires_at = ttl.map(|ttl| timing.now.get() + ttl);
+            // Everything ready has already been offered to every consumer
+            // with credit, so a new message can go straight to one if the
+            // store is empty.
+            let offered = if state.ready.is_empty() {
+                state.offer(msg, self.policy.single_active_consumer)
+            } else {
+                Some(msg)
+            };
+            if let Some(msg) = offered {
+                if msg.expired(&mut timing.now) {
+                    // TTL 0, or a TTL already passed: no consumer took it at once.
+                    bump(&self.figures.expired);
+                    state.letters.push((msg, DeathReason::Expired));
+                } else {
+                    if !self.make_room(state, &msg, &mut timing.now) {
+                        return Enqueued::Rejected;
+                    }
+                    state.ready.insert(msg);
+                }
+            }
+        }
+        if let (Some(recent), Some(id)) = (&mut state.recent_ids, message_id) {
+            let now = recent.timed().then(|| timing.now.get());
+            recent.record(id, now);
+        }
+        self.reschedule(state);
+        Enqueued::Accepted
+    }
+
+    /// Applies the length limits before `msg` is added. False if the queue
+    /// rejects it; with drop-head, the oldest messages are taken out (to be
+    /// dead-lettered) until it fits, and if it cannot fit even in an empty
+    /// queue it is itself dropped (then it is not added: the caller checks
+    /// the limits held).
+    fn make_room(&self, state: &mut QueueState, msg: &QueuedMessage, now: &mut Now<'_>) -> bool {
+        let (max_len, max_bytes) = (self.policy.max_length, self.policy.max_length_bytes);
+        if max_len.is_none() && max_bytes.is_none() {
+            return true;
+        }
+        let size = msg.body_len();
+        let full = |state: &QueueState| {
+            let len = state.ready.len() + state.delayed.len();
+            let bytes = state.ready.bytes() + state.delayed.bytes();
+            max_len.is_some_and(|max| len + 1 > max) || max_bytes.is_some_and(|max| bytes + size > max)
+        };
+        if !full(state) {
+            return true;
+        }
+        match self.policy.overflow {
+            Overflow::RejectPublish | Overflow::RejectPublishDlx => {
+                bump(&self.figures.publishes_rejected);
+                if self.policy.overflow == Overflow::RejectPublishDlx {
+                    state.letters.push((msg.clone(), DeathReason::MaxLen));
+                }
+                false
+            }
+            Overflow::DropHead => {
+                while full(state) {
+                    let head = match state.ready.pop_first() {
+                        Some(head) => head,
+                        None => match state.delayed.pop_first() {
+                            Some(delayed) => delayed.msg,
+                            None => break,
+                        },
+                    };
+                    if head.expired(now) {
+                        bump(&self.figures.expired);
+                        state.letters.push((head, DeathReason::Expired));
+                    } else {
+                        state.letters.push((head, DeathReason::MaxLen));
+                    }
+                }
+                if full(state) {
+                    // Too big for the queue even when empty: the new message
+                    // is the head to drop.
+                    state.letters.push((msg.clone(), DeathReason::MaxLen));
+                    return false;
+                }
+                true
+            }
+        }
+    }
+
+    /// Runs `f` on the locked state, then dead-letters what it left behind
+    /// (after unlocking).
+    fn with_state<R>(&self, f: impl FnOnce(&mut QueueState, &mut Now<'_>) -> R) -> R {
+        let (result, letters) = {
+            let mut state = self.state.lock();
+            let mut now = Now::new(&self.context.clock);
+            let result = f(&mut state, &mut now);
+            self.reschedule(&mut state);
+            (result, std::mem::take(&mut state.letters))
+        };
+        self.bury(letters);
+        result
+    }
+
+    /// Dead-letters (or drops, and counts) messages that left the queue.
+    fn bury(&self, letters: Vec<(QueuedMessage, DeathReason)>) {
+        if letters.is_empty() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        crate::dead_letter::bury(letters.into_iter().map(|(msg, reason)| Letter::new(&me, msg, reason)).collect());
+    }
+
+    /// Counts a dead letter's fate.
+    pub(crate) fn count_dead_letter(&self, reason: DeathReason, routed: bool, failed: bool) {
+        if routed {
+            bump(&self.figures.dead_lettered[reason as usize]);
+        } else {
+            bump(&self.figures.dropped[reason as usize]);
+            if failed {
+                bump(&self.figures.dead_letter_failures);
+            }
+        }
+    }
+
+    /// Registers a consumer and hands it what is waiting.
+    pub(crate) fn add_consumer(
+        &self,
+        consumer: Arc<ConsumerShared>,
+        inbox: Sender<QueuedMessage>,
+    ) -> Result<(), ConsumeError> {
+        self.with_state(|state, now| {
+            if state.deleted {
+                return Err(ConsumeError::NotFound(format!("no queue '{}'", self.name)));
+            }
+            let exclusive_held = state.consumers.iter().any(|s| s.consumer.exclusive);
+            if exclusive_held || (consumer.exclusive && !state.consumers.is_empty()) {
+                return Err(ConsumeError::AccessRefused(format!("queue '{}' in exclusive use", self.name)));
+            }
+            state.consumers.push(Slot { consumer, inbox });
+            state.priorities_changed();
+            state.had_consumer = true;
+            state.dispatch(self, now);
+            Ok(())
+        })
+    }
+
+    /// Takes a consumer out of the ring, in one step with everything that
+    /// goes back to the queue: what sits in its inbox (never seen by the
+    /// application: not flagged redelivered) and `unsettled`, its deliveries
+    /// being returned (flagged). Doing both under one lock means the next
+    /// consumer (single active consumer) receives them before anything newer.
+    /// True if the queue is auto-delete and has just lost its last consumer.
+    pub(crate) fn remove_consumer(
+        &self,
+        consumer: &Arc<ConsumerShared>,
+        inbox: &Receiver<QueuedMessage>,
+        unsettled: Vec<QueuedMessage>,
+    ) -> bool {
+        self.with_state(|state, now| {
+            let removed = state.consumers.iter().position(|s| Arc::ptr_eq(&s.consumer, consumer));
+            if let Some(index) = removed {
+                state.consumers.remove(index);
+                if state.cursor > index {
+                    state.cursor -= 1;
+                }
+                if state.cursor >= state.consumers.len() {
+                    state.cursor = 0;
+                }
+                state.priorities_changed();
+                if state.consumers.is_empty() && self.policy.expires.is_some() {
+                    state.last_used = Some(now.get());
+                }
+            }
+            // Only the queue sends into the inbox, under this lock, and the
+            // consumer is out of the ring: the inbox is complete.
+            let pending: Vec<QueuedMessage> = inbox.try_iter().collect();
+            let returned = u32::try_from(pending.len() + unsettled.len()).unwrap_or(u32::MAX);
+            for msg in unsettled {
+                state.restore(self, msg, true, now);
+            }
+            for msg in pending {
+                state.restore(self, msg, false, now);
+            }
+            consumer.in_flight.fetch_sub(returned, Ordering::AcqRel);
+            if consumer.in_flight.load(Ordering::Acquire) > 0
+                && !state.detached.iter().any(|c| Arc::ptr_eq(c, consumer))
+            {
+                state.detached.push(Arc::clone(consumer));
+            }
+            state.dispatch(self, now);
+            removed.is_some()
+                && self.options.auto_delete
+                && state.had_consumer
+                && state.consumers.is_empty()
+                && !state.deleted
+        })
+    }
+
+    /// Puts messages back in their original positions. `returned` marks
+    /// them as having reached the application (flagged redelivered, counted
+    /// against the delivery limit). Their credit is returned to `consumer`
+    /// (or to the `get` count), under the lock, so no dispatch can be missed.
+    pub(crate) fn requeue(
+        &self,
+        msgs: impl IntoIterator<Item = QueuedMessage>,
+        consumer: Option<&ConsumerShared>,
+        returned: bool,
+    ) {
+        self.with_state(|state, now| {
+            let mut count = 0;
+            for msg in msgs {
+                count += 1;
+                state.restore(self, msg, returned, now);
+            }
+            match consumer {
+                Some(c) => {
+                    c.in_flight.fetch_sub(count, Ordering::AcqRel);
+                }
+                None => state.get_unacked -= count as usize,
+            }
+            state.dispatch(self, now);
+        });
+    }
+
+    /// Puts a returned message back after `delay`: invisible until then,
+    /// then at the tail of the queue.
+    pub(crate) fn requeue_after(&self, mut msg: QueuedMessage, delay: Duration, consumer: Option<&ConsumerShared>) {
+        self.with_state(|state, now| {
+            match consumer {
+                Some(c) => {
+                    c.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+                None => state.get_unacked -= 1,
+            }
+            if !state.deleted && state.count_return(self, &mut msg) {
+                if delay.is_zero() {
+                    state.restore(self, msg, false, now);
+                } else {
+                    let due = now.get() + delay;
+                    state.delayed.insert(due, Delayed { msg, ttl: None });
+                }
+            }
+            state.dispatch(self, now);
+        });
+    }
+
+    /// Returns credit for `n` settled deliveries of `consumer`, dispatching
+    /// only if the consumer was at its prefetch limit: the only case in which
+    /// a ready message may be waiting for this credit.
+    pub(crate) fn release_credit(&self, consumer: &ConsumerShared, n: u32) {
+        let before = consumer.in_flight.fetch_sub(n, Ordering::AcqRel);
+        if consumer.prefetch != 0 && before >= consumer.prefetch && before - n < consumer.prefetch {
+            self.with_state(|state, now| state.dispatch(self, now));
+        }
+    }
+
+    /// Settles a delivery taken by `get`.
+    pub(crate) fn settle_get(&self, msg: QueuedMessage, how: Settlement) {
+        match how {
+            Settlement::Requeue => self.requeue([msg], None, true),
+            Settlement::RequeueAfter(delay) => self.requeue_after(msg, delay, None),
+            Settlement::Ack => self.state.lock().get_unacked -= 1,
+            Settlement::Discard => {
+                self.state.lock().get_unacked -= 1;
+                self.discard(msg);
+            }
+        }
+    }
+
+    /// A message rejected without requeue: dead-lettered (reason
+    /// `rejected`) or dropped. Called without the queue lock held.
+    pub(crate) fn discard(&self, msg: QueuedMessage) {
+        self.bury(vec![(msg, DeathReason::Rejected)]);
+    }
+
+    /// basic.get: the next ready message, if any. With `track`, it counts as
+    /// unacknowledged until settled.
+    pub(crate) fn get(&self, track: bool) -> Result<Option<QueuedMessage>, ConsumeError> {
+        self.with_state(|state, now| {
+            if state.deleted {
+                return Err(ConsumeError::NotFound(format!("no queue '{}'", self.name)));
+            }
+            if self.policy.expires.is_some() {
+                state.last_used = Some(now.get());
+            }
+            state.catch_up(self, now);
+            let msg = state.ready.pop_first();
+            if msg.is_some() && track {
+                state.get_unacked += 1;
+            }
+            Ok(msg)
+        })
+    }
+
+    /// Restarts the `expires` countdown: the queue was re-declared.
+    pub(crate) fn touch(&self) {
+        if self.policy.expires.is_some() {
+            self.with_state(|state, now| state.last_used = Some(now.get()));
+        }
+    }
+
+    /// Removes every ready and delayed message; returns how many.
+    pub(crate) fn purge(&self) -> usize {
+        let mut state = self.state.lock();
+        state.ready.clear() + state.delayed.clear()
+    }
+
+    /// Marks the queue deleted, drops its messages and cancels its
+    /// consumers; returns the number of messages dropped. With `if_unused` /
+    /// `if_empty` it refuses instead when the queue has consumers / messages;
+    /// with `idle_since_before`, when it was used since then (expiry). The
+    /// check and the deletion happen under one lock, so a consumer attaching
+    /// meanwhile cannot be deleted under.
+    pub(crate) fn delete_if(
+        &self,
+        if_unused: bool,
+        if_empty: bool,
+        expiring_at: Option<Instant>,
+    ) -> Result<usize, DeleteRefused> {
+        let (dropped, slots) = {
+            let mut state = self.state.lock();
+            if state.deleted {
+                return Ok(0);
+            }
+            if if_unused && !state.consumers.is_empty() {
+                return Err(DeleteRefused::InUse);
+            }
+            if if_empty && state.ready.len() + state.delayed.len() > 0 {
+                return Err(DeleteRefused::NotEmpty);
+            }
+            if let Some(now) = expiring_at
+                && state.idle_deadline(&self.policy).is_none_or(|at| at > now)
+            {
+                return Err(DeleteRefused::NotIdle);
+            }
+            state.deleted = true;
+            (state.ready.clear() + state.delayed.clear(), std::mem::take(&mut state.consumers))
+        };
+        for slot in &slots {
+            slot.consumer.set_cancelled(RecvError::QueueDeleted(self.name.to_string()));
+        }
+        Ok(dropped)
+    }
+
+    /// The timers woke the queue: expire, release and delete what is due.
+    pub(crate) fn on_timer(&self) {
+        let expire_queue = self.with_state(|state, now| {
+            state.timer_at = None;
+            if state.deleted {
+                return None;
+            }
+            state.catch_up(self, now);
+            state.dispatch(self, now);
+            let now = now.get();
+            state.idle_deadline(&self.policy).filter(|&at| at <= now).map(|_| now)
+        });
+        if let Some(now) = expire_queue
+            && let (Some(broker), Some(me)) = (self.context.broker.upgrade(), self.me.upgrade())
+        {
+            broker.expire_queue(&me, now);
+        }
+    }
+
+    /// Asks the timers for a wake-up at the queue's next deadline, unless
+    /// one is already due earlier.
+    fn reschedule(&self, state: &mut QueueState) {
+        if state.deleted {
+            return;
+        }
+        let next = [state.ready.first_deadline(), state.delayed.first_due(), state.idle_deadline(&self.policy)]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(at) = next
+            && state.timer_at.is_none_or(|t| at < t)
+        {
+            state.timer_at = Some(self.context.timers.schedule(&self.me, self.id, at));
+        }
+    }
+
+    pub(crate) fn stats(&self) -> QueueStats {
+        let (ready, delayed, unacked, consumers) = self.with_state(|state, now| {
+            state.catch_up(self, now);
+            state.dispatch(self, now);
+            state.detached.retain(|c| c.in_flight.load(Ordering::Acquire) > 0);
+            let in_flight: usize = state
+                .consumers
+                .iter()
+                .map(|s| &s.consumer)
+                .chain(state.detached.iter())
+                .map(|c| c.in_flight.load(Ordering::Acquire) as usize)
+                .sum();
+            (state.ready.len(), state.delayed.len(), in_flight + state.get_unacked, state.consumers.len())
+        });
+        let figures = &self.figures;
+        QueueStats {
+            name: self.name.to_string(),
+            messages_ready: ready,
+            messages_delayed: delayed,
+            messages_unacknowledged: unacked,
+            consumers,
+            messages_expired: figures.expired.load(Ordering::Relaxed),
+            dead_lettered: read(&figures.dead_lettered),
+            dropped: read(&figures.dropped),
+            dead_letter_failures: figures.dead_letter_failures.load(Ordering::Relaxed),
+            publishes_rejected: figures.publishes_rejected.load(Ordering::Relaxed),
+            duplicates_refused: figures.duplicates_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    #[cfg(test)]
+    fn lock(&self) -> parking_lot::MutexGuard<'_, QueueState> {
+        self.state.lock()
+    }
+}
+
+impl QueueState {
+    /// Moves ready messages to consumers with credit until one side runs out.
+    /// Afterwards either nothing is ready or no consumer has credit: the
+    /// invariant `enqueue` relies on. Expired messages met on the way are
+    /// taken out instead of delivered.
+    fn dispatch(&mut self, queue: &Queue, now: &mut Now<'_>) {
+        let single = queue.policy.single_active_consumer;
+        while !self.ready.is_empty() {
+            let Some(index) = self.next_with_credit(single) else { return };
+            let Some(msg) = self.ready.pop_first() else { return };
+            if msg.expired(now) {
+                bump(&queue.figures.expired);
+                self.letters.push((msg, DeathReason::Expired));
+                continue;
+            }
+            if let Err(returned) = self.send_to(index, msg) {
+                self.ready.insert(returned);
+                return;
+            }
+        }
+    }
+
+    /// Offers one message to the next consumer with credit; gives it back if
+    /// there is none.
+    fn offer(&mut self, msg: QueuedMessage, single: bool) -> Option<QueuedMessage> {
+        match self.next_with_credit(single) {
+            Some(index) => self.send_to(index, msg).err(),
+            None => Some(msg),
+        }
+    }
+
+    /// Recomputes whether consumer priorities matter.
+    fn priorities_changed(&mut self) {
+        let first = self.consumers.first().map(|s| s.consumer.priority);
+        self.priorities_differ = self.consumers.iter().any(|s| Some(s.consumer.priority) != first);
+    }
+
+    /// The consumer to deliver to next: with a single active consumer, the
+    /// first attached, if it has credit; otherwise the highest-priority
+    /// consumer with credit, in round-robin order among equals.
+    fn next_with_credit(&mut self, single: bool) -> Option<usize> {
+        let n = self.consumers.len();
+        if single {
+            return self.consumers.first().filter(|s| s.consumer.has_credit()).map(|_| 0);
+        }
+        let ring = (0..n).map(|i| (self.cursor + i) % n);
+        if !self.priorities_differ {
+            return ring.into_iter().find(|&i| self.consumers[i].consumer.has_credit());
+        }
+        let mut best: Option<(i32, usize)> = None;
+        for i in ring {
+            let consumer = &self.consumers[i].consumer;
+            if consumer.has_credit() && best.is_none_or(|(p, _)| consumer.priority > p) {
+                best = Some((consumer.priority, i));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Sends to consumer `index`, taking one credit. Only the queue sends, and
+    /// always under its lock, so credit never overshoots the prefetch limit.
+    fn send_to(&mut self, index: usize, msg: QueuedMessage) -> Result<(), QueuedMessage> {
+        let slot = &self.consumers[index];
+        slot.consumer.in_flight.fetch_add(1, Ordering::AcqRel);
+        match slot.inbox.send(msg) {
+            Ok(()) => {
+                self.cursor = (index + 1) % self.consumers.len();
+                Ok(())
+            }
+            Err(returned) => {
+                // The consumer's inbox is gone (it is being cancelled): take
+                // it out of the ring rather than lose the message.
+                slot.consumer.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.consumers.remove(index);
+                if self.cursor >= self.consumers.len() {
+                    self.cursor = 0;
+                }
+                self.priorities_changed();
+                Err(returned.0)
+            }
+        }
+    }
+
+    /// Counts a return against the delivery limit. False if the message is
+    /// past it (then it is queued for dead-lettering); else flags it
+    /// redelivered and, with a limit, updates its `x-delivery-count`.
+    fn count_return(&mut self, queue: &Queue, msg: &mut QueuedMessage) -> bool {
+        msg.redelivered = true;
+        msg.deliveries = msg.deliveries.saturating_add(1);
+        if let Some(limit) = queue.policy.delivery_limit {
+            if msg.deliveries > limit {
+                self.letters.push((msg.clone(), DeathReason::DeliveryLimit));
+                return false;
+            }
+            msg.envelope = msg.envelope.with_delivery_count(msg.deliveries);
+        }
+        true
+    }
+
+    /// Puts a message back in its original position (see [`Queue::requeue`]).
+    /// A message past its expiry or delivery limit leaves instead; in a
+    /// deleted queue it is dropped.
+    fn restore(&mut self, queue: &Queue, mut msg: QueuedMessage, returned: bool, now: &mut Now<'_>) {
+        if self.deleted || (returned && !self.count_return(queue, &mut msg)) {
+            return;
+        }
+        if msg.expired(now) {
+            bump(&queue.figures.expired);
+            self.letters.push((msg, DeathReason::Expired));
+            return;
+        }
+        self.ready.insert(msg);
+    }
+
+    /// Releases delayed messages that are due (to the tail) and takes out
+    /// expired ones.
+    fn catch_up(&mut self, queue: &Queue, now: &mut Now<'_>) {
+        if self.delayed.len() == 0 && self.ready.first_deadline().is_none() {
+            return;
+        }
+        let at = now.get();
+        while let Some(Delayed { mut msg, ttl }) = self.delayed.pop_due(at) {
+            msg.seq = self.next_seq;
+            self.next_seq += 1;
+            if let Some(ttl) = ttl {
+                msg.expires_at = Some(at + ttl);
+            }
+            if msg.expired(now) {
+                bump(&queue.figures.expired);
+                self.letters.push((msg, DeathReason::Expired));
+            } else {
+                self.ready.insert(msg);
+            }
+        }
+        while let Some(msg) = self.ready.pop_expired(at) {
+            bump(&queue.figures.expired);
+            self.letters.push((msg, DeathReason::Expired));
+        }
+    }
+
+    /// When an unused queue with `expires` is due for deletion.
+    fn idle_deadline(&self, policy: &QueuePolicy) -> Option<Instant> {
+        if !self.consumers.is_empty() {
+            return None;
+        }
+        Some(self.last_used? + policy.expires?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> QueueContext {
+        let clock = Clock::system();
+        QueueContext { timers: Timers::new(clock.clone()), clock, broker: Weak::new() }
+    }
+
+    fn queue() -> Arc<Queue> {
+        Queue::new(Arc::from("q"), 1, QueueOptions::default(), QueuePolicy::default(), None, context())
+    }
+
+    fn envelope(body: &str) -> Arc<Envelope> {
+        Arc::new(Envelope::new("", "q", Message::new(body.to_owned())))
+    }
+
+    #[test]
+    fn enqueue_into_deleted_queue_is_refused() {
+        let q = queue();
+        let clock = Clock::system();
+        let mut letters = Vec::new();
+        let mut timing = PublishTiming::new(&clock, None, None);
+        assert_eq!(q.enqueue(&envelope("a"), &mut timing, &mut letters), Enqueued::Accepted);
+        assert_eq!(q.delete_if(false, true, None), Err(DeleteRefused::NotEmpty));
+        assert_eq!(q.delete_if(true, false, None), Ok(1));
+        assert_eq!(q.delete_if(true, true, None), Ok(0));
+        assert_eq!(q.enqueue(&envelope("b"), &mut timing, &mut letters), Enqueued::Gone);
+        assert!(q.lock().deleted);
+        assert!(letters.is_empty());
+    }
+
+    #[test]
+    fn requeued_messages_go_back_to_their_position() {
+        let q = queue();
+        let clock = Clock::system();
+        let mut letters = Vec::new();
+        for body in ["a", "b", "c"] {
+            q.enqueue(&envelope(body), &mut PublishTiming::new(&clock, None, None), &mut letters);
+        }
+        let a = q.get(true).unwrap().unwrap();
+        let b = q.get(true).unwrap().unwrap();
+        q.requeue([b, a], None, true);
+        let order: Vec<_> = std::iter::from_fn(|| q.get(false).unwrap())
+            .map(|m| (m.envelope.message.body().clone(), m.redelivered))
+            .collect();
+        assert_eq!(order, [("a".into(), true), ("b".into(), true), ("c".into(), false)]);
+    }
+}

@@ -1,0 +1,401 @@
+//! Queue options and the policies they resolve to.
+//!
+//! Policies can be given as typed fields or as RabbitMQ's `x-*` arguments;
+//! both resolve to one [`QueuePolicy`], which is what the queue runs on and
+//! what a re-declaration is compared against.
+
+use std::time::Duration;
+
+use crate::field::{FieldTable, FieldValue};
+
+/// What a queue at its length limit does with a new message (`x-overflow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Overflow {
+    /// Drop (or dead-letter, reason `maxlen`) the oldest messages to make
+    /// room: `drop-head`, the default.
+    #[default]
+    DropHead,
+    /// Refuse the new message: the publish fails with
+    /// [`PublishError::Rejected`](crate::PublishError::Rejected), which hands
+    /// it back. `reject-publish`.
+    RejectPublish,
+    /// Refuse the new message, as `RejectPublish`, and dead-letter a copy
+    /// (reason `maxlen`). `reject-publish-dlx`.
+    RejectPublishDlx,
+}
+
+impl Overflow {
+    /// RabbitMQ's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::DropHead => "drop-head",
+            Overflow::RejectPublish => "reject-publish",
+            Overflow::RejectPublishDlx => "reject-publish-dlx",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "drop-head" => Some(Overflow::DropHead),
+            "reject-publish" => Some(Overflow::RejectPublish),
+            "reject-publish-dlx" => Some(Overflow::RejectPublishDlx),
+            _ => None,
+        }
+    }
+}
+
+/// How long a queue remembers accepted `message_id`s to refuse duplicates
+/// ([`QueueOptions::deduplication_window`]). With both bounds set, an id is
+/// forgotten when either is passed.
+///
+/// ```
+/// use std::time::Duration;
+/// use interoffice::{DeduplicationWindow, QueueOptions};
+/// let opts = QueueOptions {
+///     deduplication_window: Some(DeduplicationWindow {
+///         max_ids: Some(10_000),
+///         duration: Some(Duration::from_secs(60)),
+///     }),
+///     ..Default::default()
+/// };
+/// # drop(opts);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DeduplicationWindow {
+    /// Remember the last this many accepted ids.
+    pub max_ids: Option<usize>,
+    /// Remember ids accepted within this long (by the broker's clock).
+    pub duration: Option<Duration>,
+}
+
+/// Options of [`Connection::declare_queue`](crate::Connection::declare_queue).
+///
+/// Every policy field has an `x-*` argument equivalent (named in its doc),
+/// accepted in [`arguments`](Self::arguments) as RabbitMQ users write them;
+/// a field and an argument that disagree are refused.
+///
+/// ```
+/// use std::time::Duration;
+/// use interoffice::{Overflow, QueueOptions};
+/// let opts = QueueOptions {
+///     max_length: Some(10_000),
+///     overflow: Overflow::RejectPublish,
+///     message_ttl: Some(Duration::from_secs(30)),
+///     dead_letter_exchange: Some("dead-letters".into()),
+///     ..Default::default()
+/// };
+/// assert!(!opts.auto_delete);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueOptions {
+    /// Only check that the queue exists (and may be used by this connection);
+    /// every other option is ignored.
+    pub passive: bool,
+    /// Recorded and compared on re-declaration, for a bridge to a real broker;
+    /// interoffice keeps every queue in memory either way.
+    pub durable: bool,
+    /// The queue belongs to the declaring connection: other connections cannot
+    /// consume from, bind, purge or delete it (publishing to it still works),
+    /// and it is deleted when that connection closes.
+    pub exclusive: bool,
+    /// Delete the queue when its last consumer goes (once it has had one).
+    pub auto_delete: bool,
+    /// Other arguments (`x-*`), compared on re-declaration. The policies
+    /// below may be given here under their RabbitMQ names instead.
+    pub arguments: FieldTable,
+    /// Messages expire this long after entering the queue (`x-message-ttl`).
+    /// A message's own `expiration` applies too: the lower wins.
+    pub message_ttl: Option<Duration>,
+    /// Delete the queue once it has gone this long without consumers, `get`s
+    /// or re-declarations (`x-expires`). Its messages are not dead-lettered.
+    pub expires: Option<Duration>,
+    /// The most messages the queue holds, ready or delayed (`x-max-length`).
+    pub max_length: Option<usize>,
+    /// The most body bytes the queue holds, ready or delayed (`x-max-length-bytes`).
+    pub max_length_bytes: Option<usize>,
+    /// What happens to a message that would exceed a length limit (`x-overflow`).
+    pub overflow: Overflow,
+    /// Where messages rejected without requeue, expired, dropped by a length
+    /// limit or past the delivery limit are republished
+    /// (`x-dead-letter-exchange`; `""` is the default exchange).
+    pub dead_letter_exchange: Option<String>,
+    /// The routing key dead letters are republished with, instead of their
+    /// own (`x-dead-letter-routing-key`). Needs a dead-letter exchange.
+    pub dead_letter_routing_key: Option<String>,
+    /// Makes this a priority queue with priorities `0..=max_priority`
+    /// (`x-max-priority`, 1 to 255).
+    pub max_priority: Option<u8>,
+    /// A message returned more than this many times is dead-lettered (reason
+    /// `delivery_limit`) or dropped (`x-delivery-limit`, as quorum queues).
+    pub delivery_limit: Option<u32>,
+    /// Refuse a publish whose `message_id` the queue accepted within this
+    /// window (an interoffice extension; no `x-` argument).
+    pub deduplication_window: Option<DeduplicationWindow>,
+    /// Only one consumer receives at a time; the next in attach order takes
+    /// over when it goes (`x-single-active-consumer`).
+    pub single_active_consumer: bool,
+}
+
+/// A queue's resolved policies.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct QueuePolicy {
+    pub(crate) message_ttl: Option<Duration>,
+    pub(crate) expires: Option<Duration>,
+    pub(crate) max_length: Option<usize>,
+    pub(crate) max_length_bytes: Option<usize>,
+    pub(crate) overflow: Overflow,
+    pub(crate) dead_letter_exchange: Option<String>,
+    pub(crate) dead_letter_routing_key: Option<String>,
+    pub(crate) max_priority: Option<u8>,
+    pub(crate) delivery_limit: Option<u32>,
+    pub(crate) deduplication_window: Option<DeduplicationWindow>,
+    pub(crate) single_active_consumer: bool,
+    /// The arguments that are not policies, compared as they are.
+    pub(crate) other_arguments: FieldTable,
+}
+
+/// Why a declaration's arguments are invalid: `(argument, reason)`.
+pub(crate) type InvalidArg = (&'static str, String);
+
+const POLICY_ARGUMENTS: [&str; 10] = [
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-delivery-limit",
+    "x-single-active-consumer",
+];
+
+fn millis(arg: &'static str, value: &FieldValue) -> Result<Duration, InvalidArg> {
+    match value.as_i64() {
+        Some(ms) if ms >= 0 => Ok(Duration::from_millis(ms.unsigned_abs())),
+        _ => Err((arg, format!("expected a non-negative integer of milliseconds, got {value}"))),
+    }
+}
+
+fn count(arg: &'static str, value: &FieldValue) -> Result<u64, InvalidArg> {
+    match value.as_i64() {
+        Some(n) if n >= 0 => Ok(n.unsigned_abs()),
+        _ => Err((arg, format!("expected a non-negative integer, got {value}"))),
+    }
+}
+
+fn string(arg: &'static str, value: &FieldValue) -> Result<String, InvalidArg> {
+    value.as_str().map(str::to_owned).ok_or_else(|| (arg, format!("expected a string, got {value}")))
+}
+
+/// Merges a typed field with its argument form: either may be set; both
+/// must then agree.
+fn merge<T: PartialEq + std::fmt::Debug>(
+    arg: &'static str,
+    field: Option<T>,
+    from_args: Option<T>,
+) -> Result<Option<T>, InvalidArg> {
+    match (field, from_args) {
+        (Some(a), Some(b)) if a != b => {
+            Err((arg, format!("the option says {a:?} but the argument says {b:?}")))
+        }
+        (Some(a), _) => Ok(Some(a)),
+        (None, b) => Ok(b),
+    }
+}
+
+impl QueueOptions {
+    /// Validates the options and resolves their policies.
+    pub(crate) fn policy(&self) -> Result<QueuePolicy, InvalidArg> {
+        let args = &self.arguments;
+        let arg = |name: &'static str| args.get(name);
+        let ttl = arg("x-message-ttl").map(|v| millis("x-message-ttl", v)).transpose()?;
+        let expires = arg("x-expires").map(|v| millis("x-expires", v)).transpose()?;
+        let max_length = arg("x-max-length").map(|v| count("x-max-length", v)).transpose()?;
+        let max_bytes = arg("x-max-length-bytes").map(|v| count("x-max-length-bytes", v)).transpose()?;
+        let overflow = arg("x-overflow")
+            .map(|v| {
+                v.as_str().and_then(Overflow::parse).ok_or_else(|| {
+                    ("x-overflow", format!("expected drop-head, reject-publish or reject-publish-dlx, got {v}"))
+                })
+            })
+            .transpose()?;
+        let dlx = arg("x-dead-letter-exchange").map(|v| string("x-dead-letter-exchange", v)).transpose()?;
+        let dlrk =
+            arg("x-dead-letter-routing-key").map(|v| string("x-dead-letter-routing-key", v)).transpose()?;
+        let max_priority = arg("x-max-priority").map(|v| count("x-max-priority", v)).transpose()?;
+        let delivery_limit = arg("x-delivery-limit").map(|v| count("x-delivery-limit", v)).transpose()?;
+        let sac = arg("x-single-active-consumer")
+            .map(|v| {
+                v.as_bool().ok_or_else(|| ("x-single-active-consumer", format!("expected a boolean, got {v}")))
+            })
+            .transpose()?;
+
+        let to_usize = |arg: &'static str, n: Option<u64>| {
+            n.map(|n| usize::try_from(n).map_err(|_| (arg, format!("{n} is too large")))).transpose()
+        };
+        let max_priority = match max_priority {
+            None => None,
+            Some(n @ 1..=255) => Some(u8::try_from(n).unwrap_or(u8::MAX)),
+            Some(n) => return Err(("x-max-priority", format!("must be between 1 and 255, got {n}"))),
+        };
+        let delivery_limit = delivery_limit
+            .map(|n| u32::try_from(n).map_err(|_| ("x-delivery-limit", format!("{n} is too large"))))
+            .transpose()?;
+        let policy = QueuePolicy {
+            message_ttl: merge("x-message-ttl", self.message_ttl, ttl)?,
+            expires: merge("x-expires", self.expires, expires)?,
+            max_length: merge("x-max-length", self.max_length, to_usize("x-max-length", max_length)?)?,
+            max_length_bytes: merge(
+                "x-max-length-bytes",
+                self.max_length_bytes,
+                to_usize("x-max-length-bytes", max_bytes)?,
+            )?,
+            overflow: merge("x-overflow", Some(self.overflow).filter(|o| *o != Overflow::DropHead), overflow)?
+                .unwrap_or_default(),
+            dead_letter_exchange: merge("x-dead-letter-exchange", self.dead_letter_exchange.clone(), dlx)?,
+            dead_letter_routing_key: merge(
+                "x-dead-letter-routing-key",
+                self.dead_letter_routing_key.clone(),
+                dlrk,
+            )?,
+            max_priority: merge("x-max-priority", self.max_priority, max_priority)?,
+            delivery_limit: merge("x-delivery-limit", self.delivery_limit, delivery_limit)?,
+            deduplication_window: self.deduplication_window,
+            single_active_consumer: merge(
+                "x-single-active-consumer",
+                Some(self.single_active_consumer).filter(|s| *s),
+                sac,
+            )?
+            .unwrap_or(false),
+            other_arguments: args
+                .iter()
+                .filter(|(k, _)| !POLICY_ARGUMENTS.contains(k))
+                .map(|(k, v)| (k.to_owned(), v.clone()))
+                .collect(),
+        };
+        if policy.max_priority == Some(0) {
+            return Err(("x-max-priority", "must be between 1 and 255, got 0".into()));
+        }
+        if policy.expires == Some(Duration::ZERO) {
+            return Err(("x-expires", "must be at least 1 millisecond".into()));
+        }
+        if policy.dead_letter_routing_key.is_some() && policy.dead_letter_exchange.is_none() {
+            return Err(("x-dead-letter-routing-key", "needs a dead-letter exchange".into()));
+        }
+        for (arg, name) in [
+            ("x-dead-letter-exchange", &policy.dead_letter_exchange),
+            ("x-dead-letter-routing-key", &policy.dead_letter_routing_key),
+        ] {
+            if name.as_ref().is_some_and(|n| n.len() > crate::MAX_NAME_LEN) {
+                return Err((arg, "longer than 255 bytes".into()));
+            }
+        }
+        if let Some(window) = policy.deduplication_window
+            && window.max_ids.is_none()
+            && window.duration.is_none()
+        {
+            return Err(("deduplication_window", "needs max_ids, duration or both".into()));
+        }
+        Ok(policy)
+    }
+
+    /// The first option that differs, as RabbitMQ's "inequivalent arg" names
+    /// it: `(name, received, current)`. Policies are compared resolved, so a
+    /// field and its `x-*` argument form are equivalent.
+    pub(crate) fn difference(
+        &self,
+        policy: &QueuePolicy,
+        current: &QueueOptions,
+        current_policy: &QueuePolicy,
+    ) -> Option<(String, String, String)> {
+        let flag = |name: &str, new: bool, old: bool| {
+            (new != old).then(|| (name.to_owned(), new.to_string(), old.to_string()))
+        };
+        flag("durable", self.durable, current.durable)
+            .or_else(|| flag("exclusive", self.exclusive, current.exclusive))
+            .or_else(|| flag("auto_delete", self.auto_delete, current.auto_delete))
+            .or_else(|| policy.difference(current_policy))
+    }
+}
+
+impl QueuePolicy {
+    fn difference(&self, current: &QueuePolicy) -> Option<(String, String, String)> {
+        fn show<T: std::fmt::Debug>(v: &Option<T>) -> String {
+            v.as_ref().map_or_else(|| "none".to_owned(), |v| format!("{v:?}"))
+        }
+        fn ms(v: Option<Duration>) -> Option<u128> {
+            v.map(|d| d.as_millis())
+        }
+        macro_rules! compare {
+            ($($name:literal => $new:expr, $old:expr);* $(;)?) => {
+                $(if $new != $old {
+                    return Some(($name.to_owned(), show(&$new), show(&$old)));
+                })*
+            };
+        }
+        compare! {
+            "x-message-ttl" => ms(self.message_ttl), ms(current.message_ttl);
+            "x-expires" => ms(self.expires), ms(current.expires);
+            "x-max-length" => self.max_length, current.max_length;
+            "x-max-length-bytes" => self.max_length_bytes, current.max_length_bytes;
+            "x-overflow" => Some(self.overflow.as_str()), Some(current.overflow.as_str());
+            "x-dead-letter-exchange" => self.dead_letter_exchange, current.dead_letter_exchange;
+            "x-dead-letter-routing-key" => self.dead_letter_routing_key, current.dead_letter_routing_key;
+            "x-max-priority" => self.max_priority, current.max_priority;
+            "x-delivery-limit" => self.delivery_limit, current.delivery_limit;
+            "deduplication_window" => self.deduplication_window, current.deduplication_window;
+            "x-single-active-consumer" => Some(self.single_active_consumer), Some(current.single_active_consumer);
+        }
+        super::table_difference(&self.other_arguments, &current.other_arguments)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_and_fields_resolve_to_the_same_policy() {
+        let by_field = QueueOptions { max_length: Some(10), ..Default::default() };
+        let by_arg = QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
+        assert_eq!(by_field.policy().unwrap(), by_arg.policy().unwrap());
+    }
+
+    #[test]
+    fn a_field_and_an_argument_that_disagree_are_refused() {
+        let opts = QueueOptions {
+            max_length: Some(10),
+            arguments: FieldTable::from([("x-max-length", 20)]),
+            ..Default::default()
+        };
+        assert_eq!(opts.policy().unwrap_err().0, "x-max-length");
+    }
+
+    #[test]
+    fn inequivalent_policies_name_the_argument() {
+        let current = QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
+        let new = QueueOptions { max_length: Some(20), ..Default::default() };
+        let diff = new.difference(&new.policy().unwrap(), &current, &current.policy().unwrap());
+        assert_eq!(diff, Some(("x-max-length".into(), "20".into(), "10".into())));
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let bad = [
+            QueueOptions { max_priority: Some(0), ..Default::default() },
+            QueueOptions { arguments: FieldTable::from([("x-max-priority", 256)]), ..Default::default() },
+            QueueOptions { expires: Some(Duration::ZERO), ..Default::default() },
+            QueueOptions { dead_letter_routing_key: Some("k".into()), ..Default::default() },
+            QueueOptions { arguments: FieldTable::from([("x-overflow", "drop-tail")]), ..Default::default() },
+            QueueOptions { arguments: FieldTable::from([("x-message-ttl", -1)]), ..Default::default() },
+            QueueOptions {
+                deduplication_window: Some(DeduplicationWindow::default()),
+                ..Default::default()
+            },
+        ];
+        for opts in bad {
+            assert!(opts.policy().is_err(), "{opts:?}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Timers: wake a queue when its next deadline (a message expiry, a delayed
+//! message falling due, its own expiry) comes, whether or not anyone reads it.
+//!
+//! Each queue keeps at most one pending wake-up here, for its earliest
+//! deadline; when woken it does everything due and schedules the next one.
+//! With the system clock one thread per broker (started on first use) sleeps
+//! until the earliest deadline; with a [`ManualClock`](crate::ManualClock)
+//! there is no thread: `advance` fires the timers on the caller's thread.
+//!
+//! Lock order: a queue's lock may be held while scheduling here; the timer
+//! lock is never held while a queue is called.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use parking_lot::Condvar;
+
+use crate::clock::Clock;
+use crate::queue::Queue;
+use crate::sync::{Arc, Mutex, Weak};
+
+#[derive(Default)]
+struct TimerState {
+    /// Pending wake-ups in time order: `(deadline, queue id)`.
+    due: BTreeSet<(Instant, u64)>,
+    /// Each queue's one pending wake-up.
+    by_queue: HashMap<u64, (Instant, Weak<Queue>)>,
+    thread_started: bool,
+    shutdown: bool,
+}
+
+/// A broker's timer service.
+pub(crate) struct Timers {
+    clock: Clock,
+    state: Mutex<TimerState>,
+    wake: Condvar,
+}
+
+impl std::fmt::Debug for Timers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timers").field("pending", &self.state.lock().due.len()).finish()
+    }
+}
+
+impl Timers {
+    pub(crate) fn new(clock: Clock) -> Arc<Self> {
+        let timers = Arc::new(Timers { clock, state: Mutex::new(TimerState::default()), wake: Condvar::new() });
+        timers.clock.register(&timers);
+        timers
+    }
+
+    /// Asks for `queue` to be woken at `at`, unless it is already to be woken
+    /// earlier. Returns the instant it will be woken at.
+    pub(crate) fn schedule(self: &Arc<Self>, queue: &Weak<Queue>, id: u64, at: Instant) -> Instant {
+        let mut state = self.state.lock();
+        if let Some((current, _)) = state.by_queue.get(&id) {
+            if *current <= at {
+                return *current;
+            }
+            let current = *current;
+            state.due.remove(&(current, id));
+        }
+        state.by_queue.insert(id, (at, Weak::clone(queue)));
+        state.due.insert((at, id));
+        let earliest = state.due.first().is_some_and(|&(first, _)| first == at);
+        if !self.clock.is_manual() {
+            if !state.thread_started {
+                state.thread_started = true;
+                let timers = Arc::clone(self);
+                let spawned =
+                    std::thread::Builder::new().name("interoffice-timers".into()).spawn(move || timers.run());
+                if spawned.is_err() {
+                    // Without the thread, expiry still happens lazily whenever
+                    // the queue is used; try again on the next schedule.
+                    state.thread_started = false;
+                }
+            } else if earliest {
+                self.wake.notify_one();
+            }
+        }
+        at
+    }
+
+    /// The earliest pending wake-up.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.state.lock().due.first().map(|&(at, _)| at)
+    }
+
+    /// Wakes every queue whose deadline is at or before `now`.
+    pub(crate) fn fire_due(&self, now: Instant) {
+        let due: Vec<Arc<Queue>> = {
+            let mut state = self.state.lock();
+            let mut out = Vec::new();
+            while let Some(&(at, id)) = state.due.first() {
+                if at > now {
+                    break;
+                }
+                state.due.pop_first();
+                if let Some((_, queue)) = state.by_queue.remove(&id)
+                    && let Some(queue) = queue.upgrade()
+                {
+                    out.push(queue);
+                }
+            }
+            out
+        };
+        for queue in due {
+            queue.on_timer();
+        }
+    }
+
+    /// Stops the timer thread: the broker is gone.
+    pub(crate) fn shutdown(&self) {
+        let mut state = self.state.lock();
+        state.shutdown = true;
+        state.due.clear();
+        state.by_queue.clear();
+        self.wake.notify_all();
+    }
+
+    /// The timer thread (system clock only).
+    fn run(self: Arc<Self>) {
+        let mut state = self.state.lock();
+        loop {
+            if state.shutdown {
+                return;
+            }
+            let now = self.clock.now();
+            match state.due.first().map(|&(at, _)| at) {
+                Some(at) if at <= now => {
+                    drop(state);
+                    self.fire_due(now);
+                    state = self.state.lock();
+                }
+                Some(at) => {
+                    self.wake.wait_until(&mut state, at);
+                }
+                None => self.wake.wait(&mut state),
+            }
+        }
+    }
+}
