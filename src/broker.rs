@@ -470,7 +470,11 @@ impl BrokerInner {
             Box::new(Arc::try_unwrap(envelope).map_or_else(|shared| shared.message.clone(), |e| e.message))
         };
         if !rejected.is_empty() {
-            return Err(PublishError::Rejected { queues: rejected, routed: enqueued, message: take_back(envelope) });
+            return Err(PublishError::Rejected {
+                queues: rejected,
+                routed: enqueued,
+                message: take_back(envelope),
+            });
         }
         if enqueued == 0 && duplicates == 0 && options.mandatory {
             return Err(PublishError::Unroutable {
@@ -496,7 +500,8 @@ impl BrokerInner {
         let exchanges = self.exchanges.load();
         let Some(start) = exchanges.get(dlx) else { return false };
         let envelope = Arc::new(Envelope::new(dlx, routing_key, message));
-        let mut pass = RoutingPass::new(&envelope, PublishTiming::new(&self.options.clock, None, None), forbidden);
+        let mut pass =
+            RoutingPass::new(&envelope, PublishTiming::new(&self.options.clock, None, None), forbidden);
         self.route(&exchanges, start, &mut pass);
         work.extend(pass.letters);
         pass.enqueued > 0
@@ -674,8 +679,7 @@ impl BrokerInner {
             if !current.accessible_by(conn) || options.exclusive != current.options.exclusive {
                 return Err(DeclareError::ResourceLocked(name));
             }
-            if let Some((arg, received, now)) =
-                options.difference(&policy, &current.options, &current.policy)
+            if let Some((arg, received, now)) = options.difference(&policy, &current.options, &current.policy)
             {
                 return Err(DeclareError::PreconditionFailed(format!(
                     "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received '{received}' but current is '{now}'",

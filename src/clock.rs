@@ -189,7 +189,8 @@ impl ManualClock {
         let _one_at_a_time = self.state.advancing.lock();
         let target = self.state.now() + by;
         loop {
-            let timers: Vec<Arc<Timers>> = self.state.timers.lock().iter().filter_map(Weak::upgrade).collect();
+            let timers: Vec<Arc<Timers>> =
+                self.state.timers.lock().iter().filter_map(Weak::upgrade).collect();
             let next = timers.iter().filter_map(|t| t.next_deadline()).min();
             match next {
                 Some(at) if at <= target => {

@@ -177,7 +177,8 @@ impl ConsumerShared {
         }
         unsettled.next_tag += 1;
         let tag = unsettled.next_tag;
-        let (envelope, redelivered, deliveries) = (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
+        let (envelope, redelivered, deliveries) =
+            (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
         unsettled.entries.insert(tag, msg);
         drop(unsettled);
         Ok(Delivery::new(envelope, tag, redelivered, deliveries, Some(Holder::Consumer(Arc::clone(self)))))

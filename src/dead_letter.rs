@@ -243,7 +243,8 @@ mod tests {
 
     #[test]
     fn the_expiration_moves_to_original_expiration() {
-        let env = Envelope::new("", "q", Message::new("m").with_expiration(std::time::Duration::from_secs(5)));
+        let env =
+            Envelope::new("", "q", Message::new("m").with_expiration(std::time::Duration::from_secs(5)));
         let dead = dead_letter_message(&env.message, DeathReason::Expired, "q", &env, 1);
         assert_eq!(dead.properties().expiration, None);
         let entry = dead.header("x-death").and_then(FieldValue::as_array).unwrap()[0].as_table().unwrap();

@@ -220,7 +220,8 @@ impl GetStore {
         }
         inner.next_tag += 1;
         let tag = inner.next_tag;
-        let (envelope, redelivered, deliveries) = (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
+        let (envelope, redelivered, deliveries) =
+            (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
         inner.entries.insert(tag, (Arc::clone(queue), msg));
         Some(Delivery::new(envelope, tag, redelivered, deliveries, Some(Holder::Get(Arc::clone(self)))))
     }

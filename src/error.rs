@@ -215,7 +215,9 @@ pub enum PublishError {
         message: Box<Message>,
     },
     /// The `expiration` property is not a non-negative integer of milliseconds.
-    #[error("PRECONDITION_FAILED - invalid expiration '{value}': expected milliseconds as a non-negative integer")]
+    #[error(
+        "PRECONDITION_FAILED - invalid expiration '{value}': expected milliseconds as a non-negative integer"
+    )]
     InvalidExpiration {
         /// The expiration given.
         value: String,

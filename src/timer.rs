@@ -13,11 +13,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use parking_lot::Condvar;
-
 use crate::clock::Clock;
 use crate::queue::Queue;
-use crate::sync::{Arc, Mutex, Weak};
+use crate::sync::{Arc, Condvar, Mutex, Weak};
 
 #[derive(Default)]
 struct TimerState {
@@ -44,7 +42,8 @@ impl std::fmt::Debug for Timers {
 
 impl Timers {
     pub(crate) fn new(clock: Clock) -> Arc<Self> {
-        let timers = Arc::new(Timers { clock, state: Mutex::new(TimerState::default()), wake: Condvar::new() });
+        let timers =
+            Arc::new(Timers { clock, state: Mutex::new(TimerState::default()), wake: Condvar::new() });
         timers.clock.register(&timers);
         timers
     }
@@ -53,6 +52,9 @@ impl Timers {
     /// earlier. Returns the instant it will be woken at.
     pub(crate) fn schedule(self: &Arc<Self>, queue: &Weak<Queue>, id: u64, at: Instant) -> Instant {
         let mut state = self.state.lock();
+        if state.shutdown {
+            return at;
+        }
         if let Some((current, _)) = state.by_queue.get(&id) {
             if *current <= at {
                 return *current;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-pub use options::{DeduplicationWindow, Overflow, QueueOptions};
 pub(crate) use options::QueuePolicy;
+pub use options::{DeduplicationWindow, Overflow, QueueOptions};
 
 use self::dedup::RecentIds;
 use self::store::{Delayed, DelayedStore, ReadyStore};
@@ -115,10 +115,11 @@ impl Envelope {
     /// A copy for one queue whose message carries `x-delivery-count`.
     fn with_delivery_count(&self, count: u32) -> Arc<Envelope> {
         let mut message = self.message.clone();
-        message.properties_mut().headers.get_or_insert_with(FieldTable::new).insert(
-            "x-delivery-count",
-            FieldValue::I64(i64::from(count)),
-        );
+        message
+            .properties_mut()
+            .headers
+            .get_or_insert_with(FieldTable::new)
+            .insert("x-delivery-count", FieldValue::I64(i64::from(count)));
         Arc::new(Envelope { names: self.names.clone(), exchange_len: self.exchange_len, message })
     }
 }
@@ -522,7 +523,9 @@ impl Queue {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
-        crate::dead_letter::bury(letters.into_iter().map(|(msg, reason)| Letter::new(&me, msg, reason)).collect());
+        crate::dead_letter::bury(
+            letters.into_iter().map(|(msg, reason)| Letter::new(&me, msg, reason)).collect(),
+        );
     }
 
     /// Counts a dead letter's fate.
@@ -639,7 +642,12 @@ impl Queue {
 
     /// Puts a returned message back after `delay`: invisible until then,
     /// then at the tail of the queue.
-    pub(crate) fn requeue_after(&self, mut msg: QueuedMessage, delay: Duration, consumer: Option<&ConsumerShared>) {
+    pub(crate) fn requeue_after(
+        &self,
+        mut msg: QueuedMessage,
+        delay: Duration,
+        consumer: Option<&ConsumerShared>,
+    ) {
         self.with_state(|state, now| {
             match consumer {
                 Some(c) => {
@@ -699,6 +707,9 @@ impl Queue {
                 state.last_used = Some(now.get());
             }
             state.catch_up(self, now);
+            // Messages just released go to consumers with credit first, as
+            // they would have had the timer fired a moment earlier.
+            state.dispatch(self, now);
             let msg = state.ready.pop_first();
             if msg.is_some() && track {
                 state.get_unacked += 1;
@@ -782,10 +793,11 @@ impl Queue {
         if state.deleted {
             return;
         }
-        let next = [state.ready.first_deadline(), state.delayed.first_due(), state.idle_deadline(&self.policy)]
-            .into_iter()
-            .flatten()
-            .min();
+        let next =
+            [state.ready.first_deadline(), state.delayed.first_due(), state.idle_deadline(&self.policy)]
+                .into_iter()
+                .flatten()
+                .min();
         if let Some(at) = next
             && state.timer_at.is_none_or(|t| at < t)
         {

@@ -216,7 +216,10 @@ impl QueueOptions {
         let overflow = arg("x-overflow")
             .map(|v| {
                 v.as_str().and_then(Overflow::parse).ok_or_else(|| {
-                    ("x-overflow", format!("expected drop-head, reject-publish or reject-publish-dlx, got {v}"))
+                    (
+                        "x-overflow",
+                        format!("expected drop-head, reject-publish or reject-publish-dlx, got {v}"),
+                    )
                 })
             })
             .transpose()?;
@@ -227,7 +230,8 @@ impl QueueOptions {
         let delivery_limit = arg("x-delivery-limit").map(|v| count("x-delivery-limit", v)).transpose()?;
         let sac = arg("x-single-active-consumer")
             .map(|v| {
-                v.as_bool().ok_or_else(|| ("x-single-active-consumer", format!("expected a boolean, got {v}")))
+                v.as_bool()
+                    .ok_or_else(|| ("x-single-active-consumer", format!("expected a boolean, got {v}")))
             })
             .transpose()?;
 
@@ -251,8 +255,12 @@ impl QueueOptions {
                 self.max_length_bytes,
                 to_usize("x-max-length-bytes", max_bytes)?,
             )?,
-            overflow: merge("x-overflow", Some(self.overflow).filter(|o| *o != Overflow::DropHead), overflow)?
-                .unwrap_or_default(),
+            overflow: merge(
+                "x-overflow",
+                Some(self.overflow).filter(|o| *o != Overflow::DropHead),
+                overflow,
+            )?
+            .unwrap_or_default(),
             dead_letter_exchange: merge("x-dead-letter-exchange", self.dead_letter_exchange.clone(), dlx)?,
             dead_letter_routing_key: merge(
                 "x-dead-letter-routing-key",
@@ -358,7 +366,8 @@ mod tests {
     #[test]
     fn arguments_and_fields_resolve_to_the_same_policy() {
         let by_field = QueueOptions { max_length: Some(10), ..Default::default() };
-        let by_arg = QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
+        let by_arg =
+            QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
         assert_eq!(by_field.policy().unwrap(), by_arg.policy().unwrap());
     }
 
@@ -374,7 +383,8 @@ mod tests {
 
     #[test]
     fn inequivalent_policies_name_the_argument() {
-        let current = QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
+        let current =
+            QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
         let new = QueueOptions { max_length: Some(20), ..Default::default() };
         let diff = new.difference(&new.policy().unwrap(), &current, &current.policy().unwrap());
         assert_eq!(diff, Some(("x-max-length".into(), "20".into(), "10".into())));
@@ -389,10 +399,7 @@ mod tests {
             QueueOptions { dead_letter_routing_key: Some("k".into()), ..Default::default() },
             QueueOptions { arguments: FieldTable::from([("x-overflow", "drop-tail")]), ..Default::default() },
             QueueOptions { arguments: FieldTable::from([("x-message-ttl", -1)]), ..Default::default() },
-            QueueOptions {
-                deduplication_window: Some(DeduplicationWindow::default()),
-                ..Default::default()
-            },
+            QueueOptions { deduplication_window: Some(DeduplicationWindow::default()), ..Default::default() },
         ];
         for opts in bad {
             assert!(opts.policy().is_err(), "{opts:?}");
