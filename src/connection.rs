@@ -310,7 +310,7 @@ impl Connection {
     }
 
     /// Closes the connection: cancels its consumers (a `recv` blocked on
-    /// another thread returns [`RecvError::ConnectionClosed`]), requeues every
+    /// another thread returns [`RecvError::ConnectionClosed`](crate::RecvError::ConnectionClosed)), requeues every
     /// delivery it holds unsettled, flagged redelivered, and deletes its
     /// exclusive queues. Closing twice does nothing; dropping closes too.
     pub fn close(&self) {

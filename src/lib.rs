@@ -36,12 +36,19 @@
 //! | `basic.get` | [`Connection::get`] |
 //! | `basic.ack` / `nack` / `reject` | [`Delivery::ack`], [`Delivery::nack`], [`Delivery::reject`] |
 //! | field table | [`FieldTable`], [`FieldValue`] |
+//! | `x-message-ttl`, `x-expires`, `x-max-length(-bytes)`, `x-overflow` | [`QueueOptions::message_ttl`], [`QueueOptions::expires`], [`QueueOptions::max_length`], [`QueueOptions::max_length_bytes`], [`Overflow`] |
+//! | `x-dead-letter-exchange`, `x-dead-letter-routing-key`, `x-death` | [`QueueOptions::dead_letter_exchange`], [`QueueOptions::dead_letter_routing_key`], [`DeathReason`] |
+//! | `x-max-priority`, `x-delivery-limit`, `x-single-active-consumer`, `x-priority` | [`QueueOptions::max_priority`], [`QueueOptions::delivery_limit`], [`QueueOptions::single_active_consumer`], [`ConsumeOptions::priority`] |
+//! | delayed-message plugin (`x-delay`) | [`Message::with_delay`], [`ExchangeOptions::delayed`], [`Delivery::nack_with_delay`] |
+//! | (extensions) time, deduplication | [`Clock`], [`ManualClock`], [`QueueOptions::deduplication_window`], [`ProcessedIds`] |
 //!
 //! # Guarantees
 //!
 //! - Nothing is lost: a delivery dropped unsettled, a cancelled consumer's
 //!   undelivered messages and every unsettled delivery of a closed connection
-//!   go back to their queue, in their original position.
+//!   go back to their queue, in their original position; a message that
+//!   leaves a queue unconsumed (expired, over a limit, rejected, past the
+//!   delivery limit) is dead-lettered or counted in the queue's figures.
 //! - Nothing is duplicated: a message reaches a queue once per publish, and a
 //!   delivery is settled once (settling takes it by value).
 //! - Publishing takes no broker-wide lock and never blocks.
