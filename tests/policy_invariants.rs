@@ -56,7 +56,7 @@ enum Op {
 
 fn policy_strategy() -> impl Strategy<Value = Policy> {
     (
-        prop::option::of(1usize..6),
+        prop::option::of(0usize..6),
         prop_oneof![
             Just(Overflow::DropHead),
             Just(Overflow::RejectPublish),

@@ -198,6 +198,16 @@ pub(crate) enum Enqueued {
     Gone,
 }
 
+/// What the length limits made of a new message.
+enum Room {
+    /// It fits (maybe after dropping older messages).
+    Made,
+    /// The queue refuses it (reject-publish).
+    Refused,
+    /// It can never fit: dropped (dead-lettered) in place of the head.
+    DroppedItself,
+}
+
 /// A consumer as the queue sees it: where to send, and its credit.
 struct Slot {
     consumer: Arc<ConsumerShared>,
@@ -411,11 +421,14 @@ impl Queue {
             QueuedMessage { seq: 0, envelope, redelivered: false, deliveries: 0, expires_at: None, rank };
 
         if let Some(delay) = timing.delay {
-            if !self.make_room(state, &msg, &mut timing.now) {
-                return Enqueued::Rejected;
+            match self.make_room(state, &msg, &mut timing.now) {
+                Room::Made => {
+                    let due = timing.now.get() + delay;
+                    state.delayed.insert(due, Delayed { msg, ttl });
+                }
+                Room::Refused => return Enqueued::Rejected,
+                Room::DroppedItself => {}
             }
-            let due = timing.now.get() + delay;
-            state.delayed.insert(due, Delayed { msg, ttl });
         } else {
             msg.seq = state.next_seq;
             state.next_seq += 1;
@@ -434,10 +447,11 @@ impl Queue {
                     bump(&self.figures.expired);
                     state.letters.push((msg, DeathReason::Expired));
                 } else {
-                    if !self.make_room(state, &msg, &mut timing.now) {
-                        return Enqueued::Rejected;
+                    match self.make_room(state, &msg, &mut timing.now) {
+                        Room::Made => state.ready.insert(msg),
+                        Room::Refused => return Enqueued::Rejected,
+                        Room::DroppedItself => {}
                     }
-                    state.ready.insert(msg);
                 }
             }
         }
@@ -449,15 +463,15 @@ impl Queue {
         Enqueued::Accepted
     }
 
-    /// Applies the length limits before `msg` is added. False if the queue
-    /// rejects it; with drop-head, the oldest messages are taken out (to be
-    /// dead-lettered) until it fits, and if it cannot fit even in an empty
-    /// queue it is itself dropped (then it is not added: the caller checks
-    /// the limits held).
-    fn make_room(&self, state: &mut QueueState, msg: &QueuedMessage, now: &mut Now<'_>) -> bool {
+    /// Applies the length limits before `msg` is added. With reject-publish
+    /// the queue refuses it when full; with drop-head the oldest messages
+    /// are taken out (to be dead-lettered) until it fits, and a message that
+    /// cannot fit even in an empty queue is itself the head to drop: the
+    /// publish was accepted, the message dead-lettered at once.
+    fn make_room(&self, state: &mut QueueState, msg: &QueuedMessage, now: &mut Now<'_>) -> Room {
         let (max_len, max_bytes) = (self.policy.max_length, self.policy.max_length_bytes);
         if max_len.is_none() && max_bytes.is_none() {
-            return true;
+            return Room::Made;
         }
         let size = msg.body_len();
         let full = |state: &QueueState| {
@@ -466,7 +480,7 @@ impl Queue {
             max_len.is_some_and(|max| len + 1 > max) || max_bytes.is_some_and(|max| bytes + size > max)
         };
         if !full(state) {
-            return true;
+            return Room::Made;
         }
         match self.policy.overflow {
             Overflow::RejectPublish | Overflow::RejectPublishDlx => {
@@ -474,7 +488,7 @@ impl Queue {
                 if self.policy.overflow == Overflow::RejectPublishDlx {
                     state.letters.push((msg.clone(), DeathReason::MaxLen));
                 }
-                false
+                Room::Refused
             }
             Overflow::DropHead => {
                 while full(state) {
@@ -496,9 +510,9 @@ impl Queue {
                     // Too big for the queue even when empty: the new message
                     // is the head to drop.
                     state.letters.push((msg.clone(), DeathReason::MaxLen));
-                    return false;
+                    return Room::DroppedItself;
                 }
-                true
+                Room::Made
             }
         }
     }
