@@ -1,7 +1,7 @@
 //! Where a queue keeps its messages: the ready store (in delivery order,
 //! with an index of expiry deadlines) and the delayed store (by due time).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::QueuedMessage;
@@ -11,15 +11,21 @@ use super::QueuedMessage;
 /// its original position.
 pub(super) type ReadyKey = (u8, u64);
 
-/// The messages waiting to be delivered, in order.
+/// The messages waiting to be delivered, in order of their keys.
 ///
-/// A B-tree rather than a ring buffer: requeued messages go back to their
-/// original position, priorities interleave, and an expired message can be
-/// taken out from anywhere, each in O(log n); and it grows node by node
-/// rather than by doubling and copying.
+/// Two parts: `tail`, a ring buffer of messages in increasing key order, and
+/// `sorted`, a B-tree of messages whose keys are all below the tail's. In a
+/// queue without priorities every new message has the largest key yet, so
+/// publishing is a push onto the tail and delivering a pop from its front;
+/// a requeued message (always below the tail: it left from the front) goes
+/// back to its position in the B-tree. A priority queue uses the tail while
+/// keys keep increasing and moves it into the B-tree the first time a key
+/// falls inside it. An expired message is found through the expiry index and
+/// taken out of either part, in O(log n) plus, in the tail, a shift.
 #[derive(Debug, Default)]
 pub(super) struct ReadyStore {
-    messages: BTreeMap<ReadyKey, QueuedMessage>,
+    sorted: BTreeMap<ReadyKey, QueuedMessage>,
+    tail: VecDeque<QueuedMessage>,
     /// Deadlines of the messages that have one.
     expiry: BTreeSet<(Instant, ReadyKey)>,
     bytes: usize,
@@ -27,11 +33,11 @@ pub(super) struct ReadyStore {
 
 impl ReadyStore {
     pub(super) fn len(&self) -> usize {
-        self.messages.len()
+        self.sorted.len() + self.tail.len()
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.sorted.is_empty() && self.tail.is_empty()
     }
 
     /// Body bytes held.
@@ -45,13 +51,28 @@ impl ReadyStore {
             self.expiry.insert((at, key));
         }
         self.bytes += msg.body_len();
-        let displaced = self.messages.insert(key, msg);
+        let above_tail = self.tail.back().is_none_or(|last| last.key() < key);
+        let above_sorted = self.sorted.last_key_value().is_none_or(|(last, _)| *last < key);
+        if above_tail && above_sorted {
+            self.tail.push_back(msg);
+            return;
+        }
+        if self.tail.front().is_some_and(|first| first.key() < key) {
+            // Inside the tail's range (a priority queue): keep one order.
+            for m in self.tail.drain(..) {
+                self.sorted.insert(m.key(), m);
+            }
+        }
+        let displaced = self.sorted.insert(key, msg);
         debug_assert!(displaced.is_none(), "two messages at one position");
     }
 
     /// The next message to deliver.
     pub(super) fn pop_first(&mut self) -> Option<QueuedMessage> {
-        let (_, msg) = self.messages.pop_first()?;
+        let msg = match self.sorted.pop_first() {
+            Some((_, msg)) => msg,
+            None => self.tail.pop_front()?,
+        };
         self.forget(&msg);
         Some(msg)
     }
@@ -76,14 +97,21 @@ impl ReadyStore {
             return None;
         }
         self.expiry.pop_first();
-        let msg = self.messages.remove(&key)?;
+        let msg = match self.sorted.remove(&key) {
+            Some(msg) => msg,
+            None => {
+                let index = self.tail.binary_search_by_key(&key, QueuedMessage::key).ok()?;
+                self.tail.remove(index)?
+            }
+        };
         self.bytes -= msg.body_len();
         Some(msg)
     }
 
     pub(super) fn clear(&mut self) -> usize {
-        let n = self.messages.len();
-        self.messages.clear();
+        let n = self.len();
+        self.sorted.clear();
+        self.tail.clear();
         self.expiry.clear();
         self.bytes = 0;
         n
@@ -144,5 +172,54 @@ impl DelayedStore {
         self.messages.clear();
         self.bytes = 0;
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use crate::queue::Envelope;
+    use crate::sync::Arc;
+
+    fn msg(rank: u8, seq: u64, expires_at: Option<Instant>) -> QueuedMessage {
+        let envelope = Arc::new(Envelope::new("", "q", Message::new(seq.to_string())));
+        QueuedMessage { seq, envelope, redelivered: false, deliveries: 0, expires_at, rank }
+    }
+
+    fn order(store: &mut ReadyStore) -> Vec<(u8, u64)> {
+        std::iter::from_fn(|| store.pop_first()).map(|m| m.key()).collect()
+    }
+
+    #[test]
+    fn requeued_and_prioritised_messages_come_out_in_key_order() {
+        let mut store = ReadyStore::default();
+        for seq in 5..8 {
+            store.insert(msg(0, seq, None));
+        }
+        store.insert(msg(0, 3, None));
+        store.insert(msg(0, 1, None));
+        assert_eq!(order(&mut store), [(0, 1), (0, 3), (0, 5), (0, 6), (0, 7)]);
+
+        for (rank, seq) in [(2, 10), (5, 11), (1, 12), (5, 13), (0, 14), (2, 15)] {
+            store.insert(msg(rank, seq, None));
+        }
+        assert_eq!(store.len(), 6);
+        assert_eq!(order(&mut store), [(0, 14), (1, 12), (2, 10), (2, 15), (5, 11), (5, 13)]);
+        assert_eq!((store.len(), store.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn an_expired_message_is_taken_out_of_the_middle_of_either_part() {
+        let now = Instant::now();
+        let mut store = ReadyStore::default();
+        store.insert(msg(0, 5, None));
+        store.insert(msg(0, 6, Some(now)));
+        store.insert(msg(0, 7, None));
+        store.insert(msg(0, 2, Some(now)));
+        assert_eq!(store.pop_expired(now).map(|m| m.seq), Some(2));
+        assert_eq!(store.pop_expired(now).map(|m| m.seq), Some(6));
+        assert!(store.pop_expired(now).is_none());
+        assert_eq!(order(&mut store), [(0, 5), (0, 7)]);
     }
 }
