@@ -2,7 +2,13 @@
 //! handed to the application by `recv`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::fence;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use futures_core::Stream;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError as ChannelTimeout, TryRecvError as ChannelTryRecv};
 
@@ -85,6 +91,10 @@ pub(crate) struct ConsumerShared {
     unsettled: Mutex<Unsettled>,
     cancelled: AtomicBool,
     cancel_reason: Mutex<Option<RecvError>>,
+    /// Tasks waiting in `recv_async` / a stream. Only touched when
+    /// `has_wakers` says there are some, so sync consumers never lock it.
+    wakers: Mutex<Vec<Waker>>,
+    has_wakers: AtomicBool,
 }
 
 impl ConsumerShared {
@@ -106,6 +116,8 @@ impl ConsumerShared {
             unsettled: Mutex::new(Unsettled::default()),
             cancelled: AtomicBool::new(false),
             cancel_reason: Mutex::new(None),
+            wakers: Mutex::new(Vec::new()),
+            has_wakers: AtomicBool::new(false),
         }
     }
 
@@ -121,6 +133,58 @@ impl ConsumerShared {
     pub(crate) fn set_cancelled(&self, reason: RecvError) {
         self.cancelled.store(true, Ordering::Release);
         self.cancel_reason.lock().get_or_insert(reason);
+    }
+
+    /// Wakes the tasks waiting for this consumer's inbox: something was sent
+    /// into it, or it was disconnected. Called after the change.
+    ///
+    /// With `poll_recv` this is the classic store-then-check handshake: the
+    /// sender makes its message visible, then checks `has_wakers`; a waiter
+    /// sets `has_wakers`, then checks the inbox. The SeqCst fences on both
+    /// sides mean at least one of them sees the other, so no wake-up is lost.
+    pub(crate) fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if !self.has_wakers.load(Ordering::Relaxed) {
+            return;
+        }
+        let wakers = {
+            let mut wakers = self.wakers.lock();
+            self.has_wakers.store(false, Ordering::Relaxed);
+            std::mem::take(&mut *wakers)
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// One poll of an async receive. A delivery is taken from the inbox and
+    /// handed out in the same call, so a future dropped between polls holds
+    /// nothing: cancellation-safe.
+    fn poll_recv(self: &Arc<Self>, cx: &mut Context<'_>) -> Poll<Result<Delivery, RecvError>> {
+        if let Some(ready) = self.try_take() {
+            return Poll::Ready(ready);
+        }
+        {
+            let mut wakers = self.wakers.lock();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            self.has_wakers.store(true, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+        match self.try_take() {
+            Some(ready) => Poll::Ready(ready),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The next delivery if one is waiting, or why there will be none.
+    fn try_take(self: &Arc<Self>) -> Option<Result<Delivery, RecvError>> {
+        match self.inbox.try_recv() {
+            Ok(msg) => Some(self.hand_out(msg)),
+            Err(ChannelTryRecv::Empty) => None,
+            Err(ChannelTryRecv::Disconnected) => Some(Err(self.reason())),
+        }
     }
 
     fn reason(&self) -> RecvError {
@@ -281,6 +345,45 @@ impl Consumer {
         }
     }
 
+    /// Waits for the next delivery without blocking a thread: the async form
+    /// of [`recv`](Self::recv). Runtime-agnostic (tokio, smol,
+    /// `futures::executor`, ...): the task is woken by the publish that
+    /// makes a delivery available, and costs nothing while it waits.
+    ///
+    /// **Cancellation-safe:** a delivery is taken from the consumer only in
+    /// the poll that returns it, so dropping the future at any point loses
+    /// nothing — the message stays for the next receive (or goes back to the
+    /// queue when the consumer is cancelled). Sync and async receives may be
+    /// mixed, on one consumer or on one queue.
+    ///
+    /// ```
+    /// use interoffice::{Broker, ConsumeOptions, Message, QueueOptions};
+    /// let conn = Broker::new().connect();
+    /// conn.declare_queue("jobs", QueueOptions::default())?;
+    /// let consumer = conn.consume("jobs", ConsumeOptions::default())?;
+    /// conn.publish("", "jobs", Message::new("one"))?;
+    /// let delivery = futures::executor::block_on(consumer.recv_async())?;
+    /// assert_eq!(delivery.body().as_ref(), b"one");
+    /// delivery.ack()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_async(&self) -> Recv<'_> {
+        Recv { consumer: &self.shared }
+    }
+
+    /// The deliveries as a [`futures_core::Stream`], borrowing the consumer;
+    /// it ends when the consumer is cancelled. Cancellation-safe like
+    /// [`recv_async`](Self::recv_async).
+    pub fn stream(&self) -> Deliveries<'_> {
+        Deliveries { consumer: &self.shared }
+    }
+
+    /// The deliveries as a [`futures_core::Stream`] that owns the consumer
+    /// (dropping the stream cancels it).
+    pub fn into_stream(self) -> IntoDeliveries {
+        IntoDeliveries { consumer: self }
+    }
+
     /// A blocking iterator over deliveries; it ends when the consumer is cancelled.
     pub fn iter(&self) -> impl Iterator<Item = Delivery> + '_ {
         std::iter::from_fn(move || self.recv().ok())
@@ -301,6 +404,59 @@ impl Consumer {
     /// queue's deletion or its connection's close).
     pub fn is_cancelled(&self) -> bool {
         self.shared.is_cancelled()
+    }
+}
+
+/// The future of [`Consumer::recv_async`]. Dropping it loses nothing.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Recv<'a> {
+    consumer: &'a Arc<ConsumerShared>,
+}
+
+impl Future for Recv<'_> {
+    type Output = Result<Delivery, RecvError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.consumer.poll_recv(cx)
+    }
+}
+
+/// The stream of [`Consumer::stream`]: deliveries until the consumer is
+/// cancelled.
+#[derive(Debug)]
+#[must_use = "streams do nothing unless polled"]
+pub struct Deliveries<'a> {
+    consumer: &'a Arc<ConsumerShared>,
+}
+
+impl Stream for Deliveries<'_> {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.consumer.poll_recv(cx).map(Result::ok)
+    }
+}
+
+/// The stream of [`Consumer::into_stream`], owning its consumer.
+#[derive(Debug)]
+#[must_use = "streams do nothing unless polled"]
+pub struct IntoDeliveries {
+    consumer: Consumer,
+}
+
+impl IntoDeliveries {
+    /// The consumer the stream reads.
+    pub fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+}
+
+impl Stream for IntoDeliveries {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.consumer.shared.poll_recv(cx).map(Result::ok)
     }
 }
 

@@ -64,6 +64,7 @@
 
 mod broker;
 mod clock;
+mod codec;
 mod connection;
 mod consumer;
 mod dead_letter;
@@ -79,8 +80,13 @@ mod timer;
 
 pub use broker::{Broker, BrokerOptions, MAX_NAME_LEN, PublishOptions, Routed};
 pub use clock::{Clock, ManualClock};
+#[cfg(feature = "json")]
+pub use codec::Json;
+#[cfg(feature = "msgpack")]
+pub use codec::MsgPack;
+pub use codec::{Bincode, Codec, DecodeError, EncodeError, TypedPublishError};
 pub use connection::{Connection, DeleteExchangeOptions, DeleteQueueOptions};
-pub use consumer::{ConsumeOptions, Consumer};
+pub use consumer::{ConsumeOptions, Consumer, Deliveries, IntoDeliveries, Recv};
 pub use dead_letter::{DeathReason, ReasonCounts};
 pub use delivery::Delivery;
 pub use error::{

@@ -591,7 +591,8 @@ impl Queue {
         self.with_state(|state, now| {
             let removed = state.consumers.iter().position(|s| Arc::ptr_eq(&s.consumer, consumer));
             if let Some(index) = removed {
-                state.consumers.remove(index);
+                drop(state.consumers.remove(index));
+                consumer.wake();
                 if state.cursor > index {
                     state.cursor -= 1;
                 }
@@ -776,8 +777,11 @@ impl Queue {
             state.deleted = true;
             (state.ready.clear() + state.delayed.clear(), std::mem::take(&mut state.consumers))
         };
-        for slot in &slots {
-            slot.consumer.set_cancelled(RecvError::QueueDeleted(self.name.to_string()));
+        let consumers: Vec<Arc<ConsumerShared>> = slots.into_iter().map(|slot| slot.consumer).collect();
+        for consumer in consumers {
+            consumer.set_cancelled(RecvError::QueueDeleted(self.name.to_string()));
+            // Its inbox is now disconnected: waiting tasks must see it.
+            consumer.wake();
         }
         Ok(dropped)
     }
@@ -921,6 +925,7 @@ impl QueueState {
         slot.consumer.in_flight.fetch_add(1, Ordering::AcqRel);
         match slot.inbox.send(msg) {
             Ok(()) => {
+                slot.consumer.wake();
                 self.cursor = (index + 1) % self.consumers.len();
                 Ok(())
             }
@@ -928,7 +933,8 @@ impl QueueState {
                 // The consumer's inbox is gone (it is being cancelled): take
                 // it out of the ring rather than lose the message.
                 slot.consumer.in_flight.fetch_sub(1, Ordering::AcqRel);
-                self.consumers.remove(index);
+                let gone = self.consumers.remove(index);
+                gone.consumer.wake();
                 if self.cursor >= self.consumers.len() {
                     self.cursor = 0;
                 }
