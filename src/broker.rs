@@ -13,6 +13,8 @@ use std::collections::{HashMap, HashSet};
 type ExchangeMap = imbl::HashMap<Arc<str>, Arc<Exchange>>;
 /// Queues by name, likewise.
 type QueueMap = imbl::HashMap<Arc<str>, Arc<Queue>>;
+/// Direct reply-to addresses of connections, likewise.
+type ReplyMap = imbl::HashMap<Arc<str>, Weak<ReplyEndpoint>>;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,7 @@ use crate::message::Message;
 use crate::queue::{
     DeleteRefused, Enqueued, Envelope, PublishTiming, Queue, QueueContext, QueueOptions, QueueStats,
 };
+use crate::rpc::{DIRECT_REPLY_TO, ReplyEndpoint};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
 use crate::timer::Timers;
 
@@ -140,6 +143,7 @@ impl Broker {
             me: Weak::clone(me),
             exchanges: ArcSwap::from_pointee(ExchangeMap::new()),
             queues: ArcSwap::from_pointee(QueueMap::new()),
+            replies: ArcSwap::from_pointee(ReplyMap::new()),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             name_seed: std::collections::hash_map::RandomState::new(),
@@ -358,6 +362,7 @@ pub(crate) struct BrokerInner {
     me: Weak<BrokerInner>,
     exchanges: ArcSwap<ExchangeMap>,
     queues: ArcSwap<QueueMap>,
+    replies: ArcSwap<ReplyMap>,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     name_seed: std::collections::hash_map::RandomState,
@@ -381,6 +386,33 @@ fn check_name(name: &str) -> Result<(), DeclareError> {
 }
 
 impl BrokerInner {
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.options.clock
+    }
+
+    pub(crate) fn timers(&self) -> &Arc<Timers> {
+        &self.timers
+    }
+
+    /// A new direct reply-to address, registered for routing.
+    pub(crate) fn register_reply_endpoint(&self) -> Arc<ReplyEndpoint> {
+        let _registry = self.registry.lock();
+        let name = self.generate_name(&format!("{DIRECT_REPLY_TO}."));
+        let endpoint = Arc::new(ReplyEndpoint::new(name, Weak::clone(&self.me)));
+        let mut map = (**self.replies.load()).clone();
+        map.insert(Arc::clone(&endpoint.name), Arc::downgrade(&endpoint));
+        self.replies.store(Arc::new(map));
+        endpoint
+    }
+
+    /// Takes a direct reply-to address out of routing.
+    pub(crate) fn unregister_reply_endpoint(&self, name: &str) {
+        let _registry = self.registry.lock();
+        let mut map = (**self.replies.load()).clone();
+        map.remove(name);
+        self.replies.store(Arc::new(map));
+    }
+
     /// A fresh id for a queue, exchange, consumer or connection.
     pub(crate) fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -529,6 +561,13 @@ impl BrokerInner {
             if let Some(queue) = self.queues.load().get(key) {
                 matched = true;
                 pass.enqueue(queue);
+            } else if key.starts_with(DIRECT_REPLY_TO)
+                && let Some(endpoint) = self.replies.load().get(key).and_then(Weak::upgrade)
+            {
+                // A reply to a direct reply-to address: straight to the call.
+                matched = true;
+                endpoint.deliver(pass.envelope);
+                pass.enqueued += 1;
             }
         } else {
             exchange.routes.load().for_each_match(key, pass.envelope.message.headers(), |dest| {

@@ -1,6 +1,10 @@
 //! Connections: a client's handle on the broker, and what closes with it.
 
 use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crossbeam_channel::unbounded;
 
@@ -12,6 +16,7 @@ use crate::exchange::{ExchangeKind, ExchangeOptions};
 use crate::field::FieldTable;
 use crate::message::Message;
 use crate::queue::{QueueOptions, QueueStats};
+use crate::rpc::{self, Call, CallError, ReplyEndpoint, RpcStats};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, Weak};
 
 /// Options of [`Connection::delete_queue`].
@@ -43,6 +48,18 @@ pub(crate) struct ConnectionShared {
     /// The same lock orders `consume` against `close`.
     consumers: Mutex<ConsumerList>,
     gets: Arc<GetStore>,
+    /// The direct reply-to address, made on the first call.
+    replies: Mutex<Option<Arc<ReplyEndpoint>>>,
+    /// Published if the connection is dropped without `close`.
+    will: Mutex<Option<Will>>,
+}
+
+/// A last-will message: where to publish it and what.
+#[derive(Debug)]
+struct Will {
+    exchange: String,
+    routing_key: String,
+    message: Message,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +120,8 @@ impl Connection {
             closed: AtomicBool::new(false),
             consumers: Mutex::new(ConsumerList::default()),
             gets: Arc::new(GetStore::default()),
+            replies: Mutex::new(None),
+            will: Mutex::new(None),
         });
         Connection { shared, broker }
     }
@@ -300,6 +319,160 @@ impl Connection {
         Ok(self.broker.inner.queue_for(self.shared.id, name)?)
     }
 
+    /// Leaves a last will: `message`, published to `exchange` with
+    /// `routing_key` if this connection is dropped without
+    /// [`close`](Self::close) — including by a thread unwinding from a panic.
+    /// A clean `close` discards it. Setting a will again replaces it.
+    ///
+    /// ```
+    /// use interoffice::{Broker, ConsumeOptions, Message, QueueOptions};
+    /// let broker = Broker::new();
+    /// let monitor = broker.connect();
+    /// monitor.declare_queue("obituaries", QueueOptions::default())?;
+    ///
+    /// let billing = broker.connect_named("billing");
+    /// billing.set_will("", "obituaries", Message::new("billing is gone"))?;
+    /// let worker = std::thread::spawn(move || {
+    ///     let _conn = billing; // owned by the thread...
+    ///     panic!("billing crashed"); // ...which dies without closing it
+    /// });
+    /// assert!(worker.join().is_err());
+    ///
+    /// let will = monitor.get("obituaries", true)?.expect("the will was published");
+    /// assert_eq!(will.body().as_ref(), b"billing is gone");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_will(&self, exchange: &str, routing_key: &str, message: Message) -> Result<(), PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::ConnectionClosed { message: Box::new(message) });
+        }
+        let will = Will { exchange: exchange.to_owned(), routing_key: routing_key.to_owned(), message };
+        *self.shared.will.lock() = Some(will);
+        Ok(())
+    }
+
+    /// Removes the last will, if any, and returns its message.
+    pub fn clear_will(&self) -> Option<Message> {
+        self.shared.will.lock().take().map(|w| w.message)
+    }
+
+    /// Calls a service: publishes `request` to `exchange` with `routing_key`
+    /// and waits, blocking, at most `timeout` for the reply. The request
+    /// gets a fresh `correlation_id` and a `reply_to` naming this
+    /// connection's direct reply-to address (no queue to declare); any the
+    /// request had are replaced. Many calls may be in flight at once, from
+    /// many threads, over one connection: each reply reaches its own caller.
+    ///
+    /// Fails at once with [`CallError::NoRoute`] if the request reached no
+    /// queue; with [`CallError::Timeout`] when the broker's clock passes the
+    /// timeout (a reply arriving later is dropped and counted in
+    /// [`rpc_stats`](Self::rpc_stats)); with [`CallError::ConnectionClosed`]
+    /// if the connection closes meanwhile.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use interoffice::{Broker, Message, QueueOptions, WorkerOptions};
+    /// let broker = Broker::new();
+    /// let server = broker.connect();
+    /// server.declare_queue("rates", QueueOptions::default())?;
+    /// let _service = server.serve("rates", WorkerOptions::default(), |request| {
+    ///     let currency = String::from_utf8_lossy(request.body()).into_owned();
+    ///     Ok::<_, std::convert::Infallible>(Message::new(format!("1 {currency} = 1.08 USD")))
+    /// })?;
+    ///
+    /// let client = broker.connect();
+    /// let reply = client.call("", "rates", Message::new("EUR"), Duration::from_secs(5))?;
+    /// assert_eq!(reply.body().as_ref(), b"1 EUR = 1.08 USD");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn call(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: Message,
+        timeout: Duration,
+    ) -> Result<Delivery, CallError> {
+        let call = self.start_call(exchange, routing_key, request, timeout)?;
+        rpc::wait(&call)
+    }
+
+    /// The async form of [`call`](Self::call): the request is published
+    /// now, and the returned future resolves to the reply. Works under any
+    /// executor; the timeout runs on the broker's clock. Dropping the future
+    /// gives up the call.
+    pub fn call_async(&self, exchange: &str, routing_key: &str, request: Message, timeout: Duration) -> Call {
+        match self.start_call(exchange, routing_key, request, timeout) {
+            Ok(call) => Call::waiting(call),
+            Err(error) => Call::failed(error),
+        }
+    }
+
+    /// A typed call: the request is encoded with bincode, the reply decoded
+    /// by its content type.
+    pub fn call_typed<Req, Resp>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let message = rpc::encode_request(request)?;
+        let reply = self.call(exchange, routing_key, message, timeout)?;
+        rpc::decode_reply(&reply)
+    }
+
+    /// The async form of [`call_typed`](Self::call_typed).
+    pub async fn call_typed_async<Req, Resp>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let message = rpc::encode_request(request)?;
+        let reply = self.call_async(exchange, routing_key, message, timeout).await?;
+        rpc::decode_reply(&reply)
+    }
+
+    /// This connection's direct reply-to address: the `reply_to` its calls
+    /// set. A reply published to the default exchange with it as the
+    /// routing key reaches the waiting call with the same `correlation_id`.
+    pub fn reply_to_address(&self) -> Result<String, CallError> {
+        Ok(self.reply_endpoint()?.name.to_string())
+    }
+
+    /// Figures of this connection's calls.
+    pub fn rpc_stats(&self) -> RpcStats {
+        self.shared.replies.lock().as_ref().map(|e| e.stats()).unwrap_or_default()
+    }
+
+    fn reply_endpoint(&self) -> Result<Arc<ReplyEndpoint>, CallError> {
+        let mut slot = self.shared.replies.lock();
+        if self.is_closed() {
+            return Err(CallError::ConnectionClosed);
+        }
+        Ok(Arc::clone(slot.get_or_insert_with(|| self.broker.inner.register_reply_endpoint())))
+    }
+
+    fn start_call(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: Message,
+        timeout: Duration,
+    ) -> Result<Arc<rpc::PendingCall>, CallError> {
+        let endpoint = self.reply_endpoint()?;
+        endpoint.start(&self.broker.inner, exchange, routing_key, request, timeout)
+    }
+
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
@@ -311,11 +484,22 @@ impl Connection {
 
     /// Closes the connection: cancels its consumers (a `recv` blocked on
     /// another thread returns [`RecvError::ConnectionClosed`](crate::RecvError::ConnectionClosed)), requeues every
-    /// delivery it holds unsettled, flagged redelivered, and deletes its
-    /// exclusive queues. Closing twice does nothing; dropping closes too.
+    /// delivery it holds unsettled, flagged redelivered, fails its waiting
+    /// calls with [`CallError::ConnectionClosed`], and deletes its exclusive
+    /// queues. A clean close does not publish the last will. Closing twice
+    /// does nothing; dropping closes too (publishing the will first).
     pub fn close(&self) {
+        self.shared.will.lock().take();
+        self.shut_down();
+    }
+
+    fn shut_down(&self) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if let Some(endpoint) = self.shared.replies.lock().take() {
+            self.broker.inner.unregister_reply_endpoint(&endpoint.name);
+            endpoint.close();
         }
         let consumers = {
             let mut consumers = self.shared.consumers.lock();
@@ -333,8 +517,24 @@ impl Connection {
 }
 
 impl Drop for Connection {
+    /// Dropping a connection without [`close`](Connection::close) — a
+    /// module that stopped without saying goodbye, or a thread unwinding
+    /// from a panic — publishes its last will, then closes it.
     fn drop(&mut self) {
-        self.close();
+        let will = self.shared.will.lock().take();
+        if let Some(will) = will
+            && !self.is_closed()
+        {
+            // Nobody is left to hand an error to: an unroutable will is
+            // dropped, as a will with no subscriber is in MQTT.
+            let _ = self.broker.inner.publish(
+                &will.exchange,
+                &will.routing_key,
+                will.message,
+                PublishOptions::default(),
+            );
+        }
+        self.shut_down();
     }
 }
 

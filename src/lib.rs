@@ -75,8 +75,10 @@ mod field;
 mod idempotency;
 mod message;
 mod queue;
+mod rpc;
 mod sync;
 mod timer;
+mod worker;
 
 pub use broker::{Broker, BrokerOptions, MAX_NAME_LEN, PublishOptions, Routed};
 pub use clock::{Clock, ManualClock};
@@ -98,6 +100,8 @@ pub use field::{FieldTable, FieldValue};
 pub use idempotency::{ProcessError, Processed, ProcessedIds};
 pub use message::{DeliveryMode, Message, Properties};
 pub use queue::{DeduplicationWindow, Overflow, QueueOptions, QueueStats};
+pub use rpc::{Call, CallError, DIRECT_REPLY_TO, RpcStats};
+pub use worker::{AsyncWorker, OnError, StopHandle, Worker, WorkerOptions, WorkerReport};
 
 /// The README's code blocks, compiled and run as doc tests so they stay true.
 #[cfg(doctest)]

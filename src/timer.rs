@@ -1,8 +1,10 @@
 //! Timers: wake a queue when its next deadline (a message expiry, a delayed
-//! message falling due, its own expiry) comes, whether or not anyone reads it.
+//! message falling due, its own expiry) comes, whether or not anyone reads
+//! it; time out an RPC call.
 //!
-//! Each queue keeps at most one pending wake-up here, for its earliest
-//! deadline; when woken it does everything due and schedules the next one.
+//! Each target (a queue, a call) keeps at most one pending wake-up here, for
+//! its earliest deadline; a queue woken does everything due and schedules
+//! the next one.
 //! With the system clock one thread per broker (started on first use) sleeps
 //! until the earliest deadline; with a [`ManualClock`](crate::ManualClock)
 //! there is no thread: `advance` fires the timers on the caller's thread.
@@ -14,15 +16,20 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use crate::clock::Clock;
-use crate::queue::Queue;
 use crate::sync::{Arc, Condvar, Mutex, Weak};
+
+/// Something the timers wake.
+pub(crate) trait TimerTarget: Send + Sync {
+    /// Its deadline came (the clock reads at least the scheduled instant).
+    fn on_timer(&self);
+}
 
 #[derive(Default)]
 struct TimerState {
     /// Pending wake-ups in time order: `(deadline, queue id)`.
     due: BTreeSet<(Instant, u64)>,
-    /// Each queue's one pending wake-up.
-    by_queue: HashMap<u64, (Instant, Weak<Queue>)>,
+    /// Each target's one pending wake-up, by target id.
+    by_queue: HashMap<u64, (Instant, Weak<dyn TimerTarget>)>,
     thread_started: bool,
     shutdown: bool,
 }
@@ -48,9 +55,10 @@ impl Timers {
         timers
     }
 
-    /// Asks for `queue` to be woken at `at`, unless it is already to be woken
-    /// earlier. Returns the instant it will be woken at.
-    pub(crate) fn schedule(self: &Arc<Self>, queue: &Weak<Queue>, id: u64, at: Instant) -> Instant {
+    /// Asks for `target` (id `id`, unique per broker) to be woken at `at`,
+    /// unless it is already to be woken earlier. Returns the instant it will
+    /// be woken at.
+    pub(crate) fn schedule(self: &Arc<Self>, target: Weak<dyn TimerTarget>, id: u64, at: Instant) -> Instant {
         let mut state = self.state.lock();
         if state.shutdown {
             return at;
@@ -62,7 +70,7 @@ impl Timers {
             let current = *current;
             state.due.remove(&(current, id));
         }
-        state.by_queue.insert(id, (at, Weak::clone(queue)));
+        state.by_queue.insert(id, (at, target));
         state.due.insert((at, id));
         let earliest = state.due.first().is_some_and(|&(first, _)| first == at);
         if !self.clock.is_manual() {
@@ -83,14 +91,22 @@ impl Timers {
         at
     }
 
+    /// Forgets the pending wake-up of target `id`.
+    pub(crate) fn cancel(&self, id: u64) {
+        let mut state = self.state.lock();
+        if let Some((at, _)) = state.by_queue.remove(&id) {
+            state.due.remove(&(at, id));
+        }
+    }
+
     /// The earliest pending wake-up.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.state.lock().due.first().map(|&(at, _)| at)
     }
 
-    /// Wakes every queue whose deadline is at or before `now`.
+    /// Wakes every target whose deadline is at or before `now`.
     pub(crate) fn fire_due(&self, now: Instant) {
-        let due: Vec<Arc<Queue>> = {
+        let due: Vec<Arc<dyn TimerTarget>> = {
             let mut state = self.state.lock();
             let mut out = Vec::new();
             while let Some(&(at, id)) = state.due.first() {
@@ -98,16 +114,16 @@ impl Timers {
                     break;
                 }
                 state.due.pop_first();
-                if let Some((_, queue)) = state.by_queue.remove(&id)
-                    && let Some(queue) = queue.upgrade()
+                if let Some((_, target)) = state.by_queue.remove(&id)
+                    && let Some(target) = target.upgrade()
                 {
-                    out.push(queue);
+                    out.push(target);
                 }
             }
             out
         };
-        for queue in due {
-            queue.on_timer();
+        for target in due {
+            target.on_timer();
         }
     }
 

@@ -31,7 +31,7 @@ use crate::error::{ConsumeError, RecvError};
 use crate::field::{FieldTable, FieldValue};
 use crate::message::Message;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
-use crate::timer::Timers;
+use crate::timer::{TimerTarget, Timers};
 
 /// The first key whose value differs between two argument tables.
 pub(crate) fn table_difference(new: &FieldTable, old: &FieldTable) -> Option<(String, String, String)> {
@@ -785,9 +785,11 @@ impl Queue {
         }
         Ok(dropped)
     }
+}
 
+impl TimerTarget for Queue {
     /// The timers woke the queue: expire, release and delete what is due.
-    pub(crate) fn on_timer(&self) {
+    fn on_timer(&self) {
         let expire_queue = self.with_state(|state, now| {
             state.timer_at = None;
             if state.deleted {
@@ -804,7 +806,9 @@ impl Queue {
             broker.expire_queue(&me, now);
         }
     }
+}
 
+impl Queue {
     /// Asks the timers for a wake-up at the queue's next deadline, unless
     /// one is already due earlier.
     fn reschedule(&self, state: &mut QueueState) {
@@ -819,7 +823,8 @@ impl Queue {
         if let Some(at) = next
             && state.timer_at.is_none_or(|t| at < t)
         {
-            state.timer_at = Some(self.context.timers.schedule(&self.me, self.id, at));
+            let me: Weak<dyn TimerTarget> = Weak::clone(&self.me) as Weak<dyn TimerTarget>;
+            state.timer_at = Some(self.context.timers.schedule(me, self.id, at));
         }
     }
 

@@ -1,0 +1,351 @@
+//! Request/reply: the client side of RPC over the bus.
+//!
+//! A call publishes the request with a fresh `correlation_id` and a
+//! `reply_to` naming the connection's direct reply-to address, a
+//! pseudo-queue like RabbitMQ's `amq.rabbitmq.reply-to` that needs no
+//! declaration: a reply published to the default exchange with that name as
+//! its routing key goes straight to the waiting call, matched by correlation
+//! id. Calls from many threads and tasks share one address per connection.
+//! The server side is [`Connection::serve`](crate::Connection::serve).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use crate::broker::{BrokerInner, PublishOptions};
+use crate::codec::{DecodeError, EncodeError};
+use crate::delivery::Delivery;
+use crate::error::{ErrorKind, PublishError};
+use crate::message::Message;
+use crate::queue::Envelope;
+use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, Weak};
+use crate::timer::TimerTarget;
+
+/// The prefix of direct reply-to addresses, as in RabbitMQ.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Why a call got no reply.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No reply came within the timeout. A reply arriving later is dropped
+    /// and counted ([`RpcStats::late_replies_dropped`]).
+    #[error("no reply within {timeout:?}")]
+    Timeout {
+        /// The timeout of the call.
+        timeout: Duration,
+    },
+    /// The request reached no queue: nobody serves it. Reported at once,
+    /// not after the timeout.
+    #[error("NO_ROUTE - request to exchange '{exchange}' with routing key '{routing_key}' reached no queue")]
+    NoRoute {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+        /// The request, handed back.
+        message: Box<Message>,
+    },
+    /// The request could not be published (it is inside the error).
+    #[error(transparent)]
+    Publish(PublishError),
+    /// The calling connection closed while the call waited (or before).
+    #[error("the connection is closed")]
+    ConnectionClosed,
+    /// A typed request could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A typed reply could not be decoded.
+    #[error("the reply could not be decoded: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl CallError {
+    /// The AMQP-like kind of the error; `None` for timeouts and codec errors.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            CallError::NoRoute { .. } => Some(ErrorKind::NoRoute),
+            CallError::Publish(e) => Some(e.kind()),
+            CallError::ConnectionClosed => Some(ErrorKind::ConnectionClosed),
+            CallError::Timeout { .. } | CallError::Encode(_) | CallError::Decode(_) => None,
+        }
+    }
+}
+
+/// Figures of a connection's calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RpcStats {
+    /// Calls waiting for their reply.
+    pub calls_in_flight: usize,
+    /// Replies that arrived for no waiting call (after its timeout, or for
+    /// a call whose future was dropped) and were dropped.
+    pub late_replies_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct CallState {
+    outcome: Option<Result<Delivery, CallError>>,
+    waker: Option<Waker>,
+    done: bool,
+}
+
+/// One call waiting for its reply.
+#[derive(Debug)]
+pub(crate) struct PendingCall {
+    /// Its id with the broker's timers.
+    timer_id: u64,
+    correlation_id: String,
+    timeout: Duration,
+    endpoint: Weak<ReplyEndpoint>,
+    state: Mutex<CallState>,
+    ready: Condvar,
+}
+
+impl PendingCall {
+    /// Sets the outcome unless there is one already; false if there was.
+    fn complete(&self, outcome: Result<Delivery, CallError>) -> bool {
+        let waker = {
+            let mut state = self.state.lock();
+            if state.done {
+                return false;
+            }
+            state.done = true;
+            state.outcome = Some(outcome);
+            state.waker.take()
+        };
+        self.ready.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    fn wait(&self) -> Result<Delivery, CallError> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(outcome) = state.outcome.take() {
+                return outcome;
+            }
+            if state.done {
+                return Err(CallError::ConnectionClosed);
+            }
+            self.ready.wait(&mut state);
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<Delivery, CallError>> {
+        let mut state = self.state.lock();
+        if let Some(outcome) = state.outcome.take() {
+            return Poll::Ready(outcome);
+        }
+        if state.done {
+            return Poll::Ready(Err(CallError::ConnectionClosed));
+        }
+        if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The caller is done with the call (answered, timed out, or gave up):
+    /// later replies for it are late.
+    fn finish(&self) {
+        if let Some(endpoint) = self.endpoint.upgrade() {
+            endpoint.pending.lock().remove(&self.correlation_id);
+            if let Some(broker) = endpoint.broker.upgrade() {
+                broker.timers().cancel(self.timer_id);
+            }
+        }
+    }
+}
+
+impl TimerTarget for PendingCall {
+    fn on_timer(&self) {
+        self.complete(Err(CallError::Timeout { timeout: self.timeout }));
+    }
+}
+
+/// A connection's direct reply-to address and its waiting calls.
+#[derive(Debug)]
+pub(crate) struct ReplyEndpoint {
+    pub(crate) name: Arc<str>,
+    broker: Weak<BrokerInner>,
+    pending: Mutex<HashMap<String, Arc<PendingCall>>>,
+    next_correlation: AtomicU64,
+    late_replies: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl ReplyEndpoint {
+    pub(crate) fn new(name: String, broker: Weak<BrokerInner>) -> Self {
+        ReplyEndpoint {
+            name: name.into(),
+            broker,
+            pending: Mutex::new(HashMap::new()),
+            next_correlation: AtomicU64::new(1),
+            late_replies: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// A reply came: hand it to its call, or count it as late.
+    pub(crate) fn deliver(&self, envelope: &Arc<Envelope>) {
+        let call = envelope
+            .message
+            .properties()
+            .correlation_id
+            .as_deref()
+            .and_then(|id| self.pending.lock().remove(id));
+        let delivered = call.is_some_and(|call| {
+            let reply = Delivery::new(Arc::clone(envelope), 0, false, 0, None);
+            call.complete(Ok(reply))
+        });
+        if !delivered {
+            self.late_replies.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Fails every waiting call: the connection closed.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let calls: Vec<Arc<PendingCall>> = self.pending.lock().drain().map(|(_, c)| c).collect();
+        for call in calls {
+            call.complete(Err(CallError::ConnectionClosed));
+        }
+    }
+
+    pub(crate) fn stats(&self) -> RpcStats {
+        RpcStats {
+            calls_in_flight: self.pending.lock().len(),
+            late_replies_dropped: self.late_replies.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Publishes a request and registers its call.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        broker: &BrokerInner,
+        exchange: &str,
+        routing_key: &str,
+        mut message: Message,
+        timeout: Duration,
+    ) -> Result<Arc<PendingCall>, CallError> {
+        let n = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let correlation_id = format!("{}.{n}", self.name);
+        let properties = message.properties_mut();
+        properties.correlation_id = Some(correlation_id.clone());
+        properties.reply_to = Some(self.name.to_string());
+        let call = Arc::new(PendingCall {
+            timer_id: broker.id(),
+            correlation_id: correlation_id.clone(),
+            timeout,
+            endpoint: Arc::downgrade(self),
+            state: Mutex::new(CallState::default()),
+            ready: Condvar::new(),
+        });
+        // Registered before publishing: a fast server may answer before
+        // `publish` returns.
+        {
+            let mut pending = self.pending.lock();
+            if self.closed.load(Ordering::Acquire) {
+                return Err(CallError::ConnectionClosed);
+            }
+            pending.insert(correlation_id, Arc::clone(&call));
+        }
+        // A timeout too long to represent as an instant never fires.
+        if let Some(deadline) = broker.clock().now().checked_add(timeout) {
+            let target: Weak<dyn TimerTarget> = Arc::downgrade(&call) as Weak<dyn TimerTarget>;
+            broker.timers().schedule(target, call.timer_id, deadline);
+        }
+        match broker.publish(exchange, routing_key, message, PublishOptions { mandatory: true }) {
+            Ok(_) => Ok(call),
+            Err(error) => {
+                call.finish();
+                Err(match error {
+                    PublishError::Unroutable { exchange, routing_key, message } => {
+                        CallError::NoRoute { exchange, routing_key, message }
+                    }
+                    other => CallError::Publish(other),
+                })
+            }
+        }
+    }
+}
+
+/// Waits for a started call's reply, blocking.
+pub(crate) fn wait(call: &PendingCall) -> Result<Delivery, CallError> {
+    let outcome = call.wait();
+    call.finish();
+    outcome
+}
+
+/// The future of [`Connection::call_async`](crate::Connection::call_async).
+///
+/// The request is published when the future is created; the future waits
+/// for the reply. Dropping it gives up the call: a reply arriving later is
+/// dropped and counted, never delivered elsewhere.
+#[derive(Debug)]
+#[must_use = "the reply is only received if the future is awaited"]
+pub struct Call {
+    state: CallFutureState,
+}
+
+#[derive(Debug)]
+enum CallFutureState {
+    Waiting(Arc<PendingCall>),
+    Failed(Option<CallError>),
+}
+
+impl Call {
+    pub(crate) fn waiting(call: Arc<PendingCall>) -> Self {
+        Call { state: CallFutureState::Waiting(call) }
+    }
+
+    pub(crate) fn failed(error: CallError) -> Self {
+        Call { state: CallFutureState::Failed(Some(error)) }
+    }
+}
+
+impl Future for Call {
+    type Output = Result<Delivery, CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            CallFutureState::Failed(error) => {
+                Poll::Ready(Err(error.take().unwrap_or(CallError::ConnectionClosed)))
+            }
+            CallFutureState::Waiting(call) => {
+                let outcome = call.poll(cx);
+                if outcome.is_ready() {
+                    call.finish();
+                }
+                outcome
+            }
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let CallFutureState::Waiting(call) = &self.state {
+            call.finish();
+        }
+    }
+}
+
+/// Encodes a typed request (bincode).
+pub(crate) fn encode_request<Req: Serialize + ?Sized>(request: &Req) -> Result<Message, CallError> {
+    Ok(Message::encode(request)?)
+}
+
+/// Decodes a typed reply by its content type.
+pub(crate) fn decode_reply<Resp: DeserializeOwned>(reply: &Delivery) -> Result<Resp, CallError> {
+    Ok(reply.decode()?)
+}
