@@ -2,7 +2,8 @@
 //!
 //! An embeddable, in-process message bus with the messaging model of
 //! RabbitMQ / AMQP 0-9-1: exchanges, queues, bindings, acknowledgements,
-//! prefetch and request/reply, with no network and no broker to run.
+//! prefetch, dead-lettering and request/reply, with no network and no broker
+//! to run. Consumers work from threads or from async code under any executor.
 //!
 //! ```
 //! use interoffice::{Broker, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable, Message, QueueOptions};
@@ -41,6 +42,8 @@
 //! | `x-max-priority`, `x-delivery-limit`, `x-single-active-consumer`, `x-priority` | [`QueueOptions::max_priority`], [`QueueOptions::delivery_limit`], [`QueueOptions::single_active_consumer`], [`ConsumeOptions::priority`] |
 //! | delayed-message plugin (`x-delay`) | [`Message::with_delay`], [`ExchangeOptions::delayed`], [`Delivery::nack_with_delay`] |
 //! | (extensions) time, deduplication | [`Clock`], [`ManualClock`], [`QueueOptions::deduplication_window`], [`ProcessedIds`] |
+//! | RPC with `reply_to` / `correlation_id`, direct reply-to | [`Connection::call`], [`Connection::call_async`], [`Connection::call_typed`], [`Connection::serve`] |
+//! | (extensions) async, workers, typed payloads, last will | [`Consumer::recv_async`], [`Consumer::stream`], [`Connection::worker`], [`Connection::worker_async`], [`Codec`], [`Delivery::decode`], [`Connection::set_will`] |
 //!
 //! # Guarantees
 //!
