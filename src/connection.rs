@@ -497,7 +497,9 @@ impl Connection {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(endpoint) = self.shared.replies.lock().take() {
+        // The endpoint stays, closed, so its figures can still be read.
+        let endpoint = self.shared.replies.lock().clone();
+        if let Some(endpoint) = endpoint {
             self.broker.inner.unregister_reply_endpoint(&endpoint.name);
             endpoint.close();
         }

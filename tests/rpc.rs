@@ -241,6 +241,7 @@ fn closing_the_connection_fails_its_waiting_calls() -> Result {
     client.close();
     assert_eq!(caller.join().unwrap().unwrap_err(), CallError::ConnectionClosed);
     assert_eq!(client.call("", "silent", Message::new("?"), LONG).unwrap_err(), CallError::ConnectionClosed);
+    assert_eq!(client.rpc_stats().calls_in_flight, 0, "the figures outlive the connection");
     // The address is gone with the connection: a reply to it is unroutable.
     let routed = server.publish("", &reply_to, Message::new("x"))?;
     assert_eq!(routed.queues(), 0);
