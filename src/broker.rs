@@ -434,7 +434,7 @@ impl BrokerInner {
         self.queues.load().get(name).cloned()
     }
 
-    fn no_exchange(&self, name: &str) -> String {
+    pub(crate) fn no_exchange(&self, name: &str) -> String {
         format!("no exchange '{name}' in vhost '{}'", self.vhost)
     }
 
@@ -449,9 +449,44 @@ impl BrokerInner {
         &self,
         exchange: &str,
         routing_key: &str,
-        mut message: Message,
+        message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
+        let (message, ttl) = self.check(routing_key, message)?;
+        let exchanges = self.exchanges.load();
+        let Some(start) = exchanges.get(exchange) else {
+            return Err(PublishError::ExchangeNotFound {
+                exchange: exchange.into(),
+                message: Box::new(message),
+            });
+        };
+        self.publish_to(&exchanges, start, routing_key, message, ttl, options)
+    }
+
+    /// Publishes through a pre-resolved exchange (a `Publisher`).
+    pub(crate) fn publish_resolved(
+        &self,
+        start: &Exchange,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        let (message, ttl) = self.check(routing_key, message)?;
+        if start.is_deleted() {
+            return Err(PublishError::ExchangeNotFound {
+                exchange: start.name.to_string(),
+                message: Box::new(message),
+            });
+        }
+        self.publish_to(&self.exchanges.load(), start, routing_key, message, ttl, options)
+    }
+
+    /// The checks every publish starts with; the message's own TTL.
+    fn check(
+        &self,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(Message, Option<Duration>), PublishError> {
         if routing_key.len() > MAX_NAME_LEN {
             return Err(PublishError::InvalidRoutingKey {
                 len: routing_key.len(),
@@ -463,24 +498,30 @@ impl BrokerInner {
             let limit = self.options.max_message_size;
             return Err(PublishError::TooLarge { size, limit, message: Box::new(message) });
         }
-        let ttl = match message.properties().expiration.as_deref().map(parse_expiration) {
-            None => None,
-            Some(Some(ttl)) => Some(ttl),
+        match message.properties().expiration.as_deref().map(parse_expiration) {
+            None => Ok((message, None)),
+            Some(Some(ttl)) => Ok((message, Some(ttl))),
             Some(None) => {
                 let value = message.properties().expiration.clone().unwrap_or_default();
-                return Err(PublishError::InvalidExpiration { value, message: Box::new(message) });
+                Err(PublishError::InvalidExpiration { value, message: Box::new(message) })
             }
-        };
-        let exchanges = self.exchanges.load();
-        let Some(start) = exchanges.get(exchange) else {
-            return Err(PublishError::ExchangeNotFound {
-                exchange: exchange.into(),
-                message: Box::new(message),
-            });
-        };
+        }
+    }
+
+    /// Routes and enqueues from exchange `start`. Lock-free up to each
+    /// queue's own lock.
+    fn publish_to(
+        &self,
+        exchanges: &ExchangeMap,
+        start: &Exchange,
+        routing_key: &str,
+        mut message: Message,
+        ttl: Option<Duration>,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
         if start.options.internal {
             return Err(PublishError::InternalExchange {
-                exchange: exchange.into(),
+                exchange: start.name.to_string(),
                 message: Box::new(message),
             });
         }
@@ -491,9 +532,9 @@ impl BrokerInner {
         {
             delay = Some(delay.unwrap_or_default().max(Duration::from_millis(ms.unsigned_abs())));
         }
-        let envelope = Arc::new(Envelope::new(exchange, routing_key, message));
+        let envelope = Arc::new(Envelope::new(&start.name, routing_key, message));
         let mut pass = RoutingPass::new(&envelope, PublishTiming::new(&self.options.clock, ttl, delay), &[]);
-        self.route(&exchanges, start, &mut pass);
+        self.route(exchanges, start, &mut pass);
         let RoutingPass { enqueued, duplicates, rejected, letters, .. } = pass;
         if !letters.is_empty() {
             crate::dead_letter::bury(letters);
@@ -510,12 +551,17 @@ impl BrokerInner {
         }
         if enqueued == 0 && duplicates == 0 && options.mandatory {
             return Err(PublishError::Unroutable {
-                exchange: exchange.into(),
+                exchange: start.name.to_string(),
                 routing_key: routing_key.into(),
                 message: take_back(envelope),
             });
         }
         Ok(Routed { queues: enqueued, duplicates })
+    }
+
+    /// The exchange named `name`, for a `Publisher`.
+    pub(crate) fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.load().get(name).cloned()
     }
 
     /// Republishes a dead letter to exchange `dlx`, skipping the queues in
@@ -666,6 +712,7 @@ impl BrokerInner {
         }
         map.remove(&exchange.name);
         self.exchanges.store(Arc::new(map));
+        exchange.mark_deleted();
         let id = exchange.id;
         let keys: Vec<BindingKey> =
             registry.keys_from(id).chain(registry.keys_to(DestId::Exchange(id))).cloned().collect();

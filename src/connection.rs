@@ -319,6 +319,39 @@ impl Connection {
         Ok(self.broker.inner.queue_for(self.shared.id, name)?)
     }
 
+    /// A publisher bound to one exchange, resolved once: publishing through
+    /// it skips looking the exchange up by name. Fails with
+    /// [`DeclareError::NotFound`] if there is no such exchange, as a passive
+    /// declaration does; if the exchange is deleted later, its publishes fail with
+    /// [`PublishError::ExchangeNotFound`]. It publishes as this connection
+    /// (and fails once it is closed).
+    ///
+    /// ```
+    /// use interoffice::{Broker, ExchangeKind, ExchangeOptions, FieldTable, Message, QueueOptions};
+    /// let conn = Broker::new().connect();
+    /// conn.declare_exchange("orders", ExchangeKind::Direct, ExchangeOptions::default())?;
+    /// conn.declare_queue("billing", QueueOptions::default())?;
+    /// conn.bind_queue("billing", "orders", "created", FieldTable::new())?;
+    ///
+    /// let orders = conn.publisher("orders")?;
+    /// for n in 0..3 {
+    ///     orders.publish("created", Message::new(format!("order {n}")))?;
+    /// }
+    /// assert_eq!(conn.queue_stats("billing")?.messages_ready, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn publisher(&self, exchange: &str) -> Result<Publisher, DeclareError> {
+        self.check_open(DeclareError::ConnectionClosed)?;
+        let inner = &self.broker.inner;
+        let resolved =
+            inner.exchange(exchange).ok_or_else(|| DeclareError::NotFound(inner.no_exchange(exchange)))?;
+        Ok(Publisher {
+            exchange: resolved,
+            connection: Arc::clone(&self.shared),
+            broker: self.broker.clone(),
+        })
+    }
+
     /// Leaves a last will: `message`, published to `exchange` with
     /// `routing_key` if this connection is dropped without
     /// [`close`](Self::close) — including by a thread unwinding from a panic.
@@ -515,6 +548,47 @@ impl Connection {
         }
         self.shared.gets.close();
         self.broker.inner.delete_exclusive_queues(self.shared.id);
+    }
+}
+
+/// A publisher bound to one exchange: see [`Connection::publisher`].
+/// Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Publisher {
+    exchange: Arc<crate::exchange::Exchange>,
+    connection: Arc<ConnectionShared>,
+    broker: Broker,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher").field("exchange", &self.exchange.name).finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// The exchange it publishes to.
+    pub fn exchange(&self) -> &str {
+        &self.exchange.name
+    }
+
+    /// Publishes `message` with `routing_key`, as
+    /// [`Connection::publish`] does.
+    pub fn publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
+        self.publish_with(routing_key, message, PublishOptions::default())
+    }
+
+    /// Publishes with options, as [`Connection::publish_with`] does.
+    pub fn publish_with(
+        &self,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        if self.connection.closed.load(Ordering::Acquire) {
+            return Err(PublishError::ConnectionClosed { message: Box::new(message) });
+        }
+        self.broker.inner.publish_resolved(&self.exchange, routing_key, message, options)
     }
 }
 

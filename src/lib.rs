@@ -90,7 +90,7 @@ pub use codec::Json;
 #[cfg(feature = "msgpack")]
 pub use codec::MsgPack;
 pub use codec::{Bincode, Codec, DecodeError, EncodeError, TypedPublishError};
-pub use connection::{Connection, DeleteExchangeOptions, DeleteQueueOptions};
+pub use connection::{Connection, DeleteExchangeOptions, DeleteQueueOptions, Publisher};
 pub use consumer::{ConsumeOptions, Consumer, Deliveries, IntoDeliveries, Recv};
 pub use dead_letter::{DeathReason, ReasonCounts};
 pub use delivery::Delivery;

@@ -10,8 +10,8 @@ use std::error::Error;
 
 use bytes::Bytes;
 use interoffice::{
-    BindError, Broker, BrokerOptions, Connection, Delivery, ExchangeKind, ExchangeOptions, FieldTable,
-    FieldValue, Message, PublishError, PublishOptions, QueueOptions,
+    BindError, Broker, BrokerOptions, Connection, Delivery, ErrorKind, ExchangeKind, ExchangeOptions,
+    FieldTable, FieldValue, Message, PublishError, PublishOptions, QueueOptions,
 };
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -924,5 +924,33 @@ fn publishing_from_many_threads_routes_every_message() -> TestResult {
     assert_eq!(ready(&broker, "a-only"), THREADS * PER_THREAD / 2);
     assert_eq!(ready(&broker, "everything"), THREADS * PER_THREAD);
     assert_eq!(total_routed, THREADS * PER_THREAD * 3 / 2);
+    Ok(())
+}
+
+#[test]
+fn a_publisher_handle_routes_like_publishing_by_name_and_fails_once_its_exchange_is_deleted() -> TestResult {
+    let conn = Broker::new().connect();
+    conn.declare_exchange("orders", ExchangeKind::Topic, ExchangeOptions::default())?;
+    declare_queues(&conn, &["eu"])?;
+    conn.bind_queue("eu", "orders", "order.eu.*", FieldTable::new())?;
+    let orders = conn.publisher("orders")?;
+    assert_eq!(orders.exchange(), "orders");
+    assert_eq!(orders.publish("order.eu.created", Message::new("1"))?.queues(), 1);
+    assert_eq!(orders.publish("order.us.created", Message::new("2"))?.queues(), 0);
+    let mandatory = PublishOptions { mandatory: true };
+    let err = orders.publish_with("order.us.created", Message::new("3"), mandatory).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoRoute);
+    let delivered = conn.get("eu", true)?.expect("routed");
+    assert_eq!(delivered.exchange(), "orders");
+
+    conn.delete_exchange("orders", Default::default())?;
+    let err = orders.publish("order.eu.created", Message::new("4")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(err.into_message().body().as_ref(), b"4");
+
+    assert_eq!(conn.publisher("missing").unwrap_err().kind(), ErrorKind::NotFound);
+    let clone = conn.publisher("")?.clone();
+    conn.close();
+    assert_eq!(clone.publish("eu", Message::new("5")).unwrap_err().kind(), ErrorKind::ConnectionClosed);
     Ok(())
 }

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::field::FieldTable;
 use crate::queue::Queue;
-use crate::sync::Arc;
+use crate::sync::{Arc, AtomicBool, Ordering};
 
 use headers::HeadersMatcher;
 use topic::TopicTrie;
@@ -227,12 +227,29 @@ pub(crate) struct Exchange {
     pub(crate) kind: ExchangeKind,
     pub(crate) options: ExchangeOptions,
     pub(crate) routes: ArcSwap<Routes>,
+    /// Set when the exchange is deleted, for publishers holding it.
+    deleted: AtomicBool,
 }
 
 impl Exchange {
     pub(crate) fn new(name: Arc<str>, id: u64, kind: ExchangeKind, options: ExchangeOptions) -> Self {
         let routes = if name.is_empty() { Routes::Default } else { Routes::empty(kind) };
-        Exchange { name, id, kind, options, routes: ArcSwap::from_pointee(routes) }
+        Exchange {
+            name,
+            id,
+            kind,
+            options,
+            routes: ArcSwap::from_pointee(routes),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
     }
 
     /// The default exchange `""`.
