@@ -1045,8 +1045,8 @@ struct RoutingPass<'a> {
     timing: PublishTiming<'a>,
     /// Queues a dead letter must not reach (a cycle).
     forbidden: &'a [String],
-    seen_queues: SeenSet,
-    seen_exchanges: SeenSet,
+    seen_queues: SeenSet<64>,
+    seen_exchanges: SeenSet<8>,
     pending: Vec<Arc<Exchange>>,
     enqueued: usize,
     duplicates: usize,
@@ -1105,19 +1105,18 @@ fn parse_expiration(value: &str) -> Option<Duration> {
     value.parse::<u64>().ok().map(Duration::from_millis)
 }
 
-/// A set of ids for one routing pass: inline (no allocation) while small,
-/// the usual case; a hash set once large.
-struct SeenSet {
+/// A set of ids for one routing pass: inline (no allocation) while it holds
+/// at most `N`, the usual case; a hash set beyond. Queues get 64 slots (a
+/// topic key reaching a few dozen queues must not allocate), exchanges 8.
+struct SeenSet<const N: usize> {
     len: usize,
-    inline: [u64; SeenSet::INLINE],
+    inline: [u64; N],
     spilled: Option<HashSet<u64>>,
 }
 
-impl SeenSet {
-    const INLINE: usize = 16;
-
+impl<const N: usize> SeenSet<N> {
     fn new() -> Self {
-        SeenSet { len: 0, inline: [0; Self::INLINE], spilled: None }
+        SeenSet { len: 0, inline: [0; N], spilled: None }
     }
 
     /// True if `id` was not in the set.
@@ -1128,7 +1127,7 @@ impl SeenSet {
         if self.inline[..self.len].contains(&id) {
             return false;
         }
-        if self.len == Self::INLINE {
+        if self.len == N {
             let mut spilled: HashSet<u64> = self.inline.iter().copied().collect();
             spilled.insert(id);
             self.spilled = Some(spilled);
@@ -1146,7 +1145,7 @@ mod tests {
 
     #[test]
     fn seen_set_switches_to_hash_set_and_stays_exact() {
-        let mut seen = SeenSet::new();
+        let mut seen = SeenSet::<16>::new();
         for id in 0..100 {
             assert!(seen.insert(id));
         }
