@@ -17,7 +17,7 @@ use crate::delivery::{Delivery, Holder};
 use crate::error::{AckError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::field::FieldTable;
 use crate::queue::{Queue, QueuedMessage, Settlement};
-use crate::sync::{Arc, AtomicBool, AtomicU32, Mutex, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU32, Mutex, Ordering, spin_wait};
 
 /// Options of [`Connection::consume`](crate::Connection::consume).
 ///
@@ -318,18 +318,14 @@ impl Consumer {
     pub fn recv(&self) -> Result<Delivery, RecvError> {
         // Spin briefly before parking: in process, the next message is often
         // microseconds away, and waking a parked thread costs several (a
-        // request/reply round trip pays it twice). Bounded and yielding, so
-        // an idle consumer costs one short burst, then nothing.
-        let spin_until = Instant::now() + RECV_SPIN;
-        let mut spins = 0_u32;
-        while Instant::now() < spin_until {
-            match self.shared.inbox.try_recv() {
-                Ok(msg) => return self.shared.hand_out(msg),
-                Err(ChannelTryRecv::Disconnected) => return Err(self.shared.reason()),
-                Err(ChannelTryRecv::Empty) if spins < 64 => std::hint::spin_loop(),
-                Err(ChannelTryRecv::Empty) => std::thread::yield_now(),
-            }
-            spins += 1;
+        // request/reply round trip pays it twice).
+        let spun = spin_wait(RECV_SPIN, || match self.shared.inbox.try_recv() {
+            Ok(msg) => Some(self.shared.hand_out(msg)),
+            Err(ChannelTryRecv::Disconnected) => Some(Err(self.shared.reason())),
+            Err(ChannelTryRecv::Empty) => None,
+        });
+        if let Some(received) = spun {
+            return received;
         }
         match self.shared.inbox.recv() {
             Ok(msg) => self.shared.hand_out(msg),

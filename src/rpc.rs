@@ -24,7 +24,7 @@ use crate::delivery::Delivery;
 use crate::error::{ErrorKind, PublishError};
 use crate::message::Message;
 use crate::queue::Envelope;
-use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, Weak, spin_wait};
 use crate::timer::TimerTarget;
 
 /// The prefix of direct reply-to addresses, as in RabbitMQ.
@@ -132,23 +132,9 @@ impl PendingCall {
 
     fn wait(&self) -> Result<Delivery, CallError> {
         // An in-process round trip takes microseconds: spin briefly before
-        // parking, as crossbeam's channels do, to save the wake-up of a
-        // parked thread (several microseconds on a VM) when the reply is
-        // quick. Bounded, and yielding after the first spins, so a slow
-        // server costs little CPU.
-        let spin_until = std::time::Instant::now() + SPIN;
-        let mut spins = 0_u32;
-        while std::time::Instant::now() < spin_until {
-            if self.state.lock().done {
-                break;
-            }
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-            spins += 1;
-        }
+        // parking, to save the wake-up of a parked thread when the reply is
+        // quick.
+        spin_wait(SPIN, || self.state.lock().done.then_some(()));
         let mut state = self.state.lock();
         loop {
             if let Some(outcome) = state.outcome.take() {

@@ -9,3 +9,25 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 pub(crate) use std::sync::{Arc, Weak};
 
 pub(crate) use parking_lot::{Condvar, Mutex};
+
+/// Spins for up to `limit` waiting for `poll` to give a value: 64 busy
+/// spins, then yielding the CPU. For waits that are usually microseconds
+/// long (an in-process reply, the next message), where parking the thread
+/// and waking it again would cost more than the wait. `None` if `poll`
+/// gave nothing in time: then park.
+pub(crate) fn spin_wait<T>(limit: std::time::Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = std::time::Instant::now() + limit;
+    let mut spins = 0_u32;
+    while std::time::Instant::now() < until {
+        if let Some(value) = poll() {
+            return Some(value);
+        }
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+        spins += 1;
+    }
+    None
+}

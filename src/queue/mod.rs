@@ -444,8 +444,7 @@ impl Queue {
             if let Some(msg) = offered {
                 if msg.expired(&mut timing.now) {
                     // TTL 0, or a TTL already passed: no consumer took it at once.
-                    bump(&self.figures.expired);
-                    state.letters.push((msg, DeathReason::Expired));
+                    state.expire(self, msg);
                 } else {
                     match self.make_room(state, &msg, &mut timing.now) {
                         Room::Made => state.ready.insert(msg),
@@ -500,8 +499,7 @@ impl Queue {
                         },
                     };
                     if head.expired(now) {
-                        bump(&self.figures.expired);
-                        state.letters.push((head, DeathReason::Expired));
+                        state.expire(self, head);
                     } else {
                         state.letters.push((head, DeathReason::MaxLen));
                     }
@@ -875,8 +873,7 @@ impl QueueState {
             let Some(index) = self.next_with_credit(single) else { return };
             let Some(msg) = self.ready.pop_first() else { return };
             if msg.expired(now) {
-                bump(&queue.figures.expired);
-                self.letters.push((msg, DeathReason::Expired));
+                self.expire(queue, msg);
                 continue;
             }
             if let Err(returned) = self.send_to(index, msg) {
@@ -949,6 +946,13 @@ impl QueueState {
         }
     }
 
+    /// Takes out an expired message: counted, and dead-lettered once the
+    /// lock is released.
+    fn expire(&mut self, queue: &Queue, msg: QueuedMessage) {
+        bump(&queue.figures.expired);
+        self.letters.push((msg, DeathReason::Expired));
+    }
+
     /// Counts a return against the delivery limit. False if the message is
     /// past it (then it is queued for dead-lettering); else flags it
     /// redelivered and, with a limit, updates its `x-delivery-count`.
@@ -973,8 +977,7 @@ impl QueueState {
             return;
         }
         if msg.expired(now) {
-            bump(&queue.figures.expired);
-            self.letters.push((msg, DeathReason::Expired));
+            self.expire(queue, msg);
             return;
         }
         self.ready.insert(msg);
@@ -994,15 +997,13 @@ impl QueueState {
                 msg.expires_at = Some(at + ttl);
             }
             if msg.expired(now) {
-                bump(&queue.figures.expired);
-                self.letters.push((msg, DeathReason::Expired));
+                self.expire(queue, msg);
             } else {
                 self.ready.insert(msg);
             }
         }
         while let Some(msg) = self.ready.pop_expired(at) {
-            bump(&queue.figures.expired);
-            self.letters.push((msg, DeathReason::Expired));
+            self.expire(queue, msg);
         }
     }
 
