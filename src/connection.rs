@@ -453,9 +453,8 @@ impl Connection {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let message = rpc::encode_request(request)?;
-        let reply = self.call(exchange, routing_key, message, timeout)?;
-        rpc::decode_reply(&reply)
+        let reply = self.call(exchange, routing_key, Message::encode(request)?, timeout)?;
+        Ok(reply.decode()?)
     }
 
     /// The async form of [`call_typed`](Self::call_typed).
@@ -470,9 +469,8 @@ impl Connection {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let message = rpc::encode_request(request)?;
-        let reply = self.call_async(exchange, routing_key, message, timeout).await?;
-        rpc::decode_reply(&reply)
+        let reply = self.call_async(exchange, routing_key, Message::encode(request)?, timeout).await?;
+        Ok(reply.decode()?)
     }
 
     /// This connection's direct reply-to address: the `reply_to` its calls

@@ -14,8 +14,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::broker::{BrokerInner, PublishOptions};
@@ -345,14 +343,4 @@ impl Drop for Call {
             call.finish();
         }
     }
-}
-
-/// Encodes a typed request (bincode).
-pub(crate) fn encode_request<Req: Serialize + ?Sized>(request: &Req) -> Result<Message, CallError> {
-    Ok(Message::encode(request)?)
-}
-
-/// Decodes a typed reply by its content type.
-pub(crate) fn decode_reply<Resp: DeserializeOwned>(reply: &Delivery) -> Result<Resp, CallError> {
-    Ok(reply.decode()?)
 }

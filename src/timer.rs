@@ -26,10 +26,10 @@ pub(crate) trait TimerTarget: Send + Sync {
 
 #[derive(Default)]
 struct TimerState {
-    /// Pending wake-ups in time order: `(deadline, queue id)`.
+    /// Pending wake-ups in time order: `(deadline, target id)`.
     due: BTreeSet<(Instant, u64)>,
     /// Each target's one pending wake-up, by target id.
-    by_queue: HashMap<u64, (Instant, Weak<dyn TimerTarget>)>,
+    by_target: HashMap<u64, (Instant, Weak<dyn TimerTarget>)>,
     thread_started: bool,
     shutdown: bool,
 }
@@ -63,14 +63,14 @@ impl Timers {
         if state.shutdown {
             return at;
         }
-        if let Some((current, _)) = state.by_queue.get(&id) {
+        if let Some((current, _)) = state.by_target.get(&id) {
             if *current <= at {
                 return *current;
             }
             let current = *current;
             state.due.remove(&(current, id));
         }
-        state.by_queue.insert(id, (at, target));
+        state.by_target.insert(id, (at, target));
         state.due.insert((at, id));
         let earliest = state.due.first().is_some_and(|&(first, _)| first == at);
         if !self.clock.is_manual() {
@@ -94,7 +94,7 @@ impl Timers {
     /// Forgets the pending wake-up of target `id`.
     pub(crate) fn cancel(&self, id: u64) {
         let mut state = self.state.lock();
-        if let Some((at, _)) = state.by_queue.remove(&id) {
+        if let Some((at, _)) = state.by_target.remove(&id) {
             state.due.remove(&(at, id));
         }
     }
@@ -114,7 +114,7 @@ impl Timers {
                     break;
                 }
                 state.due.pop_first();
-                if let Some((_, target)) = state.by_queue.remove(&id)
+                if let Some((_, target)) = state.by_target.remove(&id)
                     && let Some(target) = target.upgrade()
                 {
                     out.push(target);
@@ -132,7 +132,7 @@ impl Timers {
         let mut state = self.state.lock();
         state.shutdown = true;
         state.due.clear();
-        state.by_queue.clear();
+        state.by_target.clear();
         self.wake.notify_all();
     }
 
