@@ -10,10 +10,10 @@
 //! * `shared_arc_clone`: `Arc::clone` of one `Arc<Message>` for every send:
 //!   both threads hammer one refcount, whose cache line bounces between the
 //!   cores on every send and drop.
-//! * `pool_message_clone`: a clone of pool message `i % 1024` (headers table
-//!   copied, body refcount bumped) moved through the channel and dropped on
-//!   the consumer thread: what the bus publisher sends, since `publish` takes
-//!   the message by value.
+//! * `pool_message_clone`: a clone of pool message `i % 1024` (two refcount
+//!   increments: properties and body) moved through the channel and dropped
+//!   on the consumer thread: what the bus publisher sends, since `publish`
+//!   takes the message by value.
 //! * `pool_arc_per_message`: the same clone wrapped in a fresh `Arc`, as the
 //!   bus wraps each publish in an envelope.
 //!

@@ -10,11 +10,11 @@ use std::collections::{HashMap, HashSet};
 
 /// Exchanges by name: a persistent map, so a topology change copies a path,
 /// not the whole map, while publishers keep reading the previous version.
-type ExchangeMap = imbl::HashMap<Arc<str>, Arc<Exchange>>;
+type ExchangeMap = FastImblMap<Arc<str>, Arc<Exchange>>;
 /// Queues by name, likewise.
-type QueueMap = imbl::HashMap<Arc<str>, Arc<Queue>>;
+type QueueMap = FastImblMap<Arc<str>, Arc<Queue>>;
 /// Direct reply-to addresses of connections, likewise.
-type ReplyMap = imbl::HashMap<Arc<str>, Weak<ReplyEndpoint>>;
+type ReplyMap = FastImblMap<Arc<str>, Weak<ReplyEndpoint>>;
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use crate::exchange::{
     BindingInfo, Dest, Exchange, ExchangeKind, ExchangeOptions, Routes, compile_arguments,
 };
 use crate::field::FieldTable;
+use crate::hash::FastImblMap;
 use crate::message::Message;
 use crate::queue::{
     DeleteRefused, Enqueued, Envelope, PublishTiming, Queue, QueueContext, QueueOptions, QueueStats,
@@ -141,9 +142,9 @@ impl Broker {
         let timers = Timers::new(options.clock.clone());
         let inner = Arc::new_cyclic(|me| BrokerInner {
             me: Weak::clone(me),
-            exchanges: ArcSwap::from_pointee(ExchangeMap::new()),
-            queues: ArcSwap::from_pointee(QueueMap::new()),
-            replies: ArcSwap::from_pointee(ReplyMap::new()),
+            exchanges: ArcSwap::from_pointee(ExchangeMap::default()),
+            queues: ArcSwap::from_pointee(QueueMap::default()),
+            replies: ArcSwap::from_pointee(ReplyMap::default()),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             name_seed: std::collections::hash_map::RandomState::new(),
@@ -152,7 +153,7 @@ impl Broker {
             options,
         });
         {
-            let mut map = ExchangeMap::new();
+            let mut map = ExchangeMap::default();
             for (name, kind) in [
                 ("", ExchangeKind::Direct),
                 ("amq.direct", ExchangeKind::Direct),

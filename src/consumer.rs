@@ -1,7 +1,7 @@
 //! Consumers: a queue's deliveries, pushed into the consumer's own inbox and
 //! handed to the application by `recv`.
 
-use std::collections::HashMap;
+use crate::hash::FastHashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::fence;
@@ -71,7 +71,7 @@ const RECV_SPIN: Duration = Duration::from_micros(50);
 #[derive(Debug, Default)]
 struct Unsettled {
     next_tag: u64,
-    entries: HashMap<u64, QueuedMessage>,
+    entries: FastHashMap<u64, QueuedMessage>,
     /// Set when the connection closes: everything was requeued, and later
     /// settles report it.
     closed: bool,

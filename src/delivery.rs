@@ -1,6 +1,6 @@
 //! Deliveries: a message handed to the application, and how it is settled.
 
-use std::collections::HashMap;
+use crate::hash::FastHashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -198,7 +198,7 @@ impl Drop for Delivery {
 #[derive(Debug, Default)]
 struct GetEntries {
     next_tag: u64,
-    entries: HashMap<u64, (Arc<Queue>, QueuedMessage)>,
+    entries: FastHashMap<u64, (Arc<Queue>, QueuedMessage)>,
     closed: bool,
 }
 

@@ -75,6 +75,7 @@ mod delivery;
 mod error;
 mod exchange;
 mod field;
+mod hash;
 mod idempotency;
 mod message;
 mod queue;

@@ -1,5 +1,6 @@
 //! Messages: a binary body and the AMQP 0-9-1 basic properties.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,8 +56,13 @@ pub struct Properties {
 
 /// A message: [`Properties`] and a body of bytes.
 ///
-/// The body is a [`Bytes`], so a message routed to many queues shares one
-/// body: it is never copied per queue.
+/// Cheap to clone: the body is a [`Bytes`] and the properties sit behind an
+/// `Arc`, so a clone costs two reference-count increments and no allocation,
+/// whatever the headers hold. A message routed to many queues shares one
+/// body and one set of properties: neither is copied per queue. Changing a
+/// clone's properties (the `with_*` methods, [`properties_mut`](Self::properties_mut))
+/// copies them first if they are shared (copy-on-write), so clones never see
+/// each other's changes.
 ///
 /// ```
 /// use interoffice::{FieldTable, FieldValue, Message};
@@ -68,7 +74,7 @@ pub struct Properties {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Message {
-    properties: Properties,
+    properties: Arc<Properties>,
     body: Bytes,
     /// How long the message stays invisible in the queues it reaches: an
     /// instruction to the broker, consumed at publish (never delivered).
@@ -81,7 +87,7 @@ macro_rules! string_property {
         $(#[$doc]
         #[must_use]
         pub fn $with(mut self, value: impl Into<String>) -> Self {
-            self.properties.$field = Some(value.into());
+            self.properties_mut().$field = Some(value.into());
             self
         })*
     };
@@ -90,12 +96,12 @@ macro_rules! string_property {
 impl Message {
     /// A message with `body` and no properties.
     pub fn new(body: impl Into<Bytes>) -> Self {
-        Message { properties: Properties::default(), body: body.into(), delay: None }
+        Message { properties: Arc::default(), body: body.into(), delay: None }
     }
 
     /// A message with `body` and `properties`.
     pub fn with_properties(body: impl Into<Bytes>, properties: Properties) -> Self {
-        Message { properties, body: body.into(), delay: None }
+        Message { properties: Arc::new(properties), body: body.into(), delay: None }
     }
 
     /// The body.
@@ -108,14 +114,16 @@ impl Message {
         &self.properties
     }
 
-    /// The properties, to change them.
+    /// The properties, to change them. Copies them first if another clone
+    /// of this message shares them.
     pub fn properties_mut(&mut self) -> &mut Properties {
-        &mut self.properties
+        Arc::make_mut(&mut self.properties)
     }
 
-    /// Splits the message into its properties and body.
+    /// Splits the message into its properties and body (copying the
+    /// properties only if another clone shares them).
     pub fn into_parts(self) -> (Properties, Bytes) {
-        (self.properties, self.body)
+        (Arc::unwrap_or_clone(self.properties), self.body)
     }
 
     /// The headers table, if any.
@@ -131,35 +139,35 @@ impl Message {
     /// Replaces the headers.
     #[must_use]
     pub fn with_headers(mut self, headers: FieldTable) -> Self {
-        self.properties.headers = Some(headers);
+        self.properties_mut().headers = Some(headers);
         self
     }
 
     /// Sets one header, creating the table if needed.
     #[must_use]
     pub fn with_header(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
-        self.properties.headers.get_or_insert_with(FieldTable::new).insert(key, value);
+        self.properties_mut().headers.get_or_insert_with(FieldTable::new).insert(key, value);
         self
     }
 
     /// Sets the delivery mode.
     #[must_use]
     pub fn with_delivery_mode(mut self, mode: DeliveryMode) -> Self {
-        self.properties.delivery_mode = Some(mode);
+        self.properties_mut().delivery_mode = Some(mode);
         self
     }
 
     /// Sets the priority.
     #[must_use]
     pub fn with_priority(mut self, priority: u8) -> Self {
-        self.properties.priority = Some(priority);
+        self.properties_mut().priority = Some(priority);
         self
     }
 
     /// Sets the per-message time to live (stored as AMQP's millisecond string).
     #[must_use]
     pub fn with_expiration(mut self, ttl: Duration) -> Self {
-        self.properties.expiration = Some(ttl.as_millis().to_string());
+        self.properties_mut().expiration = Some(ttl.as_millis().to_string());
         self
     }
 
@@ -206,7 +214,7 @@ impl Message {
     /// Sets the timestamp, in seconds since the Unix epoch.
     #[must_use]
     pub fn with_timestamp(mut self, seconds: u64) -> Self {
-        self.properties.timestamp = Some(seconds);
+        self.properties_mut().timestamp = Some(seconds);
         self
     }
 
@@ -227,5 +235,37 @@ impl Message {
         with_user_id => user_id,
         /// Sets the application id.
         with_app_id => app_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_properties_until_one_changes_them() {
+        let original = Message::new("body").with_header("region", "eu").with_message_id("m-1");
+        let mut copy = original.clone();
+        assert!(Arc::ptr_eq(&original.properties, &copy.properties));
+        assert_eq!(copy.body().as_ptr(), original.body().as_ptr());
+
+        copy.properties_mut().message_id = Some("m-2".into());
+        let copy = copy.with_header("region", "us");
+        assert!(!Arc::ptr_eq(&original.properties, &copy.properties));
+        assert_eq!(original.properties().message_id.as_deref(), Some("m-1"));
+        assert_eq!(original.header("region").and_then(FieldValue::as_str), Some("eu"));
+        assert_eq!(copy.properties().message_id.as_deref(), Some("m-2"));
+        assert_eq!(copy.header("region").and_then(FieldValue::as_str), Some("us"));
+    }
+
+    #[test]
+    fn into_parts_gives_back_the_properties_whether_shared_or_not() {
+        let message = Message::new("b").with_correlation_id("c");
+        let shared = message.clone();
+        let (properties, body) = message.into_parts();
+        assert_eq!(properties.correlation_id.as_deref(), Some("c"));
+        assert_eq!(body.as_ref(), b"b");
+        let (properties, _) = shared.into_parts();
+        assert_eq!(properties.correlation_id.as_deref(), Some("c"));
     }
 }

@@ -8,7 +8,7 @@
 //! id. Calls from many threads and tasks share one address per connection.
 //! The server side is [`Connection::serve`](crate::Connection::serve).
 
-use std::collections::HashMap;
+use crate::hash::FastHashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -182,7 +182,7 @@ impl TimerTarget for PendingCall {
 pub(crate) struct ReplyEndpoint {
     pub(crate) name: Arc<str>,
     broker: Weak<BrokerInner>,
-    pending: Mutex<HashMap<String, Arc<PendingCall>>>,
+    pending: Mutex<FastHashMap<String, Arc<PendingCall>>>,
     next_correlation: AtomicU64,
     late_replies: AtomicU64,
     closed: AtomicBool,
@@ -193,7 +193,7 @@ impl ReplyEndpoint {
         ReplyEndpoint {
             name: name.into(),
             broker,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(FastHashMap::default()),
             next_correlation: AtomicU64::new(1),
             late_replies: AtomicU64::new(0),
             closed: AtomicBool::new(false),

@@ -22,14 +22,12 @@
 //! Fanout sends one `Arc` into each channel, as the bus shares its envelope
 //! between queues.
 //!
-//! The bus publishes `pool.message(i)`, a clone of message `i % POOL` (the
-//! headers table copied — a few allocations — the body's refcount bumped),
-//! because `Connection::publish` takes the message by value: the bus figure
-//! includes that clone and its drop on the consumer thread, which is what a
-//! caller who keeps its message pays per publish. `direct.rs` and
-//! `raw_baseline.rs` also time that clone moved through the bare channel
-//! (`raw_channel_message_clone`, `pool_message_clone`), the floor the bus
-//! cannot beat with this API.
+//! The bus publishes `pool.message(i)`, a clone of message `i % POOL`:
+//! `Connection::publish` takes the message by value, and a `Message` clone
+//! is two refcount increments (its properties and its body are shared), no
+//! allocation. `direct.rs` and `raw_baseline.rs` also time that clone moved
+//! through the bare channel (`raw_channel_message_clone`,
+//! `pool_message_clone`): the floor for a caller who keeps its message.
 //!
 //! # Timing
 //!
@@ -254,8 +252,8 @@ pub fn bench_raw_1to1(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, pool
 
 /// The bus publisher's clone alone: `n` clones of pool messages (the clone
 /// the bus side publishes) moved from this thread to a consumer thread
-/// through one channel and dropped there: the floor for the bus while
-/// `publish` takes the message by value.
+/// through one channel and dropped there: the raw channel fed exactly what
+/// the bus is fed.
 pub fn bench_raw_clone_1to1(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, pool: &Pool, n: usize) {
     let raw = Raw::<Message>::new();
     group.bench_function(name, |b| {

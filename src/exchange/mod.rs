@@ -13,6 +13,7 @@ use std::fmt;
 use arc_swap::ArcSwap;
 
 use crate::field::FieldTable;
+use crate::hash::FastImblMap;
 use crate::queue::Queue;
 use crate::sync::{Arc, AtomicBool, Ordering};
 
@@ -131,7 +132,7 @@ pub(crate) enum Routes {
     Default,
     /// Persistent collections throughout: a binding change copies a path,
     /// not the table, so building n bindings costs O(n log n), not O(n²).
-    Direct(imbl::HashMap<Box<str>, Vec<Dest>>),
+    Direct(FastImblMap<Box<str>, Vec<Dest>>),
     Fanout(imbl::Vector<Dest>),
     Topic(TopicTrie<Dest>),
     Headers(imbl::Vector<(HeadersMatcher, Dest)>),
@@ -140,7 +141,7 @@ pub(crate) enum Routes {
 impl Routes {
     pub(crate) fn empty(kind: ExchangeKind) -> Self {
         match kind {
-            ExchangeKind::Direct => Routes::Direct(imbl::HashMap::new()),
+            ExchangeKind::Direct => Routes::Direct(FastImblMap::default()),
             ExchangeKind::Fanout => Routes::Fanout(imbl::Vector::new()),
             ExchangeKind::Topic => Routes::Topic(TopicTrie::new()),
             ExchangeKind::Headers => Routes::Headers(imbl::Vector::new()),

@@ -84,32 +84,68 @@ pub struct QueueStats {
 /// What a publish leaves in every queue it reaches: the message with its
 /// routing, shared by all those queues.
 ///
-/// The exchange name and routing key are copied into one allocation of the
-/// envelope's own rather than sharing the exchange's `Arc<str>`: a refcount
-/// shared by every publisher and consumer of an exchange would bounce its
-/// cache line between cores on every message.
+/// The exchange name and routing key are copied into the envelope rather
+/// than sharing the exchange's `Arc<str>`: a refcount shared by every
+/// publisher and consumer of an exchange would bounce its cache line between
+/// cores on every message. They are stored inline when short, so a publish
+/// makes one allocation (the envelope), not two.
 #[derive(Debug)]
 pub(crate) struct Envelope {
     /// `exchange` followed by `routing_key`.
-    names: Box<str>,
-    exchange_len: usize,
+    names: Names,
+    /// Names are at most 255 bytes (checked at declare and publish).
+    exchange_len: u8,
     pub(crate) message: Message,
+}
+
+/// Bytes of names stored inside the envelope; longer ones go to the heap.
+/// 46 keeps [`Names`] at 48 bytes, the size of its tag, length and buffer.
+const INLINE_NAMES: usize = 46;
+
+/// A string stored inline up to [`INLINE_NAMES`] bytes, else boxed.
+#[derive(Debug, Clone)]
+enum Names {
+    Inline { len: u8, bytes: [u8; INLINE_NAMES] },
+    Heap(Box<str>),
+}
+
+impl Names {
+    fn new(parts: [&str; 2]) -> Self {
+        let len = parts[0].len() + parts[1].len();
+        if len <= INLINE_NAMES {
+            let mut bytes = [0; INLINE_NAMES];
+            bytes[..parts[0].len()].copy_from_slice(parts[0].as_bytes());
+            bytes[parts[0].len()..len].copy_from_slice(parts[1].as_bytes());
+            Names::Inline { len: len as u8, bytes }
+        } else {
+            Names::Heap(parts.concat().into_boxed_str())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from two `str`s, so always UTF-8; the empty
+            // fallback is unreachable and only avoids a panic path.
+            Names::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Names::Heap(names) => names,
+        }
+    }
 }
 
 impl Envelope {
     pub(crate) fn new(exchange: &str, routing_key: &str, message: Message) -> Self {
-        let mut names = String::with_capacity(exchange.len() + routing_key.len());
-        names.push_str(exchange);
-        names.push_str(routing_key);
-        Envelope { names: names.into_boxed_str(), exchange_len: exchange.len(), message }
+        debug_assert!(exchange.len() <= usize::from(u8::MAX), "exchange names are checked at declare");
+        Envelope { names: Names::new([exchange, routing_key]), exchange_len: exchange.len() as u8, message }
     }
 
     pub(crate) fn exchange(&self) -> &str {
-        &self.names[..self.exchange_len]
+        &self.names.as_str()[..usize::from(self.exchange_len)]
     }
 
     pub(crate) fn routing_key(&self) -> &str {
-        &self.names[self.exchange_len..]
+        &self.names.as_str()[usize::from(self.exchange_len)..]
     }
 
     /// A copy for one queue whose message carries `x-delivery-count`.
@@ -1063,5 +1099,23 @@ mod tests {
             .map(|m| (m.envelope.message.body().clone(), m.redelivered))
             .collect();
         assert_eq!(order, [("a".into(), true), ("b".into(), true), ("c".into(), false)]);
+    }
+
+    #[test]
+    fn envelope_names_split_back_whether_inline_or_boxed() {
+        for (exchange, key) in [
+            ("", ""),
+            ("orders", "order.created"),
+            ("x".repeat(20).as_str(), "k".repeat(26).as_str()),
+            ("x".repeat(20).as_str(), "k".repeat(27).as_str()),
+            ("é".repeat(100).as_str(), "ключ.ü".repeat(20).as_str()),
+        ] {
+            let envelope = Envelope::new(exchange, key, Message::new("m"));
+            assert_eq!((envelope.exchange(), envelope.routing_key()), (exchange, key));
+            let inline = matches!(envelope.names, Names::Inline { .. });
+            assert_eq!(inline, exchange.len() + key.len() <= INLINE_NAMES, "{exchange}/{key}");
+            let copy = envelope.with_delivery_count(1);
+            assert_eq!((copy.exchange(), copy.routing_key()), (exchange, key));
+        }
     }
 }
