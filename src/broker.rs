@@ -29,7 +29,7 @@ use crate::exchange::{
     BindingInfo, Dest, Exchange, ExchangeKind, ExchangeOptions, Routes, compile_arguments,
 };
 use crate::field::FieldTable;
-use crate::hash::FastImblMap;
+use crate::hash::{FastHashSet, FastImblMap};
 use crate::message::Message;
 use crate::queue::{
     DeleteRefused, Enqueued, Envelope, PublishTiming, Queue, QueueContext, QueueOptions, QueueStats,
@@ -461,7 +461,7 @@ impl BrokerInner {
                 message: Box::new(message),
             });
         };
-        self.publish_to(&exchanges, start, routing_key, message, ttl, options)
+        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)
     }
 
     /// Publishes through a pre-resolved exchange (a `Publisher`).
@@ -479,7 +479,7 @@ impl BrokerInner {
                 message: Box::new(message),
             });
         }
-        self.publish_to(&self.exchanges.load(), start, routing_key, message, ttl, options)
+        self.publish_to(None, start, routing_key, message, ttl, options)
     }
 
     /// The checks every publish starts with; the message's own TTL.
@@ -513,7 +513,7 @@ impl BrokerInner {
     /// queue's own lock.
     fn publish_to(
         &self,
-        exchanges: &ExchangeMap,
+        exchanges: Option<&ExchangeMap>,
         start: &Exchange,
         routing_key: &str,
         mut message: Message,
@@ -534,7 +534,12 @@ impl BrokerInner {
             delay = Some(delay.unwrap_or_default().max(Duration::from_millis(ms.unsigned_abs())));
         }
         let envelope = Arc::new(Envelope::new(&start.name, routing_key, message));
-        let mut pass = RoutingPass::new(&envelope, PublishTiming::new(&self.options.clock, ttl, delay), &[]);
+        let mut pass = RoutingPass::new(
+            &envelope,
+            routing_key,
+            PublishTiming::new(&self.options.clock, ttl, delay),
+            &[],
+        );
         self.route(exchanges, start, &mut pass);
         let RoutingPass { enqueued, duplicates, rejected, letters, .. } = pass;
         if !letters.is_empty() {
@@ -579,9 +584,13 @@ impl BrokerInner {
         let exchanges = self.exchanges.load();
         let Some(start) = exchanges.get(dlx) else { return false };
         let envelope = Arc::new(Envelope::new(dlx, routing_key, message));
-        let mut pass =
-            RoutingPass::new(&envelope, PublishTiming::new(&self.options.clock, None, None), forbidden);
-        self.route(&exchanges, start, &mut pass);
+        let mut pass = RoutingPass::new(
+            &envelope,
+            routing_key,
+            PublishTiming::new(&self.options.clock, None, None),
+            forbidden,
+        );
+        self.route(Some(&exchanges), start, &mut pass);
         work.extend(pass.letters);
         pass.enqueued > 0
     }
@@ -590,7 +599,11 @@ impl BrokerInner {
     /// reached, once per queue. Each exchange is visited once, so cycles
     /// end. An exchange whose own bindings match nothing hands the message
     /// to its alternate exchange.
-    fn route(&self, exchanges: &ExchangeMap, start: &Exchange, pass: &mut RoutingPass<'_>) {
+    ///
+    /// `exchanges` is the snapshot the caller already holds, if any: the map
+    /// is only read for an alternate exchange, so a publish through a
+    /// `Publisher` does not load it.
+    fn route(&self, exchanges: Option<&ExchangeMap>, start: &Exchange, pass: &mut RoutingPass<'_>) {
         pass.seen_exchanges.insert(start.id);
         self.route_through(exchanges, start, pass);
         // Only exchange-to-exchange bindings and alternate exchanges fill
@@ -601,8 +614,13 @@ impl BrokerInner {
     }
 
     /// One exchange's step of a routing pass.
-    fn route_through(&self, exchanges: &ExchangeMap, exchange: &Exchange, pass: &mut RoutingPass<'_>) {
-        let key = pass.envelope.routing_key();
+    fn route_through(
+        &self,
+        exchanges: Option<&ExchangeMap>,
+        exchange: &Exchange,
+        pass: &mut RoutingPass<'_>,
+    ) {
+        let key = pass.routing_key;
         let mut matched = false;
         if exchange.is_default() {
             if let Some(queue) = self.queues.load().get(key) {
@@ -625,11 +643,14 @@ impl BrokerInner {
                 }
             });
         }
-        if !matched
-            && let Some(alternate) =
-                exchange.options.alternate_exchange.as_deref().and_then(|ae| exchanges.get(ae))
-        {
-            pass.visit(alternate);
+        if !matched && let Some(name) = exchange.options.alternate_exchange.as_deref() {
+            let alternate = match exchanges {
+                Some(map) => map.get(name).cloned(),
+                None => self.exchanges.load().get(name).cloned(),
+            };
+            if let Some(alternate) = alternate {
+                pass.visit(&alternate);
+            }
         }
     }
 
@@ -1043,11 +1064,14 @@ impl Drop for BrokerInner {
 /// The state of routing one message: where it went and what is left.
 struct RoutingPass<'a> {
     envelope: &'a Arc<Envelope>,
+    /// The envelope's routing key, kept as the publisher's `&str`: reading
+    /// it back from the envelope would re-check its UTF-8 at every exchange.
+    routing_key: &'a str,
     timing: PublishTiming<'a>,
     /// Queues a dead letter must not reach (a cycle).
     forbidden: &'a [String],
-    seen_queues: SeenSet<64>,
-    seen_exchanges: SeenSet<8>,
+    seen_queues: SeenSet<16>,
+    seen_exchanges: SeenSet<4>,
     pending: Vec<Arc<Exchange>>,
     enqueued: usize,
     duplicates: usize,
@@ -1058,9 +1082,15 @@ struct RoutingPass<'a> {
 }
 
 impl<'a> RoutingPass<'a> {
-    fn new(envelope: &'a Arc<Envelope>, timing: PublishTiming<'a>, forbidden: &'a [String]) -> Self {
+    fn new(
+        envelope: &'a Arc<Envelope>,
+        routing_key: &'a str,
+        timing: PublishTiming<'a>,
+        forbidden: &'a [String],
+    ) -> Self {
         RoutingPass {
             envelope,
+            routing_key,
             timing,
             forbidden,
             seen_queues: SeenSet::new(),
@@ -1106,13 +1136,21 @@ fn parse_expiration(value: &str) -> Option<Duration> {
     value.parse::<u64>().ok().map(Duration::from_millis)
 }
 
-/// A set of ids for one routing pass: inline (no allocation) while it holds
-/// at most `N`, the usual case; a hash set beyond. Queues get 64 slots (a
-/// topic key reaching a few dozen queues must not allocate), exchanges 8.
+/// A set of ids for one routing pass: inline while it holds at most `N`,
+/// the usual case; beyond, a vector borrowed from a per-thread spare, so a
+/// topic key reaching dozens of queues does not allocate either (after the
+/// thread's first such publish). Small `N` because a publish initialises
+/// the inline array: 64 slots cost a 512-byte memset on every publish.
 struct SeenSet<const N: usize> {
     len: usize,
     inline: [u64; N],
-    spilled: Option<HashSet<u64>>,
+    /// Every id, once more than `N` were seen.
+    spilled: Option<FastHashSet<u64>>,
+}
+
+thread_local! {
+    /// The spare vector for [`SeenSet`]s that outgrow their inline array.
+    static SPARE_IDS: std::cell::Cell<Option<FastHashSet<u64>>> = const { std::cell::Cell::new(None) };
 }
 
 impl<const N: usize> SeenSet<N> {
@@ -1129,7 +1167,9 @@ impl<const N: usize> SeenSet<N> {
             return false;
         }
         if self.len == N {
-            let mut spilled: HashSet<u64> = self.inline.iter().copied().collect();
+            let mut spilled = SPARE_IDS.take().unwrap_or_default();
+            spilled.clear();
+            spilled.extend(self.inline);
             spilled.insert(id);
             self.spilled = Some(spilled);
         } else {
@@ -1137,6 +1177,15 @@ impl<const N: usize> SeenSet<N> {
             self.len += 1;
         }
         true
+    }
+}
+
+impl<const N: usize> Drop for SeenSet<N> {
+    fn drop(&mut self) {
+        if let Some(spilled) = self.spilled.take() {
+            // `try_with`: during thread teardown the spare may be gone.
+            let _ = SPARE_IDS.try_with(|spare| spare.set(Some(spilled)));
+        }
     }
 }
 

@@ -13,6 +13,9 @@ pub(crate) type FastState = foldhash::fast::RandomState;
 /// A `std` hash map with [`FastState`].
 pub(crate) type FastHashMap<K, V> = std::collections::HashMap<K, V, FastState>;
 
+/// A `std` hash set with [`FastState`].
+pub(crate) type FastHashSet<T> = std::collections::HashSet<T, FastState>;
+
 /// A persistent (`imbl`) hash map with [`FastState`]: the broker's
 /// snapshot maps, read by every publish.
 pub(crate) type FastImblMap<K, V> = imbl::GenericHashMap<K, V, FastState, imbl::shared_ptr::DefaultSharedPtr>;

@@ -76,10 +76,17 @@ pub struct Properties {
 pub struct Message {
     properties: Arc<Properties>,
     body: Bytes,
-    /// How long the message stays invisible in the queues it reaches: an
-    /// instruction to the broker, consumed at publish (never delivered).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    delay: Option<Duration>,
+    /// How long the message stays invisible in the queues it reaches, in
+    /// nanoseconds, 0 for none: an instruction to the broker, consumed at
+    /// publish (never delivered). A `u64` rather than an `Option<Duration>`
+    /// keeps `Message` at 48 bytes, and every queued message's envelope in
+    /// a smaller allocation class.
+    #[serde(default, skip_serializing_if = "is_zero", rename = "delay_nanos")]
+    delay: u64,
+}
+
+fn is_zero(nanos: &u64) -> bool {
+    *nanos == 0
 }
 
 macro_rules! string_property {
@@ -96,12 +103,12 @@ macro_rules! string_property {
 impl Message {
     /// A message with `body` and no properties.
     pub fn new(body: impl Into<Bytes>) -> Self {
-        Message { properties: Arc::default(), body: body.into(), delay: None }
+        Message { properties: Arc::default(), body: body.into(), delay: 0 }
     }
 
     /// A message with `body` and `properties`.
     pub fn with_properties(body: impl Into<Bytes>, properties: Properties) -> Self {
-        Message { properties: Arc::new(properties), body: body.into(), delay: None }
+        Message { properties: Arc::new(properties), body: body.into(), delay: 0 }
     }
 
     /// The body.
@@ -192,23 +199,27 @@ impl Message {
     /// ```
     #[must_use]
     pub fn with_delay(mut self, delay: Duration) -> Self {
-        self.delay = Some(delay);
+        // Saturates at ~584 years.
+        self.delay = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         self
     }
 
-    /// The delay set by [`with_delay`](Self::with_delay), if any.
+    /// The delay set by [`with_delay`](Self::with_delay), if any (a zero
+    /// delay is none).
     pub fn delay(&self) -> Option<Duration> {
-        self.delay
+        (self.delay > 0).then(|| Duration::from_nanos(self.delay))
     }
 
     /// Takes the delay out: the broker consumes it at publish.
     pub(crate) fn take_delay(&mut self) -> Option<Duration> {
-        self.delay.take()
+        let delay = self.delay();
+        self.delay = 0;
+        delay
     }
 
     /// Drops the delay.
     pub(crate) fn clear_delay(&mut self) {
-        self.delay = None;
+        self.delay = 0;
     }
 
     /// Sets the timestamp, in seconds since the Unix epoch.
