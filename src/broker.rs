@@ -56,11 +56,19 @@ pub struct BrokerOptions {
     /// The clock every time-based policy reads: the system clock by
     /// default, a [`ManualClock`](crate::ManualClock) in tests.
     pub clock: Clock,
+    /// Whether queues keep message statistics ([`QueueStats::message_stats`]):
+    /// counts of messages published, delivered, fetched, redelivered and
+    /// acknowledged. On by default, as with RabbitMQ's management plugin;
+    /// the cost of keeping them is measured in the benchmarks (README,
+    /// "Benchmarks") and is within a few percent.
+    ///
+    /// [`QueueStats::message_stats`]: crate::QueueStats::message_stats
+    pub statistics: bool,
 }
 
 impl Default for BrokerOptions {
     fn default() -> Self {
-        BrokerOptions { max_message_size: 128 << 20, clock: Clock::system() }
+        BrokerOptions { max_message_size: 128 << 20, clock: Clock::system(), statistics: true }
     }
 }
 
@@ -800,6 +808,7 @@ impl BrokerInner {
         let owner = options.exclusive.then_some(conn);
         let options = QueueOptions { passive: false, ..options };
         let context = QueueContext {
+            statistics: self.options.statistics,
             clock: self.options.clock.clone(),
             timers: Arc::clone(&self.timers),
             broker: Weak::clone(&self.me),

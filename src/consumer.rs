@@ -261,7 +261,10 @@ impl ConsumerShared {
             }
         };
         match how {
-            Settlement::Ack => self.queue.release_credit(self, 1),
+            Settlement::Ack => {
+                self.queue.count_ack();
+                self.queue.release_credit(self, 1);
+            }
             Settlement::Discard => {
                 self.queue.discard(msg);
                 self.queue.release_credit(self, 1);

@@ -103,7 +103,7 @@ pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
 pub use field::{FieldTable, FieldValue};
 pub use idempotency::{ProcessError, Processed, ProcessedIds};
 pub use message::{DeliveryMode, Message, Properties};
-pub use queue::{DeduplicationWindow, Overflow, QueueOptions, QueueStats};
+pub use queue::{DeduplicationWindow, MessageStats, Overflow, QueueOptions, QueueStats};
 pub use rpc::{Call, CallError, DIRECT_REPLY_TO, RpcStats};
 pub use worker::{AsyncWorker, OnError, StopHandle, Worker, WorkerOptions, WorkerReport};
 

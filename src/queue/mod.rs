@@ -79,6 +79,29 @@ pub struct QueueStats {
     pub publishes_rejected: u64,
     /// Publishes refused as duplicates by the deduplication window.
     pub duplicates_refused: u64,
+    /// Message rates' counters (RabbitMQ's `message_stats`), or `None` when
+    /// the broker runs with [`BrokerOptions::statistics`](crate::BrokerOptions::statistics)
+    /// off.
+    pub message_stats: Option<MessageStats>,
+}
+
+/// How many messages went through a queue since it was declared: the
+/// counters behind RabbitMQ's `message_stats` rates. Kept only while
+/// [`BrokerOptions::statistics`](crate::BrokerOptions::statistics) is on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageStats {
+    /// Publishes the queue accepted (delayed ones included; duplicates and
+    /// rejected publishes excluded).
+    pub published: u64,
+    /// Messages sent to consumers (RabbitMQ's `deliver` + `deliver_no_ack`).
+    pub delivered: u64,
+    /// Messages taken by `get` (RabbitMQ's `get` + `get_no_ack`).
+    pub fetched: u64,
+    /// Of the delivered and fetched: those delivered before (RabbitMQ's `redeliver`).
+    pub redelivered: u64,
+    /// Deliveries acknowledged explicitly (auto-ack deliveries are not).
+    pub acknowledged: u64,
 }
 
 /// What a publish leaves in every queue it reaches: the message with its
@@ -275,12 +298,19 @@ struct QueueState {
     timer_at: Option<Instant>,
     /// Messages to dead-letter once the lock is released.
     letters: Vec<(QueuedMessage, DeathReason)>,
+    /// The counters kept under the lock (all but `acknowledged`), if
+    /// statistics are on.
+    counts: Option<MessageStats>,
 }
 
 /// Monotonic counters, updated without the queue lock.
 #[derive(Debug, Default)]
 struct Figures {
     expired: AtomicU64,
+    /// Bumped by the threads that ack (never by publishers), only with
+    /// statistics on: counted here rather than under the queue lock, which
+    /// an ack does not otherwise take.
+    acknowledged: AtomicU64,
     dead_lettered: [AtomicU64; 4],
     dropped: [AtomicU64; 4],
     dead_letter_failures: AtomicU64,
@@ -329,6 +359,8 @@ pub(crate) enum Settlement {
 /// What a queue shares with its broker.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueContext {
+    /// Whether to keep [`MessageStats`].
+    pub(crate) statistics: bool,
     pub(crate) clock: Clock,
     pub(crate) timers: Arc<Timers>,
     pub(crate) broker: Weak<BrokerInner>,
@@ -365,6 +397,7 @@ impl Queue {
         context: QueueContext,
     ) -> Arc<Self> {
         let last_used = policy.expires.map(|_| context.clock.now());
+        let statistics = context.statistics;
         let recent_ids = policy.deduplication_window.map(RecentIds::new);
         let queue = Arc::new_cyclic(|me| Queue {
             name,
@@ -390,6 +423,7 @@ impl Queue {
                 recent_ids,
                 timer_at: None,
                 letters: Vec::new(),
+                counts: statistics.then(MessageStats::default),
             }),
         });
         if queue.policy.expires.is_some() {
@@ -495,6 +529,9 @@ impl Queue {
         if let (Some(recent), Some(id)) = (&mut state.recent_ids, message_id) {
             let now = recent.timed().then(|| timing.now.get());
             recent.record(id, now);
+        }
+        if let Some(counts) = &mut state.counts {
+            counts.published += 1;
         }
         self.reschedule(state);
         Enqueued::Accepted
@@ -728,12 +765,22 @@ impl Queue {
         }
     }
 
+    /// Counts an explicit ack, if statistics are on.
+    pub(crate) fn count_ack(&self) {
+        if self.context.statistics {
+            bump(&self.figures.acknowledged);
+        }
+    }
+
     /// Settles a delivery taken by `get`.
     pub(crate) fn settle_get(&self, msg: QueuedMessage, how: Settlement) {
         match how {
             Settlement::Requeue => self.requeue([msg], None, true),
             Settlement::RequeueAfter(delay) => self.requeue_after(msg, delay, None),
-            Settlement::Ack => self.state.lock().get_unacked -= 1,
+            Settlement::Ack => {
+                self.state.lock().get_unacked -= 1;
+                self.count_ack();
+            }
             Settlement::Discard => {
                 self.state.lock().get_unacked -= 1;
                 self.discard(msg);
@@ -764,6 +811,10 @@ impl Queue {
             let msg = state.ready.pop_first();
             if msg.is_some() && track {
                 state.get_unacked += 1;
+            }
+            if let (Some(counts), Some(msg)) = (&mut state.counts, &msg) {
+                counts.fetched += 1;
+                counts.redelivered += u64::from(msg.redelivered);
             }
             Ok(msg)
         })
@@ -865,7 +916,7 @@ impl Queue {
     }
 
     pub(crate) fn stats(&self) -> QueueStats {
-        let (ready, delayed, unacked, consumers) = self.with_state(|state, now| {
+        let (ready, delayed, unacked, consumers, counts) = self.with_state(|state, now| {
             state.catch_up(self, now);
             state.dispatch(self, now);
             state.detached.retain(|c| c.in_flight.load(Ordering::Acquire) > 0);
@@ -876,7 +927,14 @@ impl Queue {
                 .chain(state.detached.iter())
                 .map(|c| c.in_flight.load(Ordering::Acquire) as usize)
                 .sum();
-            (state.ready.len(), state.delayed.len(), in_flight + state.get_unacked, state.consumers.len())
+            let counts = state.counts;
+            (
+                state.ready.len(),
+                state.delayed.len(),
+                in_flight + state.get_unacked,
+                state.consumers.len(),
+                counts,
+            )
         });
         let figures = &self.figures;
         QueueStats {
@@ -891,6 +949,10 @@ impl Queue {
             dead_letter_failures: figures.dead_letter_failures.load(Ordering::Relaxed),
             publishes_rejected: figures.publishes_rejected.load(Ordering::Relaxed),
             duplicates_refused: figures.duplicates_refused.load(Ordering::Relaxed),
+            message_stats: counts.map(|counts| MessageStats {
+                acknowledged: figures.acknowledged.load(Ordering::Relaxed),
+                ..counts
+            }),
         }
     }
 
@@ -963,9 +1025,14 @@ impl QueueState {
     fn send_to(&mut self, index: usize, msg: QueuedMessage) -> Result<(), QueuedMessage> {
         let slot = &self.consumers[index];
         slot.consumer.in_flight.fetch_add(1, Ordering::AcqRel);
+        let redelivered = msg.redelivered;
         match slot.inbox.send(msg) {
             Ok(()) => {
                 slot.consumer.wake();
+                if let Some(counts) = &mut self.counts {
+                    counts.delivered += 1;
+                    counts.redelivered += u64::from(redelivered);
+                }
                 self.cursor = (index + 1) % self.consumers.len();
                 Ok(())
             }
@@ -1060,7 +1127,7 @@ mod tests {
 
     fn context() -> QueueContext {
         let clock = Clock::system();
-        QueueContext { timers: Timers::new(clock.clone()), clock, broker: Weak::new() }
+        QueueContext { statistics: true, timers: Timers::new(clock.clone()), clock, broker: Weak::new() }
     }
 
     fn queue() -> Arc<Queue> {
