@@ -30,6 +30,15 @@
 //!   min–max of those ratios (core placement on a small VM moves raw
 //!   throughput by ±30%, a pair moves together). One short unmeasured pair
 //!   warms each case up.
+//! * **statistics** pairs the bus with itself: direct-manual's bus (manual
+//!   acks at prefetch 1,000, where statistics count the most: a publish, a
+//!   delivery and an ack per message) on a broker with
+//!   `BrokerOptions::statistics` off, as the baseline, beside the same on a
+//!   second broker with it on, so its ratio is the throughput with
+//!   statistics ÷ without (the performance target is ≥ 0.95). Odd reps run
+//!   off then on, even reps on then off, so that an advantage of running
+//!   first or second cancels in the median; a note gives the median of
+//!   each order apart.
 //! * **Throughput** runs from the moment every thread is released to the
 //!   last delivery (or, publish-only, the last publish; the queues are
 //!   emptied between timed batches, outside the time). **Latency** is
@@ -42,24 +51,32 @@
 //! * **Correctness.** Every run checks that every message published was
 //!   received — counted per queue, and checked against what `publish` said
 //!   it routed — so a broken bus cannot look fast; a run that stops making
-//!   progress for 10 s fails (exit code 1).
+//!   progress for 10 s fails (exit code 1). direct, direct-manual, headers
+//!   and statistics also check the queue's `message_stats`: moved by exactly
+//!   the run's publishes, deliveries and acks when statistics are on, `None`
+//!   when off (a counter that skips work must not look cheap).
 //!
 //! # Reading the output
 //!
 //! `bus÷raw` is the bus's throughput as a fraction of the raw channel's in
-//! the same rep: 1.0 means the bus costs no more than cloning (and sampling) and
-//! sending the message through a bare channel; 0.5 means it moves half as
-//! many. Read the ratio, not the absolute figures, across machines; a wide
-//! min–max means a noisy machine (other processes on the cores), so rerun
-//! with more `--reps`. The notes under the table give what does not fit a
-//! column: the raw channel's own latency and memory, how many queues a topic
-//! key reaches and how much faster than a linear scan the bus routes it, the
-//! two-publisher scaling factor (2.0 = publishing does not serialise), and
-//! fill-drain's bytes per queued message (RSS growth ÷ N: in total, beyond
-//! the body and the headers' keys and values, and beyond what the same
-//! messages cost queued in a raw channel). `--json` prints the same figures,
-//! one object per scenario with a `results` array (one entry per table line),
-//! plus the per-rep throughputs, for tracking over time.
+//! the same rep: 1.0 means the bus costs no more than cloning (and sampling)
+//! and sending the message through a bare channel; 0.5 means it moves half as
+//! many. In statistics the `raw` column is the bus without statistics and the
+//! `bus` column the bus with them (a line under the heading says so), so 1.0
+//! means statistics are free. Read the ratio, not the absolute figures,
+//! across machines; a wide min–max means a noisy machine (other processes on
+//! the cores), so rerun with more `--reps`. The notes under the table give
+//! what does not fit a column: the raw channel's own latency and memory, how
+//! many queues a topic key reaches and how much faster than a linear scan the
+//! bus routes it, the two-publisher scaling factor (2.0 = publishing does not
+//! serialise), and fill-drain's bytes per queued message (RSS growth ÷ N: in
+//! total, beyond the body and the headers' keys and values, and beyond what
+//! the same messages cost queued in a raw channel). `--json` prints the same
+//! figures, one object per scenario with a `results` array (one entry per
+//! table line), plus the per-rep throughputs, for tracking over time; each
+//! entry names its `baseline` and `measured` sides (`raw_*` and `bus_*`
+//! figures), and statistics adds its ratios by order
+//! (`ratio_median_off_first`, …).
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
@@ -74,8 +91,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError as ChannelEmpty, bounded, unbounded};
 use interoffice::{
-    Broker, Connection, ConsumeOptions, Consumer, Delivery, ExchangeKind, ExchangeOptions, FieldTable,
-    FieldValue, Message, QueueOptions, TryRecvError, WorkerOptions,
+    Broker, BrokerOptions, Connection, ConsumeOptions, Consumer, Delivery, ExchangeKind, ExchangeOptions,
+    FieldTable, FieldValue, Message, MessageStats, QueueOptions, TryRecvError, WorkerOptions,
 };
 
 const USAGE: &str = "\
@@ -94,6 +111,9 @@ scenarios (default: all of them, in this order):
   two-publishers  P publishers (default 2) each to its own queue, beside 1 publisher:
                   does routing serialise? (publish-only; reports the scaling factor)
   rpc             round trips, Connection::call -> Connection::serve
+  statistics      the cost of statistics: direct-manual's bus (default 1 -> 1) on a broker
+                  with BrokerOptions::statistics off, beside it on; ratio on / off (target
+                  >= 0.95); odd reps run off then on, even reps on then off
   fill-drain      fill one queue with N messages (default 1,000,000), then drain it:
                   memory per queued message
 
@@ -101,16 +121,18 @@ options:
   --messages N    messages per run (default 200,000; rpc 20,000; fill-drain 1,000,000)
   --producers P   publisher threads (default 1; two-publishers 2, and at least 2)
   --consumers C   consumer threads (default 1): competing consumers of the one queue in
-                  direct, direct-manual and headers; threads sharing the queues in fanout
-                  and topic (not used by two-publishers, rpc, fill-drain)
+                  direct, direct-manual, headers and statistics; threads sharing the queues
+                  in fanout and topic (not used by two-publishers, rpc, fill-drain)
   --bindings B    fanout: queues; topic: patterns; headers: bindings (others: not used)
-  --reps R        paired repetitions, raw channel then bus (default 5)
+  --reps R        paired repetitions, raw channel then bus (default 5; statistics: bus
+                  without then with statistics, or with then without, in turn)
   --json          print one JSON object per scenario (a line each) instead of the table
   -h, --help      print this text
 
 The table: throughput (median of the reps) of the raw channel and of the bus, the ratio
 bus / raw (median, and min-max of the paired reps), publish -> delivery latency of the bus
-under full load (p50, p99, p999; rpc: the round trip), and the bus's peak RSS.
+under full load (p50, p99, p999; rpc: the round trip), and the bus's peak RSS. For
+statistics the raw column is the bus with statistics off, the bus column with them on.
 ";
 
 /// Distinct messages in the pool.
@@ -163,11 +185,12 @@ enum Scenario {
     Headers,
     TwoPublishers,
     Rpc,
+    Statistics,
     FillDrain,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 9] = [
         Scenario::Direct,
         Scenario::DirectManual,
         Scenario::Fanout,
@@ -175,6 +198,7 @@ impl Scenario {
         Scenario::Headers,
         Scenario::TwoPublishers,
         Scenario::Rpc,
+        Scenario::Statistics,
         Scenario::FillDrain,
     ];
 
@@ -187,6 +211,7 @@ impl Scenario {
             Scenario::Headers => "headers",
             Scenario::TwoPublishers => "two-publishers",
             Scenario::Rpc => "rpc",
+            Scenario::Statistics => "statistics",
             Scenario::FillDrain => "fill-drain",
         }
     }
@@ -799,6 +824,9 @@ fn check_empty(broker: &Broker, queues: &[String]) {
 // ---------------------------------------------------------------------------
 // Results
 
+/// What a row's baseline is unless said otherwise.
+const RAW_BASELINE: &str = "raw channel";
+
 /// One line of the table: a case measured in paired reps.
 struct Row {
     scenario: &'static str,
@@ -808,6 +836,12 @@ struct Row {
     producers: usize,
     consumers: usize,
     bindings: Option<usize>,
+    /// What the `raw` figures measure: the raw channel, except in statistics.
+    baseline: &'static str,
+    /// What the `bus` figures measure.
+    measured: &'static str,
+    /// What the columns mean when not raw and bus, said under the table's heading.
+    legend: Option<String>,
     raw: Vec<f64>,
     bus: Vec<f64>,
     raw_hist: Option<Histogram>,
@@ -830,6 +864,9 @@ impl Row {
             producers: 1,
             consumers: 1,
             bindings: None,
+            baseline: RAW_BASELINE,
+            measured: "bus",
+            legend: None,
             raw: Vec::new(),
             bus: Vec::new(),
             raw_hist: None,
@@ -933,6 +970,11 @@ fn print_table(rows: &[Row], config: &Config) {
     );
     println!("throughput: median of the reps; bus÷raw: median (min–max) of the paired ratios");
     println!("latency: the bus's publish → delivery under full load, queueing included (rpc: round trip)");
+    for row in rows {
+        if let Some(legend) = &row.legend {
+            println!("{}: {legend}", row.case);
+        }
+    }
     println!();
     let label = |row: &Row| {
         if row.unit == "msg" { row.case.clone() } else { format!("{} ({})", row.case, row.unit) }
@@ -973,11 +1015,11 @@ fn print_table(rows: &[Row], config: &Config) {
                     fmt_ns(h.quantile(0.999))
                 )
             });
-            notes.push(format!(
-                "raw channel {}peak RSS {}",
-                latency.unwrap_or_default(),
-                fmt_mem(row.raw_mem)
-            ));
+            let baseline = match row.baseline {
+                RAW_BASELINE => format!("{RAW_BASELINE} "),
+                other => format!("{other}: "),
+            };
+            notes.push(format!("{baseline}{}peak RSS {}", latency.unwrap_or_default(), fmt_mem(row.raw_mem)));
             notes.into_iter().map(move |n| format!("  {}: {n}", row.case))
         })
         .collect();
@@ -1075,7 +1117,8 @@ fn json_row(row: &Row) -> String {
     let _ = write!(
         o,
         "\"case\":{},\"unit\":{},\"messages\":{},\"producers\":{},\"consumers\":{},\"bindings\":{},\
-         \"raw_per_sec\":{},\"bus_per_sec\":{},\"raw_per_sec_reps\":{},\"bus_per_sec_reps\":{},\
+         \"baseline\":{},\"measured\":{},\"raw_per_sec\":{},\"bus_per_sec\":{},\
+         \"raw_per_sec_reps\":{},\"bus_per_sec_reps\":{},\
          \"ratio_median\":{},\"ratio_min\":{},\"ratio_max\":{},\"latency_ns\":{},\"raw_latency_ns\":{},\
          \"memory\":{},\"raw_memory\":{}",
         json_str(&row.case),
@@ -1084,6 +1127,8 @@ fn json_row(row: &Row) -> String {
         row.producers,
         row.consumers,
         json_opt(row.bindings.map(|b| b as u64)),
+        json_str(row.baseline),
+        json_str(row.measured),
         json_num(median(&row.raw)),
         json_num(median(&row.bus)),
         json_list(&row.raw),
@@ -1137,6 +1182,31 @@ fn topology() -> (Broker, Connection) {
     (broker, conn)
 }
 
+/// One queue behind an exchange, on a broker of its own, with the
+/// connections that publish to it and consume from it: the bus side of
+/// direct, direct-manual and headers, both sides of statistics.
+struct SingleQueue {
+    broker: Broker,
+    /// Whether `broker` keeps message statistics.
+    statistics: bool,
+    queue: String,
+    exchange: &'static str,
+    options: ConsumeOptions,
+    /// headers: the bindings (others: `None`).
+    bindings: Option<usize>,
+    /// The pool messages that route to the queue.
+    usable: Vec<usize>,
+    publishers: Vec<Connection>,
+    consumer_conn: Connection,
+}
+
+impl SingleQueue {
+    fn message_stats(&self) -> Option<MessageStats> {
+        let stats = self.broker.queue_stats(&self.queue);
+        stats.unwrap_or_else(|| fatal(format_args!("queue {} is gone", self.queue))).message_stats
+    }
+}
+
 fn or_fail<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) -> T {
     result.unwrap_or_else(|e| fatal(format_args!("{what}: {e}")))
 }
@@ -1178,6 +1248,7 @@ impl Bench {
             Scenario::Topic => self.topic(),
             Scenario::TwoPublishers => self.two_publishers(),
             Scenario::Rpc => vec![self.rpc()],
+            Scenario::Statistics => vec![self.statistics()],
             Scenario::FillDrain => self.fill_drain(),
         }
     }
@@ -1186,9 +1257,6 @@ impl Bench {
     fn single_queue(&self, scenario: Scenario) -> Row {
         let (np, nc) = (self.config.producers.unwrap_or(1), self.config.consumers.unwrap_or(1));
         let n = self.messages(200_000);
-        let (broker, conn) = topology();
-        let queue = "bench.queue".to_owned();
-        or_fail("declare queue", conn.declare_queue(&queue, QueueOptions::default()));
         let (exchange, kind, options, case) = match scenario {
             Scenario::Direct => (
                 "bench.direct",
@@ -1212,44 +1280,8 @@ impl Bench {
                 )
             }
         };
-        or_fail("declare exchange", conn.declare_exchange(exchange, kind, ExchangeOptions::default()));
-        let bindings = if kind == ExchangeKind::Headers {
-            // Binding j matches region-j (x-match all); past the pool's regions they never match.
-            let b = self.config.bindings.unwrap_or(100);
-            for j in 0..b {
-                let args = FieldTable::from([
-                    ("x-match", FieldValue::from("all")),
-                    (REGION, FieldValue::String(format!("region-{j}"))),
-                ]);
-                or_fail("bind", conn.bind_queue(&queue, exchange, "", args));
-            }
-            Some(b)
-        } else {
-            for s in &self.pool {
-                or_fail("bind", conn.bind_queue(&queue, exchange, &s.key, FieldTable::new()));
-            }
-            None
-        };
-        // The messages that route (with fewer than 100 headers bindings, not all do).
-        let usable: Vec<usize> = (0..self.pool.len())
-            .filter(|&i| {
-                let routed = or_fail(
-                    "publish",
-                    conn.publish(exchange, &self.pool[i].key, self.pool[i].message.clone()),
-                );
-                routed.queues() == 1
-            })
-            .collect();
-        or_fail("purge", conn.purge_queue(&queue));
-        if usable.is_empty() {
-            fatal(format_args!("{case}: no pool message routes to the queue"));
-        }
-        let manual = !options.auto_ack;
-        let publishers: Vec<Connection> = (0..np).map(|_| broker.connect()).collect();
-        let consumer_conn = broker.connect();
-        let epoch = self.epoch;
-        let pool = &self.pool;
-        let usable = &usable;
+        let setup = self.single_queue_setup(BrokerOptions::default(), exchange, kind, options, np, &case);
+        let (epoch, pool, usable) = (self.epoch, &self.pool, &setup.usable);
 
         let raw = |n: u64| {
             let (tx, rx) = bounded::<RawMessage>(RAW_CAPACITY);
@@ -1289,57 +1321,221 @@ impl Bench {
             check("raw messages received", out.received, n);
             out
         };
-
-        let bus = |n: u64| {
-            let consumers: Vec<Consumer> =
-                (0..nc).map(|_| or_fail("consume", consumer_conn.consume(&queue, options.clone()))).collect();
-            let producers: Vec<ProducerJob> = publishers
-                .iter()
-                .enumerate()
-                .map(|(p, conn)| {
-                    let (mine, count) = (part(usable, p, np), share(n, p, np));
-                    Box::new(move |slot: &Slot| {
-                        let mut routed = 0;
-                        for (k, &i) in mine.iter().cycle().take(count as usize).enumerate() {
-                            let s = &pool[i];
-                            routed += or_fail("publish", conn.publish(exchange, &s.key, stamped(s, epoch)))
-                                .queues();
-                            if k % 1024 == 0 {
-                                slot.set(k as u64);
-                            }
-                        }
-                        Produced { routed: routed as u64, busy: None }
-                    }) as ProducerJob
-                })
-                .collect();
-            let jobs: Vec<ConsumerJob> = consumers
-                .iter()
-                .map(|c| {
-                    Box::new(move |slot: &Slot| {
-                        let mut r = Received::new();
-                        while let Ok(d) = c.recv() {
-                            r.record(d.message(), epoch);
-                            if manual {
-                                or_fail("ack", d.ack());
-                            }
-                            slot.set(r.count);
-                        }
-                        r
-                    }) as ConsumerJob
-                })
-                .collect();
-            let out = run_threads(&self.progress, n, producers, jobs, &|| {
-                consumers.iter().for_each(Consumer::cancel)
-            });
-            check("bus messages routed", out.routed, n);
-            check("bus messages received", out.received, n);
-            check_empty(&broker, std::slice::from_ref(&queue));
-            out
-        };
+        let bus = |n: u64| self.single_queue_bus(&setup, nc, n);
 
         let mut row = Row::new(scenario, case.clone(), "msg", n);
-        (row.producers, row.consumers, row.bindings) = (np, nc, bindings);
+        (row.producers, row.consumers, row.bindings) = (np, nc, setup.bindings);
         self.paired(&case, n, raw, bus, |r, b, n| row.pair(r, b, n, true));
+        row
+    }
+
+    /// One queue behind `exchange` (every pool key bound to it; headers: B
+    /// bindings on `region`), on a broker of its own with `broker_options`.
+    fn single_queue_setup(
+        &self,
+        broker_options: BrokerOptions,
+        exchange: &'static str,
+        kind: ExchangeKind,
+        options: ConsumeOptions,
+        np: usize,
+        case: &str,
+    ) -> SingleQueue {
+        let statistics = broker_options.statistics;
+        let broker = Broker::with_options(broker_options);
+        let conn = broker.connect();
+        let queue = "bench.queue".to_owned();
+        or_fail("declare queue", conn.declare_queue(&queue, QueueOptions::default()));
+        or_fail("declare exchange", conn.declare_exchange(exchange, kind, ExchangeOptions::default()));
+        let bindings = if kind == ExchangeKind::Headers {
+            // Binding j matches region-j (x-match all); past the pool's regions they never match.
+            let b = self.config.bindings.unwrap_or(100);
+            for j in 0..b {
+                let args = FieldTable::from([
+                    ("x-match", FieldValue::from("all")),
+                    (REGION, FieldValue::String(format!("region-{j}"))),
+                ]);
+                or_fail("bind", conn.bind_queue(&queue, exchange, "", args));
+            }
+            Some(b)
+        } else {
+            for s in &self.pool {
+                or_fail("bind", conn.bind_queue(&queue, exchange, &s.key, FieldTable::new()));
+            }
+            None
+        };
+        // The messages that route (with fewer than 100 headers bindings, not all do).
+        let usable: Vec<usize> = (0..self.pool.len())
+            .filter(|&i| {
+                let routed = or_fail(
+                    "publish",
+                    conn.publish(exchange, &self.pool[i].key, self.pool[i].message.clone()),
+                );
+                routed.queues() == 1
+            })
+            .collect();
+        or_fail("purge", conn.purge_queue(&queue));
+        if usable.is_empty() {
+            fatal(format_args!("{case}: no pool message routes to the queue"));
+        }
+        let publishers: Vec<Connection> = (0..np).map(|_| broker.connect()).collect();
+        let consumer_conn = broker.connect();
+        SingleQueue {
+            broker,
+            statistics,
+            queue,
+            exchange,
+            options,
+            bindings,
+            usable,
+            publishers,
+            consumer_conn,
+        }
+    }
+
+    /// One bus run of `n` messages through `setup`'s queue to `nc` competing
+    /// consumers, checked: every message routed and received, the queue
+    /// empty after, and its `message_stats` (if kept) moved by exactly what
+    /// the run did.
+    fn single_queue_bus(&self, setup: &SingleQueue, nc: usize, n: u64) -> Outcome {
+        let SingleQueue { queue, exchange, options, usable, publishers, consumer_conn, .. } = setup;
+        let np = publishers.len();
+        let (epoch, pool) = (self.epoch, &self.pool);
+        let manual = !options.auto_ack;
+        let before = setup.message_stats();
+        let consumers: Vec<Consumer> =
+            (0..nc).map(|_| or_fail("consume", consumer_conn.consume(queue, options.clone()))).collect();
+        let producers: Vec<ProducerJob> = publishers
+            .iter()
+            .enumerate()
+            .map(|(p, conn)| {
+                let (mine, count) = (part(usable, p, np), share(n, p, np));
+                Box::new(move |slot: &Slot| {
+                    let mut routed = 0;
+                    for (k, &i) in mine.iter().cycle().take(count as usize).enumerate() {
+                        let s = &pool[i];
+                        routed +=
+                            or_fail("publish", conn.publish(exchange, &s.key, stamped(s, epoch))).queues();
+                        if k % 1024 == 0 {
+                            slot.set(k as u64);
+                        }
+                    }
+                    Produced { routed: routed as u64, busy: None }
+                }) as ProducerJob
+            })
+            .collect();
+        let jobs: Vec<ConsumerJob> = consumers
+            .iter()
+            .map(|c| {
+                Box::new(move |slot: &Slot| {
+                    let mut r = Received::new();
+                    while let Ok(d) = c.recv() {
+                        r.record(d.message(), epoch);
+                        if manual {
+                            or_fail("ack", d.ack());
+                        }
+                        slot.set(r.count);
+                    }
+                    r
+                }) as ConsumerJob
+            })
+            .collect();
+        let out =
+            run_threads(&self.progress, n, producers, jobs, &|| consumers.iter().for_each(Consumer::cancel));
+        check("bus messages routed", out.routed, n);
+        check("bus messages received", out.received, n);
+        check_empty(&setup.broker, std::slice::from_ref(queue));
+        // A broken counter must not look fast (nor one kept while switched off look free).
+        match (setup.statistics, before, setup.message_stats()) {
+            (false, None, None) => {}
+            (true, Some(before), Some(after)) => {
+                let acked = if manual { n } else { 0 };
+                for (what, was, is, want) in [
+                    ("message_stats.published", before.published, after.published, n),
+                    ("message_stats.delivered", before.delivered, after.delivered, n),
+                    ("message_stats.acknowledged", before.acknowledged, after.acknowledged, acked),
+                    ("message_stats.fetched", before.fetched, after.fetched, 0),
+                    ("message_stats.redelivered", before.redelivered, after.redelivered, 0),
+                ] {
+                    check(what, is.wrapping_sub(was), want);
+                }
+            }
+            (on, before, after) => fatal(format_args!(
+                "statistics {}, but message_stats went from {before:?} to {after:?}",
+                if on { "on" } else { "off" }
+            )),
+        }
+        out
+    }
+
+    /// statistics: direct-manual's bus without statistics beside the same
+    /// bus with them, each on a broker of its own, in alternating order.
+    fn statistics(&self) -> Row {
+        let (np, nc) = (self.config.producers.unwrap_or(1), self.config.consumers.unwrap_or(1));
+        let n = self.messages(200_000);
+        let case = format!("statistics: direct {np}→{nc} manual ack, prefetch 1000");
+        let setup = |statistics| {
+            self.single_queue_setup(
+                BrokerOptions { statistics, ..Default::default() },
+                "bench.direct",
+                ExchangeKind::Direct,
+                ConsumeOptions { prefetch: 1000, ..Default::default() },
+                np,
+                &case,
+            )
+        };
+        let (off, on) = (setup(false), setup(true));
+        let run = |side: &SingleQueue, label: String, n: u64| {
+            self.progress.set(label);
+            self.single_queue_bus(side, nc, n)
+        };
+        let mut row = Row::new(Scenario::Statistics, case.clone(), "msg", n);
+        (row.producers, row.consumers) = (np, nc);
+        (row.baseline, row.measured) = ("bus, statistics off", "bus, statistics on");
+        row.legend = Some(
+            "raw /s is the bus with statistics off, bus /s with them on, so bus÷raw is \
+             on ÷ off (1.0 = free; target ≥ 0.95)"
+                .into(),
+        );
+        let warm = (n / 10).max(1);
+        run(&off, format!("{case}: warm-up off"), warm);
+        run(&on, format!("{case}: warm-up on"), warm);
+        // Running second in a pair can help (warm caches and allocator) or
+        // hurt (the first run's leftovers): odd reps run off then on, even
+        // reps on then off, so the median does not lean on one order.
+        let (mut off_first, mut on_first) = (Vec::new(), Vec::new());
+        let reps = self.config.reps;
+        for rep in 1..=reps {
+            let label = |side: &str| format!("{case}: rep {rep}/{reps} {side}");
+            let (f, o) = if rep % 2 == 1 {
+                let f = run(&off, label("off"), n);
+                (f, run(&on, label("on"), n))
+            } else {
+                let o = run(&on, label("on"), n);
+                (run(&off, label("off"), n), o)
+            };
+            row.pair(&f, &o, n, true);
+            let ratio = per_sec(n, o.elapsed) / per_sec(n, f.elapsed);
+            if rep % 2 == 1 { off_first.push(ratio) } else { on_first.push(ratio) }
+        }
+        let by_order = |ratios: &[f64]| match ratios.len() {
+            0 => "no pairs".to_owned(),
+            k => format!("{} ({k} pair{})", fmt_ratio(median(ratios)), if k == 1 { "" } else { "s" }),
+        };
+        row.notes.push(format!(
+            "on ÷ off by order: off then on {}, on then off {}",
+            by_order(&off_first),
+            by_order(&on_first)
+        ));
+        row.notes.push(
+            "every run checks message_stats: exact counts (published, delivered, acknowledged) with \
+             statistics on, None with them off"
+                .into(),
+        );
+        row.extra.push(("order", json_str("alternating: odd reps off then on, even reps on then off")));
+        row.extra.push(("ratio_median_off_first", json_num(median(&off_first))));
+        row.extra.push(("ratio_median_on_first", json_num(median(&on_first))));
+        row.extra.push(("ratio_reps_off_first", json_list(&off_first)));
+        row.extra.push(("ratio_reps_on_first", json_list(&on_first)));
         row
     }
 
