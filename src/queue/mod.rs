@@ -12,6 +12,7 @@
 
 mod dedup;
 mod options;
+mod segmented;
 mod store;
 
 use std::time::{Duration, Instant};

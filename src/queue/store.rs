@@ -1,10 +1,11 @@
 //! Where a queue keeps its messages: the ready store (in delivery order,
 //! with an index of expiry deadlines) and the delayed store (by due time).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::QueuedMessage;
+use super::segmented::Segmented;
 
 /// A ready message's place: priority rank first (0 is served first), then
 /// sequence number. A requeued message keeps its key, so it goes back to
@@ -13,7 +14,7 @@ pub(super) type ReadyKey = (u8, u64);
 
 /// The messages waiting to be delivered, in order of their keys.
 ///
-/// Two parts: `tail`, a ring buffer of messages in increasing key order, and
+/// Two parts: `tail`, a FIFO of messages in increasing key order, and
 /// `sorted`, a B-tree of messages whose keys are all below the tail's. In a
 /// queue without priorities every new message has the largest key yet, so
 /// publishing is a push onto the tail and delivering a pop from its front;
@@ -21,11 +22,16 @@ pub(super) type ReadyKey = (u8, u64);
 /// back to its position in the B-tree. A priority queue uses the tail while
 /// keys keep increasing and moves it into the B-tree the first time a key
 /// falls inside it. An expired message is found through the expiry index and
-/// taken out of either part, in O(log n) plus, in the tail, a shift.
+/// taken out of either part, in O(log n) plus, in the tail, a shift within
+/// one chunk.
+///
+/// The tail is kept in fixed-size chunks ([`Segmented`]), not one growing
+/// ring buffer, so that filling a queue never doubles a buffer and copies
+/// every message across.
 #[derive(Debug, Default)]
 pub(super) struct ReadyStore {
     sorted: BTreeMap<ReadyKey, QueuedMessage>,
-    tail: VecDeque<QueuedMessage>,
+    tail: Segmented<QueuedMessage>,
     /// Deadlines of the messages that have one.
     expiry: BTreeSet<(Instant, ReadyKey)>,
     bytes: usize,
@@ -59,7 +65,7 @@ impl ReadyStore {
         }
         if self.tail.front().is_some_and(|first| first.key() < key) {
             // Inside the tail's range (a priority queue): keep one order.
-            for m in self.tail.drain(..) {
+            for m in self.tail.drain() {
                 self.sorted.insert(m.key(), m);
             }
         }
@@ -100,8 +106,8 @@ impl ReadyStore {
         let msg = match self.sorted.remove(&key) {
             Some(msg) => msg,
             None => {
-                let index = self.tail.binary_search_by_key(&key, QueuedMessage::key).ok()?;
-                self.tail.remove(index)?
+                let at = self.tail.find_by_key(&key, QueuedMessage::key)?;
+                self.tail.remove(at)?
             }
         };
         self.bytes -= msg.body_len();
@@ -221,5 +227,22 @@ mod tests {
         assert_eq!(store.pop_expired(now).map(|m| m.seq), Some(6));
         assert!(store.pop_expired(now).is_none());
         assert_eq!(order(&mut store), [(0, 5), (0, 7)]);
+    }
+
+    #[test]
+    fn expired_messages_leave_a_tail_of_many_chunks_from_anywhere() {
+        let now = Instant::now();
+        let mut store = ReadyStore::default();
+        let n = 5 * super::super::segmented::CHUNK as u64;
+        let expiring = |seq: u64| seq % 97 == 3;
+        for seq in 0..n {
+            store.insert(msg(0, seq, expiring(seq).then_some(now)));
+        }
+        let expired: Vec<u64> = std::iter::from_fn(|| store.pop_expired(now)).map(|m| m.seq).collect();
+        assert_eq!(expired, (0..n).filter(|&s| expiring(s)).collect::<Vec<_>>());
+        assert_eq!(store.len() as u64, n - expired.len() as u64);
+        let rest: Vec<u64> = order(&mut store).into_iter().map(|(_, seq)| seq).collect();
+        assert_eq!(rest, (0..n).filter(|&s| !expiring(s)).collect::<Vec<_>>());
+        assert_eq!((store.len(), store.bytes()), (0, 0));
     }
 }
