@@ -25,9 +25,11 @@ pub(super) type ReadyKey = (u8, u64);
 /// taken out of either part, in O(log n) plus, in the tail, a shift within
 /// one chunk.
 ///
-/// The tail is kept in fixed-size chunks ([`Segmented`]), not one growing
-/// ring buffer, so that filling a queue never doubles a buffer and copies
-/// every message across.
+/// The tail is kept in chunks that are never grown ([`Segmented`]), not one
+/// growing ring buffer, so that filling a queue never doubles a buffer and
+/// copies every message across. Chunks start small and double up to 512
+/// slots, and a drained queue frees all but a small one, so an idle queue
+/// holds a few hundred bytes whatever it once held.
 #[derive(Debug, Default)]
 pub(super) struct ReadyStore {
     sorted: BTreeMap<ReadyKey, QueuedMessage>,
