@@ -4,8 +4,8 @@
 //!
 //! Routing a message allocates nothing per publish: not the topic matcher,
 //! not the set of queues already reached, not the enqueue (once the queues'
-//! stores have grown). The only allocations are the envelope every publish
-//! needs — the shared message and its routing names.
+//! stores have grown). The only allocation is the envelope every publish
+//! needs: the shared message and its routing names (inline when short).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -96,7 +96,8 @@ fn routing_through_a_topic_exchange_with_10000_bindings_allocates_only_the_envel
         publisher.publish(&keys[i % keys.len()], m).unwrap();
     }
     let per_publish = (allocations() - before) as f64 / 1_000.0;
-    // Two: the envelope's `Arc` and its routing names. A store growing past
-    // its capacity now and then adds a fraction.
-    assert!(per_publish <= 2.1, "{per_publish} allocations per publish");
+    // One: the envelope's `Arc` (its routing names are inline, the message
+    // shares the caller's properties and body). The queues' stores, still
+    // growing during the measured publishes, add a new chunk now and then.
+    assert!(per_publish <= 1.1, "{per_publish} allocations per publish");
 }
