@@ -167,26 +167,34 @@ impl<D> Edge<D> {
 /// A node's literal edges in a table where the matcher finds a word without
 /// a branch that depends on the word.
 ///
-/// Linear probing without wrap-around: an edge sits at the first free slot at
-/// or after its home slot `hash & (capacity - 1)` (capacity a power of two,
-/// at least twice the edges), and the table runs `window - 1` slots past the
-/// capacity so that no probe run wraps. `window` is the longest distance of
-/// an edge from its home plus one, so a lookup reads exactly `window` slots
-/// from the home slot (one to a few) and keeps the one whose key matches:
-/// the same instructions hit or miss, where an early-exit probe loop
-/// mispredicted about once per active node.
+/// Linear probing without wrap-around: an edge sits at or after its home slot
+/// `hash & (capacity - 1)` (capacity a power of two, at least twice the edges
+/// when laid out), and the table runs `window - 1` slots past the capacity so
+/// that no probe run wraps. `window` is at least the longest distance of an
+/// edge from its home plus one, so a lookup reads exactly `window` slots from
+/// the home slot (one to a few) and keeps the one whose key matches: the same
+/// instructions hit or miss, where an early-exit probe loop mispredicted about
+/// once per active node.
+///
+/// The edges stay in home order (Robin Hood order), which is the layout with
+/// the least longest distance from home that linear probing allows; inserts
+/// and removes keep that order by shifting the one run of edges they touch,
+/// so changing a shared table costs one copy of it, and the table is laid out
+/// anew (hashing and sorting every edge) only when it doubles or shrinks.
 #[derive(Debug, Clone)]
 struct Words<D> {
     /// The slots, `None` rather than empty; the unit of copy-on-write.
     slots: Option<Arc<[Edge<D>]>>,
     /// Slots a lookup reads; 0 without edges.
-    window: usize,
+    window: u32,
+    /// Occupied slots.
+    len: u32,
 }
 
 impl<D> Words<D> {
     /// No edges.
     fn new() -> Self {
-        Words { slots: None, window: 0 }
+        Words { slots: None, window: 0, len: 0 }
     }
 
     /// The slots (empty without edges).
@@ -199,6 +207,11 @@ impl<D> Words<D> {
         self.slots.is_none()
     }
 
+    /// The number of home slots, a power of two (0 without edges).
+    fn capacity(&self) -> usize {
+        (self.slots().len() + 1).saturating_sub(self.window as usize)
+    }
+
     /// The edges (occupied slots).
     fn edges(&self) -> impl Iterator<Item = &Edge<D>> {
         self.slots().iter().filter(|edge| !edge.is_vacant())
@@ -208,10 +221,11 @@ impl<D> Words<D> {
     #[inline(always)]
     fn window(&self, probe: &Probe<'_>) -> (usize, &[Edge<D>]) {
         let slots = self.slots();
+        let window = self.window as usize;
         // The capacity less one, as `slots.len() == capacity + window - 1`
         // (0 without edges, when both are 0 and the window is empty).
-        let home = probe.hash as usize & (slots.len() - self.window);
-        (home, &slots[home..home + self.window])
+        let home = probe.hash as usize & (slots.len() - window);
+        (home, &slots[home..home + window])
     }
 
     /// The slot of the edge for `probe`'s word.
@@ -262,33 +276,102 @@ impl<D: Clone> Words<D> {
             Some(at) => at,
             None => {
                 let long = probe.is_long().then(|| Box::new(Box::from(probe.bytes)));
-                let mut edges: Vec<Edge<D>> = self.edges().cloned().collect();
-                edges.push(Edge { key: probe.key, long, node: Node::empty() });
-                self.lay_out(seed, edges);
-                self.position(probe).expect("just inserted")
+                let edge = Edge { key: probe.key, long, node: Node::empty() };
+                if 2 * (self.len as usize + 1) > self.capacity() {
+                    let edges = self.edges().cloned().chain([edge]).collect();
+                    self.lay_out(seed, edges);
+                    self.position(probe).expect("just inserted")
+                } else {
+                    self.place(seed, probe.hash, edge)
+                }
             }
         };
         self.child_mut(at)
     }
 
-    /// Drops the edge in slot `at`.
-    fn remove(&mut self, seed: u64, at: usize) {
+    /// Puts `edge` (whose word hashes to `hash`) into a table with room for
+    /// it, in home order: it takes the slot of the first edge homed after
+    /// it, or the first vacant slot, and the run of edges from there to the
+    /// next vacant slot moves up one. Returns its slot.
+    fn place(&mut self, seed: u64, hash: u64, edge: Edge<D>) -> usize {
+        let mask = self.capacity() - 1;
+        let home = hash as usize & mask;
         let slots = self.slots();
-        let edges = slots[..at].iter().chain(&slots[at + 1..]).filter(|e| !e.is_vacant()).cloned().collect();
-        self.lay_out(seed, edges);
+        let home_of = |e: &Edge<D>| e.hash(seed) as usize & mask;
+        // `at`: where the edge goes; `gap`: the vacant slot (or the end) that
+        // the run from `at` moves up into.
+        let mut at = home;
+        while at < slots.len() && !slots[at].is_vacant() && home_of(&slots[at]) <= home {
+            at += 1;
+        }
+        let mut window = self.window as usize;
+        window = window.max(at - home + 1);
+        let mut gap = at;
+        while gap < slots.len() && !slots[gap].is_vacant() {
+            // Moving up one makes this edge one slot further from home.
+            window = window.max(gap + 1 - home_of(&slots[gap]) + 1);
+            gap += 1;
+        }
+        let len = mask + window;
+        if len == slots.len() && gap < len {
+            let slots = Arc::make_mut(self.slots.as_mut().expect("a table with room has slots"));
+            slots[at..=gap].rotate_right(1);
+            slots[at] = edge;
+        } else {
+            // The window grew: a new, longer table, written in one pass.
+            let tail = slots.get(gap + 1..).unwrap_or_default();
+            let table: Arc<[Edge<D>]> = slots[..at]
+                .iter()
+                .cloned()
+                .chain([edge])
+                .chain(slots[at..gap].iter().cloned())
+                .chain(tail.iter().cloned())
+                .chain(std::iter::repeat_with(Edge::vacant))
+                .take(len)
+                .collect();
+            self.slots = Some(table);
+            self.window = window as u32;
+        }
+        self.len += 1;
+        at
     }
 
-    /// Replaces the table with one holding `edges`.
-    ///
-    /// Every insert and remove lays the table out anew, O(edges): no worse
-    /// than the copy-on-write clone of it that changing a published snapshot
-    /// pays anyway, and it keeps `window` tight.
+    /// Drops the edge in slot `at`: the displaced edges after it move down
+    /// one (backward-shift deletion), so home order and every distance from
+    /// home hold. `window` stays as it was, an upper bound. Only a table left
+    /// an eighth full is laid out anew, smaller.
+    fn remove(&mut self, seed: u64, at: usize) {
+        self.len -= 1;
+        if self.len == 0 {
+            *self = Words::new();
+            return;
+        }
+        let mask = self.capacity() - 1;
+        if 8 * (self.len as usize) < mask + 1 {
+            let slots = self.slots();
+            let edges =
+                slots[..at].iter().chain(&slots[at + 1..]).filter(|e| !e.is_vacant()).cloned().collect();
+            self.lay_out(seed, edges);
+            return;
+        }
+        let slots = Arc::make_mut(self.slots.as_mut().expect("an edge is removed, so there are edges"));
+        let mut end = at + 1;
+        while end < slots.len() && !slots[end].is_vacant() && slots[end].hash(seed) as usize & mask < end {
+            end += 1;
+        }
+        slots[at..end].rotate_left(1);
+        slots[end - 1] = Edge::vacant();
+    }
+
+    /// Replaces the table with one holding `edges`, at the capacity for
+    /// their number and with the tightest `window`.
     fn lay_out(&mut self, seed: u64, edges: Vec<Edge<D>>) {
         if edges.is_empty() {
             *self = Words::new();
             return;
         }
-        let capacity = (edges.len() * 2).next_power_of_two();
+        let len = edges.len();
+        let capacity = (len * 2).next_power_of_two();
         let mut homed: Vec<(usize, Edge<D>)> =
             edges.into_iter().map(|edge| (edge.hash(seed) as usize & (capacity - 1), edge)).collect();
         // Placed in home order, each edge takes the first free slot at or
@@ -308,7 +391,8 @@ impl<D: Clone> Words<D> {
         }
         slots.resize_with(capacity + window - 1, Edge::vacant);
         self.slots = Some(slots.into());
-        self.window = window;
+        self.window = window as u32;
+        self.len = len as u32;
     }
 }
 
@@ -1145,6 +1229,92 @@ mod tests {
         let mut hits = 0;
         trie.for_each_match("a.a.a.a.a.a", |_| hits += 1);
         assert_eq!(hits, 64 + 64, "each binding reported once");
+    }
+
+    /// Checks the invariants of a node's table: edges in home order, each
+    /// within `window` of its home, `len` counting them, room to spare.
+    fn check_table(words: &Words<u32>, seed: u64) {
+        if words.is_empty() {
+            assert_eq!((words.len, words.window), (0, 0));
+            return;
+        }
+        let slots = words.slots();
+        let capacity = words.capacity();
+        assert!(capacity.is_power_of_two());
+        assert!(2 * words.len as usize <= capacity, "{} edges in {capacity}", words.len);
+        let mut last_home = 0;
+        let mut len = 0;
+        for (at, edge) in slots.iter().enumerate().filter(|(_, e)| !e.is_vacant()) {
+            let home = edge.hash(seed) as usize & (capacity - 1);
+            assert!(home <= at && at < home + words.window as usize, "slot {at}, home {home}");
+            assert!(home >= last_home, "home order");
+            last_home = home;
+            len += 1;
+        }
+        assert_eq!(len, words.len);
+    }
+
+    #[test]
+    fn thousands_of_edges_on_one_node_through_inserts_and_removes() {
+        let word = |i: usize| {
+            if i.is_multiple_of(7) { format!("a-rather-long-user-name-{i}") } else { format!("user{i}") }
+        };
+        let n = 5_000;
+        let mut trie = TopicTrie::new();
+        // Snapshots taken along the way keep every table shared, as a broker's
+        // published ones do, and must not change.
+        let mut snapshots = Vec::new();
+        for i in 0..n {
+            trie.insert(&format!("{}.#", word(i)), i as u32);
+            if i % 1_000 == 999 {
+                snapshots.push((i + 1, trie.clone()));
+            }
+        }
+        check_table(&trie.root.words, trie.seed);
+        assert_eq!(trie.root.words.len as usize, n);
+        for i in (0..n).step_by(37) {
+            assert_eq!(routes(&trie, &format!("{}.x.y", word(i))), [i as u32]);
+        }
+        assert!(routes(&trie, &word(n)).is_empty());
+        // Remove all but every tenth, in an order unrelated to the layout,
+        // which shrinks the table on the way; then bind half of them again.
+        let mut rng = XorShift(0x5DEE_CE66_D1CE_4E5B);
+        let mut order: Vec<usize> = (0..n).filter(|i| i % 10 != 0).collect();
+        for k in (1..order.len()).rev() {
+            order.swap(k, rng.below(k + 1));
+        }
+        for (k, &i) in order.iter().enumerate() {
+            assert!(trie.remove(&format!("{}.#", word(i)), &(i as u32)));
+            if k % 500 == 0 {
+                check_table(&trie.root.words, trie.seed);
+                snapshots.push((usize::MAX, trie.clone()));
+            }
+        }
+        check_table(&trie.root.words, trie.seed);
+        assert!(trie.root.words.capacity() < 4 * n / 10, "the table shrank");
+        for &i in order.iter().step_by(2) {
+            trie.insert(&format!("{}.#", word(i)), i as u32);
+        }
+        check_table(&trie.root.words, trie.seed);
+        let bound: HashSet<usize> = (0..n).step_by(10).chain(order.iter().step_by(2).copied()).collect();
+        assert_eq!(trie.len(), bound.len());
+        for i in 0..n + 10 {
+            let want: &[u32] = if bound.contains(&i) { &[i as u32] } else { &[] };
+            assert_eq!(routes(&trie, &word(i)), want, "{}", word(i));
+        }
+        for (count, snapshot) in &snapshots {
+            check_table(&snapshot.root.words, snapshot.seed);
+            if *count != usize::MAX {
+                assert_eq!(snapshot.len(), *count);
+                assert_eq!(routes(snapshot, &word(count - 1)), [*count as u32 - 1]);
+                assert!(routes(snapshot, &word(*count)).is_empty());
+            }
+        }
+        // Everything removed: the root is empty again.
+        for &i in &bound {
+            assert!(trie.remove(&format!("{}.#", word(i)), &(i as u32)));
+        }
+        assert!(trie.root.is_vacant() && trie.is_empty());
     }
 
     /// Words for random patterns and keys: empty, wildcards, non-ASCII, and
