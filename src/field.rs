@@ -145,6 +145,34 @@ impl FieldValue {
         }
     }
 
+    /// Feeds `state` a hash consistent with [`amqp_eq`](Self::amqp_eq):
+    /// values it calls equal hash alike. False, writing nothing, for the
+    /// kinds left out — floats (NaN, ±0), arrays, tables and void — which a
+    /// caller must handle without a hash.
+    pub(crate) fn hash_amqp<H: std::hash::Hasher>(&self, state: &mut H) -> bool {
+        if let Some(v) = self.as_integer() {
+            state.write_u8(1);
+            state.write_i128(v);
+            return true;
+        }
+        match self {
+            FieldValue::String(_) | FieldValue::Bytes(_) => {
+                state.write_u8(2);
+                state.write(self.as_bytes().unwrap_or_default());
+            }
+            FieldValue::Bool(v) => {
+                state.write_u8(3);
+                state.write_u8(u8::from(*v));
+            }
+            FieldValue::Timestamp(v) => {
+                state.write_u8(4);
+                state.write_u64(*v);
+            }
+            _ => return false,
+        }
+        true
+    }
+
     /// Any integer widened to `i128`, so `U64::MAX` and `I64::MIN` both fit.
     fn as_integer(&self) -> Option<i128> {
         match *self {
@@ -445,6 +473,46 @@ mod tests {
         let (back, _): (FieldTable, usize) =
             bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn values_amqp_equal_hash_alike() {
+        use std::hash::{BuildHasher, Hasher};
+        let state = std::hash::RandomState::new();
+        let hash = |v: &FieldValue| {
+            let mut h = state.build_hasher();
+            v.hash_amqp(&mut h).then(|| h.finish())
+        };
+        let values = [
+            FieldValue::I8(1),
+            FieldValue::U8(1),
+            FieldValue::I16(1),
+            FieldValue::U32(1),
+            FieldValue::I64(1),
+            FieldValue::U64(1),
+            FieldValue::I64(-1),
+            FieldValue::U64(u64::MAX),
+            FieldValue::from("1"),
+            FieldValue::Bytes(Bytes::from_static(b"1")),
+            FieldValue::from("ab"),
+            FieldValue::Bytes(Bytes::from_static(b"ab")),
+            FieldValue::Bool(true),
+            FieldValue::Bool(false),
+            FieldValue::Timestamp(1),
+            FieldValue::F64(1.0),
+            FieldValue::Void,
+        ];
+        for a in &values {
+            for b in &values {
+                if let (Some(ha), Some(hb)) = (hash(a), hash(b)) {
+                    assert_eq!(a.amqp_eq(b), ha == hb, "{a:?} vs {b:?}");
+                } else if a.amqp_eq(b) {
+                    // Equal values are either both hashable or both not.
+                    assert_eq!(hash(a).is_some(), hash(b).is_some(), "{a:?} vs {b:?}");
+                }
+            }
+        }
+        assert!(hash(&FieldValue::F64(1.0)).is_none() && hash(&FieldValue::Void).is_none());
     }
 
     #[test]

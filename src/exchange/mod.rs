@@ -17,7 +17,7 @@ use crate::hash::FastImblMap;
 use crate::queue::Queue;
 use crate::sync::{Arc, AtomicBool, Ordering};
 
-use headers::HeadersMatcher;
+use headers::{HeadersMatcher, HeadersTable};
 use topic::TopicTrie;
 
 /// How an exchange picks the queues (and exchanges) a message goes to.
@@ -135,7 +135,7 @@ pub(crate) enum Routes {
     Direct(FastImblMap<Box<str>, Vec<Dest>>),
     Fanout(imbl::Vector<Dest>),
     Topic(TopicTrie<Dest>),
-    Headers(imbl::Vector<(HeadersMatcher, Dest)>),
+    Headers(HeadersTable<Dest>),
 }
 
 impl Routes {
@@ -144,7 +144,7 @@ impl Routes {
             ExchangeKind::Direct => Routes::Direct(FastImblMap::default()),
             ExchangeKind::Fanout => Routes::Fanout(imbl::Vector::new()),
             ExchangeKind::Topic => Routes::Topic(TopicTrie::new()),
-            ExchangeKind::Headers => Routes::Headers(imbl::Vector::new()),
+            ExchangeKind::Headers => Routes::Headers(HeadersTable::new()),
         }
     }
 
@@ -163,8 +163,8 @@ impl Routes {
             Routes::Topic(trie) => {
                 trie.insert(key, dest);
             }
-            Routes::Headers(list) => {
-                list.push_back((matcher.expect("headers bindings are compiled"), dest));
+            Routes::Headers(table) => {
+                table.add(matcher.expect("headers bindings are compiled"), dest);
             }
         }
     }
@@ -193,9 +193,9 @@ impl Routes {
             Routes::Topic(trie) => {
                 trie.remove(key, dest);
             }
-            Routes::Headers(list) => {
-                if let Some(i) = list.iter().position(|(m, d)| Some(m) == matcher && d == dest) {
-                    list.remove(i);
+            Routes::Headers(table) => {
+                if let Some(matcher) = matcher {
+                    table.remove(matcher, dest);
                 }
             }
         }
@@ -203,19 +203,13 @@ impl Routes {
 
     /// Calls `f` for each destination the message matches (possibly twice:
     /// the caller deduplicates). The default exchange is resolved by the caller.
-    pub(crate) fn for_each_match(&self, key: &str, headers: Option<&FieldTable>, mut f: impl FnMut(&Dest)) {
+    pub(crate) fn for_each_match(&self, key: &str, headers: Option<&FieldTable>, f: impl FnMut(&Dest)) {
         match self {
             Routes::Default => {}
             Routes::Direct(map) => map.get(key).into_iter().flatten().for_each(f),
             Routes::Fanout(dests) => dests.iter().for_each(f),
             Routes::Topic(trie) => trie.for_each_match(key, f),
-            Routes::Headers(list) => {
-                for (matcher, dest) in list {
-                    if matcher.matches(headers) {
-                        f(dest);
-                    }
-                }
-            }
+            Routes::Headers(table) => table.for_each_match(headers, f),
         }
     }
 }
