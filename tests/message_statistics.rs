@@ -2,6 +2,9 @@
 //! counts, and that turning statistics off keeps none and changes nothing
 //! else.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use interoffice::{
     Broker, BrokerOptions, ConsumeOptions, DeduplicationWindow, ExchangeKind, ExchangeOptions, FieldTable,
     Message, MessageStats, Overflow, QueueOptions,
@@ -143,4 +146,46 @@ fn with_statistics_off_no_counts_are_kept_and_nothing_else_changes() {
     assert_eq!(off_stats, None);
     let on = on_stats.unwrap();
     assert_eq!((on.published, on.delivered, on.redelivered, on.acknowledged), (4, 5, 1, 4));
+}
+
+#[test]
+fn counts_stay_exact_with_publishers_and_consumers_on_many_threads() {
+    const PER_PUBLISHER: usize = 2_500;
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default()).unwrap();
+    let consumers: Vec<_> = (0..3).map(|_| conn.consume("q", manual(10)).unwrap()).collect();
+    let total = 3 * PER_PUBLISHER as u64;
+    let acked = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for consumer in &consumers {
+            let acked = &acked;
+            s.spawn(move || {
+                // Consumers share the work unevenly: each stops once all are acked.
+                while acked.load(Ordering::SeqCst) < total {
+                    let Ok(delivery) = consumer.recv_timeout(Duration::from_millis(10)) else { continue };
+                    // Every fifth is requeued once: redeliveries count too.
+                    if !delivery.redelivered() && delivery.body()[0] % 5 == 0 {
+                        delivery.nack(true).unwrap();
+                    } else {
+                        delivery.ack().unwrap();
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        for p in 0..3_u8 {
+            let conn = &conn;
+            s.spawn(move || {
+                for i in 0..PER_PUBLISHER {
+                    conn.publish("", "q", Message::new(vec![(i % 251) as u8, p])).unwrap();
+                }
+            });
+        }
+    });
+    let requeued = 3 * (0..PER_PUBLISHER).filter(|i| (i % 251) % 5 == 0).count() as u64;
+    let s = stats(&broker, "q");
+    assert_eq!((s.published, s.acknowledged), (total, total));
+    assert_eq!((s.delivered, s.redelivered), (total + requeued, requeued));
+    assert_eq!(broker.queue_stats("q").unwrap().messages_unacknowledged, 0);
 }
