@@ -28,7 +28,8 @@ mod common;
 
 use std::hint::black_box;
 
-use common::{Pool, Raw, XorShift, configure, timed_publish_only};
+use common::workload::{NaiveRouter, topic_patterns};
+use common::{Pool, Raw, configure, timed_publish_only};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use interoffice::{Broker, ExchangeKind, ExchangeOptions, FieldTable, QueueOptions};
 
@@ -36,63 +37,10 @@ use interoffice::{Broker, ExchangeKind, ExchangeOptions, FieldTable, QueueOption
 const N: usize = 20_000;
 /// Bindings on the topic exchange.
 const BINDINGS: usize = 10_000;
-/// Queues the bindings lead to (at most 128: the naive router uses a bit set).
+/// Queues the bindings lead to.
 const QUEUES: usize = 100;
 /// Keys per iteration of the naive linear scan (it is slow).
 const NAIVE_KEYS: usize = 256;
-
-/// `BINDINGS` patterns of 1–5 words: ~1 % `#`, ~10 % `*`, else a vocabulary
-/// word; each with the index of the queue it leads to.
-fn topic_patterns(vocab: &[String]) -> Vec<(String, usize)> {
-    let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
-    (0..BINDINGS)
-        .map(|i| {
-            let len = 1 + rng.below(5);
-            let words: Vec<&str> = (0..len)
-                .map(|_| match rng.below(1000) {
-                    0..10 => "#",
-                    10..110 => "*",
-                    _ => vocab[rng.below(vocab.len())].as_str(),
-                })
-                .collect();
-            (words.join("."), i % QUEUES)
-        })
-        .collect()
-}
-
-/// A reference topic router: every binding checked in turn.
-struct NaiveRouter {
-    bindings: Vec<(Vec<String>, usize)>,
-}
-
-impl NaiveRouter {
-    fn new(patterns: &[(String, usize)]) -> Self {
-        let bindings = patterns.iter().map(|(p, q)| (p.split('.').map(String::from).collect(), *q)).collect();
-        NaiveRouter { bindings }
-    }
-
-    /// How many distinct queues `key` reaches.
-    fn route(&self, key: &str) -> u32 {
-        let words: Vec<&str> = key.split('.').collect();
-        let mut queues = 0u128;
-        for (pattern, queue) in &self.bindings {
-            if topic_matches(pattern, &words) {
-                queues |= 1u128 << queue;
-            }
-        }
-        queues.count_ones()
-    }
-}
-
-/// Whether pattern words `p` match key words `k`: `*` is one word, `#` zero or more.
-fn topic_matches(p: &[String], k: &[&str]) -> bool {
-    match p.split_first() {
-        None => k.is_empty(),
-        Some((w, rest)) if w == "#" => (0..=k.len()).any(|skip| topic_matches(rest, &k[skip..])),
-        Some((w, rest)) if w == "*" => !k.is_empty() && topic_matches(rest, &k[1..]),
-        Some((w, rest)) => k.first() == Some(&w.as_str()) && topic_matches(rest, &k[1..]),
-    }
-}
 
 fn topic_publish_only_10k_bindings(c: &mut Criterion) {
     let pool = Pool::new();
@@ -107,7 +55,7 @@ fn topic_publish_only_10k_bindings(c: &mut Criterion) {
         })
     });
 
-    let patterns = topic_patterns(&pool.vocab);
+    let patterns = topic_patterns(&pool.vocab, BINDINGS, QUEUES);
     let queues: Vec<String> = (0..QUEUES).map(|i| format!("tq{i}")).collect();
     let broker = Broker::new();
     let conn = broker.connect();
@@ -128,7 +76,7 @@ fn topic_publish_only_10k_bindings(c: &mut Criterion) {
     let mut reached = 0;
     for (i, sample) in pool.samples.iter().enumerate() {
         let routed = conn.publish("topic", pool.key(i), pool.message(i)).unwrap();
-        assert_eq!(routed.queues() as u32, naive.route(&sample.routing_key), "{}", sample.routing_key);
+        assert_eq!(routed.queues(), naive.route(&sample.routing_key, QUEUES).len(), "{}", sample.routing_key);
         reached += routed.queues();
     }
     purge();
@@ -155,7 +103,7 @@ fn topic_publish_only_10k_bindings(c: &mut Criterion) {
     group.throughput(Throughput::Elements(NAIVE_KEYS as u64));
     let keys: Vec<&str> = (0..NAIVE_KEYS).map(|i| pool.key(i)).collect();
     group.bench_function("naive_linear_scan", |b| {
-        b.iter(|| black_box(&keys).iter().map(|key| naive.route(key)).sum::<u32>())
+        b.iter(|| black_box(&keys).iter().map(|key| naive.route(key, QUEUES).len()).sum::<usize>())
     });
     group.finish();
 }

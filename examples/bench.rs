@@ -95,6 +95,12 @@ use interoffice::{
     FieldTable, FieldValue, Message, MessageStats, QueueOptions, TryRecvError, WorkerOptions,
 };
 
+/// The generated workload the criterion benches use too: one copy of the
+/// vocabulary, the topic patterns and the naive router.
+#[path = "../benches/common/workload.rs"]
+mod workload;
+use workload::{NaiveRouter, XorShift, topic_patterns, vocabulary};
+
 const USAGE: &str = "\
 Benchmark interoffice beside a raw crossbeam channel measured in the same process.
 
@@ -139,8 +145,6 @@ statistics the raw column is the bus with statistics off, the bus column with th
 const POOL: usize = 1024;
 /// Body length in bytes.
 const BODY_LEN: usize = 64;
-/// Words in the vocabulary of routing keys and topic patterns.
-const VOCAB: usize = 100;
 /// Words per routing key.
 const KEY_WORDS: usize = 4;
 /// Distinct values of the `region` header.
@@ -348,36 +352,6 @@ fn count(flag: &str, text: &str, max: u64) -> Result<u64, String> {
 struct Sample {
     key: String,
     message: Message,
-}
-
-/// A tiny deterministic xorshift64 generator.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A value below `n`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// `VOCAB` distinct words: `w`, an index, 0–4 letters (e.g. `w17abc`).
-fn vocabulary() -> Vec<String> {
-    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
-    (0..VOCAB)
-        .map(|i| {
-            let extra = rng.below(5);
-            let mut w = format!("w{i}");
-            w.extend((0..extra).map(|_| char::from(b'a' + rng.below(26) as u8)));
-            w
-        })
-        .collect()
 }
 
 /// The pool: `POOL` distinct messages with distinct bodies and keys.
@@ -2380,59 +2354,6 @@ fn fill_drain_once(side: Side, n: u64, pool: &[Sample]) -> FillDrain {
             check_empty(&broker, &["bench.fill".to_owned()]);
             FillDrain { fill, drain, rss_before: probe.base, rss_filled, mem: probe.finish() }
         }
-    }
-}
-
-/// `count` patterns of 1–5 words: ~1 % `#`, ~10 % `*`, else a vocabulary
-/// word; each with the index of the queue (of `queues`) it leads to.
-fn topic_patterns(vocab: &[String], count: usize, queues: usize) -> Vec<(String, usize)> {
-    let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
-    (0..count)
-        .map(|i| {
-            let len = 1 + rng.below(5);
-            let words: Vec<&str> = (0..len)
-                .map(|_| match rng.below(1000) {
-                    0..10 => "#",
-                    10..110 => "*",
-                    _ => vocab[rng.below(vocab.len())].as_str(),
-                })
-                .collect();
-            (words.join("."), i % queues)
-        })
-        .collect()
-}
-
-/// A reference topic router: every binding checked in turn.
-struct NaiveRouter {
-    bindings: Vec<(Vec<String>, usize)>,
-}
-
-impl NaiveRouter {
-    fn new(patterns: &[(String, usize)]) -> Self {
-        let bindings = patterns.iter().map(|(p, q)| (p.split('.').map(String::from).collect(), *q)).collect();
-        NaiveRouter { bindings }
-    }
-
-    /// The distinct queues (of `queues`) `key` reaches.
-    fn route(&self, key: &str, queues: usize) -> Vec<usize> {
-        let words: Vec<&str> = key.split('.').collect();
-        let mut hit = vec![false; queues];
-        for (pattern, queue) in &self.bindings {
-            if !hit[*queue] && topic_matches(pattern, &words) {
-                hit[*queue] = true;
-            }
-        }
-        hit.iter().enumerate().filter(|(_, h)| **h).map(|(q, _)| q).collect()
-    }
-}
-
-/// Whether pattern words `p` match key words `k`: `*` is one word, `#` zero or more.
-fn topic_matches(p: &[String], k: &[&str]) -> bool {
-    match p.split_first() {
-        None => k.is_empty(),
-        Some((w, rest)) if w == "#" => (0..=k.len()).any(|skip| topic_matches(rest, &k[skip..])),
-        Some((w, rest)) if w == "*" => !k.is_empty() && topic_matches(rest, &k[1..]),
-        Some((w, rest)) => k.first() == Some(&w.as_str()) && topic_matches(rest, &k[1..]),
     }
 }
 

@@ -4,7 +4,7 @@
 //! # The messages
 //!
 //! [`Pool`] holds [`POOL`] distinct pre-built messages: a 4-word routing key
-//! (from a [`VOCAB`]-word vocabulary), two headers (`region`, `kind`) and a
+//! (from a [`workload::VOCAB`]-word vocabulary), two headers (`region`, `kind`) and a
 //! 64-byte `Bytes` body, each message also wrapped in its own `Arc`. Every
 //! producer, raw or bus, cycles through the pool. Distinct messages mean
 //! distinct refcounts: clones of one shared `Arc` would make every send
@@ -38,6 +38,9 @@
 //! difference between their figures is the bus.
 #![allow(dead_code)] // Each bench file uses part of this module.
 
+pub mod workload;
+use workload::{XorShift, vocabulary};
+
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -53,8 +56,6 @@ use interoffice::{FieldTable, FieldValue, Message};
 pub const POOL: usize = 1024;
 /// Body length in bytes.
 pub const BODY_LEN: usize = 64;
-/// Words in the vocabulary routing keys and topic patterns are drawn from.
-pub const VOCAB: usize = 100;
 /// Words per routing key.
 pub const KEY_WORDS: usize = 4;
 /// Distinct values of the `region` header (`region-0` …).
@@ -64,23 +65,6 @@ pub const KINDS: usize = 10;
 
 /// What the raw channel carries: one pooled `Arc` per message, as the bus's envelope.
 pub type RawMessage = Arc<Message>;
-
-/// A tiny deterministic xorshift64 generator.
-pub struct XorShift(pub u64);
-
-impl XorShift {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A value below `n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// One pooled message and the routing key it is published with.
 pub struct Sample {
@@ -132,19 +116,6 @@ impl Pool {
     pub fn raw(&self, i: usize) -> RawMessage {
         Arc::clone(&self.arcs[i % POOL])
     }
-}
-
-/// `VOCAB` distinct words: `w`, an index, 0–4 letters (e.g. `w17abc`).
-fn vocabulary() -> Vec<String> {
-    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
-    (0..VOCAB)
-        .map(|i| {
-            let extra = rng.below(5);
-            let mut w = format!("w{i}");
-            w.extend((0..extra).map(|_| char::from(b'a' + rng.below(26) as u8)));
-            w
-        })
-        .collect()
 }
 
 /// A bare unbounded crossbeam channel: the raw baseline's queue.
