@@ -59,9 +59,20 @@ impl ReadyStore {
             self.expiry.insert((at, key));
         }
         self.bytes += msg.body_len();
-        let above_tail = self.tail.back().is_none_or(|last| last.key() < key);
-        let above_sorted = self.sorted.last_key_value().is_none_or(|(last, _)| *last < key);
-        if above_tail && above_sorted {
+        // Every key in `sorted` is below every key in `tail`, so the largest
+        // key is the tail's last, or `sorted`'s only when the tail is empty:
+        // the common publish never looks into the B-tree.
+        debug_assert!(
+            self.tail
+                .front()
+                .is_none_or(|first| self.sorted.last_key_value().is_none_or(|(k, _)| *k < first.key())),
+            "the B-tree's keys stay below the tail's"
+        );
+        let last = match self.tail.back() {
+            Some(last) => Some(last.key()),
+            None => self.sorted.last_key_value().map(|(last, _)| *last),
+        };
+        if last.is_none_or(|last| last < key) {
             self.tail.push_back(msg);
             return;
         }
