@@ -1160,7 +1160,7 @@ struct SeenSet<const N: usize> {
 }
 
 thread_local! {
-    /// The spare vector for [`SeenSet`]s that outgrow their inline array.
+    /// The spare hash set for [`SeenSet`]s that outgrow their inline array.
     static SPARE_IDS: std::cell::Cell<Option<FastHashSet<u64>>> = const { std::cell::Cell::new(None) };
 }
 
