@@ -14,12 +14,13 @@
 //! nodes in stack buffers, with no reference count or thread-local touched.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::ptr;
 // std's `Arc` rather than `crate::sync::Arc` on purpose: the trie is immutable
 // shared data, not a synchronisation primitive, and it needs `Arc::make_mut`.
 use std::sync::Arc;
+
+use crate::hash::FastHashSet;
 
 /// One trie node: the pattern prefix spelled by the edges from the root.
 ///
@@ -76,6 +77,12 @@ type Key = [u64; 2];
 /// The top byte of the [`Key`] of a word longer than [`SHORT`].
 const LONG: u64 = 0xFF;
 
+/// Whether `key` packs a word longer than [`SHORT`] (only its first bytes).
+#[inline(always)]
+fn is_long(key: Key) -> bool {
+    key[1] >> 56 == LONG
+}
+
 /// The length of the first word of `bytes` (up to the first `.`) and its
 /// [`Key`], in one pass: splitting a key and packing its words cost about as
 /// much as the lookups of a word, so they share the loop.
@@ -129,7 +136,7 @@ impl<'k> Probe<'k> {
     /// not tell apart from others.
     #[inline(always)]
     fn is_long(&self) -> bool {
-        self.key[1] >> 56 == LONG
+        is_long(self.key)
     }
 }
 
@@ -150,6 +157,13 @@ impl<D> Edge<D> {
     /// A slot no probe matches.
     fn vacant() -> Self {
         Edge { key: [0, 0], long: None, node: Node::empty() }
+    }
+
+    /// Whether this edge is for `probe`'s word.
+    #[inline(always)]
+    fn matches(&self, probe: &Probe<'_>) -> bool {
+        self.key == probe.key
+            && (!probe.is_long() || self.long.as_deref().is_some_and(|w| **w == *probe.bytes))
     }
 
     /// Whether this is a vacant slot.
@@ -234,9 +248,7 @@ impl<D> Words<D> {
         let (home, window) = self.window(probe);
         let mut found = None;
         for (i, edge) in window.iter().enumerate() {
-            let hit = edge.key == probe.key
-                && (!probe.is_long() || edge.long.as_deref().is_some_and(|w| **w == *probe.bytes));
-            found = if hit { Some(home + i) } else { found };
+            found = if edge.matches(probe) { Some(home + i) } else { found };
         }
         found
     }
@@ -246,12 +258,7 @@ impl<D> Words<D> {
     fn get(&self, probe: &Probe<'_>) -> Option<&Node<D>> {
         let (_, window) = self.window(probe);
         if probe.is_long() {
-            return window
-                .iter()
-                .find(|edge| {
-                    edge.key == probe.key && edge.long.as_deref().is_some_and(|w| **w == *probe.bytes)
-                })
-                .map(|edge| &edge.node);
+            return window.iter().find(|edge| edge.matches(probe)).map(|edge| &edge.node);
         }
         // Keys are unique within a table, so the last hit is the only one.
         let mut found = None;
@@ -342,18 +349,16 @@ impl<D: Clone> Words<D> {
     /// an eighth full is laid out anew, smaller.
     fn remove(&mut self, seed: u64, at: usize) {
         self.len -= 1;
-        if self.len == 0 {
-            *self = Words::new();
-            return;
-        }
-        let mask = self.capacity() - 1;
-        if 8 * (self.len as usize) < mask + 1 {
+        // The last edge gone falls in here too, and `lay_out` of no edges
+        // leaves an empty table.
+        if 8 * (self.len as usize) < self.capacity() {
             let slots = self.slots();
             let edges =
                 slots[..at].iter().chain(&slots[at + 1..]).filter(|e| !e.is_vacant()).cloned().collect();
             self.lay_out(seed, edges);
             return;
         }
+        let mask = self.capacity() - 1;
         let slots = Arc::make_mut(self.slots.as_mut().expect("an edge is removed, so there are edges"));
         let mut end = at + 1;
         while end < slots.len() && !slots[end].is_vacant() && slots[end].hash(seed) as usize & mask < end {
@@ -421,7 +426,7 @@ fn word_hash(seed: u64, key: Key, word: &[u8]) -> u64 {
         (p as u64) ^ ((p >> 64) as u64)
     }
     let mut h = fold(seed ^ key[0], M0);
-    if key[1] >> 56 == LONG {
+    if is_long(key) {
         // The key holds the first bytes only: hash the rest too.
         for chunk in word[SHORT..].chunks(8) {
             h = fold(h ^ chunk.iter().rev().fold(0, |acc, &b| acc << 8 | u64::from(b)), M0);
@@ -595,7 +600,7 @@ fn walk<'n, D>(
     key: &str,
     sets: [&mut [&'n Node<D>]; 2],
     sticky: &mut [&'n Node<D>],
-    mut seen: Option<&mut HashSet<usize>>,
+    mut seen: Option<&mut FastHashSet<usize>>,
     report: &mut impl FnMut(&'n Node<D>),
 ) -> bool {
     let [mut cur, mut next] = sets;
@@ -648,7 +653,7 @@ fn enter_hashes<'n, D>(
     fresh: &[&'n Node<D>],
     sticky: &mut [&'n Node<D>],
     stuck: &mut usize,
-    mut seen: Option<&mut HashSet<usize>>,
+    mut seen: Option<&mut FastHashSet<usize>>,
 ) -> Option<()> {
     for node in fresh {
         if let Some(hash) = node.hash.as_deref() {
@@ -776,7 +781,7 @@ struct Scratch {
     /// Buffer for the active `#` nodes.
     sticky: Vec<usize>,
     /// Addresses of `#` nodes already in the sticky set.
-    seen: HashSet<usize>,
+    seen: FastHashSet<usize>,
 }
 
 thread_local! {
@@ -1296,7 +1301,8 @@ mod tests {
             trie.insert(&format!("{}.#", word(i)), i as u32);
         }
         check_table(&trie.root.words, trie.seed);
-        let bound: HashSet<usize> = (0..n).step_by(10).chain(order.iter().step_by(2).copied()).collect();
+        let bound: std::collections::HashSet<usize> =
+            (0..n).step_by(10).chain(order.iter().step_by(2).copied()).collect();
         assert_eq!(trie.len(), bound.len());
         for i in 0..n + 10 {
             let want: &[u32] = if bound.contains(&i) { &[i as u32] } else { &[] };
