@@ -118,15 +118,8 @@ struct Probe<'k> {
 }
 
 impl<'k> Probe<'k> {
-    /// Prepares `word` (a pattern word: no `.` in it) for lookups in a trie
-    /// with this `seed`.
-    fn new(seed: u64, word: &'k [u8]) -> Self {
-        let (len, key) = pack_first(word);
-        debug_assert_eq!(len, word.len(), "a word has no dot");
-        Probe::packed(seed, word, key)
-    }
-
-    /// [`new`](Self::new) for a word already packed.
+    /// Prepares `word`, already packed into `key` (by [`key_words`] or
+    /// [`pattern_words`]), for lookups in a trie with this `seed`.
     #[inline(always)]
     fn packed(seed: u64, word: &'k [u8], key: Key) -> Self {
         Probe { key, hash: word_hash(seed, key, word), bytes: word }
@@ -480,11 +473,11 @@ impl<D: Clone + PartialEq> TopicTrie<D> {
     /// deduplicates.
     pub(crate) fn insert(&mut self, pattern: &str, dest: D) {
         let mut node = &mut self.root;
-        for word in pattern_words(pattern) {
+        for (word, key) in pattern_words(pattern) {
             node = match word {
-                "*" => Arc::make_mut(node.star.get_or_insert_with(|| Arc::new(Node::empty()))),
-                "#" => Arc::make_mut(node.hash.get_or_insert_with(|| Arc::new(Node::empty()))),
-                literal => node.words.get_or_insert(self.seed, &Probe::new(self.seed, literal.as_bytes())),
+                b"*" => Arc::make_mut(node.star.get_or_insert_with(|| Arc::new(Node::empty()))),
+                b"#" => Arc::make_mut(node.hash.get_or_insert_with(|| Arc::new(Node::empty()))),
+                literal => node.words.get_or_insert(self.seed, &Probe::packed(self.seed, literal, key)),
             };
         }
         node.dests = Some(node.dests().iter().cloned().chain([dest]).collect());
@@ -568,11 +561,11 @@ impl<D: Clone + PartialEq> TopicTrie<D> {
     /// The node spelled by `pattern`, if any binding passes through it.
     fn find(&self, pattern: &str) -> Option<&Node<D>> {
         let mut node = &self.root;
-        for word in pattern_words(pattern) {
+        for (word, key) in pattern_words(pattern) {
             node = match word {
-                "*" => node.star.as_deref()?,
-                "#" => node.hash.as_deref()?,
-                literal => node.words.get(&Probe::new(self.seed, literal.as_bytes()))?,
+                b"*" => node.star.as_deref()?,
+                b"#" => node.hash.as_deref()?,
+                literal => node.words.get(&Probe::packed(self.seed, literal, key))?,
             };
         }
         Some(node)
@@ -675,10 +668,10 @@ fn enter_hashes<'n, D>(
 fn remove_at<'w, D: Clone + PartialEq>(
     node: &mut Node<D>,
     seed: u64,
-    words: &mut impl Iterator<Item = &'w str>,
+    words: &mut impl Iterator<Item = (&'w [u8], Key)>,
     dest: &D,
 ) -> bool {
-    let Some(word) = words.next() else {
+    let Some((word, key)) = words.next() else {
         let dests = node.dests();
         let Some(at) = dests.iter().position(|d| d == dest) else {
             return false;
@@ -688,10 +681,10 @@ fn remove_at<'w, D: Clone + PartialEq>(
         return true;
     };
     match word {
-        "*" => remove_in_slot(&mut node.star, seed, words, dest),
-        "#" => remove_in_slot(&mut node.hash, seed, words, dest),
+        b"*" => remove_in_slot(&mut node.star, seed, words, dest),
+        b"#" => remove_in_slot(&mut node.hash, seed, words, dest),
         literal => {
-            let Some(at) = node.words.position(&Probe::new(seed, literal.as_bytes())) else {
+            let Some(at) = node.words.position(&Probe::packed(seed, literal, key)) else {
                 return false;
             };
             let child = node.words.child_mut(at);
@@ -708,7 +701,7 @@ fn remove_at<'w, D: Clone + PartialEq>(
 fn remove_in_slot<'w, D: Clone + PartialEq>(
     slot: &mut Option<Arc<Node<D>>>,
     seed: u64,
-    words: &mut impl Iterator<Item = &'w str>,
+    words: &mut impl Iterator<Item = (&'w [u8], Key)>,
     dest: &D,
 ) -> bool {
     let Some(child) = slot else {
@@ -739,20 +732,15 @@ fn key_words(key: &str) -> impl Iterator<Item = (&[u8], Key)> {
     })
 }
 
-/// The words of a binding pattern: split like a key, with runs of `#`
-/// collapsed to one, which matches the same keys and keeps the trie free of
-/// `#`-after-`#` edges that the matcher would otherwise need to chase.
-fn pattern_words(pattern: &str) -> impl Iterator<Item = &str> {
+/// The words of a binding pattern, split and packed as [`key_words`] does,
+/// with runs of `#` collapsed to one, which matches the same keys and keeps
+/// the trie free of `#`-after-`#` edges that the matcher would otherwise
+/// need to chase.
+fn pattern_words(pattern: &str) -> impl Iterator<Item = (&[u8], Key)> {
     let mut after_hash = false;
-    let mut words = pattern.split('.');
-    if pattern.is_empty() {
-        // `"".split('.')` yields a single empty word; drop it so none remain,
-        // as `key_words` has none.
-        words.next();
-    }
-    words.filter(move |&word| {
-        let repeat = after_hash && word == "#";
-        after_hash = word == "#";
+    key_words(pattern).filter(move |&(word, _)| {
+        let repeat = after_hash && word == b"#";
+        after_hash = word == b"#";
         !repeat
     })
 }
@@ -821,7 +809,8 @@ mod tests {
 
     /// The child of `node` (a node of `trie`) through the literal edge `word`.
     fn literal_child<'t>(trie: &TopicTrie<u32>, node: &'t Node<u32>, word: &str) -> Option<&'t Node<u32>> {
-        node.words.get(&Probe::new(trie.seed, word.as_bytes()))
+        let (_, key) = pack_first(word.as_bytes());
+        node.words.get(&Probe::packed(trie.seed, word.as_bytes(), key))
     }
 
     /// Whether a trie holding only `pattern` routes `key`.
@@ -858,7 +847,7 @@ mod tests {
         assert_eq!(words(".a"), ["", "a"]);
         assert_eq!(words("a."), ["a", ""]);
         assert_eq!(words("."), ["", ""]);
-        let pwords = |s| pattern_words(s).collect::<Vec<_>>();
+        let pwords = |s| pattern_words(s).map(|(w, _)| std::str::from_utf8(w).unwrap()).collect::<Vec<_>>();
         assert_eq!(pwords("#.#"), ["#"]);
         assert_eq!(pwords("a.#.#.b.#"), ["a", "#", "b", "#"]);
         assert_eq!(pwords("#..#"), ["#", "", "#"]);
