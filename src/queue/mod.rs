@@ -550,7 +550,7 @@ impl Queue {
         }
         let size = msg.body_len();
         let full = |state: &QueueState| {
-            let len = state.ready.len() + state.delayed.len();
+            let len = state.held();
             let bytes = state.ready.bytes() + state.delayed.bytes();
             max_len.is_some_and(|max| len + 1 > max) || max_bytes.is_some_and(|max| bytes + size > max)
         };
@@ -831,7 +831,7 @@ impl Queue {
     /// Removes every ready and delayed message; returns how many.
     pub(crate) fn purge(&self) -> usize {
         let mut state = self.state.lock();
-        state.ready.clear() + state.delayed.clear()
+        state.clear_held()
     }
 
     /// Marks the queue deleted, drops its messages and cancels its
@@ -854,7 +854,7 @@ impl Queue {
             if if_unused && !state.consumers.is_empty() {
                 return Err(DeleteRefused::InUse);
             }
-            if if_empty && state.ready.len() + state.delayed.len() > 0 {
+            if if_empty && state.held() > 0 {
                 return Err(DeleteRefused::NotEmpty);
             }
             if let Some(now) = expiring_at
@@ -863,7 +863,7 @@ impl Queue {
                 return Err(DeleteRefused::NotIdle);
             }
             state.deleted = true;
-            (state.ready.clear() + state.delayed.clear(), std::mem::take(&mut state.consumers))
+            (state.clear_held(), std::mem::take(&mut state.consumers))
         };
         let consumers: Vec<Arc<ConsumerShared>> = slots.into_iter().map(|slot| slot.consumer).collect();
         for consumer in consumers {
@@ -964,6 +964,17 @@ impl Queue {
 }
 
 impl QueueState {
+    /// Messages the queue holds, ready and delayed: what length limits,
+    /// purge and `if_empty` count.
+    fn held(&self) -> usize {
+        self.ready.len() + self.delayed.len()
+    }
+
+    /// Drops every ready and delayed message; returns how many.
+    fn clear_held(&mut self) -> usize {
+        self.ready.clear() + self.delayed.clear()
+    }
+
     /// Moves ready messages to consumers with credit until one side runs out.
     /// Afterwards either nothing is ready or no consumer has credit: the
     /// invariant `enqueue` relies on. Expired messages met on the way are
