@@ -1190,6 +1190,39 @@ impl Bench {
         self.config.messages.unwrap_or(default)
     }
 
+    /// The raw side of a publish-only case: `threads` producers, each
+    /// sending its share of `n` pool messages into a channel of its own in
+    /// batches, emptied between batches outside the time.
+    fn raw_publish_only(&self, threads: usize, n: u64) -> Outcome {
+        let (epoch, pool) = (self.epoch, &self.pool);
+        let indices: Vec<usize> = (0..pool.len()).collect();
+        let indices = &indices;
+        let producers: Vec<ProducerJob> = (0..threads)
+            .map(|p| {
+                let (part, count) = (part(indices, p, threads), share(n, p, threads));
+                Box::new(move |slot: &Slot| {
+                    let (tx, rx) = unbounded::<RawMessage>();
+                    let (mut busy, mut sent) = (Duration::ZERO, 0u64);
+                    let mut it = part.iter().cycle().take(count as usize);
+                    while sent < count {
+                        let start = Instant::now();
+                        for &i in it.by_ref().take(BATCH) {
+                            if tx.send(Arc::new(stamped(&pool[i], epoch))).is_err() {
+                                fatal("raw channel closed");
+                            }
+                            sent += 1;
+                        }
+                        busy += start.elapsed();
+                        rx.try_iter().for_each(drop);
+                        slot.set(sent);
+                    }
+                    Produced { routed: sent, busy: Some(busy) }
+                }) as ProducerJob
+            })
+            .collect();
+        run_threads(&self.progress, n, producers, Vec::new(), &|| {})
+    }
+
     /// Runs `raw` then `bus` for each rep (after one small warm-up pair), labelling the progress line.
     fn paired(
         &self,
@@ -1700,33 +1733,7 @@ impl Bench {
         };
 
         // Publish-only: the raw side sends each message once into its own channel.
-        let raw_publish = |n: u64| {
-            let producers: Vec<ProducerJob> = (0..np)
-                .map(|p| {
-                    let (part, count) = (part(indices, p, np), share(n, p, np));
-                    Box::new(move |slot: &Slot| {
-                        let (tx, rx) = unbounded::<RawMessage>();
-                        let mut busy = Duration::ZERO;
-                        let mut sent = 0u64;
-                        let mut it = part.iter().cycle().take(count as usize);
-                        while sent < count {
-                            let start = Instant::now();
-                            for &i in it.by_ref().take(BATCH) {
-                                if tx.send(Arc::new(stamped(&pool[i], epoch))).is_err() {
-                                    fatal("raw channel closed");
-                                }
-                                sent += 1;
-                            }
-                            busy += start.elapsed();
-                            rx.try_iter().for_each(drop);
-                            slot.set(sent);
-                        }
-                        Produced { routed: sent, busy: Some(busy) }
-                    }) as ProducerJob
-                })
-                .collect();
-            run_threads(&self.progress, n, producers, Vec::new(), &|| {})
-        };
+        let raw_publish = |n: u64| self.raw_publish_only(np, n);
         let bus_publish = |n: u64| {
             let producers: Vec<ProducerJob> = publishers
                 .iter()
@@ -1917,32 +1924,7 @@ impl Bench {
         let indices: Vec<usize> = (0..pool.len()).collect();
         let (indices, queues, keys, publishers) = (&indices, &queues, &keys, &publishers);
 
-        let raw = |threads: usize, n: u64| {
-            let producers: Vec<ProducerJob> = (0..threads)
-                .map(|p| {
-                    let (part, count) = (part(indices, p, threads), share(n, p, threads));
-                    Box::new(move |slot: &Slot| {
-                        let (tx, rx) = unbounded::<RawMessage>();
-                        let (mut busy, mut sent) = (Duration::ZERO, 0u64);
-                        let mut it = part.iter().cycle().take(count as usize);
-                        while sent < count {
-                            let start = Instant::now();
-                            for &i in it.by_ref().take(BATCH) {
-                                if tx.send(Arc::new(stamped(&pool[i], epoch))).is_err() {
-                                    fatal("raw channel closed");
-                                }
-                                sent += 1;
-                            }
-                            busy += start.elapsed();
-                            rx.try_iter().for_each(drop);
-                            slot.set(sent);
-                        }
-                        Produced { routed: sent, busy: Some(busy) }
-                    }) as ProducerJob
-                })
-                .collect();
-            run_threads(&self.progress, n, producers, Vec::new(), &|| {})
-        };
+        let raw = |threads: usize, n: u64| self.raw_publish_only(threads, n);
         let bus = |threads: usize, n: u64| {
             let producers: Vec<ProducerJob> = (0..threads)
                 .map(|p| {
