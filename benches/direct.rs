@@ -37,7 +37,7 @@ mod common;
 use std::hint::black_box;
 use std::time::Duration;
 
-use common::{Pool, Raw, bench_raw_1to1, bench_raw_clone_1to1, configure, timed_pair, timed_publish_only};
+use common::{Pool, Raw, bench_publish_only, bench_raw_1to1, bench_raw_clone_1to1, configure, timed_pair};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use interoffice::{
     Broker, Connection, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable, Message, QueueOptions,
@@ -100,21 +100,15 @@ fn direct_publish_only(c: &mut Criterion) {
     group.throughput(Throughput::Elements(N as u64));
 
     let raw = Raw::new();
-    group.bench_function("raw_channel", |b| {
-        b.iter_custom(|iters| {
-            timed_publish_only(iters, || (0..N).for_each(|i| raw.send(pool.raw(i))), || raw.drain())
-        })
-    });
+    bench_publish_only(&mut group, "raw_channel", N, |i| raw.send(pool.raw(i)), || raw.drain());
     let raw_clone = Raw::<Message>::new();
-    group.bench_function("raw_channel_message_clone", |b| {
-        b.iter_custom(|iters| {
-            timed_publish_only(
-                iters,
-                || (0..N).for_each(|i| raw_clone.send(pool.message(i))),
-                || raw_clone.drain(),
-            )
-        })
-    });
+    bench_publish_only(
+        &mut group,
+        "raw_channel_message_clone",
+        N,
+        |i| raw_clone.send(pool.message(i)),
+        || raw_clone.drain(),
+    );
 
     let (_broker, conn) = direct_topology(&pool);
     let purge = || {
@@ -124,33 +118,25 @@ fn direct_publish_only(c: &mut Criterion) {
         assert_eq!(conn.publish("direct", pool.key(i), pool.message(i)).unwrap().queues(), 1);
     }
     purge();
-    group.bench_function("bus_by_name", |b| {
-        b.iter_custom(|iters| {
-            timed_publish_only(
-                iters,
-                || {
-                    for i in 0..N {
-                        conn.publish("direct", pool.key(i), pool.message(i)).expect("publish");
-                    }
-                },
-                purge,
-            )
-        })
-    });
+    bench_publish_only(
+        &mut group,
+        "bus_by_name",
+        N,
+        |i| {
+            conn.publish("direct", pool.key(i), pool.message(i)).expect("publish");
+        },
+        purge,
+    );
     let publisher = conn.publisher("direct").unwrap();
-    group.bench_function("bus_publisher_handle", |b| {
-        b.iter_custom(|iters| {
-            timed_publish_only(
-                iters,
-                || {
-                    for i in 0..N {
-                        publisher.publish(pool.key(i), pool.message(i)).expect("publish");
-                    }
-                },
-                purge,
-            )
-        })
-    });
+    bench_publish_only(
+        &mut group,
+        "bus_publisher_handle",
+        N,
+        |i| {
+            publisher.publish(pool.key(i), pool.message(i)).expect("publish");
+        },
+        purge,
+    );
     group.finish();
 }
 

@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{KINDS, Pool, REGIONS, Raw, configure, timed_publish_only};
+use common::{KINDS, Pool, REGIONS, Raw, bench_publish_only, configure};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use interoffice::{Broker, ExchangeKind, ExchangeOptions, FieldTable, FieldValue, QueueOptions};
 
@@ -38,11 +38,7 @@ fn headers_publish_only(c: &mut Criterion) {
     group.throughput(Throughput::Elements(N as u64));
 
     let raw = Raw::new();
-    group.bench_function("raw_channel", |b| {
-        b.iter_custom(|iters| {
-            timed_publish_only(iters, || (0..N).for_each(|i| raw.send(pool.raw(i))), || raw.drain())
-        })
-    });
+    bench_publish_only(&mut group, "raw_channel", N, |i| raw.send(pool.raw(i)), || raw.drain());
 
     let queues: Vec<String> = (0..QUEUES).map(|i| format!("hq{i}")).collect();
     let broker = Broker::new();
@@ -74,19 +70,15 @@ fn headers_publish_only(c: &mut Criterion) {
         reached as f64 / pool.samples.len() as f64
     );
 
-    group.bench_function("bus", |b| {
-        b.iter_custom(|iters| {
-            timed_publish_only(
-                iters,
-                || {
-                    for i in 0..N {
-                        conn.publish("headers", pool.key(i), pool.message(i)).expect("publish");
-                    }
-                },
-                purge,
-            )
-        })
-    });
+    bench_publish_only(
+        &mut group,
+        "bus",
+        N,
+        |i| {
+            conn.publish("headers", pool.key(i), pool.message(i)).expect("publish");
+        },
+        purge,
+    );
     group.finish();
 }
 

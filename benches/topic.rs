@@ -29,7 +29,7 @@ mod common;
 use std::hint::black_box;
 
 use common::workload::{NaiveRouter, topic_patterns};
-use common::{Pool, Raw, configure, timed_publish_only};
+use common::{Pool, Raw, bench_publish_only, configure};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use interoffice::{Broker, ExchangeKind, ExchangeOptions, FieldTable, QueueOptions};
 
@@ -49,11 +49,7 @@ fn topic_publish_only_10k_bindings(c: &mut Criterion) {
     group.throughput(Throughput::Elements(N as u64));
 
     let raw = Raw::new();
-    group.bench_function("raw_channel", |b| {
-        b.iter_custom(|iters| {
-            timed_publish_only(iters, || (0..N).for_each(|i| raw.send(pool.raw(i))), || raw.drain())
-        })
-    });
+    bench_publish_only(&mut group, "raw_channel", N, |i| raw.send(pool.raw(i)), || raw.drain());
 
     let patterns = topic_patterns(&pool.vocab, BINDINGS, QUEUES);
     let queues: Vec<String> = (0..QUEUES).map(|i| format!("tq{i}")).collect();
@@ -86,19 +82,15 @@ fn topic_publish_only_10k_bindings(c: &mut Criterion) {
         reached as f64 / pool.samples.len() as f64
     );
 
-    group.bench_function("bus", |b| {
-        b.iter_custom(|iters| {
-            timed_publish_only(
-                iters,
-                || {
-                    for i in 0..N {
-                        conn.publish("topic", pool.key(i), pool.message(i)).expect("publish");
-                    }
-                },
-                purge,
-            )
-        })
-    });
+    bench_publish_only(
+        &mut group,
+        "bus",
+        N,
+        |i| {
+            conn.publish("topic", pool.key(i), pool.message(i)).expect("publish");
+        },
+        purge,
+    );
 
     group.throughput(Throughput::Elements(NAIVE_KEYS as u64));
     let keys: Vec<&str> = (0..NAIVE_KEYS).map(|i| pool.key(i)).collect();

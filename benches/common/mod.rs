@@ -206,6 +206,21 @@ where
         .sum()
 }
 
+/// A publish-only benchmark on this thread: `publish(i)` for `i` in `0..n`
+/// per iteration, then `reset` outside the timer (draining a channel,
+/// purging queues).
+pub fn bench_publish_only(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    n: usize,
+    publish: impl Fn(usize),
+    reset: impl Fn(),
+) {
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| timed_publish_only(iters, || (0..n).for_each(&publish), &reset))
+    });
+}
+
 /// The raw 1→1 baseline as a benchmark: `n` pool messages per iteration from
 /// this thread to a consumer thread through one channel.
 pub fn bench_raw_1to1(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, pool: &Pool, n: usize) {
