@@ -214,7 +214,8 @@ fn main() -> Result<(), BoxError> {
             processed: 2 + u64::from(concurrent),
             failed: 0,
             panicked: 0,
-            replies_undeliverable: 0
+            replies_undeliverable: 0,
+            consumers_lost: 0
         }
     );
     assert_eq!((queue.messages_ready, queue.messages_unacknowledged, queue.consumers), (0, 0, 0));

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, MAX_DURATION};
 use crate::connection::Connection;
 use crate::dead_letter::Letter;
 use crate::error::{BindError, ConsumeError, DeclareError, DeleteError, PublishError};
@@ -539,7 +539,9 @@ impl BrokerInner {
             && let Some(ms) = message.header("x-delay").and_then(crate::FieldValue::as_i64)
             && ms > 0
         {
-            delay = Some(delay.unwrap_or_default().max(Duration::from_millis(ms.unsigned_abs())));
+            // A header from an untrusted publisher: clamped, like every delay.
+            let header_delay = Duration::from_millis(ms.unsigned_abs()).min(MAX_DURATION);
+            delay = Some(delay.unwrap_or_default().max(header_delay));
         }
         let envelope = Arc::new(Envelope::new(&start.name, routing_key, message));
         let mut pass = RoutingPass::new(
@@ -1137,12 +1139,13 @@ impl<'a> RoutingPass<'a> {
 }
 
 /// A message's own TTL: its `expiration`, a non-negative integer of
-/// milliseconds. `None` if malformed.
+/// milliseconds up to [`MAX_DURATION`] (RabbitMQ refuses more as
+/// `value_too_large`). `None` if malformed or too large.
 fn parse_expiration(value: &str) -> Option<Duration> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    value.parse::<u64>().ok().map(Duration::from_millis)
+    value.parse::<u64>().ok().map(Duration::from_millis).filter(|ttl| *ttl <= MAX_DURATION)
 }
 
 /// A set of ids for one routing pass: inline while it holds at most `N`,

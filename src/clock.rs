@@ -12,6 +12,32 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
 use crate::timer::Timers;
 
+/// The longest duration the bus accepts for a message TTL, a queue's
+/// `expires`, a delay or a deduplication window: ten years
+/// (315,360,000,000 ms), RabbitMQ's own limit (it refuses a longer
+/// `x-message-ttl`, `x-expires` or `expiration` with `value_too_large`).
+///
+/// Declarations with a longer duration are refused; builders that take a
+/// `Duration` ([`Message::with_expiration`](crate::Message::with_expiration),
+/// [`Message::with_delay`](crate::Message::with_delay),
+/// [`Delivery::nack_with_delay`](crate::Delivery::nack_with_delay),
+/// [`OnError::RequeueAfter`](crate::OnError::RequeueAfter)) clamp to it, so
+/// `Duration::MAX` reads as "as long as possible".
+pub const MAX_DURATION: Duration = Duration::from_millis(315_360_000_000);
+
+/// `at + by`, saturating: an instant past what `Instant` can hold becomes
+/// the latest one it can (found by halving), never a panic. Every deadline
+/// the bus computes goes through here.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    let mut by = by;
+    loop {
+        if let Some(t) = at.checked_add(by) {
+            return t;
+        }
+        by /= 2;
+    }
+}
+
 /// The source of time of a broker, set in
 /// [`BrokerOptions::clock`](crate::BrokerOptions::clock).
 ///
@@ -48,7 +74,7 @@ impl Clock {
     pub fn system_time(&self) -> SystemTime {
         match &self.manual {
             None => SystemTime::now(),
-            Some(manual) => manual.wall_base + manual.elapsed(),
+            Some(manual) => manual.wall_base.checked_add(manual.elapsed()).unwrap_or(manual.wall_base),
         }
     }
 
@@ -106,7 +132,7 @@ impl ManualState {
     }
 
     fn now(&self) -> Instant {
-        self.base + self.elapsed()
+        later(self.base, self.elapsed())
     }
 
     fn set(&self, at: Instant) {
@@ -185,9 +211,12 @@ impl ManualClock {
     /// Moves time forward by `by`. Each timer due by the new time fires at
     /// its own instant (the clock stops there while it runs), earliest first,
     /// so a chain of expiries resolves as it would in real time.
+    ///
+    /// Time saturates: advancing by `Duration::MAX` moves the clock as far
+    /// as it can go (about 584 years in all) and fires everything due.
     pub fn advance(&self, by: Duration) {
         let _one_at_a_time = self.state.advancing.lock();
-        let target = self.state.now() + by;
+        let target = later(self.state.now(), by);
         loop {
             let timers: Vec<Arc<Timers>> =
                 self.state.timers.lock().iter().filter_map(Weak::upgrade).collect();

@@ -17,7 +17,7 @@ use crate::field::FieldTable;
 use crate::message::Message;
 use crate::queue::{QueueOptions, QueueStats};
 use crate::rpc::{self, Call, CallError, ReplyEndpoint, RpcStats};
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak};
 
 /// Options of [`Connection::delete_queue`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub(crate) struct ConnectionShared {
     name: Option<String>,
     /// Set once by `close` (or drop); every operation checks it first.
     closed: AtomicBool,
+    /// Live `Connection` handles: the user's, plus one held by each worker,
+    /// server or async worker started on it. Dropping the last closes it.
+    handles: AtomicUsize,
     /// Every consumer opened on this connection whose shared state is still
     /// alive (cancelled ones may still have deliveries to requeue on close).
     /// The same lock orders `consume` against `close`.
@@ -118,12 +121,21 @@ impl Connection {
             id: broker.inner.id(),
             name,
             closed: AtomicBool::new(false),
+            handles: AtomicUsize::new(1),
             consumers: Mutex::new(ConsumerList::default()),
             gets: Arc::new(GetStore::default()),
             replies: Mutex::new(None),
             will: Mutex::new(None),
         });
         Connection { shared, broker }
+    }
+
+    /// Another handle on this connection, for a worker or server that must
+    /// keep it open while it runs: the connection closes when the last
+    /// handle is dropped (or at once, on an explicit `close`).
+    pub(crate) fn hold(&self) -> Connection {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        Connection { shared: Arc::clone(&self.shared), broker: self.broker.clone() }
     }
 
     /// The connection's id, unique within its broker.
@@ -273,6 +285,7 @@ impl Connection {
 
     /// Starts consuming from `queue`.
     pub fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, ConsumeError> {
+        options.validate()?;
         let queue = self.queue_for(queue)?;
         let mut consumers = self.shared.consumers.lock();
         if consumers.closed {
@@ -322,8 +335,10 @@ impl Connection {
     /// A publisher bound to one exchange, resolved once: publishing through
     /// it skips looking the exchange up by name. Fails with
     /// [`DeclareError::NotFound`] if there is no such exchange, as a passive
-    /// declaration does; if the exchange is deleted later, its publishes fail with
-    /// [`PublishError::ExchangeNotFound`]. It publishes as this connection
+    /// declaration does. If the exchange is deleted later, its publishes fail with
+    /// [`PublishError::ExchangeNotFound`] until an exchange of that name is
+    /// declared again, which it then publishes to (looked up by name on each
+    /// publish from then on, as [`publish`](Self::publish) does). It publishes as this connection
     /// (and fails once it is closed).
     ///
     /// ```
@@ -586,6 +601,11 @@ impl Publisher {
         if self.connection.closed.load(Ordering::Acquire) {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
         }
+        if self.exchange.is_deleted() {
+            // Deleted since the publisher was made, and maybe declared
+            // again: publish by name, as `Connection::publish` would.
+            return self.broker.inner.publish(&self.exchange.name, routing_key, message, options);
+        }
         self.broker.inner.publish_resolved(&self.exchange, routing_key, message, options)
     }
 }
@@ -595,6 +615,10 @@ impl Drop for Connection {
     /// module that stopped without saying goodbye, or a thread unwinding
     /// from a panic — publishes its last will, then closes it.
     fn drop(&mut self) {
+        // A worker or server started on this connection still holds it.
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) > 1 {
+            return;
+        }
         let will = self.shared.will.lock().take();
         if let Some(will) = will
             && !self.is_closed()

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError as ChannelTimeout, TryRecvErr
 
 use crate::broker::BrokerInner;
 use crate::delivery::{Delivery, Holder};
-use crate::error::{AckError, RecvError, RecvTimeoutError, TryRecvError};
+use crate::error::{AckError, ConsumeError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::field::FieldTable;
 use crate::queue::{Queue, QueuedMessage, Settlement};
 use crate::sync::{Arc, AtomicBool, AtomicU32, Mutex, Ordering, spin_wait};
@@ -61,6 +61,34 @@ impl ConsumeOptions {
             .get("x-priority")
             .and_then(crate::FieldValue::as_i64)
             .map_or(0, |p| i32::try_from(p).unwrap_or(if p < 0 { i32::MIN } else { i32::MAX }))
+    }
+
+    /// Refuses arguments that are invalid or that the bus does not
+    /// implement: `x-priority` must be an integer that fits 32 bits (and
+    /// agree with the field if both are set); any other `x-` argument is
+    /// refused, never ignored. Other arguments are kept as they are.
+    pub(crate) fn validate(&self) -> Result<(), ConsumeError> {
+        for (name, value) in self.arguments.iter() {
+            if name == "x-priority" {
+                let priority = value.as_i64().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| {
+                    ConsumeError::InvalidArgument(format!(
+                        "invalid arg 'x-priority': expected a 32-bit integer, got {}",
+                        crate::queue::describe(value)
+                    ))
+                })?;
+                if self.priority != 0 && self.priority != priority {
+                    return Err(ConsumeError::InvalidArgument(format!(
+                        "invalid arg 'x-priority': the option says {} but the argument says {priority}",
+                        self.priority
+                    )));
+                }
+            } else if name.starts_with("x-") {
+                return Err(ConsumeError::InvalidArgument(format!(
+                    "invalid arg '{name}': not implemented by interoffice (refused, not ignored)"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -146,18 +174,24 @@ impl ConsumerShared {
     /// sets `has_wakers`, then checks the inbox. The SeqCst fences on both
     /// sides mean at least one of them sees the other, so no wake-up is lost.
     pub(crate) fn wake(&self) {
+        let mut wakers = Vec::new();
+        self.take_wakers(&mut wakers);
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// The handshake of [`wake`](Self::wake) without the waking: moves the
+    /// waiting tasks' wakers into `into`, for a caller holding a queue lock
+    /// to wake once it has released it (a waker is user code).
+    pub(crate) fn take_wakers(&self, into: &mut Vec<Waker>) {
         fence(Ordering::SeqCst);
         if !self.has_wakers.load(Ordering::Relaxed) {
             return;
         }
-        let wakers = {
-            let mut wakers = self.wakers.lock();
-            self.has_wakers.store(false, Ordering::Relaxed);
-            std::mem::take(&mut *wakers)
-        };
-        for waker in wakers {
-            waker.wake();
-        }
+        let mut wakers = self.wakers.lock();
+        self.has_wakers.store(false, Ordering::Relaxed);
+        into.append(&mut wakers);
     }
 
     /// One poll of an async receive. A delivery is taken from the inbox and

@@ -145,8 +145,10 @@ fn dead_letter_message(
     });
     let entry = match same.map(|i| deaths.remove(i)) {
         Some(FieldValue::Table(mut entry)) => {
-            let count = entry.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
-            entry.insert("count", FieldValue::I64(count + 1));
+            // The header came from a publisher: untrusted. A count that is
+            // not a sane integer restarts at 0; the sum saturates.
+            let count = entry.get("count").and_then(FieldValue::as_i64).unwrap_or(0).max(0);
+            entry.insert("count", FieldValue::I64(count.saturating_add(1)));
             entry
         }
         _ => {

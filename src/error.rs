@@ -144,6 +144,10 @@ pub enum ConsumeError {
     /// The connection already has a consumer with that tag.
     #[error("NOT_ALLOWED - attempt to reuse consumer tag '{0}'")]
     TagInUse(String),
+    /// A consumer argument is invalid (`x-priority` not an integer) or not
+    /// implemented by interoffice (refused rather than ignored).
+    #[error("PRECONDITION_FAILED - {0}")]
+    InvalidArgument(String),
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed,
@@ -214,9 +218,10 @@ pub enum PublishError {
         /// The message, handed back.
         message: Box<Message>,
     },
-    /// The `expiration` property is not a non-negative integer of milliseconds.
+    /// The `expiration` property is not a non-negative integer of
+    /// milliseconds, or exceeds [`MAX_DURATION`](crate::MAX_DURATION).
     #[error(
-        "PRECONDITION_FAILED - invalid expiration '{value}': expected milliseconds as a non-negative integer"
+        "PRECONDITION_FAILED - invalid expiration '{value}': expected a non-negative integer of milliseconds up to 315360000000"
     )]
     InvalidExpiration {
         /// The expiration given.
@@ -359,5 +364,5 @@ kinds!(DeleteError {
 });
 kinds!(ConsumeError {
     NotFound(_) => NotFound, ResourceLocked(_) => ResourceLocked, AccessRefused(_) => AccessRefused,
-    TagInUse(_) => NotAllowed, ConnectionClosed => ConnectionClosed,
+    TagInUse(_) => NotAllowed, InvalidArgument(_) => PreconditionFailed, ConnectionClosed => ConnectionClosed,
 });

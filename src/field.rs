@@ -18,7 +18,13 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(FieldValue::from("eu"), FieldValue::String("eu".into()));
 /// assert_eq!(FieldValue::from(7_i64).as_i64(), Some(7));
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Equality (`==`) is total: floats compare by their bits, so a `NaN`
+/// equals the same `NaN` and `0.0 != -0.0`. Arguments (of declarations and
+/// bindings) are compared with it, so binding the same arguments twice is
+/// one binding whatever they hold. Header *matching* uses AMQP's own rules
+/// instead (see [`ExchangeKind::Headers`](crate::ExchangeKind::Headers)).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FieldValue {
     /// A boolean (`t`).
     Bool(bool),
@@ -56,6 +62,35 @@ pub enum FieldValue {
     /// No value (`V`). In a headers binding it tests presence only.
     Void,
 }
+
+impl PartialEq for FieldValue {
+    fn eq(&self, other: &Self) -> bool {
+        use FieldValue as V;
+        match (self, other) {
+            (V::Bool(a), V::Bool(b)) => a == b,
+            (V::I8(a), V::I8(b)) => a == b,
+            (V::U8(a), V::U8(b)) => a == b,
+            (V::I16(a), V::I16(b)) => a == b,
+            (V::U16(a), V::U16(b)) => a == b,
+            (V::I32(a), V::I32(b)) => a == b,
+            (V::U32(a), V::U32(b)) => a == b,
+            (V::I64(a), V::I64(b)) => a == b,
+            (V::U64(a), V::U64(b)) => a == b,
+            (V::F32(a), V::F32(b)) => a.to_bits() == b.to_bits(),
+            (V::F64(a), V::F64(b)) => a.to_bits() == b.to_bits(),
+            (V::String(a), V::String(b)) => a == b,
+            (V::Bytes(a), V::Bytes(b)) => a == b,
+            (V::Timestamp(a), V::Timestamp(b)) => a == b,
+            (V::Array(a), V::Array(b)) => a == b,
+            (V::Table(a), V::Table(b)) => a == b,
+            (V::Void, V::Void) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Total: see [`FieldValue`]'s equality.
+impl Eq for FieldValue {}
 
 impl FieldValue {
     /// The value as a signed integer, if it is an integer of any width that
@@ -127,7 +162,8 @@ impl FieldValue {
     /// RabbitMQ's equality for header matching: the same kind and the same
     /// value, where integers of any width compare by value, floats of either
     /// width compare by value, and a string equals a byte array holding the
-    /// same bytes. `"1"` is not `1`, and `true` is not `1`.
+    /// same bytes. `"1"` is not `1`, and `true` is not `1`. A timestamp is an
+    /// integer of seconds there, so it equals an integer of the same value.
     pub(crate) fn amqp_eq(&self, other: &FieldValue) -> bool {
         use FieldValue as V;
         if let (Some(a), Some(b)) = (self.as_integer(), other.as_integer()) {
@@ -164,19 +200,16 @@ impl FieldValue {
                 state.write_u8(3);
                 state.write_u8(u8::from(*v));
             }
-            FieldValue::Timestamp(v) => {
-                state.write_u8(4);
-                state.write_u64(*v);
-            }
             _ => return false,
         }
         true
     }
 
-    /// Any integer widened to `i128`, so `U64::MAX` and `I64::MIN` both fit.
+    /// Any integer widened to `i128`, so `U64::MAX` and `I64::MIN` both fit;
+    /// a timestamp is its seconds, as RabbitMQ matches it.
     fn as_integer(&self) -> Option<i128> {
         match *self {
-            FieldValue::U64(v) => Some(v.into()),
+            FieldValue::U64(v) | FieldValue::Timestamp(v) => Some(v.into()),
             _ => self.as_i64().map(i128::from),
         }
     }
@@ -270,7 +303,7 @@ impl From<()> for FieldValue {
 /// assert_eq!(headers.get("region").and_then(FieldValue::as_str), Some("eu"));
 /// assert_eq!(headers.len(), 2);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldTable(Vec<(String, FieldValue)>);
 
 impl FieldTable {
@@ -440,7 +473,26 @@ mod tests {
     fn kinds_stay_apart() {
         assert!(!FieldValue::from("1").amqp_eq(&FieldValue::from(1)));
         assert!(!FieldValue::Bool(true).amqp_eq(&FieldValue::I32(1)));
-        assert!(!FieldValue::Timestamp(1).amqp_eq(&FieldValue::I64(1)));
+    }
+
+    /// RabbitMQ matches a timestamp header against an integer binding value
+    /// of the same seconds, and the reverse.
+    #[test]
+    fn a_timestamp_is_an_integer_of_seconds_for_matching() {
+        assert!(FieldValue::Timestamp(1).amqp_eq(&FieldValue::I64(1)));
+        assert!(FieldValue::I32(7).amqp_eq(&FieldValue::Timestamp(7)));
+        assert!(!FieldValue::Timestamp(1).amqp_eq(&FieldValue::I64(2)));
+        assert!(!FieldValue::Timestamp(1).amqp_eq(&FieldValue::from("1")));
+    }
+
+    #[test]
+    fn equality_is_total_for_floats() {
+        assert_eq!(FieldValue::F64(f64::NAN), FieldValue::F64(f64::NAN));
+        assert_eq!(FieldValue::F32(f32::NAN), FieldValue::F32(f32::NAN));
+        assert_ne!(FieldValue::F64(0.0), FieldValue::F64(-0.0));
+        assert_ne!(FieldValue::F64(1.0), FieldValue::F32(1.0));
+        let nan = FieldTable::from([("x", f64::NAN)]);
+        assert_eq!(nan, nan.clone());
     }
 
     #[test]

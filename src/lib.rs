@@ -85,7 +85,7 @@ mod timer;
 mod worker;
 
 pub use broker::{Broker, BrokerOptions, MAX_NAME_LEN, PublishOptions, Routed};
-pub use clock::{Clock, ManualClock};
+pub use clock::{Clock, MAX_DURATION, ManualClock};
 #[cfg(feature = "json")]
 pub use codec::Json;
 #[cfg(feature = "msgpack")]
@@ -103,7 +103,7 @@ pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
 pub use field::{FieldTable, FieldValue};
 pub use idempotency::{ProcessError, Processed, ProcessedIds};
 pub use message::{DeliveryMode, Message, Properties};
-pub use queue::{DeduplicationWindow, MessageStats, Overflow, QueueOptions, QueueStats};
+pub use queue::{DeduplicationWindow, MessageStats, Overflow, QueueOptions, QueueStats, QueueType};
 pub use rpc::{Call, CallError, DIRECT_REPLY_TO, RpcStats};
 pub use worker::{AsyncWorker, OnError, StopHandle, Worker, WorkerOptions, WorkerReport};
 

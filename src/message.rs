@@ -171,9 +171,12 @@ impl Message {
         self
     }
 
-    /// Sets the per-message time to live (stored as AMQP's millisecond string).
+    /// Sets the per-message time to live (stored as AMQP's millisecond
+    /// string). A TTL over [`MAX_DURATION`](crate::MAX_DURATION) (ten years,
+    /// RabbitMQ's limit) is clamped to it, so the message stays publishable.
     #[must_use]
     pub fn with_expiration(mut self, ttl: Duration) -> Self {
+        let ttl = ttl.min(crate::MAX_DURATION);
         self.properties_mut().expiration = Some(ttl.as_millis().to_string());
         self
     }
@@ -199,7 +202,8 @@ impl Message {
     /// ```
     #[must_use]
     pub fn with_delay(mut self, delay: Duration) -> Self {
-        // Saturates at ~584 years.
+        // Ten years at most (`MAX_DURATION`): fits a u64 of nanoseconds.
+        let delay = delay.min(crate::MAX_DURATION);
         self.delay = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         self
     }

@@ -264,13 +264,20 @@ impl ReplyEndpoint {
             }
             pending.insert(correlation_id, Arc::clone(&call));
         }
-        // A timeout too long to represent as an instant never fires.
-        if let Some(deadline) = broker.clock().now().checked_add(timeout) {
-            let target: Weak<dyn TimerTarget> = Arc::downgrade(&call) as Weak<dyn TimerTarget>;
-            broker.timers().schedule(target, call.timer_id, deadline);
-        }
+        let deadline = crate::clock::later(broker.clock().now(), timeout);
+        let target: Weak<dyn TimerTarget> = Arc::downgrade(&call) as Weak<dyn TimerTarget>;
+        broker.timers().schedule(target, call.timer_id, deadline);
         match broker.publish(exchange, routing_key, message, PublishOptions { mandatory: true }) {
-            Ok(_) => Ok(call),
+            Ok(_) => {
+                // A deadline already reached (a zero timeout) fails at once,
+                // whatever the clock: a manual clock has no thread to fire
+                // it, and waiting for the next `advance` could be forever. A
+                // reply that came during the publish still wins.
+                if broker.clock().now() >= deadline {
+                    call.on_timer();
+                }
+                Ok(call)
+            }
             Err(error) => {
                 call.finish();
                 Err(match error {

@@ -13,6 +13,7 @@
 //! lock is never held while a queue is called.
 
 use std::collections::{BTreeSet, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use crate::clock::Clock;
@@ -78,7 +79,17 @@ impl Timers {
                 state.thread_started = true;
                 let timers = Arc::clone(self);
                 let spawned =
-                    std::thread::Builder::new().name("interoffice-timers".into()).spawn(move || timers.run());
+                    std::thread::Builder::new().name("interoffice-timers".into()).spawn(move || {
+                        // `run` returns only at shutdown; should it ever panic, it
+                        // is reported and started again rather than leaving the
+                        // broker without timers.
+                        while let Err(panic) = catch_unwind(AssertUnwindSafe(|| Arc::clone(&timers).run())) {
+                            tracing::error!(
+                                panic = panic_message(&*panic),
+                                "interoffice: the timer thread panicked; restarting it"
+                            );
+                        }
+                    });
                 if spawned.is_err() {
                     // Without the thread, expiry still happens lazily whenever
                     // the queue is used; try again on the next schedule.
@@ -123,7 +134,12 @@ impl Timers {
             out
         };
         for target in due {
-            target.on_timer();
+            // A panic in one target (a bug) must not take the timers down
+            // with it: every later expiry, delay and call timeout of the
+            // broker depends on them. It is reported, and the rest fire.
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| target.on_timer())) {
+                tracing::error!(panic = panic_message(&*panic), "interoffice: a timer target panicked");
+            }
         }
     }
 
@@ -157,4 +173,13 @@ impl Timers {
             }
         }
     }
+}
+
+/// The text of a panic payload, for reports.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a non-string panic payload)")
 }

@@ -29,7 +29,7 @@ use crate::broker::PublishOptions;
 use crate::connection::Connection;
 use crate::consumer::{ConsumeOptions, Consumer};
 use crate::delivery::Delivery;
-use crate::error::ConsumeError;
+use crate::error::{ConsumeError, RecvError};
 use crate::message::Message;
 use crate::sync::{Arc, AtomicU64, Ordering, Weak};
 
@@ -117,6 +117,11 @@ pub struct WorkerReport {
     /// queue, the queue refused it, the reply was invalid. The request was
     /// acknowledged all the same: whoever asked has gone.
     pub replies_undeliverable: u64,
+    /// Consumers of the worker that ended without being stopped: their
+    /// queue was deleted or their connection closed. Each is also reported
+    /// as a `tracing` warning. A worker whose consumers all ended handles
+    /// nothing more: see [`Worker::is_running`].
+    pub consumers_lost: u64,
 }
 
 /// The counters behind a [`WorkerReport`], shared by a worker's threads.
@@ -126,6 +131,7 @@ struct Counts {
     failed: AtomicU64,
     panicked: AtomicU64,
     replies_undeliverable: AtomicU64,
+    consumers_lost: AtomicU64,
 }
 
 impl Counts {
@@ -135,6 +141,16 @@ impl Counts {
             failed: self.failed.load(Ordering::Acquire),
             panicked: self.panicked.load(Ordering::Acquire),
             replies_undeliverable: self.replies_undeliverable.load(Ordering::Acquire),
+            consumers_lost: self.consumers_lost.load(Ordering::Acquire),
+        }
+    }
+
+    /// A worker's consumer ended: unless it was stopped, that is a worker
+    /// silently dead, so it is counted and reported.
+    fn ended(&self, queue: &str, reason: &RecvError) {
+        if *reason != RecvError::Cancelled {
+            Counts::add(&self.consumers_lost);
+            tracing::warn!(queue, %reason, "interoffice: a worker's consumer ended without being stopped");
         }
     }
 
@@ -227,12 +243,22 @@ pub struct Worker {
     /// An RPC server's connection for replies, closed once the threads are
     /// joined (nothing publishes on it after that).
     replies: Option<Arc<Connection>>,
+    /// A handle on the connection the worker consumes on, so that it stays
+    /// open while the worker runs even if the caller's handle is dropped
+    /// (`broker.connect().worker(..)`). Released after the threads are joined.
+    _connection: Connection,
 }
 
 impl Worker {
     /// The counts so far. A delivery is counted once it is settled.
     pub fn stats(&self) -> WorkerReport {
         self.counts.report()
+    }
+
+    /// Whether any of the worker's threads still takes messages: false once
+    /// every consumer has ended (shut down, queue deleted, connection closed).
+    pub fn is_running(&self) -> bool {
+        self.threads.iter().any(|t| !t.is_finished())
     }
 
     /// Stops gracefully — no new messages, every running handler finishes and
@@ -442,7 +468,12 @@ impl Connection {
         E: Display,
     {
         let consumer = self.consume(queue, consume_options(&options))?;
-        Ok(AsyncWorker { consumer: Arc::new(consumer), handler, on_error: options.on_error })
+        Ok(AsyncWorker {
+            consumer: Arc::new(consumer),
+            handler,
+            on_error: options.on_error,
+            _connection: self.hold(),
+        })
     }
 
     /// Starts the threads of a worker whose handler, wrapped as `step`,
@@ -462,8 +493,13 @@ impl Connection {
         let consumers = (0..threads)
             .map(|_| self.consume(queue, consume_options(&options)).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut worker =
-            Worker { consumers, threads: Vec::with_capacity(threads), counts: Arc::default(), replies };
+        let mut worker = Worker {
+            consumers,
+            threads: Vec::with_capacity(threads),
+            counts: Arc::default(),
+            replies,
+            _connection: self.hold(),
+        };
         let step = Arc::new(step);
         for (n, consumer) in worker.consumers.iter().enumerate() {
             let (consumer, step, counts) =
@@ -474,9 +510,24 @@ impl Connection {
             let spawned = thread::Builder::new().name(name).spawn(move || {
                 // Ends when the consumer is cancelled: shutdown, the
                 // connection closed, the queue deleted.
-                while let Ok(delivery) = consumer.recv() {
-                    let handled = catch_unwind(AssertUnwindSafe(|| step(&delivery)));
-                    settle(delivery, handled, on_error, &counts);
+                loop {
+                    match consumer.recv() {
+                        Ok(delivery) => {
+                            let handled = catch_unwind(AssertUnwindSafe(|| step(&delivery)));
+                            // Settling is the bus's code, but a panic there
+                            // must not kill the thread silently either: the
+                            // delivery, if not settled, is requeued by its drop.
+                            if catch_unwind(AssertUnwindSafe(|| settle(delivery, handled, on_error, &counts)))
+                                .is_err()
+                            {
+                                Counts::add(&counts.panicked);
+                            }
+                        }
+                        Err(reason) => {
+                            counts.ended(consumer.queue(), &reason);
+                            break;
+                        }
+                    }
                 }
             });
             // On failure `worker` is dropped while unwinding, which stops the
@@ -519,6 +570,8 @@ pub struct AsyncWorker<F> {
     consumer: Arc<Consumer>,
     handler: F,
     on_error: OnError,
+    /// Keeps the connection open while the worker exists (see [`Worker`]).
+    _connection: Connection,
 }
 
 impl<F> fmt::Debug for AsyncWorker<F> {
@@ -550,7 +603,14 @@ impl<F> AsyncWorker<F> {
         E: Display,
     {
         let counts = Counts::default();
-        while let Ok(delivery) = self.consumer.recv_async().await {
+        loop {
+            let delivery = match self.consumer.recv_async().await {
+                Ok(delivery) => delivery,
+                Err(reason) => {
+                    counts.ended(self.consumer.queue(), &reason);
+                    break;
+                }
+            };
             let handled = {
                 // Calling may panic as well as polling: an `AsyncFn` need not
                 // be an async closure.

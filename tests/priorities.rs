@@ -6,8 +6,8 @@
 //! queue without `max_priority` ignores priorities.
 
 use interoffice::{
-    Broker, Connection, ConsumeOptions, Consumer, DeclareError, Delivery, ErrorKind, FieldTable, FieldValue,
-    Message, QueueOptions,
+    Broker, Connection, ConsumeOptions, Consumer, DeclareError, Delivery, FieldTable, FieldValue, Message,
+    QueueOptions,
 };
 
 type Result = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -270,17 +270,22 @@ fn x_max_priority_as_an_argument_makes_a_priority_queue() -> Result {
     Ok(())
 }
 
+/// RabbitMQ accepts `x-max-priority = 0` (seen on RabbitMQ 3.10.8): a queue
+/// without priorities, where every message is served in arrival order.
 #[test]
-fn max_priority_0_is_refused_as_a_precondition_failure() -> Result {
+fn max_priority_0_is_a_queue_without_priorities() -> Result {
     let broker = Broker::new();
     let conn = broker.connect();
-    let err = conn.declare_queue("q", priority_queue(0)).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::PreconditionFailed);
-    let DeclareError::PreconditionFailed(ref text) = err else {
-        panic!("expected PreconditionFailed, got {err:?}");
-    };
-    assert!(text.contains("invalid arg 'x-max-priority'"), "{text}");
-    assert!(broker.queue_stats("q").is_none(), "a refused declaration creates nothing");
+    conn.declare_queue("q", priority_queue(0))?;
+    conn.publish("", "q", msg("a", Some(0)))?;
+    conn.publish("", "q", msg("b", Some(9)))?;
+    conn.publish("", "q", msg("c", None))?;
+    assert_eq!(bodies(&take_all(&conn, "q")), ["a", "b", "c"]);
+    // Equivalent re-declaration by argument; none is inequivalent.
+    let by_arg = QueueOptions { arguments: FieldTable::from([("x-max-priority", 0)]), ..Default::default() };
+    conn.declare_queue("q", by_arg)?;
+    let err = conn.declare_queue("q", QueueOptions::default()).unwrap_err();
+    assert!(matches!(&err, DeclareError::PreconditionFailed(t) if t.contains("x-max-priority")), "{err:?}");
     Ok(())
 }
 
@@ -288,7 +293,7 @@ fn max_priority_0_is_refused_as_a_precondition_failure() -> Result {
 fn x_max_priority_out_of_range_or_not_an_integer_is_refused() -> Result {
     let broker = Broker::new();
     let conn = broker.connect();
-    for value in [FieldValue::from(0), FieldValue::from(256), FieldValue::from(-1), FieldValue::from("5")] {
+    for value in [FieldValue::from(256), FieldValue::from(-1), FieldValue::from("5")] {
         let options = QueueOptions {
             arguments: FieldTable::from([("x-max-priority", value.clone())]),
             ..Default::default()

@@ -163,7 +163,10 @@ fn a_handler_that_panics_on_every_third_message_still_processes_all_of_them_the_
     }
     let attempts = attempts.lock().unwrap();
     assert!(attempts.iter().all(|(&n, &a)| a == if n.is_multiple_of(3) { 2 } else { 1 }), "{attempts:?}");
-    assert_eq!(report, WorkerReport { processed: 30, failed: 0, panicked: 10, replies_undeliverable: 0 });
+    assert_eq!(
+        report,
+        WorkerReport { processed: 30, failed: 0, panicked: 10, replies_undeliverable: 0, consumers_lost: 0 }
+    );
     assert_eq!(ready_unacked(&conn, "jobs"), (0, 0));
     Ok(())
 }
@@ -413,7 +416,8 @@ fn closing_the_connection_stops_the_worker() -> Result {
     assert_eq!(broker.queue_stats("jobs").unwrap().consumers, 0);
     broker.connect().publish("", "jobs", Message::new("nobody takes this"))?;
     assert_eq!(broker.queue_stats("jobs").unwrap().messages_ready, 1);
-    assert_eq!(worker.shutdown(), WorkerReport::default());
+    // Not stopped by its owner: the report says the worker lost its consumers.
+    assert_eq!(worker.shutdown(), WorkerReport { consumers_lost: 2, ..Default::default() });
     Ok(())
 }
 
@@ -498,7 +502,10 @@ fn an_async_worker_runs_under_tokio_current_thread_settling_errors_and_panics_an
     got.sort_unstable();
     let expected: Vec<(u64, bool)> = (0..10).map(|n| (n, n == 3 || n == 5)).collect();
     assert_eq!(got, expected);
-    assert_eq!(report, WorkerReport { processed: 10, failed: 1, panicked: 1, replies_undeliverable: 0 });
+    assert_eq!(
+        report,
+        WorkerReport { processed: 10, failed: 1, panicked: 1, replies_undeliverable: 0, consumers_lost: 0 }
+    );
     assert_eq!(ready_unacked(&conn, "jobs"), (0, 0));
     Ok(())
 }

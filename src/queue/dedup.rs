@@ -43,7 +43,7 @@ impl RecentIds {
         while let Some((id, at)) = self.order.front() {
             let too_many = self.window.max_ids.is_some_and(|max| self.order.len() > max);
             let too_old = match (self.window.duration, now) {
-                (Some(duration), Some(now)) => *at + duration <= now,
+                (Some(duration), Some(now)) => crate::clock::later(*at, duration) <= now,
                 _ => false,
             };
             if !(too_many || too_old) {

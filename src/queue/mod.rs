@@ -15,17 +15,19 @@ mod options;
 mod segmented;
 mod store;
 
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::MutexGuard;
 
-pub(crate) use options::QueuePolicy;
-pub use options::{DeduplicationWindow, Overflow, QueueOptions};
+pub use options::{DeduplicationWindow, Overflow, QueueOptions, QueueType};
+pub(crate) use options::{QueuePolicy, describe};
 
 use self::dedup::RecentIds;
 use self::store::{Delayed, DelayedStore, ReadyStore};
 use crate::broker::BrokerInner;
-use crate::clock::Clock;
+use crate::clock::{Clock, MAX_DURATION, later};
 use crate::consumer::ConsumerShared;
 use crate::dead_letter::{DeathReason, Letter, ReasonCounts};
 use crate::error::{ConsumeError, RecvError};
@@ -302,6 +304,13 @@ struct QueueState {
     /// The counters kept under the lock (all but `acknowledged`), if
     /// statistics are on.
     counts: Option<MessageStats>,
+    /// Wakers of async consumers to wake once the lock is released: a
+    /// waker is user code, and may call back into the bus.
+    wakers: Vec<Waker>,
+    /// Messages that left the queue for good, to drop once the lock is
+    /// released: the last reference to a body runs its owner's destructor,
+    /// which is user code.
+    graveyard: Vec<QueuedMessage>,
 }
 
 /// Monotonic counters, updated without the queue lock.
@@ -425,6 +434,8 @@ impl Queue {
                 timer_at: None,
                 letters: Vec::new(),
                 counts: statistics.then(MessageStats::default),
+                wakers: Vec::new(),
+                graveyard: Vec::new(),
             }),
         });
         if queue.policy.expires.is_some() {
@@ -432,6 +443,23 @@ impl Queue {
             queue.reschedule(&mut state);
         }
         queue
+    }
+
+    /// Releases the queue lock, then runs what must not run under it:
+    /// wakes the async consumers it sent to and drops the messages that
+    /// left. Every path that locks the state ends here (or in `with_state`,
+    /// which calls it).
+    fn unlock(&self, mut state: MutexGuard<'_, QueueState>) {
+        if state.wakers.is_empty() && state.graveyard.is_empty() {
+            return;
+        }
+        let wakers = std::mem::take(&mut state.wakers);
+        let graveyard = std::mem::take(&mut state.graveyard);
+        drop(state);
+        for waker in wakers {
+            waker.wake();
+        }
+        drop(graveyard);
     }
 
     /// Whether connection `conn` may use the queue (exclusive queues belong to one).
@@ -464,6 +492,7 @@ impl Queue {
         if !state.letters.is_empty() {
             letters.extend(state.letters.drain(..).map(|(msg, reason)| Letter::new(self, msg, reason)));
         }
+        self.unlock(state);
         outcome
     }
 
@@ -496,7 +525,7 @@ impl Queue {
         if let Some(delay) = timing.delay {
             match self.make_room(state, &msg, &mut timing.now) {
                 Room::Made => {
-                    let due = timing.now.get() + delay;
+                    let due = later(timing.now.get(), delay);
                     state.delayed.insert(due, Delayed { msg, ttl });
                 }
                 Room::Refused => return Enqueued::Rejected,
@@ -505,7 +534,7 @@ impl Queue {
         } else {
             msg.seq = state.next_seq;
             state.next_seq += 1;
-            msg.expires_at = ttl.map(|ttl| timing.now.get() + ttl);
+            msg.expires_at = ttl.map(|ttl| later(timing.now.get(), ttl));
             // Everything ready has already been offered to every consumer
             // with credit, so a new message can go straight to one if the
             // store is empty.
@@ -599,7 +628,9 @@ impl Queue {
             let mut now = Now::new(&self.context.clock);
             let result = f(&mut state, &mut now);
             self.reschedule(&mut state);
-            (result, std::mem::take(&mut state.letters))
+            let letters = std::mem::take(&mut state.letters);
+            self.unlock(state);
+            (result, letters)
         };
         self.bury(letters);
         result
@@ -666,7 +697,7 @@ impl Queue {
             let removed = state.consumers.iter().position(|s| Arc::ptr_eq(&s.consumer, consumer));
             if let Some(index) = removed {
                 drop(state.consumers.remove(index));
-                consumer.wake();
+                consumer.take_wakers(&mut state.wakers);
                 if state.cursor > index {
                     state.cursor -= 1;
                 }
@@ -722,6 +753,7 @@ impl Queue {
             match consumer {
                 Some(c) => {
                     c.in_flight.fetch_sub(count, Ordering::AcqRel);
+                    state.forget_if_settled(c);
                 }
                 None => state.get_unacked -= count as usize,
             }
@@ -741,6 +773,7 @@ impl Queue {
             match consumer {
                 Some(c) => {
                     c.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    state.forget_if_settled(c);
                 }
                 None => state.get_unacked -= 1,
             }
@@ -748,7 +781,7 @@ impl Queue {
                 if delay.is_zero() {
                     state.restore(self, msg, false, now);
                 } else {
-                    let due = now.get() + delay;
+                    let due = later(now.get(), delay.min(MAX_DURATION));
                     state.delayed.insert(due, Delayed { msg, ttl: None });
                 }
             }
@@ -763,6 +796,11 @@ impl Queue {
         let before = consumer.in_flight.fetch_sub(n, Ordering::AcqRel);
         if consumer.prefetch != 0 && before >= consumer.prefetch && before - n < consumer.prefetch {
             self.with_state(|state, now| state.dispatch(self, now));
+        }
+        if before == n && consumer.is_cancelled() {
+            // The last delivery of a cancelled consumer: the queue no longer
+            // needs it for its figures.
+            self.with_state(|state, _| state.forget_if_settled(consumer));
         }
     }
 
@@ -781,6 +819,7 @@ impl Queue {
             Settlement::Ack => {
                 self.state.lock().get_unacked -= 1;
                 self.count_ack();
+                drop(msg);
             }
             Settlement::Discard => {
                 self.state.lock().get_unacked -= 1;
@@ -828,10 +867,17 @@ impl Queue {
         }
     }
 
-    /// Removes every ready and delayed message; returns how many.
+    /// Removes every ready and delayed message; returns how many. The
+    /// stores are swapped out under the lock (constant time, whatever the
+    /// queue holds) and the messages dropped after it is released, so a
+    /// purge of millions does not stall publishers.
     pub(crate) fn purge(&self) -> usize {
         let mut state = self.state.lock();
-        state.clear_held()
+        let (count, held) = state.take_held();
+        self.reschedule(&mut state);
+        drop(state);
+        drop(held);
+        count
     }
 
     /// Marks the queue deleted, drops its messages and cancels its
@@ -863,7 +909,15 @@ impl Queue {
                 return Err(DeleteRefused::NotIdle);
             }
             state.deleted = true;
-            (state.clear_held(), std::mem::take(&mut state.consumers))
+            // The pending wake-up goes too: a deleted queue keeps nothing.
+            if state.timer_at.take().is_some() {
+                self.context.timers.cancel(self.id);
+            }
+            let (count, held) = state.take_held();
+            let consumers = std::mem::take(&mut state.consumers);
+            self.unlock(state);
+            drop(held);
+            (count, consumers)
         };
         let consumers: Vec<Arc<ConsumerShared>> = slots.into_iter().map(|slot| slot.consumer).collect();
         for consumer in consumers {
@@ -964,15 +1018,25 @@ impl Queue {
 }
 
 impl QueueState {
+    /// Drops a cancelled consumer from `detached` once it holds nothing, so
+    /// that consumer churn leaves nothing behind.
+    fn forget_if_settled(&mut self, consumer: &ConsumerShared) {
+        if consumer.is_cancelled() && consumer.in_flight.load(Ordering::Acquire) == 0 {
+            self.detached.retain(|c| !std::ptr::eq(Arc::as_ptr(c), consumer));
+        }
+    }
+
     /// Messages the queue holds, ready and delayed: what length limits,
     /// purge and `if_empty` count.
     fn held(&self) -> usize {
         self.ready.len() + self.delayed.len()
     }
 
-    /// Drops every ready and delayed message; returns how many.
-    fn clear_held(&mut self) -> usize {
-        self.ready.clear() + self.delayed.clear()
+    /// Takes out every ready and delayed message: how many, and the stores
+    /// holding them, for the caller to drop after unlocking.
+    fn take_held(&mut self) -> (usize, (ReadyStore, DelayedStore)) {
+        let count = self.held();
+        (count, (std::mem::take(&mut self.ready), std::mem::take(&mut self.delayed)))
     }
 
     /// Moves ready messages to consumers with credit until one side runs out.
@@ -1040,7 +1104,7 @@ impl QueueState {
         let redelivered = msg.redelivered;
         match slot.inbox.send(msg) {
             Ok(()) => {
-                slot.consumer.wake();
+                slot.consumer.take_wakers(&mut self.wakers);
                 if let Some(counts) = &mut self.counts {
                     counts.delivered += 1;
                     counts.redelivered += u64::from(redelivered);
@@ -1053,7 +1117,7 @@ impl QueueState {
                 // it out of the ring rather than lose the message.
                 slot.consumer.in_flight.fetch_sub(1, Ordering::AcqRel);
                 let gone = self.consumers.remove(index);
-                gone.consumer.wake();
+                gone.consumer.take_wakers(&mut self.wakers);
                 if self.cursor >= self.consumers.len() {
                     self.cursor = 0;
                 }
@@ -1076,11 +1140,13 @@ impl QueueState {
     fn count_return(&mut self, queue: &Queue, msg: &mut QueuedMessage) -> bool {
         msg.redelivered = true;
         msg.deliveries = msg.deliveries.saturating_add(1);
-        if let Some(limit) = queue.policy.delivery_limit {
-            if msg.deliveries > limit {
-                self.letters.push((msg.clone(), DeathReason::DeliveryLimit));
-                return false;
-            }
+        if let Some(limit) = queue.policy.delivery_limit
+            && msg.deliveries > limit
+        {
+            self.letters.push((msg.clone(), DeathReason::DeliveryLimit));
+            return false;
+        }
+        if queue.policy.delivery_limit.is_some() || queue.policy.queue_type == QueueType::Quorum {
             msg.envelope = msg.envelope.with_delivery_count(msg.deliveries);
         }
         true
@@ -1091,11 +1157,17 @@ impl QueueState {
     /// deleted queue it is dropped.
     fn restore(&mut self, queue: &Queue, mut msg: QueuedMessage, returned: bool, now: &mut Now<'_>) {
         if self.deleted || (returned && !self.count_return(queue, &mut msg)) {
+            self.graveyard.push(msg);
             return;
         }
         if msg.expired(now) {
             self.expire(queue, msg);
             return;
+        }
+        if returned && queue.policy.queue_type == QueueType::Quorum {
+            // A quorum queue returns a message to its back, not its place.
+            msg.seq = self.next_seq;
+            self.next_seq += 1;
         }
         self.ready.insert(msg);
     }
@@ -1111,7 +1183,7 @@ impl QueueState {
             msg.seq = self.next_seq;
             self.next_seq += 1;
             if let Some(ttl) = ttl {
-                msg.expires_at = Some(at + ttl);
+                msg.expires_at = Some(later(at, ttl));
             }
             if msg.expired(now) {
                 self.expire(queue, msg);
@@ -1129,7 +1201,7 @@ impl QueueState {
         if !self.consumers.is_empty() {
             return None;
         }
-        Some(self.last_used? + policy.expires?)
+        Some(later(self.last_used?, policy.expires?))
     }
 }
 

@@ -4,6 +4,7 @@
 //! both resolve to one [`QueuePolicy`], which is what the queue runs on and
 //! what a re-declaration is compared against.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::field::{FieldTable, FieldValue};
@@ -44,6 +45,37 @@ impl Overflow {
     }
 }
 
+/// The kind of queue (`x-queue-type`), as RabbitMQ has them.
+///
+/// Both kinds live in memory here; what differs is what a RabbitMQ user can
+/// observe. `stream` queues are refused: their semantics (a replayable log
+/// read by offset) are not implemented.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum QueueType {
+    /// RabbitMQ's classic queue: a requeued message goes back to its
+    /// original position.
+    #[default]
+    Classic,
+    /// RabbitMQ's quorum queue, as a user observes it: a requeued message
+    /// goes to the back of the queue; every redelivery carries
+    /// `x-delivery-count` (returns so far), and
+    /// [`delivery_limit`](QueueOptions::delivery_limit) applies as for any
+    /// queue. As in RabbitMQ it must be `durable` and may not be
+    /// `exclusive`, `auto_delete` or a priority queue. Not replicated: there
+    /// is one process.
+    Quorum,
+}
+
+impl QueueType {
+    /// RabbitMQ's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
 /// How long a queue remembers accepted `message_id`s to refuse duplicates
 /// ([`QueueOptions::deduplication_window`]). With both bounds set, an id is
 /// forgotten when either is passed.
@@ -64,8 +96,16 @@ impl Overflow {
 pub struct DeduplicationWindow {
     /// Remember the last this many accepted ids.
     pub max_ids: Option<usize>,
-    /// Remember ids accepted within this long (by the broker's clock).
+    /// Remember ids accepted within this long (by the broker's clock). With
+    /// no `max_ids`, at most [`DeduplicationWindow::DEFAULT_MAX_IDS`] are
+    /// remembered all the same, so memory stays bounded whatever the rate.
     pub duration: Option<Duration>,
+}
+
+impl DeduplicationWindow {
+    /// The bound on remembered ids of a window given only a `duration`:
+    /// 100,000 ids (about 15 MB). Set `max_ids` to remember more.
+    pub const DEFAULT_MAX_IDS: usize = 100_000;
 }
 
 /// Options of [`Connection::declare_queue`](crate::Connection::declare_queue).
@@ -134,6 +174,8 @@ pub struct QueueOptions {
     /// Only one consumer receives at a time; the next in attach order takes
     /// over when it goes (`x-single-active-consumer`).
     pub single_active_consumer: bool,
+    /// Classic or quorum (`x-queue-type`); see [`QueueType`].
+    pub queue_type: QueueType,
 }
 
 /// A queue's resolved policies.
@@ -150,14 +192,16 @@ pub(crate) struct QueuePolicy {
     pub(crate) delivery_limit: Option<u32>,
     pub(crate) deduplication_window: Option<DeduplicationWindow>,
     pub(crate) single_active_consumer: bool,
+    pub(crate) queue_type: QueueType,
     /// The arguments that are not policies, compared as they are.
     pub(crate) other_arguments: FieldTable,
 }
 
 /// Why a declaration's arguments are invalid: `(argument, reason)`.
-pub(crate) type InvalidArg = (&'static str, String);
+pub(crate) type InvalidArg = (Cow<'static, str>, String);
 
-const POLICY_ARGUMENTS: [&str; 10] = [
+const POLICY_ARGUMENTS: [&str; 11] = [
+    "x-queue-type",
     "x-message-ttl",
     "x-expires",
     "x-max-length",
@@ -170,22 +214,70 @@ const POLICY_ARGUMENTS: [&str; 10] = [
     "x-single-active-consumer",
 ];
 
+/// `x-` arguments accepted that have no effect here, as in RabbitMQ 3.12+
+/// (every classic queue is "lazy" enough: it holds what it is given).
+const NO_OP_ARGUMENTS: [&str; 1] = ["x-queue-mode"];
+
+/// How a value is named in an error: its kind, then the value, so that the
+/// string `"1000"` does not read as the number 1000.
+pub(crate) fn describe(value: &FieldValue) -> String {
+    let kind = match value {
+        FieldValue::Bool(_) => "boolean",
+        FieldValue::I8(_)
+        | FieldValue::U8(_)
+        | FieldValue::I16(_)
+        | FieldValue::U16(_)
+        | FieldValue::I32(_)
+        | FieldValue::U32(_)
+        | FieldValue::I64(_)
+        | FieldValue::U64(_) => "integer",
+        FieldValue::F32(_) | FieldValue::F64(_) => "float",
+        FieldValue::String(_) => return format!("the string {:?}", value.as_str().unwrap_or_default()),
+        FieldValue::Bytes(_) => "byte array",
+        FieldValue::Timestamp(_) => "timestamp",
+        FieldValue::Array(_) => "array",
+        FieldValue::Table(_) => "table",
+        FieldValue::Void => return "void".to_owned(),
+    };
+    format!("the {kind} {value}")
+}
+
+/// A duration within [`MAX_DURATION`](crate::MAX_DURATION), RabbitMQ's limit.
+fn check_duration(arg: &'static str, d: Duration) -> Result<Duration, InvalidArg> {
+    if d > crate::MAX_DURATION {
+        return Err((
+            Cow::Borrowed(arg),
+            format!(
+                "value_too_large: {} ms exceeds the maximum of 315360000000 ms (ten years)",
+                d.as_millis()
+            ),
+        ));
+    }
+    Ok(d)
+}
+
 fn millis(arg: &'static str, value: &FieldValue) -> Result<Duration, InvalidArg> {
     match value.as_i64() {
-        Some(ms) if ms >= 0 => Ok(Duration::from_millis(ms.unsigned_abs())),
-        _ => Err((arg, format!("expected a non-negative integer of milliseconds, got {value}"))),
+        Some(ms) if ms >= 0 => check_duration(arg, Duration::from_millis(ms.unsigned_abs())),
+        _ => Err((
+            Cow::Borrowed(arg),
+            format!("expected a non-negative integer of milliseconds, got {}", describe(value)),
+        )),
     }
 }
 
 fn count(arg: &'static str, value: &FieldValue) -> Result<u64, InvalidArg> {
-    match value.as_i64() {
-        Some(n) if n >= 0 => Ok(n.unsigned_abs()),
-        _ => Err((arg, format!("expected a non-negative integer, got {value}"))),
+    match value.as_u64() {
+        Some(n) => Ok(n),
+        _ => Err((Cow::Borrowed(arg), format!("expected a non-negative integer, got {}", describe(value)))),
     }
 }
 
 fn string(arg: &'static str, value: &FieldValue) -> Result<String, InvalidArg> {
-    value.as_str().map(str::to_owned).ok_or_else(|| (arg, format!("expected a string, got {value}")))
+    value
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| (Cow::Borrowed(arg), format!("expected a string, got {}", describe(value))))
 }
 
 /// Merges a typed field with its argument form: either may be set; both
@@ -197,11 +289,20 @@ fn merge<T: PartialEq + std::fmt::Debug>(
 ) -> Result<Option<T>, InvalidArg> {
     match (field, from_args) {
         (Some(a), Some(b)) if a != b => {
-            Err((arg, format!("the option says {a:?} but the argument says {b:?}")))
+            Err((Cow::Borrowed(arg), format!("the option says {a:?} but the argument says {b:?}")))
         }
         (Some(a), _) => Ok(Some(a)),
         (None, b) => Ok(b),
     }
+}
+
+/// An `x-` argument the bus does not implement: refused, never ignored.
+fn unknown_argument(name: &str) -> InvalidArg {
+    (
+        Cow::Owned(name.to_owned()),
+        "not implemented by interoffice (an argument the bus does not implement is refused, not ignored)"
+            .to_owned(),
+    )
 }
 
 impl QueueOptions {
@@ -217,8 +318,11 @@ impl QueueOptions {
             .map(|v| {
                 v.as_str().and_then(Overflow::parse).ok_or_else(|| {
                     (
-                        "x-overflow",
-                        format!("expected drop-head, reject-publish or reject-publish-dlx, got {v}"),
+                        Cow::Borrowed("x-overflow"),
+                        format!(
+                            "expected drop-head, reject-publish or reject-publish-dlx, got {}",
+                            describe(v)
+                        ),
                     )
                 })
             })
@@ -228,23 +332,55 @@ impl QueueOptions {
             arg("x-dead-letter-routing-key").map(|v| string("x-dead-letter-routing-key", v)).transpose()?;
         let max_priority = arg("x-max-priority").map(|v| count("x-max-priority", v)).transpose()?;
         let delivery_limit = arg("x-delivery-limit").map(|v| count("x-delivery-limit", v)).transpose()?;
+        if let Some((name, _)) = args.iter().find(|(k, _)| {
+            k.starts_with("x-") && !POLICY_ARGUMENTS.contains(k) && !NO_OP_ARGUMENTS.contains(k)
+        }) {
+            return Err(unknown_argument(name));
+        }
+        let queue_type = arg("x-queue-type")
+            .map(|v| match v.as_str() {
+                Some("classic") => Ok(QueueType::Classic),
+                Some("quorum") => Ok(QueueType::Quorum),
+                Some("stream") => Err((
+                    Cow::Borrowed("x-queue-type"),
+                    "stream queues are not supported by interoffice (declare a classic or quorum queue)"
+                        .to_owned(),
+                )),
+                Some(other) => {
+                    Err((Cow::Borrowed("x-queue-type"), format!("unsupported queue type '{other}'")))
+                }
+                None => {
+                    Err((Cow::Borrowed("x-queue-type"), format!("expected a string, got {}", describe(v))))
+                }
+            })
+            .transpose()?;
         let sac = arg("x-single-active-consumer")
             .map(|v| {
-                v.as_bool()
-                    .ok_or_else(|| ("x-single-active-consumer", format!("expected a boolean, got {v}")))
+                v.as_bool().ok_or_else(|| {
+                    (
+                        Cow::Borrowed("x-single-active-consumer"),
+                        format!("expected a boolean, got {}", describe(v)),
+                    )
+                })
             })
             .transpose()?;
 
         let to_usize = |arg: &'static str, n: Option<u64>| {
-            n.map(|n| usize::try_from(n).map_err(|_| (arg, format!("{n} is too large")))).transpose()
+            n.map(|n| usize::try_from(n).map_err(|_| (Cow::Borrowed(arg), format!("{n} is too large"))))
+                .transpose()
         };
         let max_priority = match max_priority {
             None => None,
-            Some(n @ 1..=255) => Some(u8::try_from(n).unwrap_or(u8::MAX)),
-            Some(n) => return Err(("x-max-priority", format!("must be between 1 and 255, got {n}"))),
+            // 0 is accepted, as RabbitMQ does: a queue without priorities.
+            Some(n @ 0..=255) => Some(u8::try_from(n).unwrap_or(u8::MAX)),
+            Some(n) => {
+                return Err((Cow::Borrowed("x-max-priority"), format!("must be between 0 and 255, got {n}")));
+            }
         };
         let delivery_limit = delivery_limit
-            .map(|n| u32::try_from(n).map_err(|_| ("x-delivery-limit", format!("{n} is too large"))))
+            .map(|n| {
+                u32::try_from(n).map_err(|_| (Cow::Borrowed("x-delivery-limit"), format!("{n} is too large")))
+            })
             .transpose()?;
         let policy = QueuePolicy {
             message_ttl: merge("x-message-ttl", self.message_ttl, ttl)?,
@@ -276,34 +412,62 @@ impl QueueOptions {
                 sac,
             )?
             .unwrap_or(false),
+            queue_type: merge(
+                "x-queue-type",
+                Some(self.queue_type).filter(|t| *t != QueueType::Classic),
+                queue_type,
+            )?
+            .unwrap_or_default(),
             other_arguments: args
                 .iter()
                 .filter(|(k, _)| !POLICY_ARGUMENTS.contains(k))
                 .map(|(k, v)| (k.to_owned(), v.clone()))
                 .collect(),
         };
-        if policy.max_priority == Some(0) {
-            return Err(("x-max-priority", "must be between 1 and 255, got 0".into()));
+        for (arg, duration) in [
+            ("x-message-ttl", policy.message_ttl),
+            ("x-expires", policy.expires),
+            ("deduplication_window", policy.deduplication_window.and_then(|w| w.duration)),
+        ] {
+            if let Some(d) = duration {
+                check_duration(arg, d)?;
+            }
+        }
+        if policy.queue_type == QueueType::Quorum {
+            let refuse =
+                |what: &str| Err((Cow::Borrowed("x-queue-type"), format!("a quorum queue cannot be {what}")));
+            if !self.durable {
+                return refuse("non-durable (as in RabbitMQ: declare it durable)");
+            }
+            if self.exclusive {
+                return refuse("exclusive");
+            }
+            if self.auto_delete {
+                return refuse("auto-delete");
+            }
+            if policy.max_priority.is_some() {
+                return Err((Cow::Borrowed("x-max-priority"), "a quorum queue has no priorities".into()));
+            }
         }
         if policy.expires == Some(Duration::ZERO) {
-            return Err(("x-expires", "must be at least 1 millisecond".into()));
+            return Err((Cow::Borrowed("x-expires"), "must be at least 1 millisecond".into()));
         }
         if policy.dead_letter_routing_key.is_some() && policy.dead_letter_exchange.is_none() {
-            return Err(("x-dead-letter-routing-key", "needs a dead-letter exchange".into()));
+            return Err((Cow::Borrowed("x-dead-letter-routing-key"), "needs a dead-letter exchange".into()));
         }
         for (arg, name) in [
             ("x-dead-letter-exchange", &policy.dead_letter_exchange),
             ("x-dead-letter-routing-key", &policy.dead_letter_routing_key),
         ] {
             if name.as_ref().is_some_and(|n| n.len() > crate::MAX_NAME_LEN) {
-                return Err((arg, "longer than 255 bytes".into()));
+                return Err((Cow::Borrowed(arg), "longer than 255 bytes".into()));
             }
         }
         if let Some(window) = policy.deduplication_window
             && window.max_ids.is_none()
             && window.duration.is_none()
         {
-            return Err(("deduplication_window", "needs max_ids, duration or both".into()));
+            return Err((Cow::Borrowed("deduplication_window"), "needs max_ids, duration or both".into()));
         }
         Ok(policy)
     }
@@ -354,6 +518,7 @@ impl QueuePolicy {
             "x-delivery-limit" => self.delivery_limit, current.delivery_limit;
             "deduplication_window" => self.deduplication_window, current.deduplication_window;
             "x-single-active-consumer" => Some(self.single_active_consumer), Some(current.single_active_consumer);
+            "x-queue-type" => Some(self.queue_type.as_str()), Some(current.queue_type.as_str());
         }
         super::table_difference(&self.other_arguments, &current.other_arguments)
     }
@@ -366,8 +531,10 @@ mod tests {
     #[test]
     fn arguments_and_fields_resolve_to_the_same_policy() {
         let by_field = QueueOptions { max_length: Some(10), ..Default::default() };
-        let by_arg =
-            QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
+        let by_arg = QueueOptions {
+            arguments: FieldTable::from([(Cow::Borrowed("x-max-length"), 10)]),
+            ..Default::default()
+        };
         assert_eq!(by_field.policy().unwrap(), by_arg.policy().unwrap());
     }
 
@@ -375,7 +542,7 @@ mod tests {
     fn a_field_and_an_argument_that_disagree_are_refused() {
         let opts = QueueOptions {
             max_length: Some(10),
-            arguments: FieldTable::from([("x-max-length", 20)]),
+            arguments: FieldTable::from([(Cow::Borrowed("x-max-length"), 20)]),
             ..Default::default()
         };
         assert_eq!(opts.policy().unwrap_err().0, "x-max-length");
@@ -383,8 +550,10 @@ mod tests {
 
     #[test]
     fn inequivalent_policies_name_the_argument() {
-        let current =
-            QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
+        let current = QueueOptions {
+            arguments: FieldTable::from([(Cow::Borrowed("x-max-length"), 10)]),
+            ..Default::default()
+        };
         let new = QueueOptions { max_length: Some(20), ..Default::default() };
         let diff = new.difference(&new.policy().unwrap(), &current, &current.policy().unwrap());
         assert_eq!(diff, Some(("x-max-length".into(), "20".into(), "10".into())));
@@ -393,12 +562,21 @@ mod tests {
     #[test]
     fn invalid_values_are_refused() {
         let bad = [
-            QueueOptions { max_priority: Some(0), ..Default::default() },
-            QueueOptions { arguments: FieldTable::from([("x-max-priority", 256)]), ..Default::default() },
+            QueueOptions { arguments: FieldTable::from([("x-max-priority", -1)]), ..Default::default() },
+            QueueOptions {
+                arguments: FieldTable::from([(Cow::Borrowed("x-max-priority"), 256)]),
+                ..Default::default()
+            },
             QueueOptions { expires: Some(Duration::ZERO), ..Default::default() },
             QueueOptions { dead_letter_routing_key: Some("k".into()), ..Default::default() },
-            QueueOptions { arguments: FieldTable::from([("x-overflow", "drop-tail")]), ..Default::default() },
-            QueueOptions { arguments: FieldTable::from([("x-message-ttl", -1)]), ..Default::default() },
+            QueueOptions {
+                arguments: FieldTable::from([(Cow::Borrowed("x-overflow"), "drop-tail")]),
+                ..Default::default()
+            },
+            QueueOptions {
+                arguments: FieldTable::from([(Cow::Borrowed("x-message-ttl"), -1)]),
+                ..Default::default()
+            },
             QueueOptions { deduplication_window: Some(DeduplicationWindow::default()), ..Default::default() },
         ];
         for opts in bad {

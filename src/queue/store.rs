@@ -126,15 +126,6 @@ impl ReadyStore {
         self.bytes -= msg.body_len();
         Some(msg)
     }
-
-    pub(super) fn clear(&mut self) -> usize {
-        let n = self.len();
-        self.sorted.clear();
-        self.tail.clear();
-        self.expiry.clear();
-        self.bytes = 0;
-        n
-    }
 }
 
 /// A delayed message and the TTL it takes once visible.
@@ -184,13 +175,6 @@ impl DelayedStore {
         let (_, delayed) = self.messages.pop_first()?;
         self.bytes -= delayed.msg.body_len();
         Some(delayed)
-    }
-
-    pub(super) fn clear(&mut self) -> usize {
-        let n = self.messages.len();
-        self.messages.clear();
-        self.bytes = 0;
-        n
     }
 }
 
