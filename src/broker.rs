@@ -32,7 +32,8 @@ use crate::field::FieldTable;
 use crate::hash::{FastHashSet, FastImblMap};
 use crate::message::Message;
 use crate::queue::{
-    DeleteRefused, Enqueued, Envelope, PublishTiming, Queue, QueueContext, QueueOptions, QueueStats,
+    DeleteRefused, Enqueued, Envelope, PublishTiming, Queue, QueueContext, QueueOptions, QueueStats, Side,
+    inequivalent_phrase,
 };
 use crate::rpc::{DIRECT_REPLY_TO, ReplyEndpoint};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
@@ -691,14 +692,16 @@ impl BrokerInner {
             )));
         }
         if let Some(current) = existing {
-            let inequivalent = |arg: &str, received: &str, now: &str| {
+            let inequivalent = |arg: &str, received: &Side, now: &Side| {
                 DeclareError::PreconditionFailed(format!(
-                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '{}': received '{received}' but current is '{now}'",
-                    self.vhost
+                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '{}': {}",
+                    self.vhost,
+                    inequivalent_phrase(received, now)
                 ))
             };
             if current.kind != kind {
-                return Err(inequivalent("type", kind.as_str(), current.kind.as_str()));
+                let kind_side = |k: ExchangeKind| Some((k.as_str().to_owned(), "longstr"));
+                return Err(inequivalent("type", &kind_side(kind), &kind_side(current.kind)));
             }
             if let Some((arg, received, now)) = options.difference(&current.options) {
                 return Err(inequivalent(&arg, &received, &now));
@@ -718,7 +721,7 @@ impl BrokerInner {
         }
         if name.starts_with("amq.") {
             return Err(DeleteError::AccessRefused(format!(
-                "deletion of system exchange '{name}' in vhost '{}' refused",
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
                 self.vhost
             )));
         }
@@ -800,8 +803,9 @@ impl BrokerInner {
             if let Some((arg, received, now)) = options.difference(&policy, &current.options, &current.policy)
             {
                 return Err(DeclareError::PreconditionFailed(format!(
-                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': received '{received}' but current is '{now}'",
-                    self.vhost
+                    "inequivalent arg '{arg}' for queue '{name}' in vhost '{}': {}",
+                    self.vhost,
+                    inequivalent_phrase(&received, &now)
                 )));
             }
             current.touch();
@@ -849,7 +853,7 @@ impl BrokerInner {
         self.remove_queue(&mut registry, &queue, if_unused, if_empty).map_err(|refused| {
             let why = match refused {
                 DeleteRefused::InUse | DeleteRefused::NotIdle => "in use",
-                DeleteRefused::NotEmpty => "is not empty",
+                DeleteRefused::NotEmpty => "not empty",
             };
             DeleteError::PreconditionFailed(format!("queue '{name}' in vhost '{}' {why}", self.vhost))
         })

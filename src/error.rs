@@ -75,7 +75,9 @@ pub enum DeclareError {
     #[error("PRECONDITION_FAILED - {0}")]
     PreconditionFailed(String),
     /// The queue is exclusive to another connection.
-    #[error("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}'")]
+    #[error(
+        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+    )]
     ResourceLocked(String),
     /// The connection is closed.
     #[error("the connection is closed")]
@@ -99,7 +101,9 @@ pub enum BindError {
     #[error("PRECONDITION_FAILED - {0}")]
     PreconditionFailed(String),
     /// The queue is exclusive to another connection.
-    #[error("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}'")]
+    #[error(
+        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+    )]
     ResourceLocked(String),
     /// The connection is closed.
     #[error("the connection is closed")]
@@ -120,7 +124,9 @@ pub enum DeleteError {
     #[error("PRECONDITION_FAILED - {0}")]
     PreconditionFailed(String),
     /// The queue is exclusive to another connection.
-    #[error("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}'")]
+    #[error(
+        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+    )]
     ResourceLocked(String),
     /// The connection is closed.
     #[error("the connection is closed")]
@@ -135,7 +141,9 @@ pub enum ConsumeError {
     #[error("NOT_FOUND - {0}")]
     NotFound(String),
     /// The queue is exclusive to another connection.
-    #[error("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}'")]
+    #[error(
+        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+    )]
     ResourceLocked(String),
     /// Another consumer holds the queue exclusively, or this one asked for
     /// exclusivity on a queue that already has consumers.
@@ -163,7 +171,7 @@ pub enum ConsumeError {
 #[non_exhaustive]
 pub enum PublishError {
     /// No exchange has that name.
-    #[error("NOT_FOUND - no exchange '{exchange}'")]
+    #[error("NOT_FOUND - no exchange '{exchange}' in vhost '/'")]
     ExchangeNotFound {
         /// The exchange named.
         exchange: String,
@@ -171,7 +179,7 @@ pub enum PublishError {
         message: Box<Message>,
     },
     /// The exchange is internal: it only takes messages from other exchanges.
-    #[error("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}'")]
+    #[error("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '/'")]
     InternalExchange {
         /// The exchange named.
         exchange: String,

@@ -446,7 +446,7 @@ fn deleting_a_queue_if_empty_fails_while_messages_are_ready() -> TestResult {
     let err = conn.delete_queue("q", if_empty).unwrap_err();
     assert!(matches!(err, DeleteError::PreconditionFailed(_)), "{err:?}");
     assert_eq!(err.kind().reply_code(), 406);
-    assert_eq!(err.to_string(), "PRECONDITION_FAILED - queue 'q' in vhost '/' is not empty");
+    assert_eq!(err.to_string(), "PRECONDITION_FAILED - queue 'q' in vhost '/' not empty");
     assert_eq!(broker.queue_stats("q").map(|s| s.messages_ready), Some(1), "nothing was dropped");
 
     assert_eq!(conn.purge_queue("q")?, 1);
@@ -746,7 +746,9 @@ fn an_exclusive_queue_is_locked_for_other_connections() -> TestResult {
         assert_eq!(err.kind().reply_code(), 405);
         assert_eq!(
             err.to_string(),
-            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'excl'"
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'excl' in vhost '/'. \
+             It could be originally declared on another connection or the exclusive property value \
+             does not match that of the original declaration."
         );
     }
 

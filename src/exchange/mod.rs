@@ -86,11 +86,12 @@ pub struct ExchangeOptions {
 
 impl ExchangeOptions {
     /// The first option that differs: `(name, received, current)`.
-    pub(crate) fn difference(&self, current: &ExchangeOptions) -> Option<(String, String, String)> {
+    pub(crate) fn difference(&self, current: &ExchangeOptions) -> Option<crate::queue::Difference> {
+        use crate::queue::ToSide;
         let flag = |name: &str, new: bool, old: bool| {
-            (new != old).then(|| (name.to_owned(), new.to_string(), old.to_string()))
+            (new != old).then(|| (name.to_owned(), new.to_side(), old.to_side()))
         };
-        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        let show = |v: &Option<String>| v.as_ref().and_then(ToSide::to_side);
         flag("durable", self.durable, current.durable)
             .or_else(|| flag("auto_delete", self.auto_delete, current.auto_delete))
             .or_else(|| flag("internal", self.internal, current.internal))

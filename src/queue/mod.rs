@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::MutexGuard;
 
 pub use options::{DeduplicationWindow, Overflow, QueueOptions, QueueType};
-pub(crate) use options::{QueuePolicy, describe};
+pub(crate) use options::{QueuePolicy, ToSide, describe};
 
 use self::dedup::RecentIds;
 use self::store::{Delayed, DelayedStore, ReadyStore};
@@ -36,14 +36,55 @@ use crate::message::Message;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
 use crate::timer::{TimerTarget, Timers};
 
+/// One side of an inequivalent declaration: the value as shown and
+/// RabbitMQ's name for its type, or `None` when that side does not set it.
+pub(crate) type Side = Option<(String, &'static str)>;
+
+/// The first option that differs: `(argument, received, current)`.
+pub(crate) type Difference = (String, Side, Side);
+
+/// A field value as one side of a difference.
+pub(crate) fn side(value: &FieldValue) -> Side {
+    let kind = match value {
+        FieldValue::Bool(_) => "bool",
+        FieldValue::I8(_) => "byte",
+        FieldValue::U8(_) => "unsignedbyte",
+        FieldValue::I16(_) => "short",
+        FieldValue::U16(_) => "unsignedshort",
+        FieldValue::I32(_) => "signedint",
+        FieldValue::U32(_) => "unsignedint",
+        FieldValue::I64(_) | FieldValue::U64(_) => "long",
+        FieldValue::F32(_) => "float",
+        FieldValue::F64(_) => "double",
+        FieldValue::String(_) => "longstr",
+        FieldValue::Bytes(_) => "binary",
+        FieldValue::Timestamp(_) => "timestamp",
+        FieldValue::Array(_) => "array",
+        FieldValue::Table(_) => "table",
+        FieldValue::Void => "void",
+    };
+    Some((value.to_string(), kind))
+}
+
+/// The end of RabbitMQ's `inequivalent arg` text: `received '20' but
+/// current is '10'`, or, when one side does not set it, `received none but
+/// current is the value '5' of type 'signedint'` (and the reverse).
+pub(crate) fn inequivalent_phrase(received: &Side, current: &Side) -> String {
+    match (received, current) {
+        (Some((r, _)), Some((c, _))) => format!("received '{r}' but current is '{c}'"),
+        (None, Some((c, t))) => format!("received none but current is the value '{c}' of type '{t}'"),
+        (Some((r, t)), None) => format!("received the value '{r}' of type '{t}' but current is none"),
+        (None, None) => "received none but current is none".to_owned(),
+    }
+}
+
 /// The first key whose value differs between two argument tables.
-pub(crate) fn table_difference(new: &FieldTable, old: &FieldTable) -> Option<(String, String, String)> {
-    let show = |v: Option<&crate::FieldValue>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+pub(crate) fn table_difference(new: &FieldTable, old: &FieldTable) -> Option<Difference> {
     new.iter()
         .map(|(k, _)| k)
         .chain(old.iter().map(|(k, _)| k))
         .find(|k| new.get(k) != old.get(k))
-        .map(|k| (k.to_owned(), show(new.get(k)), show(old.get(k))))
+        .map(|k| (k.to_owned(), new.get(k).and_then(side), old.get(k).and_then(side)))
 }
 
 /// Counts describing one queue at one moment.
@@ -671,7 +712,10 @@ impl Queue {
             }
             let exclusive_held = state.consumers.iter().any(|s| s.consumer.exclusive);
             if exclusive_held || (consumer.exclusive && !state.consumers.is_empty()) {
-                return Err(ConsumeError::AccessRefused(format!("queue '{}' in exclusive use", self.name)));
+                return Err(ConsumeError::AccessRefused(format!(
+                    "queue '{}' in vhost '/' in exclusive use",
+                    self.name
+                )));
             }
             state.consumers.push(Slot { consumer, inbox });
             state.priorities_changed();

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use super::{Difference, Side};
 use crate::field::{FieldTable, FieldValue};
 
 /// What a queue at its length limit does with a new message (`x-overflow`).
@@ -213,6 +214,48 @@ const POLICY_ARGUMENTS: [&str; 11] = [
     "x-delivery-limit",
     "x-single-active-consumer",
 ];
+
+/// A typed option's value as one side of an inequivalent declaration, typed
+/// as a RabbitMQ client would send it.
+pub(crate) trait ToSide {
+    fn to_side(&self) -> Side;
+}
+
+macro_rules! integer_side {
+    ($($ty:ty),*) => {$(
+        impl ToSide for $ty {
+            fn to_side(&self) -> Side {
+                let kind = if i32::try_from(*self).is_ok() { "signedint" } else { "long" };
+                Some((self.to_string(), kind))
+            }
+        }
+    )*};
+}
+integer_side!(u8, u32, usize, u128);
+
+impl ToSide for bool {
+    fn to_side(&self) -> Side {
+        Some((self.to_string(), "bool"))
+    }
+}
+
+impl ToSide for &str {
+    fn to_side(&self) -> Side {
+        Some(((*self).to_owned(), "longstr"))
+    }
+}
+
+impl ToSide for String {
+    fn to_side(&self) -> Side {
+        self.as_str().to_side()
+    }
+}
+
+impl ToSide for DeduplicationWindow {
+    fn to_side(&self) -> Side {
+        Some((format!("{self:?}"), "interoffice option"))
+    }
+}
 
 /// `x-` arguments accepted that have no effect here, as in RabbitMQ 3.12+
 /// (every classic queue is "lazy" enough: it holds what it is given).
@@ -480,9 +523,9 @@ impl QueueOptions {
         policy: &QueuePolicy,
         current: &QueueOptions,
         current_policy: &QueuePolicy,
-    ) -> Option<(String, String, String)> {
+    ) -> Option<Difference> {
         let flag = |name: &str, new: bool, old: bool| {
-            (new != old).then(|| (name.to_owned(), new.to_string(), old.to_string()))
+            (new != old).then(|| (name.to_owned(), new.to_side(), old.to_side()))
         };
         flag("durable", self.durable, current.durable)
             .or_else(|| flag("exclusive", self.exclusive, current.exclusive))
@@ -492,9 +535,9 @@ impl QueueOptions {
 }
 
 impl QueuePolicy {
-    fn difference(&self, current: &QueuePolicy) -> Option<(String, String, String)> {
-        fn show<T: std::fmt::Debug>(v: &Option<T>) -> String {
-            v.as_ref().map_or_else(|| "none".to_owned(), |v| format!("{v:?}"))
+    fn difference(&self, current: &QueuePolicy) -> Option<Difference> {
+        fn show<T: ToSide>(v: &Option<T>) -> Side {
+            v.as_ref().and_then(ToSide::to_side)
         }
         fn ms(v: Option<Duration>) -> Option<u128> {
             v.map(|d| d.as_millis())
@@ -556,7 +599,8 @@ mod tests {
         };
         let new = QueueOptions { max_length: Some(20), ..Default::default() };
         let diff = new.difference(&new.policy().unwrap(), &current, &current.policy().unwrap());
-        assert_eq!(diff, Some(("x-max-length".into(), "20".into(), "10".into())));
+        let int = |n: &str| Some((n.to_owned(), "signedint"));
+        assert_eq!(diff, Some(("x-max-length".into(), int("20"), int("10"))));
     }
 
     #[test]
