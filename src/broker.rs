@@ -544,6 +544,12 @@ impl BrokerInner {
             let header_delay = Duration::from_millis(ms.unsigned_abs()).min(MAX_DURATION);
             delay = Some(delay.unwrap_or_default().max(header_delay));
         }
+        let extra_keys = match sender_selected_keys(&mut message) {
+            Ok(keys) => keys,
+            Err((header, reason)) => {
+                return Err(PublishError::InvalidHeader { header, reason, message: Box::new(message) });
+            }
+        };
         let envelope = Arc::new(Envelope::new(&start.name, routing_key, message));
         let mut pass = RoutingPass::new(
             &envelope,
@@ -552,6 +558,13 @@ impl BrokerInner {
             &[],
         );
         self.route(exchanges, start, &mut pass);
+        for key in &extra_keys {
+            // Sender-selected distribution: routed as if published with each
+            // key too; a queue reached by several keys gets it once.
+            pass.routing_key = key;
+            pass.seen_exchanges = SeenSet::new();
+            self.route(exchanges, start, &mut pass);
+        }
         let RoutingPass { enqueued, duplicates, rejected, letters, .. } = pass;
         if !letters.is_empty() {
             crate::dead_letter::bury(letters);
@@ -680,6 +693,16 @@ impl BrokerInner {
                 "operation not permitted on the default exchange".into(),
             ));
         }
+        let options = if options.passive {
+            options
+        } else {
+            options.resolved().map_err(|(arg, why)| {
+                DeclareError::PreconditionFailed(format!(
+                    "invalid arg '{arg}' for exchange '{name}' in vhost '{}': {why}",
+                    self.vhost
+                ))
+            })?
+        };
         let existing = self.exchanges.load().get(name).cloned();
         if options.passive {
             return existing.map(|_| ()).ok_or_else(|| DeclareError::NotFound(self.no_exchange(name)));
@@ -1140,6 +1163,44 @@ impl<'a> RoutingPass<'a> {
             self.pending.push(Arc::clone(exchange));
         }
     }
+}
+
+/// The routing keys of sender-selected distribution: the strings of the
+/// `CC` and `BCC` headers (arrays of routing keys), as RabbitMQ reads them.
+/// `BCC` is taken out of the message, so no queue sees it. A `CC` or `BCC`
+/// that is not an array is refused, as RabbitMQ refuses it
+/// (`unacceptable_type_in_header`); entries that are not strings are skipped.
+/// Costs one header lookup per key when the message has headers, nothing
+/// when it has none.
+fn sender_selected_keys(message: &mut Message) -> Result<Vec<String>, (String, String)> {
+    let Some(headers) = message.headers() else { return Ok(Vec::new()) };
+    if !headers.contains_key("CC") && !headers.contains_key("BCC") {
+        return Ok(Vec::new());
+    }
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        match headers.get(name) {
+            None => {}
+            Some(crate::FieldValue::Array(values)) => {
+                keys.extend(values.iter().filter_map(|v| v.as_str()).map(str::to_owned))
+            }
+            Some(other) => {
+                return Err((
+                    name.to_owned(),
+                    format!(
+                        "unacceptable_type_in_header: expected an array of routing keys, got {}",
+                        crate::queue::describe(other)
+                    ),
+                ));
+            }
+        }
+    }
+    if headers.contains_key("BCC")
+        && let Some(headers) = message.properties_mut().headers.as_mut()
+    {
+        headers.remove("BCC");
+    }
+    Ok(keys)
 }
 
 /// A message's own TTL: its `expiration`, a non-negative integer of

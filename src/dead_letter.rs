@@ -158,7 +158,7 @@ fn dead_letter_message(
                 .with("queue", queue)
                 .with("time", FieldValue::Timestamp(time))
                 .with("exchange", envelope.exchange())
-                .with("routing-keys", vec![FieldValue::from(envelope.routing_key())]);
+                .with("routing-keys", routing_keys(original, envelope.routing_key()));
             if let Some(expiration) = expiration {
                 entry.insert("original-expiration", expiration);
             }
@@ -173,6 +173,17 @@ fn dead_letter_message(
         headers.insert("x-first-death-exchange", envelope.exchange());
     }
     message
+}
+
+/// The `routing-keys` of an `x-death` entry: the key it was published with,
+/// then its `CC` keys (sender-selected distribution; `BCC` never reaches a
+/// queue), as RabbitMQ records them.
+fn routing_keys(message: &Message, routing_key: &str) -> Vec<FieldValue> {
+    let mut keys = vec![FieldValue::from(routing_key)];
+    if let Some(cc) = message.header("CC").and_then(FieldValue::as_array) {
+        keys.extend(cc.iter().filter(|v| v.as_str().is_some()).cloned());
+    }
+    keys
 }
 
 /// The queues this dead letter must not reach: those it already died in

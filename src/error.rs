@@ -237,6 +237,17 @@ pub enum PublishError {
         /// The message, handed back.
         message: Box<Message>,
     },
+    /// A header the bus reads is malformed: `CC` or `BCC` (sender-selected
+    /// distribution) that is not an array of routing keys.
+    #[error("PRECONDITION_FAILED - invalid header '{header}': {reason}")]
+    InvalidHeader {
+        /// The header's name.
+        header: String,
+        /// What is wrong with it.
+        reason: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed {
@@ -256,6 +267,7 @@ impl PublishError {
             | PublishError::TooLarge { message, .. }
             | PublishError::Rejected { message, .. }
             | PublishError::InvalidExpiration { message, .. }
+            | PublishError::InvalidHeader { message, .. }
             | PublishError::ConnectionClosed { message } => message,
         }
     }
@@ -270,6 +282,7 @@ impl PublishError {
             | PublishError::TooLarge { message, .. }
             | PublishError::Rejected { message, .. }
             | PublishError::InvalidExpiration { message, .. }
+            | PublishError::InvalidHeader { message, .. }
             | PublishError::ConnectionClosed { message } => *message,
         }
     }
@@ -283,7 +296,9 @@ impl PublishError {
             PublishError::InvalidRoutingKey { .. } => ErrorKind::InvalidName,
             PublishError::TooLarge { .. } => ErrorKind::ContentTooLarge,
             PublishError::Rejected { .. } => ErrorKind::ResourceError,
-            PublishError::InvalidExpiration { .. } => ErrorKind::PreconditionFailed,
+            PublishError::InvalidExpiration { .. } | PublishError::InvalidHeader { .. } => {
+                ErrorKind::PreconditionFailed
+            }
             PublishError::ConnectionClosed { .. } => ErrorKind::ConnectionClosed,
         }
     }

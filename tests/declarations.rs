@@ -113,7 +113,7 @@ fn redeclaring_an_exchange_with_equal_options_is_idempotent() -> TestResult {
     let options = ExchangeOptions {
         durable: true,
         alternate_exchange: Some("ae".into()),
-        arguments: FieldTable::from([("x-custom", 1)]),
+        arguments: FieldTable::from([("custom", 1)]),
         ..Default::default()
     };
     conn.declare_exchange("x", ExchangeKind::Topic, options.clone())?;
@@ -160,7 +160,7 @@ fn redeclaring_an_exchange_with_another_option_names_the_difference() -> TestRes
         ExchangeOptions { auto_delete: true, ..Default::default() },
         ExchangeOptions { internal: true, ..Default::default() },
         ExchangeOptions { alternate_exchange: Some("ae".into()), ..Default::default() },
-        ExchangeOptions { arguments: FieldTable::from([("x-custom", 1)]), ..Default::default() },
+        ExchangeOptions { arguments: FieldTable::from([("custom", 1)]), ..Default::default() },
     ];
     for options in others {
         let err = conn.declare_exchange("x", ExchangeKind::Direct, options.clone()).unwrap_err();

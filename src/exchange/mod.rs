@@ -85,6 +85,42 @@ pub struct ExchangeOptions {
 }
 
 impl ExchangeOptions {
+    /// Resolves the argument forms into the typed fields, as a queue's
+    /// policies are: `alternate-exchange` (RabbitMQ's usual form, and what a
+    /// definitions file carries) becomes [`alternate_exchange`](Self::alternate_exchange);
+    /// a conflict between the two is refused, and so is any `x-` argument
+    /// the bus does not implement. `(argument, reason)` on error.
+    pub(crate) fn resolved(mut self) -> Result<ExchangeOptions, (String, String)> {
+        if let Some(value) = self.arguments.remove("alternate-exchange") {
+            let Some(name) = value.as_str() else {
+                return Err((
+                    "alternate-exchange".into(),
+                    format!("expected a string, got {}", crate::queue::describe(&value)),
+                ));
+            };
+            match &self.alternate_exchange {
+                Some(field) if field != name => {
+                    return Err((
+                        "alternate-exchange".into(),
+                        format!("the option says {field:?} but the argument says {name:?}"),
+                    ));
+                }
+                _ => self.alternate_exchange = Some(name.to_owned()),
+            }
+        }
+        if self.alternate_exchange.as_ref().is_some_and(|n| n.len() > crate::MAX_NAME_LEN) {
+            return Err(("alternate-exchange".into(), "longer than 255 bytes".into()));
+        }
+        if let Some((name, _)) = self.arguments.iter().find(|(k, _)| k.starts_with("x-")) {
+            return Err((
+                name.to_owned(),
+                "not implemented by interoffice (an argument the bus does not implement is refused, not ignored)"
+                    .into(),
+            ));
+        }
+        Ok(self)
+    }
+
     /// The first option that differs: `(name, received, current)`.
     pub(crate) fn difference(&self, current: &ExchangeOptions) -> Option<crate::queue::Difference> {
         use crate::queue::ToSide;
