@@ -29,6 +29,7 @@ use crate::exchange::{
     BindingInfo, Dest, Exchange, ExchangeKind, ExchangeOptions, Routes, compile_arguments,
 };
 use crate::field::FieldTable;
+use crate::flow::{Flow, FlowStatus};
 use crate::hash::{FastHashSet, FastImblMap};
 use crate::message::Message;
 use crate::queue::{
@@ -65,11 +66,24 @@ pub struct BrokerOptions {
     ///
     /// [`QueueStats::message_stats`]: crate::QueueStats::message_stats
     pub statistics: bool,
+    /// RabbitMQ's memory high watermark: past this many bytes held in
+    /// queues (bodies plus 160 bytes a message, ready and delayed),
+    /// publishing is blocked until consumers drain them — `publish` waits,
+    /// `try_publish` fails with [`PublishError::Blocked`](crate::PublishError::Blocked),
+    /// and [`Connection::flow_events`](crate::Connection::flow_events) tells.
+    /// Off (`None`) by default: then nothing is counted and publishing never
+    /// blocks; per-queue length limits still apply. See [`crate::FlowEvent`].
+    pub memory_high_watermark: Option<usize>,
 }
 
 impl Default for BrokerOptions {
     fn default() -> Self {
-        BrokerOptions { max_message_size: 128 << 20, clock: Clock::system(), statistics: true }
+        BrokerOptions {
+            max_message_size: 128 << 20,
+            clock: Clock::system(),
+            statistics: true,
+            memory_high_watermark: None,
+        }
     }
 }
 
@@ -159,6 +173,7 @@ impl Broker {
             name_seed: std::collections::hash_map::RandomState::new(),
             vhost: "/".into(),
             timers,
+            flow: options.memory_high_watermark.map(|w| Arc::new(Flow::new(w))),
             options,
         });
         {
@@ -199,6 +214,33 @@ impl Broker {
     /// Counts for queue `name`, or `None` if there is no such queue.
     pub fn queue_stats(&self, name: &str) -> Option<QueueStats> {
         self.inner.queues.load().get(name).map(|q| q.stats())
+    }
+
+    /// The flow state: the memory the queues hold by the broker's estimate,
+    /// the watermark, and whether publishing is blocked.
+    ///
+    /// ```
+    /// use interoffice::{Broker, BrokerOptions, Message, PublishError, QueueOptions};
+    ///
+    /// let broker = Broker::with_options(BrokerOptions { memory_high_watermark: Some(1 << 20), ..Default::default() });
+    /// let conn = broker.connect();
+    /// conn.declare_queue("q", QueueOptions::default())?;
+    /// conn.publish("", "q", Message::new(vec![0_u8; 2 << 20]))?; // 2 MiB: over the watermark
+    /// assert!(broker.flow().blocked);
+    /// assert!(matches!(conn.try_publish("", "q", Message::new("more")), Err(PublishError::Blocked { .. })));
+    /// conn.purge_queue("q")?;
+    /// assert!(!broker.flow().blocked);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn flow(&self) -> FlowStatus {
+        match &self.inner.flow {
+            None => FlowStatus { used: 0, watermark: None, blocked: false },
+            Some(flow) => FlowStatus {
+                used: flow.used(),
+                watermark: Some(flow.watermark()),
+                blocked: flow.is_blocked(),
+            },
+        }
     }
 
     /// The names of all queues, sorted.
@@ -377,6 +419,8 @@ pub(crate) struct BrokerInner {
     next_id: AtomicU64,
     name_seed: std::collections::hash_map::RandomState,
     vhost: Box<str>,
+    /// The memory estimate and alarm, with a watermark set.
+    pub(crate) flow: Option<Arc<Flow>>,
     timers: Arc<Timers>,
     options: BrokerOptions,
 }
@@ -841,6 +885,7 @@ impl BrokerInner {
             clock: self.options.clock.clone(),
             timers: Arc::clone(&self.timers),
             broker: Weak::clone(&self.me),
+            flow: self.flow.clone(),
         };
         let queue = Queue::new(name.as_str().into(), self.id(), options, policy, owner, context);
         if owner.is_some() {

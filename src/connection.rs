@@ -14,6 +14,7 @@ use crate::delivery::{Delivery, GetStore};
 use crate::error::{BindError, ConsumeError, DeclareError, DeleteError, PublishError};
 use crate::exchange::{ExchangeKind, ExchangeOptions};
 use crate::field::FieldTable;
+use crate::flow::FlowEvent;
 use crate::message::Message;
 use crate::queue::{QueueOptions, QueueStats};
 use crate::rpc::{self, Call, CallError, ReplyEndpoint, RpcStats};
@@ -256,7 +257,13 @@ impl Connection {
         self.broker.inner.unbind(self.shared.id, destination, true, source, key, arguments)
     }
 
-    /// Publishes `message` to `exchange` with `routing_key`. Never blocks.
+    /// Publishes `message` to `exchange` with `routing_key`. Never blocks,
+    /// unless the broker has a
+    /// [memory high watermark](crate::BrokerOptions::memory_high_watermark)
+    /// and its queues are past it: then it waits until consumers drain them,
+    /// as RabbitMQ blocks a publishing connection ([`try_publish`](Self::try_publish)
+    /// fails instead). A module that publishes from inside its own handler
+    /// while holding deliveries should use `try_publish`, as with RabbitMQ.
     /// A message that reaches no queue is dropped and the result says 0
     /// queues; use [`publish_with`](Self::publish_with) and `mandatory` to
     /// get it back instead.
@@ -280,7 +287,54 @@ impl Connection {
         if self.is_closed() {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
         }
+        if let Some(flow) = &self.broker.inner.flow
+            && flow.is_blocked()
+        {
+            // RabbitMQ's memory alarm blocks a publishing connection.
+            flow.wait_unblocked();
+        }
         self.broker.inner.publish(exchange, routing_key, message, options)
+    }
+
+    /// Publishes as [`publish`](Self::publish) does, but never waits: while
+    /// the broker is over its
+    /// [memory high watermark](crate::BrokerOptions::memory_high_watermark)
+    /// it fails at once with [`PublishError::Blocked`], handing the message
+    /// back.
+    pub fn try_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<Routed, PublishError> {
+        self.try_publish_with(exchange, routing_key, message, PublishOptions::default())
+    }
+
+    /// [`try_publish`](Self::try_publish) with options.
+    pub fn try_publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        if self.broker.inner.flow.as_ref().is_some_and(|f| f.is_blocked()) {
+            return Err(PublishError::Blocked { message: Box::new(message) });
+        }
+        self.publish_with(exchange, routing_key, message, options)
+    }
+
+    /// The broker's flow events from now on: [`FlowEvent::Blocked`] when its
+    /// queues pass the
+    /// [memory high watermark](crate::BrokerOptions::memory_high_watermark),
+    /// [`FlowEvent::Unblocked`] when they are back below it (RabbitMQ's
+    /// `connection.blocked` / `connection.unblocked`). If blocked now, the
+    /// first event says so. Without a watermark, nothing is ever sent.
+    pub fn flow_events(&self) -> crossbeam_channel::Receiver<FlowEvent> {
+        match &self.broker.inner.flow {
+            Some(flow) => flow.subscribe(),
+            None => crossbeam_channel::never(),
+        }
     }
 
     /// Starts consuming from `queue`.
@@ -591,6 +645,16 @@ impl Publisher {
         self.publish_with(routing_key, message, PublishOptions::default())
     }
 
+    /// Publishes as [`Connection::try_publish`] does: fails with
+    /// [`PublishError::Blocked`] rather than wait while the broker is over
+    /// its memory high watermark.
+    pub fn try_publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
+        if self.broker.inner.flow.as_ref().is_some_and(|f| f.is_blocked()) {
+            return Err(PublishError::Blocked { message: Box::new(message) });
+        }
+        self.publish(routing_key, message)
+    }
+
     /// Publishes with options, as [`Connection::publish_with`] does.
     pub fn publish_with(
         &self,
@@ -600,6 +664,11 @@ impl Publisher {
     ) -> Result<Routed, PublishError> {
         if self.connection.closed.load(Ordering::Acquire) {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
+        }
+        if let Some(flow) = &self.broker.inner.flow
+            && flow.is_blocked()
+        {
+            flow.wait_unblocked();
         }
         if self.exchange.is_deleted() {
             // Deleted since the publisher was made, and maybe declared

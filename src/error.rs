@@ -237,6 +237,13 @@ pub enum PublishError {
         /// The message, handed back.
         message: Box<Message>,
     },
+    /// The broker is over its memory high watermark and the caller asked
+    /// not to wait ([`Connection::try_publish`](crate::Connection::try_publish)).
+    #[error("RESOURCE_ERROR - publishing is blocked: the queues hold more than the memory high watermark")]
+    Blocked {
+        /// The message, handed back.
+        message: Box<Message>,
+    },
     /// A header the bus reads is malformed: `CC` or `BCC` (sender-selected
     /// distribution) that is not an array of routing keys.
     #[error("PRECONDITION_FAILED - invalid header '{header}': {reason}")]
@@ -268,6 +275,7 @@ impl PublishError {
             | PublishError::Rejected { message, .. }
             | PublishError::InvalidExpiration { message, .. }
             | PublishError::InvalidHeader { message, .. }
+            | PublishError::Blocked { message }
             | PublishError::ConnectionClosed { message } => message,
         }
     }
@@ -283,6 +291,7 @@ impl PublishError {
             | PublishError::Rejected { message, .. }
             | PublishError::InvalidExpiration { message, .. }
             | PublishError::InvalidHeader { message, .. }
+            | PublishError::Blocked { message }
             | PublishError::ConnectionClosed { message } => *message,
         }
     }
@@ -295,7 +304,7 @@ impl PublishError {
             PublishError::Unroutable { .. } => ErrorKind::NoRoute,
             PublishError::InvalidRoutingKey { .. } => ErrorKind::InvalidName,
             PublishError::TooLarge { .. } => ErrorKind::ContentTooLarge,
-            PublishError::Rejected { .. } => ErrorKind::ResourceError,
+            PublishError::Rejected { .. } | PublishError::Blocked { .. } => ErrorKind::ResourceError,
             PublishError::InvalidExpiration { .. } | PublishError::InvalidHeader { .. } => {
                 ErrorKind::PreconditionFailed
             }

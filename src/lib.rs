@@ -75,6 +75,7 @@ mod delivery;
 mod error;
 mod exchange;
 mod field;
+mod flow;
 mod hash;
 mod idempotency;
 mod message;
@@ -101,6 +102,7 @@ pub use error::{
 };
 pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
 pub use field::{FieldTable, FieldValue};
+pub use flow::{FlowEvent, FlowStatus};
 pub use idempotency::{ProcessError, Processed, ProcessedIds};
 pub use message::{DeliveryMode, Message, Properties};
 pub use queue::{DeduplicationWindow, MessageStats, Overflow, QueueOptions, QueueStats, QueueType};

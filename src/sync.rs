@@ -5,7 +5,7 @@
 //! The mutex is parking_lot's: no poisoning, so a panicking consumer thread
 //! never wedges a queue for everyone else.
 
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub(crate) use std::sync::{Arc, Weak};
 
 pub(crate) use parking_lot::{Condvar, Mutex};

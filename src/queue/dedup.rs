@@ -17,7 +17,10 @@ pub(super) struct RecentIds {
 }
 
 impl RecentIds {
-    pub(super) fn new(window: DeduplicationWindow) -> Self {
+    pub(super) fn new(mut window: DeduplicationWindow) -> Self {
+        // A window with only a duration is bounded all the same, so that a
+        // high publish rate cannot grow it without limit.
+        window.max_ids.get_or_insert(DeduplicationWindow::DEFAULT_MAX_IDS);
         RecentIds { window, order: VecDeque::new(), ids: HashMap::new() }
     }
 
@@ -85,5 +88,24 @@ mod tests {
         recent.record("a", Some(start));
         assert!(recent.contains("a", Some(start + Duration::from_millis(9_999))));
         assert!(!recent.contains("a", Some(start + Duration::from_secs(10))));
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_window_with_only_a_duration_is_bounded() {
+        let window =
+            DeduplicationWindow { max_ids: None, duration: Some(std::time::Duration::from_secs(3600)) };
+        let mut recent = RecentIds::new(window);
+        let now = Some(Instant::now());
+        for n in 0..DeduplicationWindow::DEFAULT_MAX_IDS + 10 {
+            recent.record(&n.to_string(), now);
+        }
+        assert_eq!(recent.order.len(), DeduplicationWindow::DEFAULT_MAX_IDS);
+        assert!(!recent.contains("0", now), "the oldest ids were forgotten");
+        assert!(recent.contains(&(DeduplicationWindow::DEFAULT_MAX_IDS + 9).to_string(), now));
     }
 }

@@ -32,6 +32,7 @@ use crate::consumer::ConsumerShared;
 use crate::dead_letter::{DeathReason, Letter, ReasonCounts};
 use crate::error::{ConsumeError, RecvError};
 use crate::field::{FieldTable, FieldValue};
+use crate::flow::{FLOW_GRANULE, Flow, MESSAGE_OVERHEAD};
 use crate::message::Message;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
 use crate::timer::{TimerTarget, Timers};
@@ -352,6 +353,8 @@ struct QueueState {
     /// released: the last reference to a body runs its owner's destructor,
     /// which is user code.
     graveyard: Vec<QueuedMessage>,
+    /// What the queue last reported to the broker's memory estimate.
+    reported_bytes: i64,
 }
 
 /// Monotonic counters, updated without the queue lock.
@@ -415,6 +418,8 @@ pub(crate) struct QueueContext {
     pub(crate) clock: Clock,
     pub(crate) timers: Arc<Timers>,
     pub(crate) broker: Weak<BrokerInner>,
+    /// The broker's memory estimate, with a memory high watermark set.
+    pub(crate) flow: Option<Arc<Flow>>,
 }
 
 /// A queue. Shared (`Arc`) by the routing tables that reach it, its consumers
@@ -477,6 +482,7 @@ impl Queue {
                 counts: statistics.then(MessageStats::default),
                 wakers: Vec::new(),
                 graveyard: Vec::new(),
+                reported_bytes: 0,
             }),
         });
         if queue.policy.expires.is_some() {
@@ -486,11 +492,26 @@ impl Queue {
         queue
     }
 
+    /// Reports the queue's held memory to the broker's estimate when it has
+    /// moved by a granule (or the queue emptied), so the shared counter is
+    /// written rarely: see [`crate::flow`].
+    fn account(&self, state: &mut QueueState) {
+        let Some(flow) = &self.context.flow else { return };
+        let held = state.ready.bytes() + state.delayed.bytes() + state.held() * MESSAGE_OVERHEAD;
+        let held = i64::try_from(held).unwrap_or(i64::MAX);
+        let delta = held - state.reported_bytes;
+        if delta.abs() >= FLOW_GRANULE || (held == 0 && delta != 0) {
+            state.reported_bytes = held;
+            flow.adjust(delta);
+        }
+    }
+
     /// Releases the queue lock, then runs what must not run under it:
     /// wakes the async consumers it sent to and drops the messages that
     /// left. Every path that locks the state ends here (or in `with_state`,
     /// which calls it).
     fn unlock(&self, mut state: MutexGuard<'_, QueueState>) {
+        self.account(&mut state);
         if state.wakers.is_empty() && state.graveyard.is_empty() {
             return;
         }
@@ -919,6 +940,7 @@ impl Queue {
         let mut state = self.state.lock();
         let (count, held) = state.take_held();
         self.reschedule(&mut state);
+        self.account(&mut state);
         drop(state);
         drop(held);
         count
@@ -958,6 +980,7 @@ impl Queue {
                 self.context.timers.cancel(self.id);
             }
             let (count, held) = state.take_held();
+            self.account(&mut state);
             let consumers = std::mem::take(&mut state.consumers);
             self.unlock(state);
             drop(held);
@@ -1255,7 +1278,13 @@ mod tests {
 
     fn context() -> QueueContext {
         let clock = Clock::system();
-        QueueContext { statistics: true, timers: Timers::new(clock.clone()), clock, broker: Weak::new() }
+        QueueContext {
+            statistics: true,
+            timers: Timers::new(clock.clone()),
+            clock,
+            broker: Weak::new(),
+            flow: None,
+        }
     }
 
     fn queue() -> Arc<Queue> {
