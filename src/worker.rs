@@ -206,12 +206,18 @@ fn settle(delivery: Delivery, handled: thread::Result<Handled>, on_error: OnErro
 /// connection stops the worker too (the deliveries it held are requeued, as
 /// for any consumer of a closed connection).
 ///
-/// [`shutdown`](Worker::shutdown) — or dropping the worker — stops it
-/// gracefully: the consumers are cancelled, which sends back to the queue
-/// whatever the queue had sent them that no handler had taken yet; every
-/// handler already running finishes and settles its message; then the
-/// threads are joined. Nothing is lost and nothing is left unsettled. It
-/// waits for as long as the running handlers take.
+/// [`shutdown`](Worker::shutdown) stops it gracefully: the consumers are
+/// cancelled, which sends back to the queue whatever the queue had sent them
+/// that no handler had taken yet; every handler already running finishes
+/// and settles its message; then the threads are joined. Nothing is lost and
+/// nothing is left unsettled. It waits for as long as the running handlers
+/// take. Dropping the worker stops it the same way but does not wait (`Drop`
+/// never blocks): handlers already running finish and settle on their own
+/// threads, which then end.
+///
+/// The worker holds its connection open while any of its threads runs, so a
+/// worker started on a temporary connection (`broker.connect().worker(..)`)
+/// keeps working; the connection closes when the last handle on it goes.
 ///
 /// A panic in the handler is caught: its message is requeued, counted in
 /// [`WorkerReport::panicked`], and the thread takes the next one. (The panic
@@ -235,7 +241,7 @@ fn settle(delivery: Delivery, handled: thread::Result<Handled>, on_error: OnErro
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-#[must_use = "dropping a Worker shuts it down"]
+#[must_use = "dropping a Worker stops it"]
 pub struct Worker {
     consumers: Vec<Arc<Consumer>>,
     threads: Vec<JoinHandle<()>>,
@@ -245,8 +251,9 @@ pub struct Worker {
     replies: Option<Arc<Connection>>,
     /// A handle on the connection the worker consumes on, so that it stays
     /// open while the worker runs even if the caller's handle is dropped
-    /// (`broker.connect().worker(..)`). Released after the threads are joined.
-    _connection: Connection,
+    /// (`broker.connect().worker(..)`). Each thread holds it too, so it
+    /// outlives a dropped worker until its last handler has settled.
+    _connection: Arc<Connection>,
 }
 
 impl Worker {
@@ -263,18 +270,22 @@ impl Worker {
 
     /// Stops gracefully — no new messages, every running handler finishes and
     /// settles, the threads are joined — and returns the final counts.
-    /// Dropping the worker does the same.
+    /// Dropping the worker stops it without waiting.
     pub fn shutdown(mut self) -> WorkerReport {
         self.stop();
+        self.join();
         self.counts.report()
     }
 
+    /// Cancels every consumer before joining any thread, so that all of
+    /// them stop taking messages at once rather than one after another.
     fn stop(&mut self) {
-        // Cancel every consumer before joining any thread, so that all of
-        // them stop taking messages at once rather than one after another.
         for consumer in &self.consumers {
             consumer.cancel();
         }
+    }
+
+    fn join(&mut self) {
         let me = thread::current().id();
         for thread in self.threads.drain(..) {
             // A handler that drops its own worker must not join itself: that
@@ -292,6 +303,9 @@ impl Worker {
 }
 
 impl Drop for Worker {
+    /// Stops the worker without waiting for running handlers: their threads
+    /// hold the connection (and an RPC server's reply connection) until they
+    /// have settled, then end.
     fn drop(&mut self) {
         self.stop();
     }
@@ -498,12 +512,13 @@ impl Connection {
             threads: Vec::with_capacity(threads),
             counts: Arc::default(),
             replies,
-            _connection: self.hold(),
+            _connection: Arc::new(self.hold()),
         };
         let step = Arc::new(step);
         for (n, consumer) in worker.consumers.iter().enumerate() {
             let (consumer, step, counts) =
                 (Arc::clone(consumer), Arc::clone(&step), Arc::clone(&worker.counts));
+            let connection = Arc::clone(&worker._connection);
             let on_error = options.on_error;
             // A queue name may hold a NUL byte, which a thread name may not.
             let name = format!("interoffice-worker-{queue}-{n}").replace('\0', "\u{FFFD}");
@@ -529,6 +544,7 @@ impl Connection {
                         }
                     }
                 }
+                drop(connection);
             });
             // On failure `worker` is dropped while unwinding, which stops the
             // threads already started.

@@ -701,3 +701,30 @@ fn a_reply_to_a_queue_that_is_gone_is_counted_and_the_request_still_acknowledged
     assert_eq!(ready_unacked(&conn, "rpc"), (0, 0));
     Ok(())
 }
+
+/// `Drop` never blocks: dropping a worker whose handler is still running
+/// returns at once; the handler finishes on its own thread and its message
+/// is settled as the handler says, on a connection the thread kept open.
+#[test]
+fn dropping_a_worker_does_not_wait_for_its_running_handler() -> Result {
+    let broker = Broker::new();
+    broker.connect().declare_queue("slow", QueueOptions::default())?;
+    let (started, running) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let worker = broker.connect().worker("slow", WorkerOptions::default(), move |_: &Delivery| {
+        started.send(()).unwrap();
+        released.lock().unwrap().recv().unwrap();
+        Ok::<(), String>(())
+    })?;
+    broker.connect().publish("", "slow", Message::new("m"))?;
+    running.recv()?;
+    drop(worker); // returns while the handler is blocked
+    release.send(())?;
+    while broker.queue_stats("slow").unwrap().messages_unacknowledged > 0 {
+        std::thread::yield_now();
+    }
+    let stats = broker.queue_stats("slow").unwrap();
+    assert_eq!((stats.messages_ready, stats.consumers), (0, 0), "acked, not requeued");
+    Ok(())
+}
