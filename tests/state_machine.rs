@@ -43,17 +43,35 @@ enum How {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Publish { ttl: Option<u64>, delay: Option<u64> },
-    Consume { prefetch: u32 },
-    Recv { consumer: Index },
-    Settle { held: Index, how: How },
-    Cancel { consumer: Index },
-    Get { auto_ack: bool },
+    Publish {
+        ttl: Option<u64>,
+        delay: Option<u64>,
+    },
+    Consume {
+        prefetch: u32,
+    },
+    Recv {
+        consumer: Index,
+    },
+    Settle {
+        held: Index,
+        how: How,
+    },
+    Cancel {
+        consumer: Index,
+    },
+    Get {
+        auto_ack: bool,
+    },
     Purge,
-    Advance { ms: u64 },
+    Advance {
+        ms: u64,
+    },
     /// Advances to the model's next deadline exactly, or to just before it:
     /// the instants where an off-by-one in expiry shows.
-    AdvanceToDeadline { just_before: bool },
+    AdvanceToDeadline {
+        just_before: bool,
+    },
     Close,
 }
 
