@@ -135,6 +135,12 @@ impl ManualState {
         later(self.base, self.elapsed())
     }
 
+    /// The furthest this clock can go: `u64::MAX` nanoseconds (about 584
+    /// years) past its start. A deadline beyond it never fires.
+    fn end_of_time(&self) -> Instant {
+        later(self.base, Duration::from_nanos(u64::MAX))
+    }
+
     fn set(&self, at: Instant) {
         let nanos = u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
         self.offset_nanos.fetch_max(nanos, Ordering::AcqRel);
@@ -213,10 +219,14 @@ impl ManualClock {
     /// so a chain of expiries resolves as it would in real time.
     ///
     /// Time saturates: advancing by `Duration::MAX` moves the clock as far
-    /// as it can go (about 584 years in all) and fires everything due.
+    /// as it can go (about 584 years in all) and fires everything due by
+    /// then; a deadline beyond that never fires.
     pub fn advance(&self, by: Duration) {
         let _one_at_a_time = self.state.advancing.lock();
-        let target = later(self.state.now(), by);
+        // Capped at the end of this clock's time: a deadline past it would
+        // otherwise be "due" by the target yet never reached by the clock,
+        // and fire for ever.
+        let target = later(self.state.now(), by).min(self.state.end_of_time());
         loop {
             let timers: Vec<Arc<Timers>> =
                 self.state.timers.lock().iter().filter_map(Weak::upgrade).collect();

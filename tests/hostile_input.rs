@@ -330,3 +330,18 @@ fn a_worker_whose_queue_is_deleted_says_so() -> Result {
     assert_eq!(worker.shutdown().consumers_lost, 2);
     Ok(())
 }
+
+/// Found by the `durations` fuzz target: at the end of a manual clock's
+/// time, a message delayed past it made `advance` fire its timer for ever.
+#[test]
+fn advancing_past_the_end_of_a_manual_clocks_time_returns() -> Result {
+    let (clock, broker) = manual();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default())?;
+    clock.advance(Duration::MAX);
+    conn.publish("", "q", Message::new("m").with_delay(Duration::MAX))?;
+    clock.advance(Duration::MAX);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(broker.queue_stats("q").unwrap().messages_delayed, 1, "past the end of time: never due");
+    Ok(())
+}
