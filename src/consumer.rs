@@ -4,7 +4,6 @@
 use crate::hash::FastHashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::fence;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -13,11 +12,13 @@ use futures_core::Stream;
 use crossbeam_channel::{Receiver, RecvTimeoutError as ChannelTimeout, TryRecvError as ChannelTryRecv};
 
 use crate::broker::BrokerInner;
+use crate::credit::Credit;
 use crate::delivery::{Delivery, Holder};
 use crate::error::{AckError, ConsumeError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::field::FieldTable;
 use crate::queue::{Queue, QueuedMessage, Settlement};
-use crate::sync::{Arc, AtomicBool, AtomicU32, Mutex, Ordering, spin_wait};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering, spin_wait};
+use crate::wake::WakerSet;
 
 /// Options of [`Connection::consume`](crate::Connection::consume).
 ///
@@ -111,21 +112,18 @@ struct Unsettled {
 pub(crate) struct ConsumerShared {
     pub(crate) tag: Arc<str>,
     pub(crate) queue: Arc<Queue>,
-    pub(crate) prefetch: u32,
     pub(crate) auto_ack: bool,
     pub(crate) exclusive: bool,
     pub(crate) priority: i32,
-    /// Deliveries sent to the inbox and not yet settled. Only the queue
-    /// increments it, under its lock; settling decrements it.
-    pub(crate) in_flight: AtomicU32,
+    /// Deliveries sent to the inbox and not yet settled, against the
+    /// prefetch limit: see [`crate::credit`].
+    pub(crate) credit: Credit,
     inbox: Receiver<QueuedMessage>,
     unsettled: Mutex<Unsettled>,
     cancelled: AtomicBool,
     cancel_reason: Mutex<Option<RecvError>>,
-    /// Tasks waiting in `recv_async` / a stream. Only touched when
-    /// `has_wakers` says there are some, so sync consumers never lock it.
-    wakers: Mutex<Vec<Waker>>,
-    has_wakers: AtomicBool,
+    /// Tasks waiting in `recv_async` / a stream: see [`crate::wake`].
+    wakers: WakerSet,
 }
 
 impl ConsumerShared {
@@ -138,22 +136,20 @@ impl ConsumerShared {
         ConsumerShared {
             tag,
             queue,
-            prefetch: options.prefetch,
             auto_ack: options.auto_ack,
             exclusive: options.exclusive,
             priority: options.effective_priority(),
-            in_flight: AtomicU32::new(0),
+            credit: Credit::new(options.prefetch),
             inbox,
             unsettled: Mutex::new(Unsettled::default()),
             cancelled: AtomicBool::new(false),
             cancel_reason: Mutex::new(None),
-            wakers: Mutex::new(Vec::new()),
-            has_wakers: AtomicBool::new(false),
+            wakers: WakerSet::default(),
         }
     }
 
     pub(crate) fn has_credit(&self) -> bool {
-        self.prefetch == 0 || self.in_flight.load(Ordering::Acquire) < self.prefetch
+        self.credit.has_credit()
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -185,13 +181,7 @@ impl ConsumerShared {
     /// waiting tasks' wakers into `into`, for a caller holding a queue lock
     /// to wake once it has released it (a waker is user code).
     pub(crate) fn take_wakers(&self, into: &mut Vec<Waker>) {
-        fence(Ordering::SeqCst);
-        if !self.has_wakers.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut wakers = self.wakers.lock();
-        self.has_wakers.store(false, Ordering::Relaxed);
-        into.append(&mut wakers);
+        self.wakers.take(into);
     }
 
     /// One poll of an async receive. A delivery is taken from the inbox and
@@ -201,14 +191,7 @@ impl ConsumerShared {
         if let Some(ready) = self.try_take() {
             return Poll::Ready(ready);
         }
-        {
-            let mut wakers = self.wakers.lock();
-            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                wakers.push(cx.waker().clone());
-            }
-            self.has_wakers.store(true, Ordering::Relaxed);
-        }
-        fence(Ordering::SeqCst);
+        self.wakers.register(cx.waker());
         match self.try_take() {
             Some(ready) => Poll::Ready(ready),
             None => Poll::Pending,

@@ -70,6 +70,7 @@ mod clock;
 mod codec;
 mod connection;
 mod consumer;
+mod credit;
 mod dead_letter;
 mod delivery;
 mod error;
@@ -83,6 +84,7 @@ mod queue;
 mod rpc;
 mod sync;
 mod timer;
+mod wake;
 mod worker;
 
 pub use broker::{Broker, BrokerOptions, MAX_NAME_LEN, PublishOptions, Routed};

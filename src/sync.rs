@@ -1,11 +1,17 @@
 //! The synchronisation primitives the crate uses, in one place.
 //!
 //! Everything concurrent goes through these names so that a model checker
-//! (loom) can be swapped in behind them without touching the broker's logic.
+//! (loom) can be swapped in behind them without touching the broker's logic:
+//! `tests/loom.rs` compiles the protocols that need checking (`credit.rs`,
+//! `wake.rs`) against a `sync` module of its own that maps these names to
+//! loom's types. (crossbeam's channels and parking_lot's internals are not
+//! model-checked; the protocols around them are.)
 //! The mutex is parking_lot's: no poisoning, so a panicking consumer thread
 //! never wedges a queue for everyone else.
 
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+};
 pub(crate) use std::sync::{Arc, Weak};
 
 pub(crate) use parking_lot::{Condvar, Mutex};

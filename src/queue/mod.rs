@@ -784,10 +784,8 @@ impl Queue {
             for msg in pending {
                 state.restore(self, msg, false, now);
             }
-            consumer.in_flight.fetch_sub(returned, Ordering::AcqRel);
-            if consumer.in_flight.load(Ordering::Acquire) > 0
-                && !state.detached.iter().any(|c| Arc::ptr_eq(c, consumer))
-            {
+            consumer.credit.give_back(returned);
+            if consumer.credit.in_flight() > 0 && !state.detached.iter().any(|c| Arc::ptr_eq(c, consumer)) {
                 state.detached.push(Arc::clone(consumer));
             }
             state.dispatch(self, now);
@@ -817,7 +815,7 @@ impl Queue {
             }
             match consumer {
                 Some(c) => {
-                    c.in_flight.fetch_sub(count, Ordering::AcqRel);
+                    c.credit.give_back(count);
                     state.forget_if_settled(c);
                 }
                 None => state.get_unacked -= count as usize,
@@ -837,7 +835,7 @@ impl Queue {
         self.with_state(|state, now| {
             match consumer {
                 Some(c) => {
-                    c.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    c.credit.give_back(1);
                     state.forget_if_settled(c);
                 }
                 None => state.get_unacked -= 1,
@@ -858,11 +856,11 @@ impl Queue {
     /// only if the consumer was at its prefetch limit: the only case in which
     /// a ready message may be waiting for this credit.
     pub(crate) fn release_credit(&self, consumer: &ConsumerShared, n: u32) {
-        let before = consumer.in_flight.fetch_sub(n, Ordering::AcqRel);
-        if consumer.prefetch != 0 && before >= consumer.prefetch && before - n < consumer.prefetch {
+        let released = consumer.credit.release(n);
+        if released.must_dispatch {
             self.with_state(|state, now| state.dispatch(self, now));
         }
-        if before == n && consumer.is_cancelled() {
+        if released.emptied && consumer.is_cancelled() {
             // The last delivery of a cancelled consumer: the queue no longer
             // needs it for its figures.
             self.with_state(|state, _| state.forget_if_settled(consumer));
@@ -1041,13 +1039,13 @@ impl Queue {
         let (ready, delayed, unacked, consumers, counts) = self.with_state(|state, now| {
             state.catch_up(self, now);
             state.dispatch(self, now);
-            state.detached.retain(|c| c.in_flight.load(Ordering::Acquire) > 0);
+            state.detached.retain(|c| c.credit.in_flight() > 0);
             let in_flight: usize = state
                 .consumers
                 .iter()
                 .map(|s| &s.consumer)
                 .chain(state.detached.iter())
-                .map(|c| c.in_flight.load(Ordering::Acquire) as usize)
+                .map(|c| c.credit.in_flight() as usize)
                 .sum();
             let counts = state.counts;
             (
@@ -1088,7 +1086,7 @@ impl QueueState {
     /// Drops a cancelled consumer from `detached` once it holds nothing, so
     /// that consumer churn leaves nothing behind.
     fn forget_if_settled(&mut self, consumer: &ConsumerShared) {
-        if consumer.is_cancelled() && consumer.in_flight.load(Ordering::Acquire) == 0 {
+        if consumer.is_cancelled() && consumer.credit.in_flight() == 0 {
             self.detached.retain(|c| !std::ptr::eq(Arc::as_ptr(c), consumer));
         }
     }
@@ -1167,7 +1165,7 @@ impl QueueState {
     /// always under its lock, so credit never overshoots the prefetch limit.
     fn send_to(&mut self, index: usize, msg: QueuedMessage) -> Result<(), QueuedMessage> {
         let slot = &self.consumers[index];
-        slot.consumer.in_flight.fetch_add(1, Ordering::AcqRel);
+        slot.consumer.credit.take();
         let redelivered = msg.redelivered;
         match slot.inbox.send(msg) {
             Ok(()) => {
@@ -1182,7 +1180,7 @@ impl QueueState {
             Err(returned) => {
                 // The consumer's inbox is gone (it is being cancelled): take
                 // it out of the ring rather than lose the message.
-                slot.consumer.in_flight.fetch_sub(1, Ordering::AcqRel);
+                slot.consumer.credit.give_back(1);
                 let gone = self.consumers.remove(index);
                 gone.consumer.take_wakers(&mut self.wakers);
                 if self.cursor >= self.consumers.len() {
