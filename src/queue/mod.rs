@@ -510,11 +510,20 @@ impl Queue {
     /// wakes the async consumers it sent to and drops the messages that
     /// left. Every path that locks the state ends here (or in `with_state`,
     /// which calls it).
+    #[inline]
     fn unlock(&self, mut state: MutexGuard<'_, QueueState>) {
-        self.account(&mut state);
+        if self.context.flow.is_some() {
+            self.account(&mut state);
+        }
         if state.wakers.is_empty() && state.graveyard.is_empty() {
             return;
         }
+        self.unlock_slow(state);
+    }
+
+    /// The rare half of [`unlock`](Self::unlock): something to wake or drop.
+    #[cold]
+    fn unlock_slow(&self, mut state: MutexGuard<'_, QueueState>) {
         let wakers = std::mem::take(&mut state.wakers);
         let graveyard = std::mem::take(&mut state.graveyard);
         drop(state);
