@@ -803,3 +803,30 @@ fn an_invalid_expiration_string_is_refused_and_the_message_comes_back() -> Resul
     assert_eq!((s.messages_ready, s.messages_expired), (0, 0));
     Ok(())
 }
+
+/// The timer expires in batches (releasing the queue lock in between, so a
+/// mass expiry does not stall publishers); every message still expires, and
+/// is dead-lettered, at its time.
+#[test]
+fn a_mass_expiry_is_complete_across_batches() {
+    let clock = ManualClock::new();
+    let broker = Broker::with_options(BrokerOptions { clock: clock.clock(), ..Default::default() });
+    let conn = broker.connect();
+    conn.declare_queue("dead", QueueOptions::default()).unwrap();
+    let options = QueueOptions {
+        message_ttl: Some(Duration::from_secs(1)),
+        dead_letter_exchange: Some(String::new()),
+        dead_letter_routing_key: Some("dead".into()),
+        ..Default::default()
+    };
+    conn.declare_queue("mass", options).unwrap();
+    for n in 0..10_000_u32 {
+        conn.publish("", "mass", Message::new(n.to_le_bytes().to_vec())).unwrap();
+    }
+    clock.advance(Duration::from_secs(1));
+    let (mass, dead) = (broker.queue_stats("mass").unwrap(), broker.queue_stats("dead").unwrap());
+    assert_eq!((mass.messages_ready, mass.messages_expired, dead.messages_ready), (0, 10_000, 10_000));
+    // In order: the dead-letter queue holds them as they were published.
+    let first = conn.get("dead", true).unwrap().unwrap();
+    assert_eq!(first.body().as_ref(), 0_u32.to_le_bytes());
+}

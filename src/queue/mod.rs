@@ -259,6 +259,10 @@ impl QueuedMessage {
     }
 }
 
+/// How many messages a timer wake-up releases or expires under one hold of
+/// the queue lock.
+const TIMER_BATCH: usize = 4096;
+
 /// What a publish needs to know about time: read once, only if a policy
 /// asks for it.
 pub(crate) struct PublishTiming<'a> {
@@ -1006,16 +1010,25 @@ impl Queue {
 impl TimerTarget for Queue {
     /// The timers woke the queue: expire, release and delete what is due.
     fn on_timer(&self) {
-        let expire_queue = self.with_state(|state, now| {
-            state.timer_at = None;
-            if state.deleted {
-                return None;
+        // Batches of `TIMER_BATCH` messages, each under the lock once.
+        let expire_queue = loop {
+            let step = self.with_state(|state, now| {
+                state.timer_at = None;
+                if state.deleted {
+                    return Some(None);
+                }
+                let finished = state.catch_up_some(self, now, TIMER_BATCH);
+                state.dispatch(self, now);
+                if !finished {
+                    return None;
+                }
+                let now = now.get();
+                Some(state.idle_deadline(&self.policy).filter(|&at| at <= now).map(|_| now))
+            });
+            if let Some(outcome) = step {
+                break outcome;
             }
-            state.catch_up(self, now);
-            state.dispatch(self, now);
-            let now = now.get();
-            state.idle_deadline(&self.policy).filter(|&at| at <= now).map(|_| now)
-        });
+        };
         if let Some(now) = expire_queue
             && let (Some(broker), Some(me)) = (self.context.broker.upgrade(), self.me.upgrade())
         {
@@ -1249,11 +1262,23 @@ impl QueueState {
     /// Releases delayed messages that are due (to the tail) and takes out
     /// expired ones.
     fn catch_up(&mut self, queue: &Queue, now: &mut Now<'_>) {
+        self.catch_up_some(queue, now, usize::MAX);
+    }
+
+    /// [`catch_up`](Self::catch_up) for at most `limit` messages; true if it
+    /// finished. The timer works in batches, releasing the queue lock in
+    /// between, so a million messages expiring at once do not stall the
+    /// queue's publishers for the whole of it.
+    fn catch_up_some(&mut self, queue: &Queue, now: &mut Now<'_>, limit: usize) -> bool {
         if self.delayed.len() == 0 && self.ready.first_deadline().is_none() {
-            return;
+            return true;
         }
         let at = now.get();
-        while let Some(Delayed { mut msg, ttl }) = self.delayed.pop_due(at) {
+        let mut left = limit;
+        while left > 0
+            && let Some(Delayed { mut msg, ttl }) = self.delayed.pop_due(at)
+        {
+            left -= 1;
             msg.seq = self.next_seq;
             self.next_seq += 1;
             if let Some(ttl) = ttl {
@@ -1265,9 +1290,13 @@ impl QueueState {
                 self.ready.insert(msg);
             }
         }
-        while let Some(msg) = self.ready.pop_expired(at) {
+        while left > 0
+            && let Some(msg) = self.ready.pop_expired(at)
+        {
+            left -= 1;
             self.expire(queue, msg);
         }
+        left > 0
     }
 
     /// When an unused queue with `expires` is due for deletion.
