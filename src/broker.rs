@@ -484,6 +484,21 @@ impl BrokerInner {
         name
     }
 
+    /// Whether the memory alarm is on (never without a watermark).
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.flow.as_ref().is_some_and(|flow| flow.is_blocked())
+    }
+
+    /// Waits while the memory alarm is on, as RabbitMQ blocks a publishing
+    /// connection; returns at once without a watermark or alarm.
+    pub(crate) fn wait_while_blocked(&self) {
+        if let Some(flow) = &self.flow
+            && flow.is_blocked()
+        {
+            flow.wait_unblocked();
+        }
+    }
+
     pub(crate) fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.load().get(name).cloned()
     }

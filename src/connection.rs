@@ -287,12 +287,7 @@ impl Connection {
         if self.is_closed() {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
         }
-        if let Some(flow) = &self.broker.inner.flow
-            && flow.is_blocked()
-        {
-            // RabbitMQ's memory alarm blocks a publishing connection.
-            flow.wait_unblocked();
-        }
+        self.broker.inner.wait_while_blocked();
         self.broker.inner.publish(exchange, routing_key, message, options)
     }
 
@@ -318,7 +313,7 @@ impl Connection {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        if self.broker.inner.flow.as_ref().is_some_and(|f| f.is_blocked()) {
+        if self.broker.inner.is_blocked() {
             return Err(PublishError::Blocked { message: Box::new(message) });
         }
         self.publish_with(exchange, routing_key, message, options)
@@ -649,7 +644,7 @@ impl Publisher {
     /// [`PublishError::Blocked`] rather than wait while the broker is over
     /// its memory high watermark.
     pub fn try_publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
-        if self.broker.inner.flow.as_ref().is_some_and(|f| f.is_blocked()) {
+        if self.broker.inner.is_blocked() {
             return Err(PublishError::Blocked { message: Box::new(message) });
         }
         self.publish(routing_key, message)
@@ -665,11 +660,7 @@ impl Publisher {
         if self.connection.closed.load(Ordering::Acquire) {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
         }
-        if let Some(flow) = &self.broker.inner.flow
-            && flow.is_blocked()
-        {
-            flow.wait_unblocked();
-        }
+        self.broker.inner.wait_while_blocked();
         if self.exchange.is_deleted() {
             // Deleted since the publisher was made, and maybe declared
             // again: publish by name, as `Connection::publish` would.
