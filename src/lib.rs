@@ -81,6 +81,7 @@ mod hash;
 mod idempotency;
 mod message;
 mod queue;
+mod routing;
 mod rpc;
 mod sync;
 mod timer;

@@ -1,0 +1,202 @@
+//! The routing pass: the state of routing one message through the exchange
+//! graph (where it went, what is left to visit, what it made leave other
+//! queues), the sets that make each queue and exchange count once, and
+//! sender-selected distribution (`CC` / `BCC`). `BrokerInner::route` drives
+//! it; this module holds no lock and reaches no further up than a queue's
+//! `enqueue`.
+
+use crate::dead_letter::Letter;
+use crate::exchange::Exchange;
+use crate::hash::FastHashSet;
+use crate::message::Message;
+use crate::queue::{Enqueued, Envelope, PublishTiming, Queue};
+use crate::sync::Arc;
+
+/// The state of routing one message: where it went and what is left.
+pub(crate) struct RoutingPass<'a> {
+    pub(crate) envelope: &'a Arc<Envelope>,
+    /// The envelope's routing key, kept as the publisher's `&str`: reading
+    /// it back from the envelope would re-check its UTF-8 at every exchange.
+    pub(crate) routing_key: &'a str,
+    pub(crate) timing: PublishTiming<'a>,
+    /// Queues a dead letter must not reach (a cycle).
+    pub(crate) forbidden: &'a [String],
+    pub(crate) seen_queues: SeenSet<32>,
+    pub(crate) seen_exchanges: SeenSet<4>,
+    pub(crate) pending: Vec<Arc<Exchange>>,
+    pub(crate) enqueued: usize,
+    pub(crate) duplicates: usize,
+    /// Queues that refused the message because they are full.
+    pub(crate) rejected: Vec<String>,
+    /// Messages the enqueues made leave their queues, to dead-letter.
+    pub(crate) letters: Vec<Letter>,
+}
+
+impl<'a> RoutingPass<'a> {
+    pub(crate) fn new(
+        envelope: &'a Arc<Envelope>,
+        routing_key: &'a str,
+        timing: PublishTiming<'a>,
+        forbidden: &'a [String],
+    ) -> Self {
+        RoutingPass {
+            envelope,
+            routing_key,
+            timing,
+            forbidden,
+            seen_queues: SeenSet::new(),
+            seen_exchanges: SeenSet::new(),
+            pending: Vec::new(),
+            enqueued: 0,
+            duplicates: 0,
+            rejected: Vec::new(),
+            letters: Vec::new(),
+        }
+    }
+
+    /// Enqueues in `queue` unless this message already reached it.
+    pub(crate) fn enqueue(&mut self, queue: &Arc<Queue>) {
+        if !self.seen_queues.insert(queue.id) {
+            return;
+        }
+        if !self.forbidden.is_empty() && self.forbidden.iter().any(|q| **q == *queue.name) {
+            return;
+        }
+        match queue.enqueue(self.envelope, &mut self.timing, &mut self.letters) {
+            Enqueued::Accepted => self.enqueued += 1,
+            Enqueued::Duplicate => self.duplicates += 1,
+            Enqueued::Rejected => self.rejected.push(queue.name.to_string()),
+            Enqueued::Gone => {}
+        }
+    }
+
+    /// Schedules `exchange` unless this message already went through it.
+    pub(crate) fn visit(&mut self, exchange: &Arc<Exchange>) {
+        if self.seen_exchanges.insert(exchange.id) {
+            self.pending.push(Arc::clone(exchange));
+        }
+    }
+}
+
+/// The routing keys of sender-selected distribution: the strings of the
+/// `CC` and `BCC` headers (arrays of routing keys), as RabbitMQ reads them.
+/// `BCC` is taken out of the message, so no queue sees it. A `CC` or `BCC`
+/// that is not an array is refused, as RabbitMQ refuses it
+/// (`unacceptable_type_in_header`); entries that are not strings are skipped.
+/// Called only when [`has_sender_selected_keys`] found one of them.
+#[cold]
+pub(crate) fn sender_selected_keys(message: &mut Message) -> Result<Vec<String>, (String, String)> {
+    let Some(headers) = message.headers() else { return Ok(Vec::new()) };
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        match headers.get(name) {
+            None => {}
+            Some(crate::FieldValue::Array(values)) => {
+                keys.extend(values.iter().filter_map(|v| v.as_str()).map(str::to_owned))
+            }
+            Some(other) => {
+                return Err((
+                    name.to_owned(),
+                    format!(
+                        "unacceptable_type_in_header: expected an array of routing keys, got {}",
+                        crate::queue::describe(other)
+                    ),
+                ));
+            }
+        }
+    }
+    if headers.contains_key("BCC")
+        && let Some(headers) = message.properties_mut().headers.as_mut()
+    {
+        headers.remove("BCC");
+    }
+    Ok(keys)
+}
+
+/// Whether a message carries `CC` or `BCC`: on every publish with headers,
+/// so it compares lengths before bytes and allocates nothing.
+#[inline]
+pub(crate) fn has_sender_selected_keys(headers: &crate::FieldTable) -> bool {
+    // Names are sorted by their bytes: if the first starts after 'C' (the
+    // usual lowercase header), neither "BCC" nor "CC" can be there.
+    let mut names = headers.iter().map(|(name, _)| name);
+    if names.next().and_then(|first| first.as_bytes().first()).is_some_and(|b| *b > b'C') {
+        return false;
+    }
+    headers.iter().any(|(name, _)| match name.len() {
+        2 => name == "CC",
+        3 => name == "BCC",
+        _ => false,
+    })
+}
+
+/// A set of ids for one routing pass: inline while it holds at most `N`,
+/// the usual case; beyond, a hash set borrowed from a per-thread spare, so a
+/// topic key reaching dozens of queues does not allocate either (after the
+/// thread's first such publish). `N` is 32 for queues: a publish initialises
+/// the inline array (64 slots cost a 512-byte memset on every publish),
+/// while a topic key reaching ~20 queues spilled out of 16 into the hash
+/// set (8% of a topic publish).
+pub(crate) struct SeenSet<const N: usize> {
+    len: usize,
+    inline: [u64; N],
+    /// Every id, once more than `N` were seen.
+    spilled: Option<FastHashSet<u64>>,
+}
+
+thread_local! {
+    /// The spare hash set for [`SeenSet`]s that outgrow their inline array.
+    static SPARE_IDS: std::cell::Cell<Option<FastHashSet<u64>>> = const { std::cell::Cell::new(None) };
+}
+
+impl<const N: usize> SeenSet<N> {
+    pub(crate) fn new() -> Self {
+        SeenSet { len: 0, inline: [0; N], spilled: None }
+    }
+
+    /// True if `id` was not in the set.
+    pub(crate) fn insert(&mut self, id: u64) -> bool {
+        if let Some(spilled) = &mut self.spilled {
+            return spilled.insert(id);
+        }
+        if self.inline[..self.len].contains(&id) {
+            return false;
+        }
+        if self.len == N {
+            let mut spilled = SPARE_IDS.take().unwrap_or_default();
+            spilled.clear();
+            spilled.extend(self.inline);
+            spilled.insert(id);
+            self.spilled = Some(spilled);
+        } else {
+            self.inline[self.len] = id;
+            self.len += 1;
+        }
+        true
+    }
+}
+
+impl<const N: usize> Drop for SeenSet<N> {
+    fn drop(&mut self) {
+        if let Some(spilled) = self.spilled.take() {
+            // `try_with`: during thread teardown the spare may be gone.
+            let _ = SPARE_IDS.try_with(|spare| spare.set(Some(spilled)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_set_switches_to_hash_set_and_stays_exact() {
+        let mut seen = SeenSet::<16>::new();
+        for id in 0..100 {
+            assert!(seen.insert(id));
+        }
+        for id in 0..100 {
+            assert!(!seen.insert(id));
+        }
+    }
+}
