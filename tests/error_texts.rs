@@ -122,3 +122,50 @@ fn texts_match_rabbitmq() {
         "ACCESS_REFUSED - queue 'ml' in vhost '/' in exclusive use"
     );
 }
+
+/// Invalid arguments: RabbitMQ's reason first (read off RabbitMQ 3.10.8),
+/// then, where it helps, what was given.
+#[test]
+fn invalid_argument_texts_start_as_rabbitmqs() {
+    let conn = Broker::new().connect();
+    let declare = |args: FieldTable| {
+        conn.declare_queue("q2", QueueOptions { arguments: args, ..Default::default() })
+            .unwrap_err()
+            .to_string()
+    };
+    let prefix =
+        |arg: &str| format!("PRECONDITION_FAILED - invalid arg '{arg}' for queue 'q2' in vhost '/': ");
+    for (args, arg, reason) in [
+        (FieldTable::from([("x-overflow", "drop-tail")]), "x-overflow", "invalid_overflow"),
+        (FieldTable::from([("x-max-length", -1)]), "x-max-length", "{value_negative,-1}"),
+        (FieldTable::from([("x-message-ttl", -1)]), "x-message-ttl", "{value_negative,-1}"),
+        (FieldTable::from([("x-expires", 0)]), "x-expires", "{value_zero,0}"),
+        (FieldTable::from([("x-max-priority", 256)]), "x-max-priority", "{max_value_exceeded,256}"),
+        (
+            FieldTable::from([("x-dead-letter-routing-key", "k")]),
+            "x-dead-letter-routing-key",
+            "routing_key_but_no_dlx_defined",
+        ),
+        (
+            FieldTable::from([("x-single-active-consumer", "yes")]),
+            "x-single-active-consumer",
+            "{unacceptable_type,longstr}",
+        ),
+        (FieldTable::from([("x-expires", "1000")]), "x-expires", "expected integer, got longstr"),
+        (
+            FieldTable::from([("x-message-ttl", 1_099_511_627_776_i64)]),
+            "x-message-ttl",
+            "{value_too_large,1099511627776}",
+        ),
+    ] {
+        let text = declare(args);
+        assert!(text.starts_with(&format!("{}{reason}", prefix(arg))), "{text}");
+    }
+    conn.declare_exchange("hx", ExchangeKind::Headers, ExchangeOptions::default()).unwrap();
+    conn.declare_queue("tq", QueueOptions::default()).unwrap();
+    let err = conn.bind_queue("tq", "hx", "", FieldTable::from([("x-match", "foo")])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"PRECONDITION_FAILED - Invalid x-match field value <<"foo">>; expected all, any, all-with-x, or any-with-x"#
+    );
+}

@@ -263,7 +263,7 @@ fn a_string_where_a_number_belongs_is_named_as_a_string() {
     let options =
         QueueOptions { arguments: FieldTable::from([("x-message-ttl", "1000")]), ..Default::default() };
     let err = conn.declare_queue("q", options).unwrap_err();
-    assert!(precondition(&err, r#"got the string "1000""#), "{err}");
+    assert!(precondition(&err, r#"expected integer, got longstr (the string "1000")"#), "{err}");
 }
 
 #[test]

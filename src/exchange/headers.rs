@@ -26,8 +26,13 @@ impl HeadersMatcher {
             Some(value) => match value.as_bytes().and_then(|b| std::str::from_utf8(b).ok()) {
                 Some(mode @ ("all" | "any" | "all-with-x" | "any-with-x")) => mode,
                 _ => {
+                    // RabbitMQ shows a string as an Erlang binary: <<"some">>.
+                    let shown = match value.as_str() {
+                        Some(text) => format!("<<{text:?}>>"),
+                        None => value.to_string(),
+                    };
                     return Err(format!(
-                        "Invalid x-match field value {value}; expected all, any, all-with-x, or any-with-x"
+                        "Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
                     ));
                 }
             },
@@ -273,7 +278,7 @@ mod tests {
     #[test]
     fn bad_x_match_is_refused() {
         let err = HeadersMatcher::parse(&FieldTable::from([("x-match", "some")])).unwrap_err();
-        assert!(err.contains("Invalid x-match field value some"), "{err}");
+        assert!(err.contains(r#"Invalid x-match field value <<"some">>"#), "{err}");
         assert!(HeadersMatcher::parse(&FieldTable::from([("x-match", 1)])).is_err());
     }
 

@@ -290,37 +290,39 @@ fn check_duration(arg: &'static str, d: Duration) -> Result<Duration, InvalidArg
     if d > crate::MAX_DURATION {
         return Err((
             Cow::Borrowed(arg),
-            format!(
-                "value_too_large: {} ms exceeds the maximum of 315360000000 ms (ten years)",
-                d.as_millis()
-            ),
+            format!("{{value_too_large,{}}}: the maximum is 315360000000 ms (ten years)", d.as_millis()),
         ));
     }
     Ok(d)
 }
 
-fn millis(arg: &'static str, value: &FieldValue) -> Result<Duration, InvalidArg> {
-    match value.as_i64() {
-        Some(ms) if ms >= 0 => check_duration(arg, Duration::from_millis(ms.unsigned_abs())),
-        _ => Err((
-            Cow::Borrowed(arg),
-            format!("expected a non-negative integer of milliseconds, got {}", describe(value)),
-        )),
+/// RabbitMQ's words for a wrong type (`expected integer, got longstr`),
+/// then ours, which say what was given (`the string "1000"`).
+fn wrong_type(expected: &str, value: &FieldValue) -> String {
+    let kind = super::side(value).map_or("void", |(_, kind)| kind);
+    format!("expected {expected}, got {kind} ({})", describe(value))
+}
+
+/// A non-negative integer argument, refused as RabbitMQ refuses it.
+fn non_negative(arg: &'static str, value: &FieldValue) -> Result<u64, InvalidArg> {
+    match (value.as_u64(), value.as_i64()) {
+        (Some(n), _) => Ok(n),
+        (None, Some(negative)) => Err((Cow::Borrowed(arg), format!("{{value_negative,{negative}}}"))),
+        (None, None) => Err((Cow::Borrowed(arg), wrong_type("integer", value))),
     }
+}
+
+fn millis(arg: &'static str, value: &FieldValue) -> Result<Duration, InvalidArg> {
+    let ms = non_negative(arg, value)?;
+    check_duration(arg, Duration::from_millis(ms))
 }
 
 fn count(arg: &'static str, value: &FieldValue) -> Result<u64, InvalidArg> {
-    match value.as_u64() {
-        Some(n) => Ok(n),
-        _ => Err((Cow::Borrowed(arg), format!("expected a non-negative integer, got {}", describe(value)))),
-    }
+    non_negative(arg, value)
 }
 
 fn string(arg: &'static str, value: &FieldValue) -> Result<String, InvalidArg> {
-    value
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| (Cow::Borrowed(arg), format!("expected a string, got {}", describe(value))))
+    value.as_str().map(str::to_owned).ok_or_else(|| (Cow::Borrowed(arg), wrong_type("longstr", value)))
 }
 
 /// Merges a typed field with its argument form: either may be set; both
@@ -363,7 +365,7 @@ impl QueueOptions {
                     (
                         Cow::Borrowed("x-overflow"),
                         format!(
-                            "expected drop-head, reject-publish or reject-publish-dlx, got {}",
+                            "invalid_overflow: expected drop-head, reject-publish or reject-publish-dlx, got {}",
                             describe(v)
                         ),
                     )
@@ -402,7 +404,11 @@ impl QueueOptions {
                 v.as_bool().ok_or_else(|| {
                     (
                         Cow::Borrowed("x-single-active-consumer"),
-                        format!("expected a boolean, got {}", describe(v)),
+                        format!(
+                            "{{unacceptable_type,{}}} ({})",
+                            super::side(v).map_or("void", |(_, kind)| kind),
+                            describe(v)
+                        ),
                     )
                 })
             })
@@ -417,7 +423,10 @@ impl QueueOptions {
             // 0 is accepted, as RabbitMQ does: a queue without priorities.
             Some(n @ 0..=255) => Some(u8::try_from(n).unwrap_or(u8::MAX)),
             Some(n) => {
-                return Err((Cow::Borrowed("x-max-priority"), format!("must be between 0 and 255, got {n}")));
+                return Err((
+                    Cow::Borrowed("x-max-priority"),
+                    format!("{{max_value_exceeded,{n}}}: at most 255"),
+                ));
             }
         };
         let delivery_limit = delivery_limit
@@ -493,10 +502,16 @@ impl QueueOptions {
             }
         }
         if policy.expires == Some(Duration::ZERO) {
-            return Err((Cow::Borrowed("x-expires"), "must be at least 1 millisecond".into()));
+            return Err((
+                Cow::Borrowed("x-expires"),
+                "{value_zero,0}: must be at least 1 millisecond".into(),
+            ));
         }
         if policy.dead_letter_routing_key.is_some() && policy.dead_letter_exchange.is_none() {
-            return Err((Cow::Borrowed("x-dead-letter-routing-key"), "needs a dead-letter exchange".into()));
+            return Err((
+                Cow::Borrowed("x-dead-letter-routing-key"),
+                "routing_key_but_no_dlx_defined".into(),
+            ));
         }
         for (arg, name) in [
             ("x-dead-letter-exchange", &policy.dead_letter_exchange),
