@@ -228,9 +228,7 @@ pub enum PublishError {
     },
     /// The `expiration` property is not a non-negative integer of
     /// milliseconds, or exceeds [`MAX_DURATION`](crate::MAX_DURATION).
-    #[error(
-        "PRECONDITION_FAILED - invalid expiration '{value}': expected a non-negative integer of milliseconds up to 315360000000"
-    )]
+    #[error("PRECONDITION_FAILED - invalid expiration '{value}': {}", expiration_reason(value))]
     InvalidExpiration {
         /// The expiration given.
         value: String,
@@ -398,3 +396,15 @@ kinds!(ConsumeError {
     NotFound(_) => NotFound, ResourceLocked(_) => ResourceLocked, AccessRefused(_) => AccessRefused,
     TagInUse(_) => NotAllowed, InvalidArgument(_) => PreconditionFailed, ConnectionClosed => ConnectionClosed,
 });
+
+/// RabbitMQ's reason for refusing an `expiration` (as 3.10.8 words it).
+fn expiration_reason(value: &str) -> String {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if digits(value) {
+        format!("{{value_too_large,{value}}}")
+    } else if value.strip_prefix('-').is_some_and(digits) {
+        format!("{{value_negative,{value}}}")
+    } else {
+        "no_integer".to_owned()
+    }
+}

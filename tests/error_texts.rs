@@ -169,3 +169,20 @@ fn invalid_argument_texts_start_as_rabbitmqs() {
         r#"PRECONDITION_FAILED - Invalid x-match field value <<"foo">>; expected all, any, all-with-x, or any-with-x"#
     );
 }
+
+#[test]
+fn invalid_expiration_texts_match_rabbitmq() {
+    let conn = Broker::new().connect();
+    conn.declare_queue("tq", QueueOptions::default()).unwrap();
+    for (expiration, text) in [
+        ("abc", "PRECONDITION_FAILED - invalid expiration 'abc': no_integer"),
+        (
+            "1099511627776",
+            "PRECONDITION_FAILED - invalid expiration '1099511627776': {value_too_large,1099511627776}",
+        ),
+    ] {
+        let mut message = Message::new("x");
+        message.properties_mut().expiration = Some(expiration.into());
+        assert_eq!(conn.publish("", "tq", message).unwrap_err().to_string(), text);
+    }
+}
