@@ -345,3 +345,15 @@ fn advancing_past_the_end_of_a_manual_clocks_time_returns() -> Result {
     assert_eq!(broker.queue_stats("q").unwrap().messages_delayed, 1, "past the end of time: never due");
     Ok(())
 }
+
+/// A consumer on a connection that was dropped at once fails loudly: its
+/// first `recv` says the connection is closed, it does not wait for ever.
+#[test]
+fn a_consumer_on_a_temporary_connection_fails_loudly() -> Result {
+    let broker = Broker::new();
+    broker.connect().declare_queue("q", QueueOptions::default())?;
+    let consumer = broker.connect().consume("q", ConsumeOptions::default())?;
+    assert_eq!(consumer.recv().unwrap_err(), interoffice::RecvError::ConnectionClosed);
+    assert_eq!(broker.queue_stats("q").unwrap().consumers, 0);
+    Ok(())
+}
