@@ -512,8 +512,9 @@ impl Queue {
 
     /// Releases the queue lock, then runs what must not run under it:
     /// wakes the async consumers it sent to and drops the messages that
-    /// left. Every path that locks the state ends here (or in `with_state`,
-    /// which calls it).
+    /// left. Every path that may have collected either ends here (directly,
+    /// or through `with_state`); purge and delete drop what they swapped out
+    /// themselves, after unlocking.
     #[inline]
     fn unlock(&self, mut state: MutexGuard<'_, QueueState>) {
         if self.context.flow.is_some() {
