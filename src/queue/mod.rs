@@ -861,6 +861,10 @@ impl Queue {
                     let due = later(now.get(), delay.min(MAX_DURATION));
                     state.delayed.insert(due, Delayed { msg, ttl: None });
                 }
+            } else {
+                // Deleted, or past the delivery limit (a copy is a letter):
+                // its body is dropped after the lock is released.
+                state.graveyard.push(msg);
             }
             state.dispatch(self, now);
         });
