@@ -2,8 +2,11 @@
 //! of operations run against the broker and, step by step, against a plain
 //! sequential reference model of what RabbitMQ's rules say must happen — one
 //! queue with a random TTL and length limit dead-lettering into a second,
+//! reached directly or through an exchange it is bound to and unbound from,
 //! competing consumers with prefetch, settlement of every kind, delayed
-//! requeues, `get`, purge, cancel, connection close and a manual clock.
+//! requeues, `get`, purge, cancel, connection close, deleting and
+//! re-declaring the queue (while its consumers and `get`s still hold
+//! deliveries) and a manual clock.
 //!
 //! Everything runs on one thread with a `ManualClock`, so the broker is
 //! deterministic and the model predicts it exactly: which message each
@@ -18,8 +21,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use interoffice::{
-    Broker, BrokerOptions, Connection, ConsumeOptions, Consumer, Delivery, ManualClock, Message, Overflow,
-    QueueOptions,
+    Broker, BrokerOptions, Connection, ConsumeOptions, Consumer, Delivery, ExchangeKind, ExchangeOptions,
+    FieldTable, ManualClock, Message, Overflow, QueueOptions,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -43,10 +46,18 @@ enum How {
 
 #[derive(Debug, Clone)]
 enum Op {
+    /// Through the default exchange, or through the fanout exchange `x`
+    /// (unroutable unless `work` is bound to it).
     Publish {
         ttl: Option<u64>,
         delay: Option<u64>,
+        via_x: bool,
     },
+    /// Binds `work` to `x`, or unbinds it.
+    Rebind,
+    /// Deletes `work` and declares it again: its consumers end, and what
+    /// they and `get` still hold belongs to the deleted queue.
+    DeleteAndRedeclare,
     Consume {
         prefetch: u32,
     },
@@ -84,8 +95,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0_u64..40).prop_map(How::RequeueAfter),
     ];
     prop_oneof![
-        6 => (prop::option::weighted(0.3, 0_u64..60), prop::option::weighted(0.2, 0_u64..60))
-            .prop_map(|(ttl, delay)| Op::Publish { ttl, delay }),
+        6 => (
+            prop::option::weighted(0.3, 0_u64..60),
+            prop::option::weighted(0.2, 0_u64..60),
+            prop::bool::weighted(0.2),
+        )
+            .prop_map(|(ttl, delay, via_x)| Op::Publish { ttl, delay, via_x }),
+        1 => Just(Op::Rebind),
+        1 => Just(Op::DeleteAndRedeclare),
         2 => (0_u32..4).prop_map(|prefetch| Op::Consume { prefetch }),
         6 => any::<Index>().prop_map(|consumer| Op::Recv { consumer }),
         5 => (any::<Index>(), how).prop_map(|(held, how)| Op::Settle { held, how }),
@@ -140,6 +157,8 @@ struct MConsumer {
     inbox: VecDeque<MMsg>,
     /// The connection generation it was opened on.
     generation: u32,
+    /// The incarnation of `work` it consumes from.
+    queue_gen: u32,
 }
 
 #[derive(Debug)]
@@ -148,6 +167,7 @@ struct MHeld {
     /// The consumer it came from, or `None` for a `get`.
     consumer: Option<usize>,
     generation: u32,
+    queue_gen: u32,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +187,9 @@ struct Model {
     get_unacked: usize,
     dead: Vec<u64>,
     generation: u32,
+    /// Incarnations of `work`: bumped by each delete and re-declare.
+    queue_gen: u32,
+    bound_to_x: bool,
 }
 
 impl Model {
@@ -402,7 +425,34 @@ impl Model {
     }
 
     fn unacked(&self) -> usize {
-        self.consumers.iter().map(|c| c.in_flight as usize).sum::<usize>() + self.get_unacked
+        let live = self.consumers.iter().filter(|c| c.queue_gen == self.queue_gen);
+        live.map(|c| c.in_flight as usize).sum::<usize>() + self.get_unacked
+    }
+
+    /// Deletes `work` (returning how many it held) and starts a new one.
+    fn delete_and_redeclare(&mut self) -> usize {
+        let held = self.held_count();
+        self.ready.clear();
+        self.delayed.clear();
+        self.ring.clear();
+        self.cursor = 0;
+        self.get_unacked = 0;
+        self.next_seq = 0;
+        self.queue_gen += 1;
+        self.bound_to_x = false;
+        held
+    }
+
+    /// Settles a delivery of a deleted `work`: a discard still dead-letters
+    /// (through the old queue's policy); anything that would requeue it
+    /// drops it.
+    fn settle_orphan(&mut self, held: &MHeld, how: How) {
+        if let Some(c) = held.consumer {
+            self.consumers[c].in_flight -= 1;
+        }
+        if matches!(how, How::Discard) {
+            self.dead.push(held.msg.id);
+        }
     }
 }
 
@@ -417,6 +467,17 @@ struct Real {
     held: Vec<Delivery>,
 }
 
+fn work_options(scenario: &Scenario) -> QueueOptions {
+    QueueOptions {
+        message_ttl: scenario.queue_ttl.map(Duration::from_millis),
+        max_length: scenario.max_length,
+        overflow: Overflow::DropHead,
+        dead_letter_exchange: Some(String::new()),
+        dead_letter_routing_key: Some(DLQ.into()),
+        ..Default::default()
+    }
+}
+
 fn id_of(d: &Delivery) -> u64 {
     u64::from_le_bytes(d.body()[..8].try_into().expect("an 8-byte id"))
 }
@@ -426,18 +487,8 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
     let broker = Broker::with_options(BrokerOptions { clock: clock.clock(), ..Default::default() });
     let conn = broker.connect();
     conn.declare_queue(DLQ, QueueOptions::default()).unwrap();
-    conn.declare_queue(
-        WORK,
-        QueueOptions {
-            message_ttl: scenario.queue_ttl.map(Duration::from_millis),
-            max_length: scenario.max_length,
-            overflow: Overflow::DropHead,
-            dead_letter_exchange: Some(String::new()),
-            dead_letter_routing_key: Some(DLQ.into()),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    conn.declare_queue(WORK, work_options(scenario)).unwrap();
+    conn.declare_exchange("x", ExchangeKind::Fanout, ExchangeOptions::default()).unwrap();
     let mut real = Real { clock, broker, conn, consumers: Vec::new(), held: Vec::new() };
     let mut model =
         Model { queue_ttl: scenario.queue_ttl, max_length: scenario.max_length, ..Default::default() };
@@ -446,7 +497,7 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
     for (step, op) in scenario.ops.iter().enumerate() {
         let at = |what: &str| format!("step {step} ({op:?}): {what}");
         match *op {
-            Op::Publish { ttl, delay } => {
+            Op::Publish { ttl, delay, via_x } => {
                 next_id += 1;
                 let mut message = Message::new(next_id.to_le_bytes().to_vec());
                 if let Some(ttl) = ttl {
@@ -455,8 +506,29 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                 if let Some(delay) = delay {
                     message = message.with_delay(Duration::from_millis(delay));
                 }
-                real.conn.publish("", WORK, message).unwrap();
-                model.publish(next_id, ttl, delay);
+                let routed = if via_x {
+                    real.conn.publish("x", "", message).unwrap()
+                } else {
+                    real.conn.publish("", WORK, message).unwrap()
+                };
+                let reaches = !via_x || model.bound_to_x;
+                prop_assert_eq!(routed.queues(), usize::from(reaches), "{}", at("routed"));
+                if reaches {
+                    model.publish(next_id, ttl, delay);
+                }
+            }
+            Op::Rebind => {
+                if model.bound_to_x {
+                    real.conn.unbind_queue(WORK, "x", "", &FieldTable::new()).unwrap();
+                } else {
+                    real.conn.bind_queue(WORK, "x", "", FieldTable::new()).unwrap();
+                }
+                model.bound_to_x = !model.bound_to_x;
+            }
+            Op::DeleteAndRedeclare => {
+                let dropped = real.conn.delete_queue(WORK, Default::default()).unwrap();
+                prop_assert_eq!(dropped, model.delete_and_redeclare(), "{}", at("delete count"));
+                real.conn.declare_queue(WORK, work_options(scenario)).unwrap();
             }
             Op::Consume { prefetch } => {
                 if model.ring.len() >= MAX_CONSUMERS {
@@ -469,6 +541,7 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                     in_flight: 0,
                     inbox: VecDeque::new(),
                     generation: model.generation,
+                    queue_gen: model.queue_gen,
                 });
                 model.ring.push(model.consumers.len() - 1);
                 model.dispatch();
@@ -479,7 +552,14 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                 }
                 let c = consumer.index(real.consumers.len());
                 let got = real.consumers[c].try_recv().ok();
-                let expected = model.consumers[c].inbox.pop_front();
+                let mut expected = model.consumers[c].inbox.pop_front();
+                if expected.is_some() && model.consumers[c].generation != model.generation {
+                    // Left in the inbox of a consumer of a deleted queue when
+                    // its connection closed: taking it requeues it into the
+                    // deleted queue (gone), and the receive fails.
+                    model.consumers[c].in_flight -= 1;
+                    expected = None;
+                }
                 let seen = got.as_ref().map(|d| (id_of(d), d.redelivered()));
                 prop_assert_eq!(seen, expected.as_ref().map(|m| (m.id, m.redelivered)), "{}", at("recv"));
                 if let (Some(d), Some(msg)) = (got, expected) {
@@ -488,6 +568,7 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                         msg,
                         consumer: Some(c),
                         generation: model.consumers[c].generation,
+                        queue_gen: model.consumers[c].queue_gen,
                     });
                 }
             }
@@ -513,6 +594,9 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                     // Its connection closed and requeued it: a settle fails
                     // (a drop does nothing) and changes nothing.
                     prop_assert!(matches!(how, How::Drop) || outcome.is_err(), "{}", at("zombie settle"));
+                } else if entry.queue_gen != model.queue_gen {
+                    prop_assert!(outcome.is_ok(), "{}", at("settle of a deleted queue's delivery"));
+                    model.settle_orphan(&entry, how);
                 } else {
                     prop_assert!(outcome.is_ok(), "{}", at("settle"));
                     model.settle(entry, how);
@@ -535,7 +619,12 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                 prop_assert_eq!(seen, expected.as_ref().map(|m| (m.id, m.redelivered)), "{}", at("get"));
                 if let (Some(d), Some(msg), false) = (got, expected, auto_ack) {
                     real.held.push(d);
-                    model.held.push(MHeld { msg, consumer: None, generation: model.generation });
+                    model.held.push(MHeld {
+                        msg,
+                        consumer: None,
+                        generation: model.generation,
+                        queue_gen: model.queue_gen,
+                    });
                 }
             }
             Op::Purge => {
@@ -563,6 +652,17 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                     if model.consumers[c].generation != generation {
                         continue;
                     }
+                    if model.consumers[c].queue_gen != model.queue_gen {
+                        // A consumer of a deleted queue: what it holds goes
+                        // back to that queue, which drops it.
+                        let orphans = model
+                            .held
+                            .iter()
+                            .filter(|h| h.consumer == Some(c) && h.generation == generation)
+                            .count();
+                        model.consumers[c].in_flight -= orphans as u32;
+                        continue;
+                    }
                     let unsettled: Vec<MMsg> = model
                         .held
                         .iter()
@@ -582,7 +682,9 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                 let gets: Vec<MMsg> = model
                     .held
                     .iter()
-                    .filter(|h| h.consumer.is_none() && h.generation == generation)
+                    .filter(|h| {
+                        h.consumer.is_none() && h.generation == generation && h.queue_gen == model.queue_gen
+                    })
                     .map(|h| h.msg.clone())
                     .collect();
                 for msg in gets {
