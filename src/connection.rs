@@ -284,10 +284,22 @@ impl Connection {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
+        self.publish_when(exchange, routing_key, message, options, WhenBlocked::Wait)
+    }
+
+    /// Publishes, waiting out the memory alarm or failing on it.
+    fn publish_when(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+        when_blocked: WhenBlocked,
+    ) -> Result<Routed, PublishError> {
         if self.is_closed() {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
         }
-        self.broker.inner.wait_while_blocked();
+        let message = when_blocked.apply(&self.broker, message)?;
         self.broker.inner.publish(exchange, routing_key, message, options)
     }
 
@@ -313,10 +325,7 @@ impl Connection {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        if self.broker.inner.is_blocked() {
-            return Err(PublishError::Blocked { message: Box::new(message) });
-        }
-        self.publish_with(exchange, routing_key, message, options)
+        self.publish_when(exchange, routing_key, message, options, WhenBlocked::Fail)
     }
 
     /// The broker's flow events from now on: [`FlowEvent::Blocked`] when its
@@ -644,10 +653,7 @@ impl Publisher {
     /// [`PublishError::Blocked`] rather than wait while the broker is over
     /// its memory high watermark.
     pub fn try_publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
-        if self.broker.inner.is_blocked() {
-            return Err(PublishError::Blocked { message: Box::new(message) });
-        }
-        self.publish(routing_key, message)
+        self.publish_when(routing_key, message, PublishOptions::default(), WhenBlocked::Fail)
     }
 
     /// Publishes with options, as [`Connection::publish_with`] does.
@@ -657,16 +663,48 @@ impl Publisher {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
+        self.publish_when(routing_key, message, options, WhenBlocked::Wait)
+    }
+
+    fn publish_when(
+        &self,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+        when_blocked: WhenBlocked,
+    ) -> Result<Routed, PublishError> {
         if self.connection.closed.load(Ordering::Acquire) {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
         }
-        self.broker.inner.wait_while_blocked();
+        let message = when_blocked.apply(&self.broker, message)?;
         if self.exchange.is_deleted() {
             // Deleted since the publisher was made, and maybe declared
             // again: publish by name, as `Connection::publish` would.
             return self.broker.inner.publish(&self.exchange.name, routing_key, message, options);
         }
         self.broker.inner.publish_resolved(&self.exchange, routing_key, message, options)
+    }
+}
+
+/// What a publish does while the memory alarm is on.
+#[derive(Debug, Clone, Copy)]
+enum WhenBlocked {
+    /// Wait for it to clear (`publish`), as RabbitMQ blocks a connection.
+    Wait,
+    /// Fail with `PublishError::Blocked`, handing the message back (`try_publish`).
+    Fail,
+}
+
+impl WhenBlocked {
+    fn apply(self, broker: &Broker, message: Message) -> Result<Message, PublishError> {
+        match self {
+            WhenBlocked::Wait => broker.inner.wait_while_blocked(),
+            WhenBlocked::Fail if broker.inner.is_blocked() => {
+                return Err(PublishError::Blocked { message: Box::new(message) });
+            }
+            WhenBlocked::Fail => {}
+        }
+        Ok(message)
     }
 }
 

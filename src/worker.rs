@@ -253,7 +253,7 @@ pub struct Worker {
     /// open while the worker runs even if the caller's handle is dropped
     /// (`broker.connect().worker(..)`). Each thread holds it too, so it
     /// outlives a dropped worker until its last handler has settled.
-    _connection: Arc<Connection>,
+    connection: Arc<Connection>,
 }
 
 impl Worker {
@@ -512,13 +512,13 @@ impl Connection {
             threads: Vec::with_capacity(threads),
             counts: Arc::default(),
             replies,
-            _connection: Arc::new(self.hold()),
+            connection: Arc::new(self.hold()),
         };
         let step = Arc::new(step);
         for (n, consumer) in worker.consumers.iter().enumerate() {
             let (consumer, step, counts) =
                 (Arc::clone(consumer), Arc::clone(&step), Arc::clone(&worker.counts));
-            let connection = Arc::clone(&worker._connection);
+            let connection = Arc::clone(&worker.connection);
             let on_error = options.on_error;
             // A queue name may hold a NUL byte, which a thread name may not.
             let name = format!("interoffice-worker-{queue}-{n}").replace('\0', "\u{FFFD}");
