@@ -660,7 +660,8 @@ impl BrokerInner {
         self.exchanges.load().get(name).cloned()
     }
 
-    /// Republishes a dead letter to exchange `dlx`, skipping the queues in
+    /// Republishes a dead letter to exchange `dlx` with `routing_key` and
+    /// then each of `extra_keys` (its `CC` keys), skipping the queues in
     /// `forbidden` (a cycle). Messages this makes leave other queues join
     /// `work`. True if it reached at least one queue.
     pub(crate) fn route_dead_letter(
@@ -668,6 +669,7 @@ impl BrokerInner {
         dlx: &str,
         routing_key: &str,
         message: Message,
+        extra_keys: &[String],
         forbidden: &[String],
         work: &mut std::collections::VecDeque<Letter>,
     ) -> bool {
@@ -681,6 +683,13 @@ impl BrokerInner {
             forbidden,
         );
         self.route(Some(&exchanges), start, &mut pass);
+        for key in extra_keys {
+            // Its CC keys too, as RabbitMQ re-routes a dead letter with all
+            // of its original routing keys (each queue still once).
+            pass.routing_key = key;
+            pass.seen_exchanges = SeenSet::new();
+            self.route(Some(&exchanges), start, &mut pass);
+        }
         work.extend(pass.letters);
         pass.enqueued > 0
     }

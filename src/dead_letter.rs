@@ -110,8 +110,13 @@ pub(crate) fn bury(letters: Vec<Letter>) {
         let seconds = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let message = dead_letter_message(&envelope.message, reason, &queue.name, envelope, seconds);
         let forbidden = cycle_queues(&message, reason);
-        let key = queue.policy.dead_letter_routing_key.as_deref().unwrap_or_else(|| envelope.routing_key());
-        let routed = broker.route_dead_letter(dlx, key, message, &forbidden, &mut work);
+        let (key, cc) = match queue.policy.dead_letter_routing_key.as_deref() {
+            Some(key) => (key, Vec::new()),
+            // Its original routing keys: the one it was published with and
+            // its CC keys, as RabbitMQ re-routes it.
+            None => (envelope.routing_key(), cc_keys(&message)),
+        };
+        let routed = broker.route_dead_letter(dlx, key, message, &cc, &forbidden, &mut work);
         queue.count_dead_letter(reason, routed, !routed);
     }
 }
@@ -175,15 +180,20 @@ fn dead_letter_message(
     message
 }
 
+/// The string `CC` keys of a message (sender-selected distribution).
+fn cc_keys(message: &Message) -> Vec<String> {
+    message
+        .header("CC")
+        .and_then(FieldValue::as_array)
+        .map(|cc| cc.iter().filter_map(FieldValue::as_str).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// The `routing-keys` of an `x-death` entry: the key it was published with,
 /// then its `CC` keys (sender-selected distribution; `BCC` never reaches a
 /// queue), as RabbitMQ records them.
 fn routing_keys(message: &Message, routing_key: &str) -> Vec<FieldValue> {
-    let mut keys = vec![FieldValue::from(routing_key)];
-    if let Some(cc) = message.header("CC").and_then(FieldValue::as_array) {
-        keys.extend(cc.iter().filter(|v| v.as_str().is_some()).cloned());
-    }
-    keys
+    std::iter::once(routing_key.to_owned()).chain(cc_keys(message)).map(FieldValue::from).collect()
 }
 
 /// The queues this dead letter must not reach: those it already died in

@@ -174,3 +174,30 @@ fn quorum_queues_are_declared_as_rabbitmq_allows() -> Result {
     }
     Ok(())
 }
+
+/// Seen on RabbitMQ 3.10.8: a dead letter without a dead-letter routing key
+/// is re-routed with all its original routing keys, its `CC` keys included.
+#[test]
+fn a_dead_letter_is_re_routed_with_its_cc_keys_too() -> Result {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_exchange("dlx", ExchangeKind::Direct, ExchangeOptions::default())?;
+    queues(&conn, &["by-key", "by-cc"])?;
+    conn.bind_queue("by-key", "dlx", "w", FieldTable::new())?;
+    conn.bind_queue("by-cc", "dlx", "cc1", FieldTable::new())?;
+    conn.declare_queue("w", QueueOptions { dead_letter_exchange: Some("dlx".into()), ..Default::default() })?;
+    conn.publish("", "w", Message::new("m").with_header("CC", vec![FieldValue::from("cc1")]))?;
+    conn.get("w", false)?.expect("ready").nack(false)?;
+    assert_eq!((ready(&broker, "by-key"), ready(&broker, "by-cc")), (1, 1));
+    // With a dead-letter routing key, that key alone.
+    let fixed = QueueOptions {
+        dead_letter_exchange: Some("dlx".into()),
+        dead_letter_routing_key: Some("w".into()),
+        ..Default::default()
+    };
+    conn.declare_queue("w2", fixed)?;
+    conn.publish("", "w2", Message::new("m").with_header("CC", vec![FieldValue::from("cc1")]))?;
+    conn.get("w2", false)?.expect("ready").nack(false)?;
+    assert_eq!((ready(&broker, "by-key"), ready(&broker, "by-cc")), (2, 1));
+    Ok(())
+}
