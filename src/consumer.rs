@@ -84,9 +84,8 @@ impl ConsumeOptions {
                     )));
                 }
             } else if name.starts_with("x-") {
-                return Err(ConsumeError::InvalidArgument(format!(
-                    "invalid arg '{name}': not implemented by interoffice (refused, not ignored)"
-                )));
+                let (name, why) = crate::queue::unknown_argument(name);
+                return Err(ConsumeError::InvalidArgument(format!("invalid arg '{name}': {why}")));
             }
         }
         Ok(())

@@ -205,6 +205,29 @@ impl FieldValue {
         true
     }
 
+    /// RabbitMQ's name for the value's AMQP type, as its error texts say it
+    /// (`signedint`, `longstr`, ...).
+    pub(crate) fn amqp_type(&self) -> &'static str {
+        match self {
+            FieldValue::Bool(_) => "bool",
+            FieldValue::I8(_) => "byte",
+            FieldValue::U8(_) => "unsignedbyte",
+            FieldValue::I16(_) => "short",
+            FieldValue::U16(_) => "unsignedshort",
+            FieldValue::I32(_) => "signedint",
+            FieldValue::U32(_) => "unsignedint",
+            FieldValue::I64(_) | FieldValue::U64(_) => "long",
+            FieldValue::F32(_) => "float",
+            FieldValue::F64(_) => "double",
+            FieldValue::String(_) => "longstr",
+            FieldValue::Bytes(_) => "binary",
+            FieldValue::Timestamp(_) => "timestamp",
+            FieldValue::Array(_) => "array",
+            FieldValue::Table(_) => "table",
+            FieldValue::Void => "void",
+        }
+    }
+
     /// Any integer widened to `i128`, so `U64::MAX` and `I64::MIN` both fit;
     /// a timestamp is its seconds, as RabbitMQ matches it.
     fn as_integer(&self) -> Option<i128> {

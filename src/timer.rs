@@ -176,7 +176,7 @@ impl Timers {
 }
 
 /// The text of a panic payload, for reports.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -90,13 +90,10 @@ impl ExchangeOptions {
     /// definitions file carries) becomes [`alternate_exchange`](Self::alternate_exchange);
     /// a conflict between the two is refused, and so is any `x-` argument
     /// the bus does not implement. `(argument, reason)` on error.
-    pub(crate) fn resolved(mut self) -> Result<ExchangeOptions, (String, String)> {
+    pub(crate) fn resolved(mut self) -> Result<ExchangeOptions, crate::queue::InvalidArg> {
         if let Some(value) = self.arguments.remove("alternate-exchange") {
             let Some(name) = value.as_str() else {
-                return Err((
-                    "alternate-exchange".into(),
-                    format!("expected a string, got {}", crate::queue::describe(&value)),
-                ));
+                return Err(("alternate-exchange".into(), crate::queue::wrong_type("longstr", &value)));
             };
             match &self.alternate_exchange {
                 Some(field) if field != name => {
@@ -112,11 +109,7 @@ impl ExchangeOptions {
             return Err(("alternate-exchange".into(), "longer than 255 bytes".into()));
         }
         if let Some((name, _)) = self.arguments.iter().find(|(k, _)| k.starts_with("x-")) {
-            return Err((
-                name.to_owned(),
-                "not implemented by interoffice (an argument the bus does not implement is refused, not ignored)"
-                    .into(),
-            ));
+            return Err(crate::queue::unknown_argument(name));
         }
         Ok(self)
     }

@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::MutexGuard;
 
 pub use options::{DeduplicationWindow, Overflow, QueueOptions, QueueType};
-pub(crate) use options::{QueuePolicy, ToSide, describe};
+pub(crate) use options::{InvalidArg, QueuePolicy, ToSide, describe, unknown_argument, wrong_type};
 
 use self::dedup::RecentIds;
 use self::store::{Delayed, DelayedStore, ReadyStore};
@@ -46,25 +46,7 @@ pub(crate) type Difference = (String, Side, Side);
 
 /// A field value as one side of a difference.
 pub(crate) fn side(value: &FieldValue) -> Side {
-    let kind = match value {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) | FieldValue::U64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::String(_) => "longstr",
-        FieldValue::Bytes(_) => "binary",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Array(_) => "array",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
-    };
-    Some((value.to_string(), kind))
+    Some((value.to_string(), value.amqp_type()))
 }
 
 /// The end of RabbitMQ's `inequivalent arg` text: `received '20' but

@@ -298,13 +298,12 @@ fn check_duration(arg: &'static str, d: Duration) -> Result<Duration, InvalidArg
 
 /// RabbitMQ's words for a wrong type (`expected integer, got longstr`),
 /// then ours, which say what was given (`the string "1000"`).
-fn wrong_type(expected: &str, value: &FieldValue) -> String {
-    let kind = super::side(value).map_or("void", |(_, kind)| kind);
-    format!("expected {expected}, got {kind} ({})", describe(value))
+pub(crate) fn wrong_type(expected: &str, value: &FieldValue) -> String {
+    format!("expected {expected}, got {} ({})", value.amqp_type(), describe(value))
 }
 
 /// A non-negative integer argument, refused as RabbitMQ refuses it.
-fn non_negative(arg: &'static str, value: &FieldValue) -> Result<u64, InvalidArg> {
+fn count(arg: &'static str, value: &FieldValue) -> Result<u64, InvalidArg> {
     match (value.as_u64(), value.as_i64()) {
         (Some(n), _) => Ok(n),
         (None, Some(negative)) => Err((Cow::Borrowed(arg), format!("{{value_negative,{negative}}}"))),
@@ -313,12 +312,8 @@ fn non_negative(arg: &'static str, value: &FieldValue) -> Result<u64, InvalidArg
 }
 
 fn millis(arg: &'static str, value: &FieldValue) -> Result<Duration, InvalidArg> {
-    let ms = non_negative(arg, value)?;
+    let ms = count(arg, value)?;
     check_duration(arg, Duration::from_millis(ms))
-}
-
-fn count(arg: &'static str, value: &FieldValue) -> Result<u64, InvalidArg> {
-    non_negative(arg, value)
 }
 
 fn string(arg: &'static str, value: &FieldValue) -> Result<String, InvalidArg> {
@@ -342,7 +337,7 @@ fn merge<T: PartialEq + std::fmt::Debug>(
 }
 
 /// An `x-` argument the bus does not implement: refused, never ignored.
-fn unknown_argument(name: &str) -> InvalidArg {
+pub(crate) fn unknown_argument(name: &str) -> InvalidArg {
     (
         Cow::Owned(name.to_owned()),
         "not implemented by interoffice (an argument the bus does not implement is refused, not ignored)"
@@ -394,9 +389,7 @@ impl QueueOptions {
                 Some(other) => {
                     Err((Cow::Borrowed("x-queue-type"), format!("unsupported queue type '{other}'")))
                 }
-                None => {
-                    Err((Cow::Borrowed("x-queue-type"), format!("expected a string, got {}", describe(v))))
-                }
+                None => Err((Cow::Borrowed("x-queue-type"), wrong_type("longstr", v))),
             })
             .transpose()?;
         let sac = arg("x-single-active-consumer")
@@ -404,11 +397,7 @@ impl QueueOptions {
                 v.as_bool().ok_or_else(|| {
                     (
                         Cow::Borrowed("x-single-active-consumer"),
-                        format!(
-                            "{{unacceptable_type,{}}} ({})",
-                            super::side(v).map_or("void", |(_, kind)| kind),
-                            describe(v)
-                        ),
+                        format!("{{unacceptable_type,{}}} ({})", v.amqp_type(), describe(v)),
                     )
                 })
             })
@@ -589,10 +578,8 @@ mod tests {
     #[test]
     fn arguments_and_fields_resolve_to_the_same_policy() {
         let by_field = QueueOptions { max_length: Some(10), ..Default::default() };
-        let by_arg = QueueOptions {
-            arguments: FieldTable::from([(Cow::Borrowed("x-max-length"), 10)]),
-            ..Default::default()
-        };
+        let by_arg =
+            QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
         assert_eq!(by_field.policy().unwrap(), by_arg.policy().unwrap());
     }
 
@@ -600,7 +587,7 @@ mod tests {
     fn a_field_and_an_argument_that_disagree_are_refused() {
         let opts = QueueOptions {
             max_length: Some(10),
-            arguments: FieldTable::from([(Cow::Borrowed("x-max-length"), 20)]),
+            arguments: FieldTable::from([("x-max-length", 20)]),
             ..Default::default()
         };
         assert_eq!(opts.policy().unwrap_err().0, "x-max-length");
@@ -608,10 +595,8 @@ mod tests {
 
     #[test]
     fn inequivalent_policies_name_the_argument() {
-        let current = QueueOptions {
-            arguments: FieldTable::from([(Cow::Borrowed("x-max-length"), 10)]),
-            ..Default::default()
-        };
+        let current =
+            QueueOptions { arguments: FieldTable::from([("x-max-length", 10)]), ..Default::default() };
         let new = QueueOptions { max_length: Some(20), ..Default::default() };
         let diff = new.difference(&new.policy().unwrap(), &current, &current.policy().unwrap());
         let int = |n: &str| Some((n.to_owned(), "signedint"));
@@ -622,20 +607,11 @@ mod tests {
     fn invalid_values_are_refused() {
         let bad = [
             QueueOptions { arguments: FieldTable::from([("x-max-priority", -1)]), ..Default::default() },
-            QueueOptions {
-                arguments: FieldTable::from([(Cow::Borrowed("x-max-priority"), 256)]),
-                ..Default::default()
-            },
+            QueueOptions { arguments: FieldTable::from([("x-max-priority", 256)]), ..Default::default() },
             QueueOptions { expires: Some(Duration::ZERO), ..Default::default() },
             QueueOptions { dead_letter_routing_key: Some("k".into()), ..Default::default() },
-            QueueOptions {
-                arguments: FieldTable::from([(Cow::Borrowed("x-overflow"), "drop-tail")]),
-                ..Default::default()
-            },
-            QueueOptions {
-                arguments: FieldTable::from([(Cow::Borrowed("x-message-ttl"), -1)]),
-                ..Default::default()
-            },
+            QueueOptions { arguments: FieldTable::from([("x-overflow", "drop-tail")]), ..Default::default() },
+            QueueOptions { arguments: FieldTable::from([("x-message-ttl", -1)]), ..Default::default() },
             QueueOptions { deduplication_window: Some(DeduplicationWindow::default()), ..Default::default() },
         ];
         for opts in bad {
