@@ -623,14 +623,7 @@ impl BrokerInner {
             PublishTiming::new(&self.options.clock, ttl, delay),
             &[],
         );
-        self.route(exchanges, start, &mut pass);
-        for key in &extra_keys {
-            // Sender-selected distribution: routed as if published with each
-            // key too; a queue reached by several keys gets it once.
-            pass.routing_key = key;
-            pass.seen_exchanges = SeenSet::new();
-            self.route(exchanges, start, &mut pass);
-        }
+        self.route_keys(exchanges, start, &mut pass, &extra_keys);
         let RoutingPass { enqueued, duplicates, rejected, letters, .. } = pass;
         if !letters.is_empty() {
             crate::dead_letter::bury(letters);
@@ -682,16 +675,28 @@ impl BrokerInner {
             PublishTiming::new(&self.options.clock, None, None),
             forbidden,
         );
-        self.route(Some(&exchanges), start, &mut pass);
-        for key in extra_keys {
-            // Its CC keys too, as RabbitMQ re-routes a dead letter with all
-            // of its original routing keys (each queue still once).
-            pass.routing_key = key;
-            pass.seen_exchanges = SeenSet::new();
-            self.route(Some(&exchanges), start, &mut pass);
-        }
+        self.route_keys(Some(&exchanges), start, &mut pass, extra_keys);
         work.extend(pass.letters);
         pass.enqueued > 0
+    }
+
+    /// Routes the pass's own key, then each of `extra_keys` (sender-selected
+    /// distribution: a publish's `CC`/`BCC`, a dead letter's `CC`), as if the
+    /// message were published with each; a queue reached by several keys
+    /// gets it once, and each key walks the exchanges afresh.
+    fn route_keys<'a>(
+        &self,
+        exchanges: Option<&ExchangeMap>,
+        start: &Exchange,
+        pass: &mut RoutingPass<'a>,
+        extra_keys: &'a [String],
+    ) {
+        self.route(exchanges, start, pass);
+        for key in extra_keys {
+            pass.routing_key = key;
+            pass.seen_exchanges = SeenSet::new();
+            self.route(exchanges, start, pass);
+        }
     }
 
     /// Walks the exchange graph from `start`, enqueueing in every queue
