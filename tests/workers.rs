@@ -397,6 +397,12 @@ fn dropping_a_worker_shuts_it_down() -> Result {
     let _ = (next(&finished), next(&finished));
     drop(worker);
     assert_eq!(stats(&conn, "jobs").consumers, 0);
+    // Dropping does not wait (Drop never blocks): the handlers that just
+    // ran settle on their own threads, moments later.
+    let deadline = Instant::now() + PATIENCE;
+    while stats(&conn, "jobs").messages_unacknowledged > 0 && Instant::now() < deadline {
+        thread::yield_now();
+    }
     conn.publish("", "jobs", Message::new("later"))?;
     assert_eq!(ready_unacked(&conn, "jobs"), (1, 0));
     Ok(())
@@ -721,7 +727,8 @@ fn dropping_a_worker_does_not_wait_for_its_running_handler() -> Result {
     running.recv()?;
     drop(worker); // returns while the handler is blocked
     release.send(())?;
-    while broker.queue_stats("slow").unwrap().messages_unacknowledged > 0 {
+    let deadline = Instant::now() + PATIENCE;
+    while broker.queue_stats("slow").unwrap().messages_unacknowledged > 0 && Instant::now() < deadline {
         std::thread::yield_now();
     }
     let stats = broker.queue_stats("slow").unwrap();
