@@ -38,6 +38,7 @@ use crate::queue::{
 };
 use crate::routing::{RoutingPass, SeenSet, has_sender_selected_keys, sender_selected_keys};
 use crate::rpc::{DIRECT_REPLY_TO, ReplyEndpoint};
+use crate::settle::{Activity, Pending, PendingQueue, SettleError, wait_until_settled};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
 use crate::timer::Timers;
 
@@ -175,6 +176,7 @@ impl Broker {
             vhost: "/".into(),
             timers,
             flow: options.memory_high_watermark.map(|w| Arc::new(Flow::new(w))),
+            activity: Arc::default(),
             options,
         });
         {
@@ -242,6 +244,76 @@ impl Broker {
                 blocked: flow.is_blocked(),
             },
         }
+    }
+
+    /// Waits until the bus is quiescent — no ready message in any queue, no
+    /// delivery unsettled, no message between a publish and its queues (or
+    /// on a dead-letter or alternate-exchange hop), so no worker handler
+    /// running — and returns `Ok`; or, once `timeout` has passed, an error
+    /// listing what is still pending (queue, count, consumer).
+    ///
+    /// For tests of service interactions: publish, settle, then assert on
+    /// what happened, without guessing how long to sleep. Every publish
+    /// that had started before `settle` was called is done with when it
+    /// returns `Ok`, and so is everything it caused.
+    ///
+    /// Time: under the system clock a delayed message (or a retry waiting
+    /// out its delay) is pending, so `settle` waits for it. Under a
+    /// [`ManualClock`](crate::ManualClock) it is not pending until the clock
+    /// reaches its time — time moves only when the test advances it — and
+    /// then it is, like any ready message. A message with a TTL is pending
+    /// while it waits in its queue; under a manual clock it leaves (expired,
+    /// maybe dead-lettered) only when the clock passes its TTL.
+    ///
+    /// A queue holding messages that nothing consumes keeps the bus from
+    /// settling: that is usually a test's mistake, and the error names the
+    /// queue and says it has no consumer. Use
+    /// [`settle_ignoring_unconsumed`](Self::settle_ignoring_unconsumed) to
+    /// leave such queues out.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::Timeout`], with what was pending at the last look.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::time::Duration;
+    /// use interoffice::{Broker, Message, QueueOptions, WorkerOptions};
+    ///
+    /// let broker = Broker::new();
+    /// let conn = broker.connect();
+    /// conn.declare_queue("emails", QueueOptions::default())?;
+    /// let sent = Arc::new(AtomicUsize::new(0));
+    /// let counter = Arc::clone(&sent);
+    /// let _worker = conn.worker("emails", WorkerOptions::default(), move |_| {
+    ///     counter.fetch_add(1, Ordering::SeqCst);
+    ///     Ok::<(), String>(())
+    /// })?;
+    /// for n in 0..10 {
+    ///     conn.publish("", "emails", Message::new(format!("welcome {n}")))?;
+    /// }
+    /// broker.settle(Duration::from_secs(10))?;
+    /// assert_eq!(sent.load(Ordering::SeqCst), 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn settle(&self, timeout: Duration) -> Result<(), SettleError> {
+        self.settle_where(timeout, |_| true)
+    }
+
+    /// [`settle`](Self::settle), leaving out the queues with no consumer
+    /// attached and no unsettled delivery: what they hold waits for a
+    /// consumer, not for the bus.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::Timeout`], with what was pending at the last look.
+    pub fn settle_ignoring_unconsumed(&self, timeout: Duration) -> Result<(), SettleError> {
+        self.settle_where(timeout, |queue| queue.consumers > 0 || queue.unacknowledged_total() > 0)
+    }
+
+    fn settle_where(&self, timeout: Duration, keep: impl Fn(&PendingQueue) -> bool) -> Result<(), SettleError> {
+        wait_until_settled(timeout, || self.inner.pending(&keep))
     }
 
     /// The names of all queues, sorted.
@@ -422,6 +494,9 @@ pub(crate) struct BrokerInner {
     vhost: Box<str>,
     /// The memory estimate and alarm, with a watermark set.
     pub(crate) flow: Option<Arc<Flow>>,
+    /// Messages between a publish and its queues, or between queues: what
+    /// [`Broker::settle`] must see to be sure. See [`crate::settle`].
+    pub(crate) activity: Arc<Activity>,
     timers: Arc<Timers>,
     options: BrokerOptions,
 }
@@ -500,6 +575,19 @@ impl BrokerInner {
         }
     }
 
+    /// One look for a settle: what is pending, read consistently (see
+    /// [`crate::settle`]).
+    pub(crate) fn pending(&self, keep: &impl Fn(&PendingQueue) -> bool) -> Pending {
+        let queues = self.queues.load_full();
+        let (queues, in_flight) = self.activity.consistent(|| {
+            let mut pending: Vec<PendingQueue> =
+                queues.values().map(|q| q.pending()).filter(|p| !p.is_empty() && keep(p)).collect();
+            pending.sort_by(|a, b| a.name.cmp(&b.name));
+            pending
+        });
+        Pending { in_flight, queues, ..Default::default() }
+    }
+
     pub(crate) fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.load().get(name).cloned()
     }
@@ -522,6 +610,7 @@ impl BrokerInner {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
+        let _busy = self.activity.busy();
         let (message, ttl) = self.check(routing_key, message)?;
         let exchanges = self.exchanges.load();
         let Some(start) = exchanges.get(exchange) else {
@@ -541,6 +630,7 @@ impl BrokerInner {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
+        let _busy = self.activity.busy();
         let (message, ttl) = self.check(routing_key, message)?;
         if start.is_deleted() {
             return Err(PublishError::ExchangeNotFound {
@@ -922,6 +1012,7 @@ impl BrokerInner {
             timers: Arc::clone(&self.timers),
             broker: Weak::clone(&self.me),
             flow: self.flow.clone(),
+            activity: Arc::clone(&self.activity),
         };
         let queue = Queue::new(name.as_str().into(), self.id(), options, policy, owner, context);
         if owner.is_some() {

@@ -86,8 +86,16 @@ pub(crate) struct Letter {
 }
 
 impl Letter {
+    /// A letter already counted in flight by its queue (see
+    /// [`crate::settle`]); it ends the count when dropped, after routing.
     pub(crate) fn new(queue: &Arc<Queue>, msg: QueuedMessage, reason: DeathReason) -> Self {
         Letter { queue: Arc::clone(queue), msg, reason }
+    }
+}
+
+impl Drop for Letter {
+    fn drop(&mut self) {
+        self.queue.context.activity.end(1);
     }
 }
 

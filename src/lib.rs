@@ -83,6 +83,7 @@ mod message;
 mod queue;
 mod routing;
 mod rpc;
+mod settle;
 mod sync;
 mod timer;
 mod wake;
@@ -110,6 +111,7 @@ pub use idempotency::{ProcessError, Processed, ProcessedIds};
 pub use message::{DeliveryMode, Message, Properties};
 pub use queue::{DeduplicationWindow, MessageStats, Overflow, QueueOptions, QueueStats, QueueType};
 pub use rpc::{Call, CallError, DIRECT_REPLY_TO, RpcStats};
+pub use settle::{Pending, PendingQueue, SettleError};
 pub use worker::{AsyncWorker, OnError, StopHandle, Worker, WorkerOptions, WorkerReport};
 
 /// The README's code blocks, compiled and run as doc tests so they stay true.

@@ -34,6 +34,7 @@ use crate::error::{ConsumeError, RecvError};
 use crate::field::{FieldTable, FieldValue};
 use crate::flow::{FLOW_GRANULE, Flow, MESSAGE_OVERHEAD};
 use crate::message::Message;
+use crate::settle::{Activity, PendingQueue};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
 use crate::timer::{TimerTarget, Timers};
 
@@ -406,6 +407,9 @@ pub(crate) struct QueueContext {
     pub(crate) broker: Weak<BrokerInner>,
     /// The broker's memory estimate, with a memory high watermark set.
     pub(crate) flow: Option<Arc<Flow>>,
+    /// The broker's count of messages between queues (dead letters leaving
+    /// this one count from under its lock): see [`crate::settle`].
+    pub(crate) activity: Arc<Activity>,
 }
 
 /// A queue. Shared (`Arc`) by the routing tables that reach it, its consumers
@@ -548,6 +552,8 @@ impl Queue {
         }
         let outcome = self.enqueue_locked(&mut state, envelope, timing);
         if !state.letters.is_empty() {
+            // In flight from here, under the lock, until each is routed.
+            self.context.activity.begin(state.letters.len() as u64);
             letters.extend(state.letters.drain(..).map(|(msg, reason)| Letter::new(self, msg, reason)));
         }
         self.unlock(state);
@@ -687,6 +693,10 @@ impl Queue {
             let result = f(&mut state, &mut now);
             self.reschedule(&mut state);
             let letters = std::mem::take(&mut state.letters);
+            if !letters.is_empty() {
+                // In flight from here, under the lock, until each is routed.
+                self.context.activity.begin(letters.len() as u64);
+            }
             self.unlock(state);
             (result, letters)
         };
@@ -694,12 +704,16 @@ impl Queue {
         result
     }
 
-    /// Dead-letters (or drops, and counts) messages that left the queue.
+    /// Dead-letters (or drops, and counts) messages that left the queue,
+    /// already counted in flight (each [`Letter`] ends its count).
     fn bury(&self, letters: Vec<(QueuedMessage, DeathReason)>) {
         if letters.is_empty() {
             return;
         }
-        let Some(me) = self.me.upgrade() else { return };
+        let Some(me) = self.me.upgrade() else {
+            self.context.activity.end(letters.len() as u64);
+            return;
+        };
         crate::dead_letter::bury(
             letters.into_iter().map(|(msg, reason)| Letter::new(&me, msg, reason)).collect(),
         );
@@ -885,8 +899,10 @@ impl Queue {
                 drop(msg);
             }
             Settlement::Discard => {
-                self.state.lock().get_unacked -= 1;
+                // Dead-lettered before it stops counting as unsettled, so
+                // a settle never sees it nowhere.
                 self.discard(msg);
+                self.state.lock().get_unacked -= 1;
             }
         }
     }
@@ -894,6 +910,8 @@ impl Queue {
     /// A message rejected without requeue: dead-lettered (reason
     /// `rejected`) or dropped. Called without the queue lock held.
     pub(crate) fn discard(&self, msg: QueuedMessage) {
+        // Its holder still counts it unsettled: in flight before it stops.
+        self.context.activity.begin(1);
         self.bury(vec![(msg, DeathReason::Rejected)]);
     }
 
@@ -1083,6 +1101,34 @@ impl Queue {
                 ..counts
             }),
         }
+    }
+
+    /// What the queue holds that keeps the bus from settling: ready
+    /// messages, delayed ones (only under the system clock: under a manual
+    /// clock a delayed message waits for the test to advance it, and counts
+    /// once it is due), and unsettled deliveries by consumer.
+    pub(crate) fn pending(&self) -> PendingQueue {
+        self.with_state(|state, now| {
+            state.catch_up(self, now);
+            state.dispatch(self, now);
+            state.detached.retain(|c| c.credit.in_flight() > 0);
+            let unacknowledged: Vec<(String, usize)> = state
+                .consumers
+                .iter()
+                .map(|s| &s.consumer)
+                .chain(state.detached.iter())
+                .map(|c| (c.tag.to_string(), c.credit.in_flight() as usize))
+                .chain(std::iter::once(("(get)".to_owned(), state.get_unacked)))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            PendingQueue {
+                name: self.name.to_string(),
+                ready: state.ready.len(),
+                delayed: if self.context.clock.is_manual() { 0 } else { state.delayed.len() },
+                unacknowledged,
+                consumers: state.consumers.len(),
+            }
+        })
     }
 
     #[cfg(test)]
@@ -1307,6 +1353,7 @@ mod tests {
             clock,
             broker: Weak::new(),
             flow: None,
+            activity: Arc::default(),
         }
     }
 
