@@ -164,9 +164,27 @@ fn child(depth: i64) -> Message {
     Message::new("child").with_header("depth", depth)
 }
 
+/// A child of `parent`: one deeper, of the same root.
+fn child_of(parent: &interoffice::Delivery, depth: i64) -> Message {
+    match parent.header("root") {
+        Some(root) => child(depth).with_header("root", root.clone()),
+        None => child(depth),
+    }
+}
+
 /// Declares the chain's topology and starts its workers, counting handled
 /// messages in `handled`.
 fn chain_topology(conn: &Arc<Connection>, handled: &Arc<AtomicU64>) -> Result<Vec<interoffice::Worker>> {
+    chain_topology_with(conn, handled, |_| {})
+}
+
+/// [`chain_topology`], calling `seen` on every handled message.
+fn chain_topology_with(
+    conn: &Arc<Connection>,
+    handled: &Arc<AtomicU64>,
+    seen: impl Fn(&interoffice::Delivery) + Send + Sync + 'static,
+) -> Result<Vec<interoffice::Worker>> {
+    let seen_all = Arc::new(seen);
     conn.declare_exchange("dlx", ExchangeKind::Fanout, ExchangeOptions::default())?;
     conn.declare_exchange("ae", ExchangeKind::Fanout, ExchangeOptions::default())?;
     let with_ae = ExchangeOptions { alternate_exchange: Some("ae".into()), ..Default::default() };
@@ -182,34 +200,37 @@ fn chain_topology(conn: &Arc<Connection>, handled: &Arc<AtomicU64>) -> Result<Ve
 
     let options = WorkerOptions { threads: 2, prefetch: 4, ..Default::default() };
     let mut workers = Vec::new();
-    let (publisher, counter) = (Arc::clone(conn), Arc::clone(handled));
+    let (publisher, counter, seen) = (Arc::clone(conn), Arc::clone(handled), Arc::clone(&seen_all));
     workers.push(conn.worker("hop", options.clone(), move |d| {
-        counter.fetch_add(1, Ordering::SeqCst);
         let depth = depth(d);
         if depth < DEPTH {
-            publisher.publish("events", "hop.next", child(depth + 1)).map_err(|e| e.to_string())?;
-            publisher.publish("events", "nobody.binds.this", child(depth + 1)).map_err(|e| e.to_string())?;
+            publisher.publish("events", "hop.next", child_of(d, depth + 1)).map_err(|e| e.to_string())?;
+            publisher.publish("events", "nobody.binds.this", child_of(d, depth + 1)).map_err(|e| e.to_string())?;
         }
+        seen(d);
+        counter.fetch_add(1, Ordering::SeqCst);
         Ok::<(), String>(())
     })?);
-    let (publisher, counter) = (Arc::clone(conn), Arc::clone(handled));
+    let (publisher, counter, seen) = (Arc::clone(conn), Arc::clone(handled), Arc::clone(&seen_all));
     workers.push(conn.worker("unrouted", options.clone(), move |d| {
-        counter.fetch_add(1, Ordering::SeqCst);
         let depth = depth(d);
         if depth < DEPTH {
-            publisher.publish("", "poison", child(depth + 1)).map_err(|e| e.to_string())?;
+            publisher.publish("", "poison", child_of(d, depth + 1)).map_err(|e| e.to_string())?;
         }
+        seen(d);
+        counter.fetch_add(1, Ordering::SeqCst);
         Ok::<(), String>(())
     })?);
     let discard = WorkerOptions { on_error: OnError::Discard, ..options.clone() };
     workers.push(conn.worker("poison", discard, |_| Err::<(), _>("poison"))?);
-    let (publisher, counter) = (Arc::clone(conn), Arc::clone(handled));
+    let (publisher, counter, seen) = (Arc::clone(conn), Arc::clone(handled), Arc::clone(&seen_all));
     workers.push(conn.worker("parked", options, move |d| {
-        counter.fetch_add(1, Ordering::SeqCst);
         let depth = depth(d);
         if depth < DEPTH {
-            publisher.publish("events", "hop.again", child(depth + 1)).map_err(|e| e.to_string())?;
+            publisher.publish("events", "hop.again", child_of(d, depth + 1)).map_err(|e| e.to_string())?;
         }
+        seen(d);
+        counter.fetch_add(1, Ordering::SeqCst);
         Ok::<(), String>(())
     })?);
     Ok(workers)
@@ -233,46 +254,84 @@ fn settle_waits_for_a_chain_of_handlers_to_finish() -> Result {
     Ok(())
 }
 
-/// Rounds of the race (`INTEROFFICE_SETTLE_ROUNDS`, 200 by default).
+/// Rounds of the race (`INTEROFFICE_SETTLE_ROUNDS`, 300 by default).
 fn rounds() -> usize {
-    std::env::var("INTEROFFICE_SETTLE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+    std::env::var("INTEROFFICE_SETTLE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
 }
+
+/// The most roots the race publishes.
+const MAX_ROOTS: usize = 1 << 20;
 
 /// Publishers keep publishing roots while the test settles again and
 /// again. Each time `settle` returns `Ok`, every root whose publish had
 /// returned before `settle` was called must have been handled to the end of
-/// its chain: the checker reads the published count before settling and
-/// the handled count after.
+/// its chain — through handlers publishing, an alternate exchange and a
+/// dead-letter hop, all racing the settle: the checker counts handled
+/// messages per root.
 #[test]
 fn settle_racing_publishers_and_handlers_never_returns_early() -> Result {
     let broker = Broker::new();
     let conn = Arc::new(broker.connect());
     let handled = Arc::new(AtomicU64::new(0));
-    let _workers = chain_topology(&conn, &handled)?;
-    let published = Arc::new(AtomicU64::new(0));
+    let per_root_done: Arc<Vec<AtomicU64>> = Arc::new((0..MAX_ROOTS).map(|_| AtomicU64::new(0)).collect());
+    let done = Arc::clone(&per_root_done);
+    let _workers = chain_topology_with(&conn, &handled, move |d| {
+        if let Some(root) = d.header("root").and_then(FieldValue::as_i64) {
+            done[root as usize].fetch_add(1, Ordering::SeqCst);
+        }
+    })?;
+    let started = Arc::new(AtomicU64::new(0));
+    let returned = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let publishers: Vec<_> = (0..3)
-        .map(|_| {
-            let (conn, published, stop) = (Arc::clone(&conn), Arc::clone(&published), Arc::clone(&stop));
+    let publishers: Vec<_> = (0..3_u64)
+        .map(|seed| {
+            let (conn, started, stop) = (Arc::clone(&conn), Arc::clone(&started), Arc::clone(&stop));
+            let returned = Arc::clone(&returned);
             thread::spawn(move || {
+                let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 while !stop.load(Ordering::SeqCst) {
-                    conn.publish("events", "hop.root", child(0)).unwrap();
-                    published.fetch_add(1, Ordering::SeqCst);
-                    thread::yield_now();
+                    let root = started.fetch_add(1, Ordering::SeqCst);
+                    if root as usize >= MAX_ROOTS {
+                        break;
+                    }
+                    let message = child(0).with_header("root", root as i64);
+                    conn.publish("events", "hop.root", message).unwrap();
+                    // Roots are numbered as they start: `returned` counts
+                    // those published, each counted once all lower ones
+                    // are (so that every number below it has returned).
+                    while returned
+                        .compare_exchange(root, root + 1, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_err()
+                    {
+                        std::hint::spin_loop();
+                    }
+                    // Pacing, so the bus is sometimes quiet: a settle that
+                    // never succeeds checks nothing.
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    thread::sleep(Duration::from_micros(rng % 400));
                 }
             })
         })
         .collect();
     let per_root = handled_per_root();
-    let mut settled = 0;
-    for _ in 0..rounds() {
-        let before = published.load(Ordering::SeqCst);
-        // Under constant publishing the bus may never be quiet: a timeout is
+    let (mut settled, mut checked) = (0, 0_usize);
+    let mut round = 0;
+    // At least `rounds()` rounds, and more until settle has returned `Ok`
+    // 20 times (a loaded machine may be busy for a while), up to a cap.
+    while round < rounds() || (settled < 20 && round < rounds() * 20) {
+        round += 1;
+        let before = (returned.load(Ordering::SeqCst) as usize).min(MAX_ROOTS);
+        // Under constant publishing the bus may not be quiet: a timeout is
         // fine, an early return is not.
         if broker.settle(Duration::from_millis(5)).is_ok() {
             settled += 1;
-            let done = handled.load(Ordering::SeqCst);
-            assert!(done >= before * per_root, "settled with {done} handled of {} caused", before * per_root);
+            for root in checked..before {
+                let done = per_root_done[root].load(Ordering::SeqCst);
+                assert_eq!(done, per_root, "settle returned with root {root} handled {done} of {per_root} times");
+            }
+            checked = checked.max(before);
         }
     }
     stop.store(true, Ordering::SeqCst);
@@ -280,7 +339,9 @@ fn settle_racing_publishers_and_handlers_never_returns_early() -> Result {
         publisher.join().unwrap();
     }
     broker.settle(PATIENCE)?;
-    assert_eq!(handled.load(Ordering::SeqCst), published.load(Ordering::SeqCst) * per_root);
-    eprintln!("settle returned Ok in {settled} of {} rounds while publishers ran", rounds());
+    let roots = (started.load(Ordering::SeqCst) as usize).min(MAX_ROOTS);
+    assert_eq!(handled.load(Ordering::SeqCst), roots as u64 * per_root);
+    assert!(checked > 0, "settle never returned Ok while publishers ran: the race checked nothing");
+    eprintln!("settle returned Ok in {settled} of {round} rounds while publishers ran; {checked} roots checked");
     Ok(())
 }
