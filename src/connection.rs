@@ -380,7 +380,9 @@ impl Connection {
         let queue = self.queue_for(queue)?;
         let Some(msg) = queue.get(!auto_ack)? else { return Ok(None) };
         if auto_ack {
-            return Ok(Some(Delivery::new(msg.envelope, 0, msg.redelivered, msg.deliveries, None)));
+            let delivery = Delivery::new(msg.envelope, 0, msg.redelivered, msg.deliveries, None);
+            crate::delivery::report_get(&queue, &delivery);
+            return Ok(Some(delivery));
         }
         self.shared.gets.hold(&queue, msg).map(Some).ok_or(ConsumeError::ConnectionClosed)
     }

@@ -16,6 +16,7 @@ use crate::credit::Credit;
 use crate::delivery::{Delivery, Holder};
 use crate::error::{AckError, ConsumeError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::field::FieldTable;
+use crate::observe::Event;
 use crate::queue::{Queue, QueuedMessage, Settlement};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, spin_wait};
 use crate::wake::WakerSet;
@@ -249,6 +250,7 @@ impl ConsumerShared {
     /// Turns an inbox entry into a delivery for the application.
     fn hand_out(self: &Arc<Self>, msg: QueuedMessage) -> Result<Delivery, RecvError> {
         if self.auto_ack {
+            self.report_delivery(&msg, 0);
             self.queue.release_credit(self, 1);
             return Ok(Delivery::new(msg.envelope, 0, msg.redelivered, msg.deliveries, None));
         }
@@ -264,7 +266,27 @@ impl ConsumerShared {
             (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
         unsettled.entries.insert(tag, msg);
         drop(unsettled);
-        Ok(Delivery::new(envelope, tag, redelivered, deliveries, Some(Holder::Consumer(Arc::clone(self)))))
+        let delivery =
+            Delivery::new(envelope, tag, redelivered, deliveries, Some(Holder::Consumer(Arc::clone(self))));
+        self.queue.context.observers.emit_now(|| Event::Delivered {
+            queue: self.queue.name.to_string(),
+            consumer_tag: Some(self.tag.to_string()),
+            delivery_tag: tag,
+            redelivered,
+            message: delivery.message().clone(),
+        });
+        Ok(delivery)
+    }
+
+    /// Reports an auto-ack delivery to the observers.
+    fn report_delivery(&self, msg: &QueuedMessage, tag: u64) {
+        self.queue.context.observers.emit_now(|| Event::Delivered {
+            queue: self.queue.name.to_string(),
+            consumer_tag: Some(self.tag.to_string()),
+            delivery_tag: tag,
+            redelivered: msg.redelivered,
+            message: msg.envelope.message.clone(),
+        });
     }
 
     /// Settles delivery `tag`.
@@ -276,6 +298,7 @@ impl ConsumerShared {
                 None => return Err(AckError::ConnectionClosed(tag)),
             }
         };
+        crate::observe::report_settle(&self.queue, Some(&self.tag), tag, how, &msg);
         match how {
             Settlement::Ack => {
                 self.queue.count_ack();

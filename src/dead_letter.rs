@@ -13,11 +13,13 @@ use std::time::UNIX_EPOCH;
 
 use crate::field::{FieldTable, FieldValue};
 use crate::message::Message;
+use crate::observe::Event;
 use crate::queue::{Queue, QueuedMessage};
 use crate::sync::Arc;
 
 /// Why a message was dead-lettered: the `reason` of its `x-death` entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DeathReason {
     /// Rejected or nacked without requeue.
     Rejected = 0,
@@ -105,12 +107,29 @@ pub(crate) fn bury(letters: Vec<Letter>) {
     while let Some(letter) = work.pop_front() {
         let queue = &letter.queue;
         let reason = letter.reason;
+        let observers = &queue.context.observers;
+        let seq = observers.is_active().then(|| observers.next_seq());
+        let report = |exchange: Option<&str>| {
+            if let Some(seq) = seq {
+                observers.emit(
+                    seq,
+                    Event::DeadLettered {
+                        queue: queue.name.to_string(),
+                        reason,
+                        exchange: exchange.map(str::to_owned),
+                        message: letter.msg.envelope.message.clone(),
+                    },
+                );
+            }
+        };
         let Some(dlx) = queue.policy.dead_letter_exchange.as_deref() else {
             queue.count_dead_letter(reason, false, false);
+            report(None);
             continue;
         };
         let Some(broker) = queue.context.broker.upgrade() else {
             queue.count_dead_letter(reason, false, true);
+            report(None);
             continue;
         };
         let envelope = &letter.msg.envelope;
@@ -126,6 +145,7 @@ pub(crate) fn bury(letters: Vec<Letter>) {
         };
         let routed = broker.route_dead_letter(dlx, key, message, &cc, &forbidden, &mut work);
         queue.count_dead_letter(reason, routed, !routed);
+        report(routed.then_some(dlx));
     }
 }
 

@@ -126,6 +126,54 @@ impl Delivery {
         self.tag
     }
 
+    /// The conversation the message belongs to, if it carries one (see
+    /// [`Conversation`](crate::Conversation)).
+    pub fn conversation_id(&self) -> Option<&str> {
+        self.header(crate::CONVERSATION_ID_HEADER).and_then(crate::FieldValue::as_str)
+    }
+
+    /// Enters this delivery's conversation on the current thread: until the
+    /// guard drops, every message published from this thread that names no
+    /// conversation of its own carries this one's id (and this message's
+    /// `message_id` as its initiator). Workers and RPC servers do this for
+    /// their handlers; a plain consumer calls it around its handling.
+    ///
+    /// ```
+    /// use interoffice::{Broker, ConsumeOptions, Message, QueueOptions};
+    /// let broker = Broker::new();
+    /// let conn = broker.connect();
+    /// conn.declare_queue("orders", QueueOptions::default())?;
+    /// conn.declare_queue("billing", QueueOptions::default())?;
+    /// let conversation = broker.conversation();
+    /// conn.publish("", "orders", conversation.stamp(Message::new("order 42")))?;
+    ///
+    /// let orders = conn.consume("orders", ConsumeOptions::default())?;
+    /// let order = orders.recv()?;
+    /// {
+    ///     let _scope = order.enter_conversation();
+    ///     conn.publish("", "billing", Message::new("bill 42"))?;
+    /// }
+    /// order.ack()?;
+    /// let bill = conn.get("billing", true)?.expect("a bill");
+    /// assert_eq!(bill.conversation_id(), Some(conversation.id()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn enter_conversation(&self) -> crate::ConversationScope {
+        crate::conversation::enter(self.message())
+    }
+
+    /// The queue it came from, while it is unsettled (an auto-ack delivery
+    /// does not keep it).
+    pub(crate) fn queue_name(&self) -> Option<String> {
+        match &self.holder {
+            None => None,
+            Some(Holder::Consumer(consumer)) => Some(consumer.queue.name.to_string()),
+            Some(Holder::Get(store)) => {
+                store.inner.lock().entries.get(&self.tag).map(|(queue, _)| queue.name.to_string())
+            }
+        }
+    }
+
     /// Whether this delivery still has to be settled.
     pub fn needs_settling(&self) -> bool {
         self.holder.is_some()
@@ -195,6 +243,17 @@ impl Drop for Delivery {
     }
 }
 
+/// Reports a delivery taken by `get` to the queue's observers.
+pub(crate) fn report_get(queue: &Queue, delivery: &Delivery) {
+    queue.context.observers.emit_now(|| crate::observe::Event::Delivered {
+        queue: queue.name.to_string(),
+        consumer_tag: None,
+        delivery_tag: delivery.tag,
+        redelivered: delivery.redelivered,
+        message: delivery.message().clone(),
+    });
+}
+
 #[derive(Debug, Default)]
 struct GetEntries {
     next_tag: u64,
@@ -223,12 +282,17 @@ impl GetStore {
         let (envelope, redelivered, deliveries) =
             (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
         inner.entries.insert(tag, (Arc::clone(queue), msg));
-        Some(Delivery::new(envelope, tag, redelivered, deliveries, Some(Holder::Get(Arc::clone(self)))))
+        drop(inner);
+        let delivery =
+            Delivery::new(envelope, tag, redelivered, deliveries, Some(Holder::Get(Arc::clone(self))));
+        report_get(queue, &delivery);
+        Some(delivery)
     }
 
     fn settle(&self, tag: u64, how: Settlement) -> Result<(), AckError> {
         let entry = self.inner.lock().entries.remove(&tag);
         let (queue, msg) = entry.ok_or(AckError::ConnectionClosed(tag))?;
+        crate::observe::report_settle(&queue, None, tag, how, &msg);
         queue.settle_get(msg, how);
         Ok(())
     }

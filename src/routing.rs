@@ -30,6 +30,15 @@ pub(crate) struct RoutingPass<'a> {
     pub(crate) rejected: Vec<String>,
     /// Messages the enqueues made leave their queues, to dead-letter.
     pub(crate) letters: Vec<Letter>,
+    /// The names of the queues reached, kept only for observers.
+    pub(crate) names: Option<ReachedNames>,
+}
+
+/// Where a message went, by queue name, for observers.
+#[derive(Debug, Default)]
+pub(crate) struct ReachedNames {
+    pub(crate) enqueued: Vec<String>,
+    pub(crate) duplicates: Vec<String>,
 }
 
 impl<'a> RoutingPass<'a> {
@@ -51,6 +60,7 @@ impl<'a> RoutingPass<'a> {
             duplicates: 0,
             rejected: Vec::new(),
             letters: Vec::new(),
+            names: None,
         }
     }
 
@@ -62,11 +72,19 @@ impl<'a> RoutingPass<'a> {
         if !self.forbidden.is_empty() && self.forbidden.iter().any(|q| **q == *queue.name) {
             return;
         }
-        match queue.enqueue(self.envelope, &mut self.timing, &mut self.letters) {
+        let outcome = queue.enqueue(self.envelope, &mut self.timing, &mut self.letters);
+        match outcome {
             Enqueued::Accepted => self.enqueued += 1,
             Enqueued::Duplicate => self.duplicates += 1,
             Enqueued::Rejected => self.rejected.push(queue.name.to_string()),
             Enqueued::Gone => {}
+        }
+        if let Some(names) = &mut self.names {
+            match outcome {
+                Enqueued::Accepted => names.enqueued.push(queue.name.to_string()),
+                Enqueued::Duplicate => names.duplicates.push(queue.name.to_string()),
+                Enqueued::Rejected | Enqueued::Gone => {}
+            }
         }
     }
 

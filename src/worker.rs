@@ -528,7 +528,11 @@ impl Connection {
                 loop {
                     match consumer.recv() {
                         Ok(delivery) => {
-                            let handled = catch_unwind(AssertUnwindSafe(|| step(&delivery)));
+                            let handled = {
+                                // What the handler publishes carries on its conversation.
+                                let _scope = crate::conversation::enter(delivery.message());
+                                catch_unwind(AssertUnwindSafe(|| step(&delivery)))
+                            };
                             // Settling is the bus's code, but a panic there
                             // must not kill the thread silently either: the
                             // delivery, if not settled, is requeued by its drop.
@@ -566,12 +570,27 @@ fn publish_reply(replies: &Connection, request: &Delivery, mut reply: Message) -
     if let Some(id) = &request.properties().correlation_id {
         reply.properties_mut().correlation_id = Some(id.clone());
     }
+    let observers = Arc::clone(&replies.broker().inner.observers);
+    let seq = observers.is_active().then(|| (observers.next_seq(), reply.clone()));
     // Mandatory, so that a reply queue that is gone is an error rather than
     // a reply silently routed nowhere.
-    match replies.publish_with("", reply_to, reply, PublishOptions { mandatory: true }) {
+    let handled = match replies.publish_with("", reply_to, reply, PublishOptions { mandatory: true }) {
         Ok(_) => Handled::Done,
         Err(_) => Handled::ReplyUndeliverable,
+    };
+    if let Some((seq, reply)) = seq {
+        observers.emit(
+            seq,
+            crate::observe::Event::Replied {
+                queue: request.queue_name().unwrap_or_default(),
+                reply_to: reply_to.to_owned(),
+                correlation_id: request.properties().correlation_id.clone(),
+                delivered: matches!(handled, Handled::Done),
+                message: reply,
+            },
+        );
     }
+    handled
 }
 
 /// An async handler over one consumer, started by
@@ -628,10 +647,16 @@ impl<F> AsyncWorker<F> {
                 }
             };
             let handled = {
+                // What the handler publishes carries on its conversation:
+                // the scope is entered around each poll, never across one.
+                let scope = crate::conversation::ScopeOf::of(delivery.message());
                 // Calling may panic as well as polling: an `AsyncFn` need not
                 // be an async closure.
-                match catch_unwind(AssertUnwindSafe(|| (self.handler)(&delivery))) {
-                    Ok(future) => CatchUnwind { future: pin!(future) }.await,
+                let called = crate::conversation::within(scope.as_ref(), || {
+                    catch_unwind(AssertUnwindSafe(|| (self.handler)(&delivery)))
+                });
+                match called {
+                    Ok(future) => CatchUnwind { future: pin!(future), scope }.await,
                     Err(panic) => Err(panic),
                 }
             };
@@ -650,14 +675,20 @@ impl<F> AsyncWorker<F> {
 /// executor. The future is not polled again after a panic.
 struct CatchUnwind<'a, Fut> {
     future: Pin<&'a mut Fut>,
+    /// The conversation the handler publishes in, entered around each poll.
+    scope: Option<crate::conversation::ScopeOf>,
 }
 
 impl<Fut: Future> Future for CatchUnwind<'_, Fut> {
     type Output = thread::Result<Fut::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let future = self.future.as_mut();
-        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+        let this = &mut *self;
+        let future = this.future.as_mut();
+        let polled = crate::conversation::within(this.scope.as_ref(), || {
+            catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
+        });
+        match polled {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(panic) => Poll::Ready(Err(panic)),

@@ -10,8 +10,8 @@ use std::thread;
 use std::time::Duration;
 
 use interoffice::{
-    Broker, BrokerOptions, Connection, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable,
-    FieldValue, ManualClock, Message, OnError, QueueOptions, SettleError, WorkerOptions,
+    Broker, BrokerOptions, Connection, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable, FieldValue,
+    ManualClock, Message, OnError, QueueOptions, SettleError, WorkerOptions,
 };
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -53,10 +53,8 @@ fn an_unsettled_delivery_is_reported_with_its_consumer() -> Result {
     let conn = broker.connect();
     conn.declare_queue("jobs", QueueOptions::default())?;
     conn.publish("", "jobs", Message::new("a"))?;
-    let consumer = conn.consume(
-        "jobs",
-        ConsumeOptions { consumer_tag: Some("slow-worker".into()), ..Default::default() },
-    )?;
+    let consumer = conn
+        .consume("jobs", ConsumeOptions { consumer_tag: Some("slow-worker".into()), ..Default::default() })?;
     let delivery = consumer.recv()?;
     let err = broker.settle(Duration::from_millis(20)).unwrap_err();
     assert_eq!(err.pending().queues[0].unacknowledged, [("slow-worker".to_owned(), 1)]);
@@ -205,7 +203,9 @@ fn chain_topology_with(
         let depth = depth(d);
         if depth < DEPTH {
             publisher.publish("events", "hop.next", child_of(d, depth + 1)).map_err(|e| e.to_string())?;
-            publisher.publish("events", "nobody.binds.this", child_of(d, depth + 1)).map_err(|e| e.to_string())?;
+            publisher
+                .publish("events", "nobody.binds.this", child_of(d, depth + 1))
+                .map_err(|e| e.to_string())?;
         }
         seen(d);
         counter.fetch_add(1, Ordering::SeqCst);
@@ -329,7 +329,10 @@ fn settle_racing_publishers_and_handlers_never_returns_early() -> Result {
             settled += 1;
             for root in checked..before {
                 let done = per_root_done[root].load(Ordering::SeqCst);
-                assert_eq!(done, per_root, "settle returned with root {root} handled {done} of {per_root} times");
+                assert_eq!(
+                    done, per_root,
+                    "settle returned with root {root} handled {done} of {per_root} times"
+                );
             }
             checked = checked.max(before);
         }
@@ -342,6 +345,8 @@ fn settle_racing_publishers_and_handlers_never_returns_early() -> Result {
     let roots = (started.load(Ordering::SeqCst) as usize).min(MAX_ROOTS);
     assert_eq!(handled.load(Ordering::SeqCst), roots as u64 * per_root);
     assert!(checked > 0, "settle never returned Ok while publishers ran: the race checked nothing");
-    eprintln!("settle returned Ok in {settled} of {round} rounds while publishers ran; {checked} roots checked");
+    eprintln!(
+        "settle returned Ok in {settled} of {round} rounds while publishers ran; {checked} roots checked"
+    );
     Ok(())
 }

@@ -792,6 +792,34 @@ impl Scratch {
     }
 }
 
+/// Whether topic `pattern` matches `routing_key`, word by word: the
+/// reference definition (`*` is one word, `#` zero or more), for the
+/// recorder's assertions, `explain_route` and the lint, which match one key
+/// against one pattern and need no table.
+pub(crate) fn pattern_matches(pattern: &str, routing_key: &str) -> bool {
+    // An empty key or pattern is no words at all, as RabbitMQ splits them.
+    let words = |s: &str| -> Vec<String> {
+        if s.is_empty() { Vec::new() } else { s.split('.').map(str::to_owned).collect() }
+    };
+    let (pattern, key) = (words(pattern), words(routing_key));
+    // matched[j]: the pattern's words so far match the key's first j words.
+    let mut matched = vec![false; key.len() + 1];
+    matched[0] = true;
+    for word in &pattern {
+        let mut next = vec![false; key.len() + 1];
+        for j in 0..=key.len() {
+            if *word == "#" {
+                // Zero words, or one more word than a shorter match.
+                next[j] = matched[j] || (j > 0 && next[j - 1]);
+            } else if j > 0 {
+                next[j] = matched[j - 1] && (word == "*" || *word == key[j - 1]);
+            }
+        }
+        matched = next;
+    }
+    matched[key.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

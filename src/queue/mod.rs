@@ -29,11 +29,13 @@ use self::store::{Delayed, DelayedStore, ReadyStore};
 use crate::broker::BrokerInner;
 use crate::clock::{Clock, MAX_DURATION, later};
 use crate::consumer::ConsumerShared;
+use crate::conversation::ConversationToken;
 use crate::dead_letter::{DeathReason, Letter, ReasonCounts};
 use crate::error::{ConsumeError, RecvError};
 use crate::field::{FieldTable, FieldValue};
 use crate::flow::{FLOW_GRANULE, Flow, MESSAGE_OVERHEAD};
 use crate::message::Message;
+use crate::observe::Observers;
 use crate::settle::{Activity, PendingQueue};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
 use crate::timer::{TimerTarget, Timers};
@@ -144,34 +146,38 @@ pub struct MessageStats {
 pub(crate) struct Envelope {
     /// `exchange` followed by `routing_key`.
     names: Names,
-    /// Names are at most 255 bytes (checked at declare and publish).
-    exchange_len: u8,
     pub(crate) message: Message,
+    /// The conversation a test is waiting on, if the message belongs to
+    /// one: the message counts as pending in it while this envelope lives.
+    conversation: Option<ConversationToken>,
 }
 
 /// Bytes of names stored inside the envelope; longer ones go to the heap.
-/// 30 keeps [`Names`] at 32 bytes (tag, length and buffer) and the whole
+/// 29 keeps [`Names`] at 32 bytes (tag, lengths and buffer) and the whole
 /// `Arc<Envelope>` allocation at 104 bytes: part of the memory budget of a
 /// queued message (see ARCHITECTURE.md).
-const INLINE_NAMES: usize = 30;
+const INLINE_NAMES: usize = 29;
 
-/// A string stored inline up to [`INLINE_NAMES`] bytes, else boxed.
+/// A string stored inline up to [`INLINE_NAMES`] bytes, else boxed, with
+/// where the exchange name ends (names are at most 255 bytes, checked at
+/// declare and publish).
 #[derive(Debug, Clone)]
 enum Names {
-    Inline { len: u8, bytes: [u8; INLINE_NAMES] },
-    Heap(Box<str>),
+    Inline { len: u8, exchange_len: u8, bytes: [u8; INLINE_NAMES] },
+    Heap { names: Box<str>, exchange_len: u8 },
 }
 
 impl Names {
     fn new(parts: [&str; 2]) -> Self {
         let len = parts[0].len() + parts[1].len();
+        let exchange_len = parts[0].len() as u8;
         if len <= INLINE_NAMES {
             let mut bytes = [0; INLINE_NAMES];
             bytes[..parts[0].len()].copy_from_slice(parts[0].as_bytes());
             bytes[parts[0].len()..len].copy_from_slice(parts[1].as_bytes());
-            Names::Inline { len: len as u8, bytes }
+            Names::Inline { len: len as u8, exchange_len, bytes }
         } else {
-            Names::Heap(parts.concat().into_boxed_str())
+            Names::Heap { names: parts.concat().into_boxed_str(), exchange_len }
         }
     }
 
@@ -179,10 +185,18 @@ impl Names {
         match self {
             // Copied whole from two `str`s, so always UTF-8; the empty
             // fallback is unreachable and only avoids a panic path.
-            Names::Inline { len, bytes } => {
+            Names::Inline { len, bytes, .. } => {
                 std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
             }
-            Names::Heap(names) => names,
+            Names::Heap { names, .. } => names,
+        }
+    }
+
+    fn exchange_len(&self) -> usize {
+        match self {
+            Names::Inline { exchange_len, .. } | Names::Heap { exchange_len, .. } => {
+                usize::from(*exchange_len)
+            }
         }
     }
 }
@@ -190,15 +204,21 @@ impl Names {
 impl Envelope {
     pub(crate) fn new(exchange: &str, routing_key: &str, message: Message) -> Self {
         debug_assert!(exchange.len() <= usize::from(u8::MAX), "exchange names are checked at declare");
-        Envelope { names: Names::new([exchange, routing_key]), exchange_len: exchange.len() as u8, message }
+        Envelope { names: Names::new([exchange, routing_key]), message, conversation: None }
+    }
+
+    /// The envelope, counted in a tracked conversation while it lives.
+    pub(crate) fn in_conversation(mut self, token: Option<ConversationToken>) -> Self {
+        self.conversation = token;
+        self
     }
 
     pub(crate) fn exchange(&self) -> &str {
-        &self.names.as_str()[..usize::from(self.exchange_len)]
+        self.names.as_str().get(..self.names.exchange_len()).unwrap_or_default()
     }
 
     pub(crate) fn routing_key(&self) -> &str {
-        &self.names.as_str()[usize::from(self.exchange_len)..]
+        self.names.as_str().get(self.names.exchange_len()..).unwrap_or_default()
     }
 
     /// A copy for one queue whose message carries `x-delivery-count`.
@@ -209,7 +229,7 @@ impl Envelope {
             .headers
             .get_or_insert_with(FieldTable::new)
             .insert("x-delivery-count", FieldValue::I64(i64::from(count)));
-        Arc::new(Envelope { names: self.names.clone(), exchange_len: self.exchange_len, message })
+        Arc::new(Envelope { names: self.names.clone(), message, conversation: self.conversation.clone() })
     }
 }
 
@@ -410,6 +430,8 @@ pub(crate) struct QueueContext {
     /// The broker's count of messages between queues (dead letters leaving
     /// this one count from under its lock): see [`crate::settle`].
     pub(crate) activity: Arc<Activity>,
+    /// The broker's observers (a recorder, a tap): see [`crate::observe`].
+    pub(crate) observers: Arc<Observers>,
 }
 
 /// A queue. Shared (`Arc`) by the routing tables that reach it, its consumers
@@ -1354,6 +1376,7 @@ mod tests {
             broker: Weak::new(),
             flow: None,
             activity: Arc::default(),
+            observers: Arc::default(),
         }
     }
 

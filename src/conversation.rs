@@ -1,0 +1,307 @@
+//! Conversations: which messages were caused by which, carried in headers
+//! from a delivery to what its handler publishes, and followed by tests
+//! that wait for everything one publish caused ([`Conversation::settle`]).
+//!
+//! The anchor is MassTransit's: a *conversation id* shared by every message
+//! caused, however indirectly, by the first one, and an *initiator id* (the
+//! `message_id` of the message whose handler published this one). A handler
+//! run by a worker or an RPC server publishes inside its delivery's scope: a
+//! thread-local (set around each poll, for async handlers) that stamps the
+//! headers on every publish from that thread which does not carry its own.
+//! A plain consumer enters the scope with [`Delivery::enter_conversation`].
+//!
+//! Tracking is paid for only by conversations a test follows: a message
+//! whose conversation id is tracked gets a token in its envelope, so the
+//! conversation counts it for as long as the envelope lives — in queues, in
+//! a consumer's hands, on a dead-letter hop, as a reply on its way.
+//!
+//! [`Delivery::enter_conversation`]: crate::Delivery::enter_conversation
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::broker::{Broker, BrokerInner};
+use crate::field::FieldValue;
+use crate::message::Message;
+use crate::settle::{Pending, SettleError, wait_until_settled};
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, Ordering, Weak};
+
+/// The header carrying a message's conversation id.
+pub const CONVERSATION_ID_HEADER: &str = "x-conversation-id";
+
+/// The header carrying the `message_id` of the message whose handler
+/// published this one (MassTransit's `InitiatorId`).
+pub const INITIATOR_ID_HEADER: &str = "x-initiator-id";
+
+/// The scope a handler publishes in.
+#[derive(Debug, Clone)]
+struct Scope {
+    conversation: Arc<str>,
+    initiator: Option<Arc<str>>,
+}
+
+thread_local! {
+    /// Scopes entered on this thread, innermost last.
+    static SCOPES: RefCell<Vec<Scope>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The conversation scope of a delivery, if it carries a conversation id.
+fn scope_of(message: &Message) -> Option<Scope> {
+    let conversation = message.header(CONVERSATION_ID_HEADER)?.as_str()?;
+    Some(Scope {
+        conversation: conversation.into(),
+        initiator: message.properties().message_id.as_deref().map(Into::into),
+    })
+}
+
+/// While it lives, what this thread publishes carries the conversation of
+/// the delivery it was made from: see [`Delivery::enter_conversation`].
+/// Scopes nest; dropping one restores the one before. Not `Send`: a scope
+/// belongs to the thread that entered it.
+///
+/// [`Delivery::enter_conversation`]: crate::Delivery::enter_conversation
+#[derive(Debug)]
+#[must_use = "the scope ends when this guard is dropped"]
+pub struct ConversationScope {
+    entered: bool,
+    _thread_bound: PhantomData<*const ()>,
+}
+
+impl Drop for ConversationScope {
+    fn drop(&mut self) {
+        if self.entered {
+            let _ = SCOPES.try_with(|scopes| scopes.borrow_mut().pop());
+        }
+    }
+}
+
+/// Enters the scope of `message` on this thread (a no-op guard if it
+/// carries no conversation id).
+pub(crate) fn enter(message: &Message) -> ConversationScope {
+    let entered = match scope_of(message) {
+        Some(scope) => SCOPES.try_with(|scopes| scopes.borrow_mut().push(scope)).is_ok(),
+        None => false,
+    };
+    ConversationScope { entered, _thread_bound: PhantomData }
+}
+
+/// Runs `f` inside the scope of `message`: for async handlers, around each
+/// poll, so the scope never leaks to other tasks of the executor's thread.
+pub(crate) fn within<R>(scope: Option<&ScopeOf>, f: impl FnOnce() -> R) -> R {
+    let _guard = scope.map(|s| {
+        let entered = SCOPES.try_with(|scopes| scopes.borrow_mut().push(s.0.clone())).is_ok();
+        ConversationScope { entered, _thread_bound: PhantomData }
+    });
+    f()
+}
+
+/// A delivery's scope, kept by an async worker across the polls of its
+/// handler's future.
+#[derive(Debug, Clone)]
+pub(crate) struct ScopeOf(Scope);
+
+impl ScopeOf {
+    pub(crate) fn of(message: &Message) -> Option<ScopeOf> {
+        scope_of(message).map(ScopeOf)
+    }
+}
+
+/// Stamps the current scope's headers on a message being published, unless
+/// it names a conversation of its own. One thread-local read when no scope
+/// is entered.
+#[inline]
+pub(crate) fn stamp(message: &mut Message) {
+    let scope = SCOPES.try_with(|scopes| scopes.borrow().last().cloned()).ok().flatten();
+    if let Some(scope) = scope {
+        stamp_with(message, &scope);
+    }
+}
+
+#[cold]
+fn stamp_with(message: &mut Message, scope: &Scope) {
+    if message.header(CONVERSATION_ID_HEADER).is_some() {
+        return;
+    }
+    let headers = message.properties_mut().headers.get_or_insert_with(Default::default);
+    headers.insert(CONVERSATION_ID_HEADER, FieldValue::from(&*scope.conversation));
+    if let Some(initiator) = &scope.initiator
+        && !headers.contains_key(INITIATOR_ID_HEADER)
+    {
+        headers.insert(INITIATOR_ID_HEADER, FieldValue::from(&**initiator));
+    }
+}
+
+/// The count of one tracked conversation's live messages.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    live: AtomicU64,
+    /// [`Conversation`] handles following it.
+    handles: AtomicUsize,
+}
+
+/// One message's place in a tracked conversation: counted while it lives.
+#[derive(Debug)]
+pub(crate) struct ConversationToken(Arc<Tracker>);
+
+impl ConversationToken {
+    fn new(tracker: &Arc<Tracker>) -> Self {
+        // SeqCst: a settle's reading must see the count rise before the
+        // publish that caused it ends (see `crate::settle`).
+        tracker.live.fetch_add(1, Ordering::SeqCst);
+        ConversationToken(Arc::clone(tracker))
+    }
+}
+
+impl Clone for ConversationToken {
+    fn clone(&self) -> Self {
+        ConversationToken::new(&self.0)
+    }
+}
+
+impl Drop for ConversationToken {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The conversations tests follow, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Conversations {
+    /// How many are followed: the publish path reads only this when 0.
+    followed: AtomicUsize,
+    by_id: Mutex<HashMap<Arc<str>, Weak<Tracker>>>,
+}
+
+impl Conversations {
+    /// The token for a message being enqueued, if its conversation is followed.
+    #[inline]
+    pub(crate) fn token_for(&self, message: &Message) -> Option<ConversationToken> {
+        if self.followed.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.token_slow(message)
+    }
+
+    #[cold]
+    fn token_slow(&self, message: &Message) -> Option<ConversationToken> {
+        let id = message.header(CONVERSATION_ID_HEADER)?.as_str()?;
+        let tracker = self.by_id.lock().get(id)?.upgrade()?;
+        Some(ConversationToken::new(&tracker))
+    }
+
+    fn follow(&self, id: &str) -> Arc<Tracker> {
+        let mut by_id = self.by_id.lock();
+        by_id.retain(|_, tracker| tracker.strong_count() > 0);
+        if let Some(tracker) = by_id.get(id).and_then(Weak::upgrade) {
+            tracker.handles.fetch_add(1, Ordering::SeqCst);
+            return tracker;
+        }
+        let tracker = Arc::new(Tracker { live: AtomicU64::new(0), handles: AtomicUsize::new(1) });
+        by_id.insert(id.into(), Arc::downgrade(&tracker));
+        self.followed.fetch_add(1, Ordering::SeqCst);
+        tracker
+    }
+
+    fn unfollow(&self, id: &str, tracker: &Arc<Tracker>) {
+        let mut by_id = self.by_id.lock();
+        // Only the last handle unfollows; tokens still alive keep counting
+        // into the tracker they hold, which nobody reads any more.
+        if tracker.handles.fetch_sub(1, Ordering::SeqCst) == 1
+            && by_id.get(id).is_some_and(|t| std::ptr::eq(t.as_ptr(), Arc::as_ptr(tracker)))
+        {
+            by_id.remove(id);
+            self.followed.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A conversation a test follows: every message stamped with its id, and
+/// every message their handlers publish in turn (workers and RPC servers
+/// carry the id on; see [`CONVERSATION_ID_HEADER`]), is counted until it is
+/// done with, so [`settle`](Self::settle) can wait for exactly what one
+/// publish caused, however many hops deep, across RPC, ignoring unrelated
+/// traffic.
+///
+/// ```
+/// use std::time::Duration;
+/// use interoffice::{Broker, Message, QueueOptions, WorkerOptions};
+///
+/// let broker = Broker::new();
+/// let conn = broker.connect();
+/// conn.declare_queue("orders", QueueOptions::default())?;
+/// conn.declare_queue("billing", QueueOptions::default())?;
+/// let publisher = broker.connect();
+/// let _orders = conn.worker("orders", WorkerOptions::default(), move |order| {
+///     // Carries the order's conversation id without being told to.
+///     publisher.publish("", "billing", Message::new(order.body().clone())).map(|_| ())
+/// })?;
+/// let _billing = conn.worker("billing", WorkerOptions::default(), |_| Ok::<(), String>(()))?;
+///
+/// let conversation = broker.conversation();
+/// conn.publish("", "orders", conversation.stamp(Message::new("order 42")))?;
+/// conversation.settle(Duration::from_secs(10))?; // the order, and the bill it caused
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Conversation {
+    id: Arc<str>,
+    tracker: Arc<Tracker>,
+    broker: Arc<BrokerInner>,
+}
+
+impl Conversation {
+    pub(crate) fn follow(broker: &Broker, id: &str) -> Self {
+        let tracker = broker.inner.conversations.follow(id);
+        Conversation { id: id.into(), tracker, broker: Arc::clone(&broker.inner) }
+    }
+
+    /// The conversation id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `message`, stamped as the start of this conversation (its
+    /// [`CONVERSATION_ID_HEADER`]).
+    pub fn stamp(&self, message: Message) -> Message {
+        message.with_header(CONVERSATION_ID_HEADER, &*self.id)
+    }
+
+    /// How many messages of the conversation are held now: in queues,
+    /// delivered and unsettled, on their way.
+    pub fn messages_held(&self) -> u64 {
+        self.tracker.live.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every message of the conversation is done with —
+    /// acknowledged, dead-lettered nowhere, expired, dropped — and nothing
+    /// is between exchanges and queues; or fails after `timeout` with what
+    /// is pending. A message counts from the moment it is enqueued until
+    /// the last thing holding it lets go: a delivery until settled (an
+    /// auto-ack one until dropped), an RPC reply until its caller drops it.
+    /// A delayed message of the conversation counts too, under any clock:
+    /// with a [`ManualClock`](crate::ManualClock), advance it first.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::Timeout`], with the count of the conversation's
+    /// messages still held and the queues holding work.
+    pub fn settle(&self, timeout: Duration) -> Result<(), SettleError> {
+        let result = wait_until_settled(timeout, || {
+            let (held, in_flight) = self.broker.activity.consistent(|| self.messages_held());
+            Pending { in_flight, conversation_messages: held, ..Default::default() }
+        });
+        result.map_err(|SettleError::Timeout { waited, pending }| {
+            // For the reader: which queues hold work at all.
+            let queues = self.broker.pending(&|_| true).queues;
+            SettleError::Timeout { waited, pending: Pending { queues, ..pending } }
+        })
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        self.broker.conversations.unfollow(&self.id, &self.tracker);
+    }
+}
