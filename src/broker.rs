@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::clock::{Clock, MAX_DURATION};
+use crate::clock::{Clock, MAX_DURATION, ManualClock};
 use crate::connection::Connection;
 use crate::conversation::{Conversation, Conversations};
 use crate::dead_letter::Letter;
@@ -35,7 +35,7 @@ use crate::hash::FastImblMap;
 use crate::message::Message;
 use crate::observe::{Event, Observers, PublishOutcome, Tap};
 use crate::queue::{
-    DeleteRefused, Envelope, PublishTiming, Queue, QueueContext, QueueOptions, QueueStats, Side,
+    DeleteRefused, Envelope, PublishTiming, Queue, QueueContext, QueueOptions, QueueOwner, QueueStats, Side,
     inequivalent_phrase,
 };
 use crate::recorder::Recorder;
@@ -44,6 +44,7 @@ use crate::rpc::{DIRECT_REPLY_TO, ReplyEndpoint};
 use crate::settle::{Activity, Pending, PendingQueue, SettleError, wait_until_settled};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
 use crate::timer::Timers;
+use crate::worker::inline::InlineWorkers;
 
 /// The longest name (of a queue or exchange) or routing key, in bytes: AMQP's short string.
 pub const MAX_NAME_LEN: usize = 255;
@@ -79,6 +80,21 @@ pub struct BrokerOptions {
     /// Off (`None`) by default: then nothing is counted and publishing never
     /// blocks; per-queue length limits still apply. See [`crate::FlowEvent`].
     pub memory_high_watermark: Option<usize>,
+    /// Workers ([`Connection::worker`](crate::Connection::worker),
+    /// [`Connection::serve`](crate::Connection::serve)) start no threads:
+    /// their handlers run on the thread that calls
+    /// [`Broker::run_until_idle`] or [`Broker::settle`], or that waits in a
+    /// [`Connection::call`](crate::Connection::call) — one delivery at a
+    /// time, workers in the order they started. Part of
+    /// [`Broker::deterministic`]. Off by default. (An
+    /// [`AsyncWorker`](crate::AsyncWorker) runs on the executor that polls
+    /// it either way.)
+    pub inline_workers: bool,
+    /// The seed of generated names (`amq.gen-…` queues, `amq.ctag-…`
+    /// consumer tags, reply-to addresses, conversation ids): with a seed,
+    /// the same operations make the same names on every run. `None` (the
+    /// default) seeds them at random, so they cannot be guessed.
+    pub name_seed: Option<u64>,
 }
 
 impl Default for BrokerOptions {
@@ -88,7 +104,18 @@ impl Default for BrokerOptions {
             clock: Clock::system(),
             statistics: true,
             memory_high_watermark: None,
+            inline_workers: false,
+            name_seed: None,
         }
+    }
+}
+
+impl BrokerOptions {
+    /// The options of a deterministic broker on `clock`: workers run
+    /// inline, generated names come from a fixed seed (see
+    /// [`Broker::deterministic`]).
+    pub fn deterministic(clock: &ManualClock) -> Self {
+        BrokerOptions { clock: clock.clock(), inline_workers: true, name_seed: Some(0), ..Default::default() }
     }
 }
 
@@ -165,6 +192,45 @@ impl Broker {
         Broker::with_options(BrokerOptions::default())
     }
 
+    /// A broker for tests that give the same result on every run: a
+    /// [`ManualClock`] (returned, for the test to advance) starting at a
+    /// fixed wall-clock time, no thread of the bus's own — timers fire when
+    /// the clock is advanced, workers' handlers run when the test calls
+    /// [`settle`](Self::settle) or [`run_until_idle`](Self::run_until_idle)
+    /// — and generated names from a fixed seed. The same test then makes
+    /// the same interleaving, and a [`Recorder`] the same trace, every run.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use interoffice::{Broker, Message, QueueOptions, WorkerOptions};
+    ///
+    /// let (broker, clock) = Broker::deterministic();
+    /// let conn = broker.connect();
+    /// conn.declare_queue("reminders", QueueOptions::default())?;
+    /// let worker = conn.worker("reminders", WorkerOptions::default(), |_| Ok::<(), String>(()))?;
+    /// let recorder = broker.record();
+    /// conn.publish("", "reminders", Message::new("call mum").with_delay(Duration::from_secs(3600)))?;
+    /// broker.settle(Duration::from_secs(1))?; // not due yet: nothing to run
+    /// assert_eq!(worker.stats().processed, 0);
+    /// clock.advance(Duration::from_secs(3600));
+    /// broker.settle(Duration::from_secs(1))?; // runs the handler, here
+    /// assert_eq!(worker.stats().processed, 1);
+    /// assert_eq!(recorder.trace().len(), 3); // published, delivered, acked
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn deterministic() -> (Broker, ManualClock) {
+        // 2026-01-01T00:00:00Z: any fixed instant will do.
+        let clock = ManualClock::at(std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600));
+        (Broker::with_options(BrokerOptions::deterministic(&clock)), clock)
+    }
+
+    /// In a broker with [`inline_workers`](BrokerOptions::inline_workers),
+    /// runs workers' handlers on this thread until none has a delivery
+    /// waiting; returns how many ran. Without, does nothing and returns 0.
+    pub fn run_until_idle(&self) -> usize {
+        self.inner.inline_workers.as_ref().map_or(0, InlineWorkers::run_until_idle)
+    }
+
     /// A broker with `options`.
     pub fn with_options(options: BrokerOptions) -> Self {
         let timers = Timers::new(options.clock.clone());
@@ -175,13 +241,19 @@ impl Broker {
             replies: ArcSwap::from_pointee(ReplyMap::default()),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
-            name_seed: std::collections::hash_map::RandomState::new(),
+            name_seed: {
+                let seed = options.name_seed.unwrap_or_else(|| {
+                    std::collections::hash_map::RandomState::new().hash_one(0x696e_7465_726f_6666_u64)
+                });
+                foldhash::fast::FixedState::with_seed(seed)
+            },
             vhost: "/".into(),
             timers,
             flow: options.memory_high_watermark.map(|w| Arc::new(Flow::new(w))),
             activity: Arc::default(),
             conversations: Conversations::default(),
             observers: Arc::default(),
+            inline_workers: options.inline_workers.then(InlineWorkers::default),
             options,
         });
         {
@@ -322,7 +394,10 @@ impl Broker {
         timeout: Duration,
         keep: impl Fn(&PendingQueue) -> bool,
     ) -> Result<(), SettleError> {
-        wait_until_settled(timeout, || self.inner.pending(&keep))
+        wait_until_settled(timeout, || {
+            self.run_until_idle();
+            self.inner.pending(&keep)
+        })
     }
 
     /// Starts following a new conversation: stamp its first message with
@@ -549,7 +624,7 @@ pub(crate) struct BrokerInner {
     replies: ArcSwap<ReplyMap>,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
-    name_seed: std::collections::hash_map::RandomState,
+    name_seed: foldhash::fast::FixedState,
     vhost: Box<str>,
     /// The memory estimate and alarm, with a watermark set.
     pub(crate) flow: Option<Arc<Flow>>,
@@ -560,6 +635,8 @@ pub(crate) struct BrokerInner {
     pub(crate) conversations: Conversations,
     /// Recorders and taps (see [`crate::observe`]).
     pub(crate) observers: Arc<Observers>,
+    /// In a deterministic broker, its workers, run by hand.
+    pub(crate) inline_workers: Option<InlineWorkers>,
     timers: Arc<Timers>,
     options: BrokerOptions,
 }
@@ -854,12 +931,21 @@ impl BrokerInner {
     pub(crate) fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
         self.exchanges.load().get(name).cloned()
     }
+}
+
+impl QueueOwner for BrokerInner {
+    /// Deletes a queue whose `expires` time has passed unused, unless it was
+    /// used meanwhile.
+    fn expire_queue(&self, queue: &Arc<Queue>, now: Instant) {
+        let mut registry = self.registry.lock();
+        let _used_meanwhile = self.remove_queue_if(&mut registry, queue, true, false, Some(now));
+    }
 
     /// Republishes a dead letter to exchange `dlx` with `routing_key` and
     /// then each of `extra_keys` (its `CC` keys), skipping the queues in
     /// `forbidden` (a cycle). Messages this makes leave other queues join
     /// `work`. True if it reached at least one queue.
-    pub(crate) fn route_dead_letter(
+    fn route_dead_letter(
         &self,
         dlx: &str,
         routing_key: &str,
@@ -882,7 +968,9 @@ impl BrokerInner {
         work.extend(pass.letters);
         pass.enqueued > 0
     }
+}
 
+impl BrokerInner {
     /// Routes the pass's own key, then each of `extra_keys` (sender-selected
     /// distribution: a publish's `CC`/`BCC`, a dead letter's `CC`), as if the
     /// message were published with each; a queue reached by several keys
@@ -1123,7 +1211,7 @@ impl BrokerInner {
             statistics: self.options.statistics,
             clock: self.options.clock.clone(),
             timers: Arc::clone(&self.timers),
-            broker: Weak::clone(&self.me),
+            broker: Weak::clone(&self.me) as Weak<dyn QueueOwner>,
             flow: self.flow.clone(),
             activity: Arc::clone(&self.activity),
             observers: Arc::clone(&self.observers),
@@ -1214,13 +1302,6 @@ impl BrokerInner {
     pub(crate) fn auto_delete_queue(&self, queue: &Arc<Queue>) {
         let mut registry = self.registry.lock();
         let _still_used = self.remove_queue(&mut registry, queue, true, false);
-    }
-
-    /// Deletes a queue whose `expires` time has passed unused, unless it was
-    /// used meanwhile.
-    pub(crate) fn expire_queue(&self, queue: &Arc<Queue>, now: Instant) {
-        let mut registry = self.registry.lock();
-        let _used_meanwhile = self.remove_queue_if(&mut registry, queue, true, false, Some(now));
     }
 
     /// Deletes the exclusive queues of connection `conn`, which is closing.

@@ -188,10 +188,17 @@ impl fmt::Debug for ManualClock {
 impl ManualClock {
     /// A clock standing at the present moment.
     pub fn new() -> Self {
+        ManualClock::at(SystemTime::now())
+    }
+
+    /// A clock starting at wall-clock time `wall`, which
+    /// [`Clock::system_time`] reports (in `x-death` times, say) and which
+    /// advances with the clock: for traces that are the same on every run.
+    pub fn at(wall: SystemTime) -> Self {
         ManualClock {
             state: Arc::new(ManualState {
                 base: Instant::now(),
-                wall_base: SystemTime::now(),
+                wall_base: wall,
                 offset_nanos: AtomicU64::new(0),
                 timers: Mutex::new(Vec::new()),
                 advancing: Mutex::new(()),

@@ -129,6 +129,10 @@ impl PendingCall {
     }
 
     fn wait(&self) -> Result<Delivery, CallError> {
+        let broker = self.endpoint.upgrade().and_then(|e| e.broker.upgrade());
+        if let Some(broker) = broker.filter(|b| b.inline_workers.is_some()) {
+            return self.wait_running_workers(&broker);
+        }
         // An in-process round trip takes microseconds: spin briefly before
         // parking, to save the wake-up of a parked thread when the reply is
         // quick.
@@ -142,6 +146,33 @@ impl PendingCall {
                 return Err(CallError::ConnectionClosed);
             }
             self.ready.wait(&mut state);
+        }
+    }
+
+    /// Waits in a broker whose workers run inline: runs them (the server
+    /// among them) on this thread until the reply is there. If none has
+    /// anything to do, the reply can only come from another thread, or
+    /// never: waits for it a slice of real time at a time, up to the call's
+    /// timeout in real time — the manual clock cannot move while its test
+    /// thread waits here.
+    fn wait_running_workers(&self, broker: &BrokerInner) -> Result<Delivery, CallError> {
+        let deadline = std::time::Instant::now().checked_add(self.timeout);
+        loop {
+            let ran = broker.inline_workers.as_ref().map_or(0, |w| w.run_until_idle());
+            let mut state = self.state.lock();
+            if let Some(outcome) = state.outcome.take() {
+                return outcome;
+            }
+            if state.done {
+                return Err(CallError::ConnectionClosed);
+            }
+            if ran == 0 {
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    state.done = true;
+                    return Err(CallError::Timeout { timeout: self.timeout });
+                }
+                self.ready.wait_for(&mut state, Duration::from_millis(1));
+            }
         }
     }
 

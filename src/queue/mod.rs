@@ -26,7 +26,6 @@ pub(crate) use options::{InvalidArg, QueuePolicy, ToSide, describe, unknown_argu
 
 use self::dedup::RecentIds;
 use self::store::{Delayed, DelayedStore, ReadyStore};
-use crate::broker::BrokerInner;
 use crate::clock::{Clock, MAX_DURATION, later};
 use crate::consumer::ConsumerShared;
 use crate::conversation::ConversationToken;
@@ -424,7 +423,8 @@ pub(crate) struct QueueContext {
     pub(crate) statistics: bool,
     pub(crate) clock: Clock,
     pub(crate) timers: Arc<Timers>,
-    pub(crate) broker: Weak<BrokerInner>,
+    /// The broker, through the narrow interface a queue needs of it.
+    pub(crate) broker: Weak<dyn QueueOwner>,
     /// The broker's memory estimate, with a memory high watermark set.
     pub(crate) flow: Option<Arc<Flow>>,
     /// The broker's count of messages between queues (dead letters leaving
@@ -432,6 +432,26 @@ pub(crate) struct QueueContext {
     pub(crate) activity: Arc<Activity>,
     /// The broker's observers (a recorder, a tap): see [`crate::observe`].
     pub(crate) observers: Arc<Observers>,
+}
+
+/// What a queue needs of the broker that owns it, and no more: a lower
+/// layer reaches up only through this. (A trait object, with `Send + Sync`
+/// spelled out, also cuts the loop broker → exchanges → queues → broker
+/// that every `Send` check of a user's type would otherwise walk.)
+pub(crate) trait QueueOwner: Send + Sync + std::fmt::Debug {
+    /// Republishes a dead letter: see `BrokerInner::route_dead_letter`.
+    fn route_dead_letter(
+        &self,
+        dlx: &str,
+        routing_key: &str,
+        message: Message,
+        extra_keys: &[String],
+        forbidden: &[String],
+        work: &mut std::collections::VecDeque<Letter>,
+    ) -> bool;
+
+    /// Deletes `queue`, unused since before `now`, for its `expires`.
+    fn expire_queue(&self, queue: &Arc<Queue>, now: Instant);
 }
 
 /// A queue. Shared (`Arc`) by the routing tables that reach it, its consumers
@@ -1373,7 +1393,7 @@ mod tests {
             statistics: true,
             timers: Timers::new(clock.clone()),
             clock,
-            broker: Weak::new(),
+            broker: Weak::<crate::broker::BrokerInner>::new(),
             flow: None,
             activity: Arc::default(),
             observers: Arc::default(),

@@ -33,6 +33,10 @@ use crate::error::{ConsumeError, RecvError};
 use crate::message::Message;
 use crate::sync::{Arc, AtomicU64, Ordering, Weak};
 
+pub(crate) mod inline;
+
+use self::inline::InlineWorker;
+
 /// What a worker does with a message whose handler returned an error.
 ///
 /// A panic is not an error: a panicking handler's message is always
@@ -254,6 +258,9 @@ pub struct Worker {
     /// (`broker.connect().worker(..)`). Each thread holds it too, so it
     /// outlives a dropped worker until its last handler has settled.
     connection: Arc<Connection>,
+    /// In a deterministic broker: the worker, run by hand instead of by
+    /// `threads` (see [`inline`]).
+    inline: Option<Arc<InlineWorker>>,
 }
 
 impl Worker {
@@ -265,7 +272,10 @@ impl Worker {
     /// Whether any of the worker's threads still takes messages: false once
     /// every consumer has ended (shut down, queue deleted, connection closed).
     pub fn is_running(&self) -> bool {
-        self.threads.iter().any(|t| !t.is_finished())
+        match &self.inline {
+            Some(inline) => inline.is_running(),
+            None => self.threads.iter().any(|t| !t.is_finished()),
+        }
     }
 
     /// Stops gracefully — no new messages, every running handler finishes and
@@ -513,7 +523,21 @@ impl Connection {
             counts: Arc::default(),
             replies,
             connection: Arc::new(self.hold()),
+            inline: None,
         };
+        if let Some(inline_workers) = &self.broker().inner.inline_workers {
+            // Deterministic: no threads; handlers run when the test asks.
+            let step: Arc<inline::Step> = Arc::new(step);
+            let inline = Arc::new(InlineWorker::new(
+                worker.consumers.clone(),
+                step,
+                options.on_error,
+                Arc::clone(&worker.counts),
+            ));
+            inline_workers.register(&inline);
+            worker.inline = Some(inline);
+            return Ok(worker);
+        }
         let step = Arc::new(step);
         for (n, consumer) in worker.consumers.iter().enumerate() {
             let (consumer, step, counts) =
