@@ -76,6 +76,7 @@ mod dead_letter;
 mod delivery;
 mod error;
 mod exchange;
+mod explain;
 mod field;
 mod flow;
 mod hash;
@@ -109,6 +110,7 @@ pub use error::{
     RecvTimeoutError, TryRecvError,
 };
 pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
+pub use explain::{Hop, NearMiss, Route, RouteExplanation, Via};
 pub use field::{FieldTable, FieldValue};
 pub use flow::{FlowEvent, FlowStatus};
 pub use idempotency::{ProcessError, Processed, ProcessedIds};

@@ -423,7 +423,7 @@ fn publish_distance(event: &Event, exchange: &str, pattern: &str) -> usize {
 }
 
 /// Levenshtein distance, by characters: how "close" a name is.
-fn distance(a: &str, b: &str) -> usize {
+pub(crate) fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
