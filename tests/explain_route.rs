@@ -157,7 +157,7 @@ fn check_topology(seed: u64) {
                 let said: BTreeSet<&str> = explained.queues().into_iter().collect();
                 assert_eq!(said, reached, "{}", context());
                 assert_eq!(routed.queues(), reached.len(), "{}", context());
-                assert_eq!(explained.near_misses.is_empty() || said.is_empty(), true, "{}", context());
+                assert!(explained.near_misses.is_empty() || said.is_empty(), "{}", context());
             }
         }
         // Drain, so the next message's figures start from empty queues.
