@@ -33,6 +33,7 @@ use crate::explain::{ExchangeFacts, RouteExplanation, TopologyView};
 use crate::field::FieldTable;
 use crate::flow::{Flow, FlowStatus};
 use crate::hash::FastImblMap;
+use crate::lint::{LintFinding, QueueFacts};
 use crate::message::Message;
 use crate::observe::{Event, Observers, PublishOutcome, Tap};
 use crate::queue::{
@@ -484,6 +485,59 @@ impl Broker {
         headers: Option<&FieldTable>,
     ) -> RouteExplanation {
         self.inner.topology_view().explain(exchange, routing_key, headers)
+    }
+
+    /// Checks the topology for what is probably a mistake: exchanges with
+    /// no bindings, queues nothing binds to, dead-letter and alternate
+    /// exchanges that do not exist, dead-letter cycles without a rejection,
+    /// alternate-exchange loops, binding keys that cannot match what they
+    /// seem to say, bindings shadowed by others, queues that nothing
+    /// consumes and nothing bounds. Findings are values a test can assert
+    /// on, most serious first (see [`LintFinding`]).
+    ///
+    /// ```
+    /// use interoffice::{Broker, ExchangeKind, FieldTable, LintFinding, QueueOptions};
+    /// let broker = Broker::new();
+    /// let conn = broker.connect();
+    /// conn.declare_exchange("orders", ExchangeKind::Topic, Default::default())?;
+    /// let dlq = QueueOptions { dead_letter_exchange: Some("dead-letters".into()), ..Default::default() };
+    /// conn.declare_queue("billing", dlq)?;
+    /// conn.bind_queue("billing", "orders", "order*", FieldTable::new())?;
+    ///
+    /// let findings = broker.lint();
+    /// assert!(findings.contains(&LintFinding::MissingDeadLetterExchange {
+    ///     queue: "billing".into(),
+    ///     exchange: "dead-letters".into(),
+    /// }));
+    /// assert!(findings.iter().any(|f| f.to_string().contains("'order*' is matched literally")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lint(&self) -> Vec<LintFinding> {
+        let view = self.inner.topology_view();
+        let queues = self
+            .inner
+            .queues
+            .load()
+            .values()
+            .map(|q| {
+                let policy = &q.policy;
+                let facts = QueueFacts {
+                    consumers: q.stats().consumers,
+                    dead_letter_exchange: policy.dead_letter_exchange.clone(),
+                    dead_letter_routing_key: policy.dead_letter_routing_key.clone(),
+                    dies_on_its_own: policy.message_ttl.is_some()
+                        || policy.max_length.is_some()
+                        || policy.max_length_bytes.is_some()
+                        || policy.delivery_limit.is_some(),
+                    bounded: policy.message_ttl.is_some()
+                        || policy.max_length.is_some()
+                        || policy.max_length_bytes.is_some()
+                        || policy.expires.is_some(),
+                };
+                (q.name.to_string(), facts)
+            })
+            .collect();
+        crate::lint::lint(&view, &queues)
     }
 
     /// The names of all queues, sorted.
