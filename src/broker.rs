@@ -30,6 +30,7 @@ use crate::exchange::{
     BindingInfo, Dest, Exchange, ExchangeKind, ExchangeOptions, Routes, compile_arguments,
 };
 use crate::explain::{ExchangeFacts, RouteExplanation, TopologyView};
+use crate::faults::{FaultInjector, Faults};
 use crate::field::FieldTable;
 use crate::flow::{Flow, FlowStatus};
 use crate::hash::FastImblMap;
@@ -256,6 +257,7 @@ impl Broker {
             conversations: Conversations::default(),
             observers: Arc::default(),
             inline_workers: options.inline_workers.then(InlineWorkers::default),
+            faults: Arc::default(),
             options,
         });
         {
@@ -540,6 +542,35 @@ impl Broker {
         crate::lint::lint(&view, &queues)
     }
 
+    /// Starts injecting faults, for resilience tests of the user's own
+    /// services: add [`Fault`](crate::Fault) rules to drop, duplicate or
+    /// delay chosen messages as they enter queues (by queue, routing key,
+    /// or probability drawn from `seed`, so a run is reproducible). The
+    /// rules go when the injector is dropped. Off by default: one relaxed
+    /// atomic load per enqueue. See also [`Connection::crash`](crate::Connection::crash).
+    ///
+    /// ```
+    /// use interoffice::{Broker, Fault, FaultAction, Message, ProcessedIds, QueueOptions};
+    /// let broker = Broker::new();
+    /// let conn = broker.connect();
+    /// conn.declare_queue("payments", QueueOptions::default())?;
+    /// let faults = broker.inject_faults(7);
+    /// faults.add(Fault { queue: Some("payments".into()), ..Fault::new(FaultAction::Duplicate) });
+    /// conn.publish("", "payments", Message::new("pay 10 EUR").with_message_id("p-1"))?;
+    ///
+    /// let seen = ProcessedIds::new(1000);
+    /// let mut charged = 0;
+    /// while let Some(delivery) = conn.get("payments", false)? {
+    ///     seen.process(delivery, |_| { charged += 1; Ok::<(), String>(()) })?;
+    /// }
+    /// assert_eq!(charged, 1, "the duplicate was caught");
+    /// assert_eq!(faults.injected().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn inject_faults(&self, seed: u64) -> FaultInjector {
+        FaultInjector::new(Arc::clone(&self.inner.faults), seed)
+    }
+
     /// The names of all queues, sorted.
     pub fn queue_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.queues.load().keys().map(|k| k.to_string()).collect();
@@ -727,6 +758,8 @@ pub(crate) struct BrokerInner {
     pub(crate) observers: Arc<Observers>,
     /// In a deterministic broker, its workers, run by hand.
     pub(crate) inline_workers: Option<InlineWorkers>,
+    /// Fault rules a test injected (see [`crate::faults`]).
+    faults: Arc<Faults>,
     timers: Arc<Timers>,
     options: BrokerOptions,
 }
@@ -1343,6 +1376,7 @@ impl BrokerInner {
             flow: self.flow.clone(),
             activity: Arc::clone(&self.activity),
             observers: Arc::clone(&self.observers),
+            faults: Arc::clone(&self.faults),
         };
         let queue = Queue::new(name.as_str().into(), self.id(), options, policy, owner, context);
         if owner.is_some() {

@@ -599,6 +599,27 @@ impl Connection {
         self.shut_down();
     }
 
+    /// Closes the connection as if its module had crashed: its last will is
+    /// published (if it has one), then everything a [`close`](Self::close)
+    /// does happens — unsettled deliveries requeued and flagged
+    /// redelivered, consumers cancelled, exclusive queues deleted — even
+    /// while workers still hold the connection. For resilience tests: a
+    /// handler's work that was not acknowledged is done again elsewhere.
+    pub fn crash(&self) {
+        let will = self.shared.will.lock().take();
+        if let Some(will) = will
+            && !self.is_closed()
+        {
+            let _ = self.broker.inner.publish(
+                &will.exchange,
+                &will.routing_key,
+                will.message,
+                PublishOptions::default(),
+            );
+        }
+        self.shut_down();
+    }
+
     fn shut_down(&self) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;

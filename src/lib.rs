@@ -77,6 +77,7 @@ mod delivery;
 mod error;
 mod exchange;
 mod explain;
+mod faults;
 mod field;
 mod flow;
 mod hash;
@@ -112,6 +113,7 @@ pub use error::{
 };
 pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
 pub use explain::{Hop, NearMiss, Route, RouteExplanation, Via};
+pub use faults::{Fault, FaultAction, FaultInjector, InjectedFault};
 pub use field::{FieldTable, FieldValue};
 pub use flow::{FlowEvent, FlowStatus};
 pub use idempotency::{ProcessError, Processed, ProcessedIds};

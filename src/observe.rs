@@ -109,6 +109,18 @@ pub enum Event {
         /// The message as it left (before its `x-death` was updated).
         message: Message,
     },
+    /// An injected fault hit a message entering a queue (see
+    /// [`Broker::inject_faults`](crate::Broker::inject_faults)).
+    Fault {
+        /// The queue.
+        queue: String,
+        /// The message's routing key.
+        routing_key: String,
+        /// What was done to it.
+        action: crate::faults::FaultAction,
+        /// The message.
+        message: Message,
+    },
     /// An RPC server ([`Connection::serve`](crate::Connection::serve))
     /// replied to a request.
     Replied {
@@ -133,18 +145,20 @@ impl Event {
             | Event::Delivered { message, .. }
             | Event::Settled { message, .. }
             | Event::DeadLettered { message, .. }
+            | Event::Fault { message, .. }
             | Event::Replied { message, .. } => message,
         }
     }
 
     /// The event's kind, as one word: `published`, `delivered`, `settled`,
-    /// `dead-lettered`, `replied`.
+    /// `dead-lettered`, `fault`, `replied`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Published { .. } => "published",
             Event::Delivered { .. } => "delivered",
             Event::Settled { .. } => "settled",
             Event::DeadLettered { .. } => "dead-lettered",
+            Event::Fault { .. } => "fault",
             Event::Replied { .. } => "replied",
         }
     }
@@ -208,6 +222,9 @@ impl fmt::Display for Event {
                 }
                 None => write!(f, "dropped from '{queue}' ({reason}) {}", show_body(message)),
             },
+            Event::Fault { queue, routing_key, action, message } => {
+                write!(f, "fault: {action} entering '{queue}' (key '{routing_key}') {}", show_body(message))
+            }
             Event::Replied { queue, correlation_id, delivered, message, .. } => {
                 let id = correlation_id.as_deref().unwrap_or("-");
                 let lost = if *delivered { "" } else { " (undeliverable)" };

@@ -404,6 +404,7 @@ fn event_queue(event: &Event) -> Option<&str> {
         Event::Delivered { queue, .. }
         | Event::Settled { queue, .. }
         | Event::DeadLettered { queue, .. }
+        | Event::Fault { queue, .. }
         | Event::Replied { queue, .. } => Some(queue),
         Event::Published { .. } => None,
     }

@@ -7,6 +7,7 @@
 
 use crate::dead_letter::Letter;
 use crate::exchange::Exchange;
+use crate::faults::FaultAction;
 use crate::hash::FastHashSet;
 use crate::message::Message;
 use crate::queue::{Enqueued, Envelope, PublishTiming, Queue};
@@ -72,7 +73,14 @@ impl<'a> RoutingPass<'a> {
         if !self.forbidden.is_empty() && self.forbidden.iter().any(|q| **q == *queue.name) {
             return;
         }
-        let outcome = queue.enqueue(self.envelope, &mut self.timing, &mut self.letters);
+        let outcome = if queue.context.faults.is_active() {
+            match self.inject(queue) {
+                Some(outcome) => outcome,
+                None => return,
+            }
+        } else {
+            queue.enqueue(self.envelope, &mut self.timing, &mut self.letters)
+        };
         match outcome {
             Enqueued::Accepted => self.enqueued += 1,
             Enqueued::Duplicate => self.duplicates += 1,
@@ -84,6 +92,40 @@ impl<'a> RoutingPass<'a> {
                 Enqueued::Accepted => names.enqueued.push(queue.name.to_string()),
                 Enqueued::Duplicate => names.duplicates.push(queue.name.to_string()),
                 Enqueued::Rejected | Enqueued::Gone => {}
+            }
+        }
+    }
+
+    /// Enqueues under the broker's fault rules; `None` if nothing is left
+    /// to count (the message was dropped).
+    #[cold]
+    fn inject(&mut self, queue: &Arc<Queue>) -> Option<Enqueued> {
+        let Some(action) = queue.context.faults.decide(&queue.name, self.routing_key) else {
+            return Some(queue.enqueue(self.envelope, &mut self.timing, &mut self.letters));
+        };
+        queue.context.observers.emit_now(|| crate::observe::Event::Fault {
+            queue: queue.name.to_string(),
+            routing_key: self.routing_key.to_owned(),
+            action,
+            message: self.envelope.message.clone(),
+        });
+        match action {
+            // Counted as routed, as a message lost downstream would be.
+            FaultAction::Drop => {
+                self.enqueued += 1;
+                None
+            }
+            FaultAction::Duplicate => {
+                let first = queue.enqueue(self.envelope, &mut self.timing, &mut self.letters);
+                let _second = queue.enqueue(self.envelope, &mut self.timing, &mut self.letters);
+                Some(first)
+            }
+            FaultAction::Delay(delay) => {
+                let own = self.timing.delay;
+                self.timing.delay = Some(own.unwrap_or_default().max(delay)).filter(|d| !d.is_zero());
+                let outcome = queue.enqueue(self.envelope, &mut self.timing, &mut self.letters);
+                self.timing.delay = own;
+                Some(outcome)
             }
         }
     }

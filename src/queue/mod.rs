@@ -432,6 +432,8 @@ pub(crate) struct QueueContext {
     pub(crate) activity: Arc<Activity>,
     /// The broker's observers (a recorder, a tap): see [`crate::observe`].
     pub(crate) observers: Arc<Observers>,
+    /// The broker's fault rules (off unless a test injects some).
+    pub(crate) faults: Arc<crate::faults::Faults>,
 }
 
 /// What a queue needs of the broker that owns it, and no more: a lower
@@ -1397,6 +1399,7 @@ mod tests {
             flow: None,
             activity: Arc::default(),
             observers: Arc::default(),
+            faults: Arc::default(),
         }
     }
 
