@@ -289,6 +289,10 @@ impl Conversation {
     /// messages still held and the queues holding work.
     pub fn settle(&self, timeout: Duration) -> Result<(), SettleError> {
         let result = wait_until_settled(timeout, || {
+            // A deterministic broker's workers run here, on the waiting thread.
+            if let Some(workers) = &self.broker.inline_workers {
+                workers.run_until_idle();
+            }
             let (held, in_flight) = self.broker.activity.consistent(|| self.messages_held());
             Pending { in_flight, conversation_messages: held, ..Default::default() }
         });

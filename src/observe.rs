@@ -167,7 +167,10 @@ impl Event {
 /// A body as a reader wants to see it: text if it is short UTF-8, else its size.
 pub(crate) fn show_body(message: &Message) -> String {
     let body = message.body();
-    match std::str::from_utf8(body) {
+    // Text only if it reads as text: an encoded struct is bytes.
+    let text =
+        std::str::from_utf8(body).ok().filter(|t| !t.chars().any(|c| c.is_control() && !c.is_whitespace()));
+    match text.ok_or(()) {
         Ok(text) if text.len() <= 40 => format!("{text:?}"),
         Ok(text) => {
             let cut = (0..=40).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
