@@ -784,7 +784,7 @@ fn check(what: &str, got: u64, want: u64) {
 /// Checks that the bus's queues hold nothing after a run.
 fn check_empty(broker: &Broker, queues: &[String]) {
     for q in queues {
-        if let Some(stats) = broker.queue_stats(q)
+        if let Ok(stats) = broker.queue_stats(q)
             && (stats.messages_ready > 0 || stats.messages_unacknowledged > 0)
         {
             fatal(format_args!(
@@ -1177,7 +1177,7 @@ struct SingleQueue {
 impl SingleQueue {
     fn message_stats(&self) -> Option<MessageStats> {
         let stats = self.broker.queue_stats(&self.queue);
-        stats.unwrap_or_else(|| fatal(format_args!("queue {} is gone", self.queue))).message_stats
+        stats.unwrap_or_else(|e| fatal(format_args!("{e}"))).message_stats
     }
 }
 

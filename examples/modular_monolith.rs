@@ -97,7 +97,7 @@ fn wait_until_drained(broker: &Broker, queues: &[&str], timeout: Duration) -> Re
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         let drained = queues.iter().all(|name| {
-            broker.queue_stats(name).is_some_and(|s| s.messages_ready == 0 && s.messages_unacknowledged == 0)
+            broker.queue_stats(name).is_ok_and(|s| s.messages_ready == 0 && s.messages_unacknowledged == 0)
         });
         if drained {
             return Ok(());

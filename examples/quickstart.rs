@@ -75,13 +75,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(again.redelivered());
 
     // Counters are read at any moment, from any thread, without a connection.
-    let stats = broker.queue_stats("billing").ok_or("queue 'billing' is gone")?;
+    let stats = broker.queue_stats("billing")?;
     println!(
         "stats while holding it: ready={} unacked={} consumers={}",
         stats.messages_ready, stats.messages_unacknowledged, stats.consumers
     );
     again.ack()?;
-    let stats = broker.queue_stats("billing").ok_or("queue 'billing' is gone")?;
+    let stats = broker.queue_stats("billing")?;
     println!(
         "stats after the ack:    ready={} unacked={} consumers={}",
         stats.messages_ready, stats.messages_unacknowledged, stats.consumers

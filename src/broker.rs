@@ -295,9 +295,17 @@ impl Broker {
         Connection::open(self.clone(), Some(name.into()))
     }
 
-    /// Counts for queue `name`, or `None` if there is no such queue.
-    pub fn queue_stats(&self, name: &str) -> Option<QueueStats> {
-        self.inner.queues.load().get(name).map(|q| q.stats())
+    /// Counts for queue `name`, as [`Connection::queue_stats`](crate::Connection::queue_stats)
+    /// gives them (without its connection's checks).
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumeError::NotFound`] if there is no such queue.
+    pub fn queue_stats(&self, name: &str) -> Result<QueueStats, ConsumeError> {
+        match self.inner.queues.load().get(name) {
+            Some(queue) => Ok(queue.stats()),
+            None => Err(ConsumeError::NotFound(self.inner.no_queue(name))),
+        }
     }
 
     /// The flow state: the memory the queues hold by the broker's estimate,

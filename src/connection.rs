@@ -102,7 +102,7 @@ struct ConsumerList {
 /// assert_eq!(conn.publish_with("audit", "", Message::new("login"), mandatory)?.queues(), 1);
 ///
 /// conn.close(); // the exclusive queue goes with the connection
-/// assert!(broker.queue_stats(&queue).is_none());
+/// assert!(broker.queue_stats(&queue).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Connection {
@@ -206,15 +206,33 @@ impl Connection {
 
     /// Binds queue `queue` to exchange `exchange` with binding key `key` (a
     /// pattern for topic exchanges) and `arguments` (what a headers exchange
-    /// matches). Binding twice is harmless.
+    /// matches): a [`FieldTable`], or `None` for none. Binding twice is
+    /// harmless.
+    ///
+    /// ```
+    /// use interoffice::{Broker, ExchangeKind, FieldTable, QueueOptions};
+    /// let conn = Broker::new().connect();
+    /// conn.declare_exchange("orders", ExchangeKind::Topic, Default::default())?;
+    /// conn.declare_exchange("by-region", ExchangeKind::Headers, Default::default())?;
+    /// conn.declare_queue("billing", QueueOptions::default())?;
+    /// conn.bind_queue("billing", "orders", "order.*.created", None)?;
+    /// conn.bind_queue("billing", "by-region", "", FieldTable::new().with("region", "eu"))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BindError`]: no such queue or exchange, an exclusive queue of
+    /// another connection, invalid headers arguments, a closed connection.
     pub fn bind_queue(
         &self,
         queue: &str,
         exchange: &str,
         key: &str,
-        arguments: FieldTable,
+        arguments: impl Into<Option<FieldTable>>,
     ) -> Result<(), BindError> {
         self.check_open(BindError::ConnectionClosed)?;
+        let arguments = arguments.into().unwrap_or_default();
         self.broker.inner.bind(self.shared.id, queue, false, exchange, key, arguments)
     }
 
@@ -226,10 +244,11 @@ impl Connection {
         queue: &str,
         exchange: &str,
         key: &str,
-        arguments: &FieldTable,
+        arguments: Option<&FieldTable>,
     ) -> Result<(), BindError> {
         self.check_open(BindError::ConnectionClosed)?;
-        self.broker.inner.unbind(self.shared.id, queue, false, exchange, key, arguments)
+        let none = FieldTable::new();
+        self.broker.inner.unbind(self.shared.id, queue, false, exchange, key, arguments.unwrap_or(&none))
     }
 
     /// Binds exchange `destination` to exchange `source`: what `source`
@@ -239,9 +258,10 @@ impl Connection {
         destination: &str,
         source: &str,
         key: &str,
-        arguments: FieldTable,
+        arguments: impl Into<Option<FieldTable>>,
     ) -> Result<(), BindError> {
         self.check_open(BindError::ConnectionClosed)?;
+        let arguments = arguments.into().unwrap_or_default();
         self.broker.inner.bind(self.shared.id, destination, true, source, key, arguments)
     }
 
@@ -251,10 +271,11 @@ impl Connection {
         destination: &str,
         source: &str,
         key: &str,
-        arguments: &FieldTable,
+        arguments: Option<&FieldTable>,
     ) -> Result<(), BindError> {
         self.check_open(BindError::ConnectionClosed)?;
-        self.broker.inner.unbind(self.shared.id, destination, true, source, key, arguments)
+        let none = FieldTable::new();
+        self.broker.inner.unbind(self.shared.id, destination, true, source, key, arguments.unwrap_or(&none))
     }
 
     /// Publishes `message` to `exchange` with `routing_key`. Never blocks,

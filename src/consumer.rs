@@ -290,7 +290,14 @@ impl ConsumerShared {
     }
 
     /// Settles delivery `tag`.
-    pub(crate) fn settle(&self, tag: u64, how: Settlement) -> Result<(), AckError> {
+    /// Settles delivery `tag`; a discarded message's dead letter gets
+    /// `annotations` among its headers.
+    pub(crate) fn settle_annotated(
+        &self,
+        tag: u64,
+        how: Settlement,
+        annotations: Option<FieldTable>,
+    ) -> Result<(), AckError> {
         let msg = {
             let mut unsettled = self.unsettled.lock();
             match unsettled.entries.remove(&tag) {
@@ -305,7 +312,7 @@ impl ConsumerShared {
                 self.queue.release_credit(self, 1);
             }
             Settlement::Discard => {
-                self.queue.discard(msg);
+                self.queue.discard(msg, annotations);
                 self.queue.release_credit(self, 1);
             }
             Settlement::Requeue => self.queue.requeue([msg], Some(self), true),

@@ -50,7 +50,7 @@ impl std::fmt::Display for DeathReason {
 }
 
 /// Counts by [`DeathReason`], in [`QueueStats`](crate::QueueStats).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct ReasonCounts {
     /// Rejected or nacked without requeue.
     pub rejected: u64,
@@ -79,19 +79,125 @@ impl ReasonCounts {
     }
 }
 
+/// One entry of a dead letter's `x-death` history: a queue it died in, why,
+/// and how often. Read with [`Delivery::deaths`](crate::Delivery::deaths).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Death {
+    /// The queue it left.
+    pub queue: String,
+    /// Why, if the reason is one interoffice knows (a publisher may have
+    /// written anything): see also [`reason_text`](Self::reason_text).
+    pub reason: Option<DeathReason>,
+    /// The reason as written in the header.
+    pub reason_text: String,
+    /// How many times it died in this queue for this reason.
+    pub count: u64,
+    /// The exchange it had been published to.
+    pub exchange: String,
+    /// The routing keys it had been published with (its own, then `CC`).
+    pub routing_keys: Vec<String>,
+    /// When it first died here (seconds since the Unix epoch).
+    pub time: Option<u64>,
+    /// Its `expiration` before it died, if it had one.
+    pub original_expiration: Option<String>,
+}
+
+/// Where a dead letter died first: its `x-first-death-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct FirstDeath {
+    /// The first queue it died in.
+    pub queue: String,
+    /// Why (if known; the header's text is in `reason_text`).
+    pub reason: Option<DeathReason>,
+    /// The reason as written.
+    pub reason_text: String,
+    /// The exchange it had been published to.
+    pub exchange: String,
+}
+
+impl DeathReason {
+    /// The reason named `text` in `x-death`, if it is one of RabbitMQ's.
+    pub fn parse(text: &str) -> Option<DeathReason> {
+        [DeathReason::Rejected, DeathReason::Expired, DeathReason::MaxLen, DeathReason::DeliveryLimit]
+            .into_iter()
+            .find(|r| r.as_str() == text)
+    }
+}
+
+/// The `x-death` entries of `message`, most recent first; entries that are
+/// not tables are skipped, missing fields read as empty.
+pub(crate) fn deaths(message: &Message) -> Vec<Death> {
+    let Some(entries) = message.header("x-death").and_then(FieldValue::as_array) else { return Vec::new() };
+    entries
+        .iter()
+        .filter_map(FieldValue::as_table)
+        .map(|entry| {
+            let text = |k: &str| entry.get(k).and_then(FieldValue::as_str).unwrap_or_default().to_owned();
+            let reason_text = text("reason");
+            Death {
+                queue: text("queue"),
+                reason: DeathReason::parse(&reason_text),
+                reason_text,
+                count: entry.get("count").and_then(FieldValue::as_i64).map_or(0, |c| c.max(0) as u64),
+                exchange: text("exchange"),
+                routing_keys: entry
+                    .get("routing-keys")
+                    .and_then(FieldValue::as_array)
+                    .map(|keys| keys.iter().filter_map(FieldValue::as_str).map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                time: match entry.get("time") {
+                    Some(FieldValue::Timestamp(t)) => Some(*t),
+                    Some(other) => other.as_i64().and_then(|t| u64::try_from(t).ok()),
+                    None => None,
+                },
+                original_expiration: entry
+                    .get("original-expiration")
+                    .and_then(FieldValue::as_str)
+                    .map(str::to_owned),
+            }
+        })
+        .collect()
+}
+
+/// The `x-first-death-*` headers of `message`, if it has them.
+pub(crate) fn first_death(message: &Message) -> Option<FirstDeath> {
+    let text = |k: &str| message.header(k).and_then(FieldValue::as_str).map(str::to_owned);
+    let reason_text = text("x-first-death-reason")?;
+    Some(FirstDeath {
+        queue: text("x-first-death-queue").unwrap_or_default(),
+        reason: DeathReason::parse(&reason_text),
+        reason_text,
+        exchange: text("x-first-death-exchange").unwrap_or_default(),
+    })
+}
+
 /// A message leaving `queue` for `reason`.
 #[derive(Debug)]
 pub(crate) struct Letter {
     queue: Arc<Queue>,
     msg: QueuedMessage,
     reason: DeathReason,
+    /// Headers to add to the dead letter (a worker's `x-exception`).
+    annotations: Option<Box<FieldTable>>,
 }
 
 impl Letter {
     /// A letter already counted in flight by its queue (see
     /// [`crate::settle`]); it ends the count when dropped, after routing.
     pub(crate) fn new(queue: &Arc<Queue>, msg: QueuedMessage, reason: DeathReason) -> Self {
-        Letter { queue: Arc::clone(queue), msg, reason }
+        Letter { queue: Arc::clone(queue), msg, reason, annotations: None }
+    }
+
+    /// A letter that adds `annotations` to the dead letter's headers.
+    pub(crate) fn annotated(
+        queue: &Arc<Queue>,
+        msg: QueuedMessage,
+        reason: DeathReason,
+        annotations: FieldTable,
+    ) -> Self {
+        Letter { queue: Arc::clone(queue), msg, reason, annotations: Some(Box::new(annotations)) }
     }
 }
 
@@ -135,7 +241,14 @@ pub(crate) fn bury(letters: Vec<Letter>) {
         let envelope = &letter.msg.envelope;
         let now = queue.context.clock.system_time();
         let seconds = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let message = dead_letter_message(&envelope.message, reason, &queue.name, envelope, seconds);
+        let mut message = dead_letter_message(&envelope.message, reason, &queue.name, envelope, seconds);
+        if let Some(annotations) = &letter.annotations
+            && let Some(headers) = message.properties_mut().headers.as_mut()
+        {
+            for (name, value) in annotations.iter() {
+                headers.insert(name, value.clone());
+            }
+        }
         let forbidden = cycle_queues(&message, reason);
         let (key, cc) = match queue.policy.dead_letter_routing_key.as_deref() {
             Some(key) => (key, Vec::new()),

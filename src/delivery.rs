@@ -51,7 +51,6 @@ pub(crate) enum Holder {
 /// again.ack()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 pub struct Delivery {
     envelope: Arc<Envelope>,
     tag: u64,
@@ -124,6 +123,37 @@ impl Delivery {
     /// (or of its connection's `get`s); 0 for auto-acknowledged deliveries.
     pub fn delivery_tag(&self) -> u64 {
         self.tag
+    }
+
+    /// The message's dead-letter history (`x-death`), most recent first:
+    /// each queue it died in, why and how often. Empty for a message that
+    /// was never dead-lettered.
+    ///
+    /// ```
+    /// use interoffice::{Broker, DeathReason, ExchangeKind, QueueOptions, Message};
+    /// let conn = Broker::new().connect();
+    /// conn.declare_exchange("dlx", ExchangeKind::Fanout, Default::default())?;
+    /// conn.declare_queue("work", QueueOptions { dead_letter_exchange: Some("dlx".into()), ..Default::default() })?;
+    /// conn.declare_queue("parked", QueueOptions::default())?;
+    /// conn.bind_queue("parked", "dlx", "", None)?;
+    /// conn.publish("", "work", Message::new("poison"))?;
+    /// conn.get("work", false)?.unwrap().reject(false)?;
+    ///
+    /// let parked = conn.get("parked", false)?.unwrap();
+    /// let deaths = parked.deaths();
+    /// assert_eq!((deaths[0].queue.as_str(), deaths[0].reason, deaths[0].count), ("work", Some(DeathReason::Rejected), 1));
+    /// assert_eq!(parked.first_death().unwrap().queue, "work");
+    /// parked.ack()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn deaths(&self) -> Vec<crate::Death> {
+        crate::dead_letter::deaths(self.message())
+    }
+
+    /// Where the message died first (`x-first-death-queue`, `-reason`,
+    /// `-exchange`), if it was ever dead-lettered.
+    pub fn first_death(&self) -> Option<crate::FirstDeath> {
+        crate::dead_letter::first_death(self.message())
     }
 
     /// The conversation the message belongs to, if it carries one (see
@@ -226,11 +256,54 @@ impl Delivery {
     }
 
     fn settle(&mut self, how: Settlement) -> Result<(), AckError> {
+        self.settle_annotated(how, None)
+    }
+
+    /// Rejects without requeue, adding `annotations` to the dead letter's
+    /// headers (a worker's `x-exception`).
+    pub(crate) fn discard_annotated(mut self, annotations: FieldTable) -> Result<(), AckError> {
+        self.settle_annotated(Settlement::Discard, Some(annotations))
+    }
+
+    fn settle_annotated(&mut self, how: Settlement, annotations: Option<FieldTable>) -> Result<(), AckError> {
         match self.holder.take() {
             None => Err(AckError::AutoAck(self.tag)),
-            Some(Holder::Consumer(consumer)) => consumer.settle(self.tag, how),
-            Some(Holder::Get(store)) => store.settle(self.tag, how),
+            Some(Holder::Consumer(consumer)) => consumer.settle_annotated(self.tag, how, annotations),
+            Some(Holder::Get(store)) => store.settle(self.tag, how, annotations),
         }
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    /// What a reader of a failing test needs: where it came from, its
+    /// tags and flags, a summary of its properties and its body's size —
+    /// not the bus's internals.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties = self.properties();
+        let mut out = f.debug_struct("Delivery");
+        out.field("exchange", &self.exchange())
+            .field("routing_key", &self.routing_key())
+            .field("delivery_tag", &self.tag)
+            .field("redelivered", &self.redelivered);
+        if self.delivery_count > 0 {
+            out.field("delivery_count", &self.delivery_count);
+        }
+        if let Some(id) = &properties.message_id {
+            out.field("message_id", id);
+        }
+        if let Some(id) = &properties.correlation_id {
+            out.field("correlation_id", id);
+        }
+        if let Some(kind) = &properties.content_type {
+            out.field("content_type", kind);
+        }
+        if let Some(headers) = self.headers().filter(|h| !h.is_empty()) {
+            let names: Vec<&str> = headers.iter().map(|(name, _)| name).collect();
+            out.field("headers", &names);
+        }
+        out.field("body", &crate::observe::show_body(self.message()))
+            .field("settled", &self.holder.is_none())
+            .finish()
     }
 }
 
@@ -289,11 +362,11 @@ impl GetStore {
         Some(delivery)
     }
 
-    fn settle(&self, tag: u64, how: Settlement) -> Result<(), AckError> {
+    fn settle(&self, tag: u64, how: Settlement, annotations: Option<FieldTable>) -> Result<(), AckError> {
         let entry = self.inner.lock().entries.remove(&tag);
         let (queue, msg) = entry.ok_or(AckError::ConnectionClosed(tag))?;
         crate::observe::report_settle(&queue, None, tag, how, &msg);
-        queue.settle_get(msg, how);
+        queue.settle_get(msg, how, annotations);
         Ok(())
     }
 

@@ -49,7 +49,7 @@ pub enum FlowEvent {
 }
 
 /// The broker's flow state: see [`Broker::flow`](crate::Broker::flow).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct FlowStatus {
     /// The estimated bytes the queues hold (bodies plus per-message

@@ -105,7 +105,7 @@ pub use codec::{Bincode, Codec, DecodeError, EncodeError, TypedPublishError};
 pub use connection::{Connection, DeleteExchangeOptions, DeleteQueueOptions, Publisher};
 pub use consumer::{ConsumeOptions, Consumer, Deliveries, IntoDeliveries, Recv};
 pub use conversation::{CONVERSATION_ID_HEADER, Conversation, ConversationScope, INITIATOR_ID_HEADER};
-pub use dead_letter::{DeathReason, ReasonCounts};
+pub use dead_letter::{Death, DeathReason, FirstDeath, ReasonCounts};
 pub use delivery::Delivery;
 pub use error::{
     AckError, BindError, ConsumeError, DeclareError, DeleteError, ErrorKind, PublishError, RecvError,
@@ -124,7 +124,11 @@ pub use queue::{DeduplicationWindow, MessageStats, Overflow, QueueOptions, Queue
 pub use recorder::Recorder;
 pub use rpc::{Call, CallError, DIRECT_REPLY_TO, RpcStats};
 pub use settle::{Pending, PendingQueue, SettleError};
-pub use worker::{AsyncWorker, OnError, StopHandle, Worker, WorkerOptions, WorkerReport};
+pub use worker::failure::{EXCEPTION_HANDLER_HEADER, EXCEPTION_HEADER, EXCEPTION_TYPE_HEADER};
+pub use worker::{
+    AsyncWorker, Backoff, FailureHook, HandlerFailure, OnError, StopHandle, Worker, WorkerOptions,
+    WorkerReport,
+};
 
 /// The README's code blocks, compiled and run as doc tests so they stay true.
 #[cfg(doctest)]

@@ -80,7 +80,7 @@ impl CallError {
 const SPIN: Duration = Duration::from_micros(50);
 
 /// Figures of a connection's calls.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RpcStats {
     /// Calls waiting for their reply.

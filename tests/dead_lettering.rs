@@ -58,7 +58,7 @@ fn declare_orders_work(conn: &Connection, work: QueueOptions) -> Result {
 }
 
 fn stats(broker: &Broker, queue: &str) -> QueueStats {
-    broker.queue_stats(queue).unwrap_or_else(|| panic!("queue '{queue}' does not exist"))
+    broker.queue_stats(queue).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn ready(broker: &Broker, queue: &str) -> usize {

@@ -42,7 +42,7 @@ fn limited_with_dlx(limit: u32) -> QueueOptions {
 }
 
 fn stats(broker: &Broker, queue: &str) -> QueueStats {
-    broker.queue_stats(queue).unwrap_or_else(|| panic!("queue '{queue}' does not exist"))
+    broker.queue_stats(queue).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `(ready, unacknowledged)` of `queue`.

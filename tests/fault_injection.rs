@@ -80,7 +80,7 @@ fn drops_follow_the_routing_key_and_are_recorded() -> Result {
     let conn = broker.connect();
     conn.declare_exchange("events", interoffice::ExchangeKind::Topic, Default::default())?;
     conn.declare_queue("audit", QueueOptions::default())?;
-    conn.bind_queue("audit", "events", "#", Default::default())?;
+    conn.bind_queue("audit", "events", "#", None)?;
     let recorder = broker.record();
     let faults = broker.inject_faults(1);
     faults.add(Fault { routing_key: Some("order.*.cancelled".into()), ..Fault::new(FaultAction::Drop) });

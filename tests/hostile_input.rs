@@ -226,7 +226,7 @@ fn nan_in_binding_arguments_is_one_binding_and_unbinds() -> Result {
     conn.bind_queue("q", "h", "", args.clone())?;
     conn.bind_queue("q", "h", "", args.clone())?;
     assert_eq!(broker.bindings().iter().filter(|b| b.source == "h").count(), 1);
-    conn.unbind_queue("q", "h", "", &args)?;
+    conn.unbind_queue("q", "h", "", Some(&args))?;
     assert_eq!(broker.bindings().iter().filter(|b| b.source == "h").count(), 0);
     // Declarations with NaN are equivalent to themselves.
     let nan = QueueOptions { arguments: FieldTable::from([("nan", f64::NAN)]), ..Default::default() };

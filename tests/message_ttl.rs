@@ -45,7 +45,7 @@ fn ttl_queue(ttl: Duration) -> QueueOptions {
 }
 
 fn stats(broker: &Broker, queue: &str) -> QueueStats {
-    broker.queue_stats(queue).unwrap_or_else(|| panic!("queue '{queue}' does not exist"))
+    broker.queue_stats(queue).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn ready(broker: &Broker, queue: &str) -> usize {
@@ -54,7 +54,7 @@ fn ready(broker: &Broker, queue: &str) -> usize {
 
 fn exists(broker: &Broker, queue: &str) -> bool {
     let listed = broker.queue_names().iter().any(|n| n == queue);
-    let has_stats = broker.queue_stats(queue).is_some();
+    let has_stats = broker.queue_stats(queue).is_ok();
     assert_eq!(listed, has_stats, "queue_names and queue_stats disagree about '{queue}'");
     has_stats
 }

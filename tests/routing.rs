@@ -768,7 +768,7 @@ fn unbind_stops_routing() -> TestResult {
     declare_queues(&conn, &["q"])?;
     conn.bind_queue("q", "t", "a.#", no_args())?;
     assert_eq!(conn.publish("t", "a.b", Message::new("before"))?.queues(), 1);
-    conn.unbind_queue("q", "t", "a.#", &no_args())?;
+    conn.unbind_queue("q", "t", "a.#", None)?;
     assert_eq!(conn.publish("t", "a.b", Message::new("after"))?.queues(), 0);
     assert_eq!(bodies(&conn, "q")?, ["before"]);
     Ok(())
@@ -784,7 +784,7 @@ fn unbind_exchange_stops_routing() -> TestResult {
     conn.bind_exchange("back", "front", "k", no_args())?;
     conn.bind_queue("q", "back", "", no_args())?;
     assert_eq!(conn.publish("front", "k", Message::new("before"))?.queues(), 1);
-    conn.unbind_exchange("back", "front", "k", &no_args())?;
+    conn.unbind_exchange("back", "front", "k", None)?;
     assert_eq!(conn.publish("front", "k", Message::new("after"))?.queues(), 0);
     assert_eq!(bodies(&conn, "q")?, ["before"]);
     Ok(())
@@ -797,9 +797,9 @@ fn unbinding_a_binding_that_does_not_exist_is_ok() -> TestResult {
     declare(&conn, "d", ExchangeKind::Direct)?;
     declare_queues(&conn, &["q"])?;
     conn.bind_queue("q", "d", "k", no_args())?;
-    conn.unbind_queue("q", "d", "never-bound", &no_args())?;
-    conn.unbind_queue("q", "d", "k", &FieldTable::new().with("other", 1))?;
-    conn.unbind_exchange("d", "amq.direct", "k", &no_args())?;
+    conn.unbind_queue("q", "d", "never-bound", None)?;
+    conn.unbind_queue("q", "d", "k", Some(&FieldTable::new().with("other", 1)))?;
+    conn.unbind_exchange("d", "amq.direct", "k", None)?;
     assert_eq!(conn.publish("d", "k", Message::new("m"))?.queues(), 1);
     Ok(())
 }
@@ -815,7 +815,7 @@ fn binding_twice_then_unbinding_once_stops_routing() -> TestResult {
         conn.bind_queue("q", exchange, key, no_args())?;
         conn.bind_queue("q", exchange, key, no_args())?;
         assert_eq!(conn.publish(exchange, "k", Message::new("before"))?.queues(), 1, "{exchange}");
-        conn.unbind_queue("q", exchange, key, &no_args())?;
+        conn.unbind_queue("q", exchange, key, None)?;
         assert_eq!(conn.publish(exchange, "k", Message::new("after"))?.queues(), 0, "{exchange}");
     }
     assert_eq!(bodies(&conn, "q")?, ["before", "before"]);
@@ -830,7 +830,7 @@ fn unbinding_one_of_two_topic_bindings_differing_by_arguments_keeps_the_other() 
     declare_queues(&conn, &["q"])?;
     conn.bind_queue("q", "t", "a.*", no_args())?;
     conn.bind_queue("q", "t", "a.*", FieldTable::new().with("tag", "second"))?;
-    conn.unbind_queue("q", "t", "a.*", &FieldTable::new().with("tag", "second"))?;
+    conn.unbind_queue("q", "t", "a.*", Some(&FieldTable::new().with("tag", "second")))?;
     assert_eq!(broker.bindings().iter().filter(|b| b.source == "t").count(), 1);
     assert_eq!(conn.publish("t", "a.b", Message::new("m"))?.queues(), 1);
     Ok(())
@@ -844,7 +844,7 @@ fn unbinding_a_hash_hash_pattern_keeps_the_equivalent_hash_binding() -> TestResu
     declare_queues(&conn, &["q"])?;
     conn.bind_queue("q", "t", "a.#", no_args())?;
     conn.bind_queue("q", "t", "a.#.#", no_args())?;
-    conn.unbind_queue("q", "t", "a.#.#", &no_args())?;
+    conn.unbind_queue("q", "t", "a.#.#", None)?;
     assert_eq!(broker.bindings().iter().filter(|b| b.source == "t").count(), 1);
     assert_eq!(conn.publish("t", "a.b", Message::new("m"))?.queues(), 1);
     Ok(())
@@ -884,10 +884,10 @@ fn auto_delete_exchange_is_deleted_when_its_last_binding_is_removed() -> TestRes
     declare_queues(&conn, &["q1", "q2"])?;
     conn.bind_queue("q1", "temp", "", no_args())?;
     conn.bind_queue("q2", "temp", "", no_args())?;
-    conn.unbind_queue("q1", "temp", "", &no_args())?;
+    conn.unbind_queue("q1", "temp", "", None)?;
     assert!(broker.exchange_names().contains(&"temp".to_owned()), "deleted with a binding left");
     assert_eq!(conn.publish("temp", "", Message::new("m"))?.queues(), 1);
-    conn.unbind_queue("q2", "temp", "", &no_args())?;
+    conn.unbind_queue("q2", "temp", "", None)?;
     assert!(!broker.exchange_names().contains(&"temp".to_owned()), "{:?}", broker.exchange_names());
     conn.declare_exchange("temp", ExchangeKind::Topic, auto_delete)?;
     Ok(())

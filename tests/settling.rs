@@ -199,7 +199,7 @@ fn chain_topology_with(
     let options = WorkerOptions { threads: 2, prefetch: 4, ..Default::default() };
     let mut workers = Vec::new();
     let (publisher, counter, seen) = (Arc::clone(conn), Arc::clone(handled), Arc::clone(&seen_all));
-    workers.push(conn.worker("hop", options, move |d| {
+    workers.push(conn.worker("hop", options.clone(), move |d| {
         let depth = depth(d);
         if depth < DEPTH {
             publisher.publish("events", "hop.next", child_of(d, depth + 1)).map_err(|e| e.to_string())?;
@@ -212,7 +212,7 @@ fn chain_topology_with(
         Ok::<(), String>(())
     })?);
     let (publisher, counter, seen) = (Arc::clone(conn), Arc::clone(handled), Arc::clone(&seen_all));
-    workers.push(conn.worker("unrouted", options, move |d| {
+    workers.push(conn.worker("unrouted", options.clone(), move |d| {
         let depth = depth(d);
         if depth < DEPTH {
             publisher.publish("", "poison", child_of(d, depth + 1)).map_err(|e| e.to_string())?;
@@ -221,7 +221,7 @@ fn chain_topology_with(
         counter.fetch_add(1, Ordering::SeqCst);
         Ok::<(), String>(())
     })?);
-    let discard = WorkerOptions { on_error: OnError::Discard, ..options };
+    let discard = WorkerOptions { on_error: OnError::Discard, ..options.clone() };
     workers.push(conn.worker("poison", discard, |_| Err::<(), _>("poison"))?);
     let (publisher, counter, seen) = (Arc::clone(conn), Arc::clone(handled), Arc::clone(&seen_all));
     workers.push(conn.worker("parked", options, move |d| {

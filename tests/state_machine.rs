@@ -519,7 +519,7 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
             }
             Op::Rebind => {
                 if model.bound_to_x {
-                    real.conn.unbind_queue(WORK, "x", "", &FieldTable::new()).unwrap();
+                    real.conn.unbind_queue(WORK, "x", "", None).unwrap();
                 } else {
                     real.conn.bind_queue(WORK, "x", "", FieldTable::new()).unwrap();
                 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use interoffice::{
-    Broker, BrokerOptions, Connection, ConsumeOptions, Delivery, ManualClock, Message, OnError, QueueOptions,
-    QueueStats, WorkerOptions, WorkerReport,
+    Backoff, Broker, BrokerOptions, Connection, ConsumeOptions, Delivery, ManualClock, Message, OnError,
+    QueueOptions, QueueStats, WorkerOptions, WorkerReport,
 };
 
 type Result = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -49,6 +49,16 @@ fn quiet_deliberate_panics() {
     });
 }
 
+/// A report's counts, without the failures it kept (checked on their own).
+fn counts(report: WorkerReport) -> WorkerReport {
+    WorkerReport { last_failures: Vec::new(), ..report }
+}
+
+/// The errors a report kept, oldest first.
+fn errors(report: &WorkerReport) -> Vec<&str> {
+    report.last_failures.iter().map(|f| f.error.as_str()).collect()
+}
+
 fn setup(queue: &str) -> Connection {
     let conn = Broker::new().connect();
     conn.declare_queue(queue, QueueOptions::default()).unwrap();
@@ -74,7 +84,7 @@ fn number(d: &Delivery) -> u64 {
 }
 
 fn stats(conn: &Connection, queue: &str) -> QueueStats {
-    conn.broker().queue_stats(queue).unwrap_or_else(|| panic!("queue '{queue}' does not exist"))
+    conn.broker().queue_stats(queue).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `(ready, unacknowledged)` of `queue`.
@@ -163,10 +173,7 @@ fn a_handler_that_panics_on_every_third_message_still_processes_all_of_them_the_
     }
     let attempts = attempts.lock().unwrap();
     assert!(attempts.iter().all(|(&n, &a)| a == if n.is_multiple_of(3) { 2 } else { 1 }), "{attempts:?}");
-    assert_eq!(
-        report,
-        WorkerReport { processed: 30, failed: 0, panicked: 10, replies_undeliverable: 0, consumers_lost: 0 }
-    );
+    assert_eq!(report, WorkerReport { processed: 30, failed: 0, panicked: 10, ..Default::default() });
     assert_eq!(ready_unacked(&conn, "jobs"), (0, 0));
     Ok(())
 }
@@ -233,7 +240,8 @@ fn a_handler_error_with_requeue_puts_the_message_back_for_another_try() -> Resul
     assert_eq!(next(&attempts), (false, 0));
     assert_eq!(next(&attempts), (true, 1));
     let report = worker.shutdown();
-    assert_eq!(report, WorkerReport { processed: 1, failed: 1, ..Default::default() });
+    assert_eq!(errors(&report), ["not yet"]);
+    assert_eq!(counts(report), WorkerReport { processed: 1, failed: 1, ..Default::default() });
     assert_eq!(ready_unacked(&conn, "jobs"), (0, 0));
     Ok(())
 }
@@ -265,7 +273,7 @@ fn a_handler_error_with_discard_dead_letters_the_message() -> Result {
     letter.ack()?;
 
     wait_until("both messages are settled", || worker.stats().processed + worker.stats().failed == 2);
-    assert_eq!(worker.shutdown(), WorkerReport { processed: 1, failed: 1, ..Default::default() });
+    assert_eq!(counts(worker.shutdown()), WorkerReport { processed: 1, failed: 1, ..Default::default() });
     assert_eq!(ready_unacked(&conn, "jobs"), (0, 0));
     assert_eq!(stats(&conn, "jobs").dead_lettered.rejected, 1);
     Ok(())
@@ -295,7 +303,7 @@ fn a_handler_error_with_requeue_after_retries_once_the_delay_has_passed() -> Res
     clock.advance(Duration::from_millis(1));
     assert_eq!(next(&attempts), 1);
     wait_until("the retry is settled", || worker.stats().processed == 1);
-    assert_eq!(worker.shutdown(), WorkerReport { processed: 1, failed: 1, ..Default::default() });
+    assert_eq!(counts(worker.shutdown()), WorkerReport { processed: 1, failed: 1, ..Default::default() });
     let s = stats(&conn, "jobs");
     assert_eq!((s.messages_ready, s.messages_delayed, s.messages_unacknowledged), (0, 0, 0));
     Ok(())
@@ -441,12 +449,20 @@ fn a_worker_on_a_missing_queue_or_a_closed_connection_is_refused() {
 }
 
 #[test]
-fn the_default_options_are_one_thread_prefetch_one_and_requeue() {
+fn the_default_options_are_one_thread_prefetch_one_and_backoff() {
     assert_eq!(
         WorkerOptions::default(),
-        WorkerOptions { threads: 1, prefetch: 1, on_error: OnError::Requeue }
+        WorkerOptions {
+            threads: 1,
+            prefetch: 1,
+            on_error: OnError::Backoff(Backoff::default()),
+            on_failure: None
+        }
     );
-    assert_eq!(OnError::default(), OnError::Requeue);
+    assert_eq!(
+        Backoff::default(),
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(60) }
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -508,10 +524,8 @@ fn an_async_worker_runs_under_tokio_current_thread_settling_errors_and_panics_an
     got.sort_unstable();
     let expected: Vec<(u64, bool)> = (0..10).map(|n| (n, n == 3 || n == 5)).collect();
     assert_eq!(got, expected);
-    assert_eq!(
-        report,
-        WorkerReport { processed: 10, failed: 1, panicked: 1, replies_undeliverable: 0, consumers_lost: 0 }
-    );
+    assert_eq!((report.processed, report.failed, report.panicked), (10, 1, 1));
+    assert_eq!(report.last_failures.len(), 1, "{report:?}");
     assert_eq!(ready_unacked(&conn, "jobs"), (0, 0));
     Ok(())
 }
@@ -538,7 +552,8 @@ fn an_async_worker_runs_under_futures_executor_and_stops_from_another_thread() -
     });
     let report = futures::executor::block_on(worker.run());
     assert_eq!(operator.join().unwrap(), [0, 1, 2, 3]);
-    assert_eq!(report, WorkerReport { processed: 2, failed: 2, ..Default::default() });
+    assert_eq!(errors(&report), ["odd", "odd"]);
+    assert_eq!(counts(report), WorkerReport { processed: 2, failed: 2, ..Default::default() });
     assert_eq!(ready_unacked(&conn, "jobs"), (0, 0));
     assert_eq!(stats(&conn, "jobs").dropped.rejected, 2, "discarded with no dead-letter exchange");
     Ok(())
@@ -683,7 +698,7 @@ fn a_server_handler_error_requeues_the_request_and_sends_no_reply_until_it_succe
     assert_eq!(reply.body().as_ref(), b"FAIL-ONCE");
     assert_eq!(reply.properties().correlation_id.as_deref(), Some("c-1"));
     reply.ack()?;
-    assert_eq!(server.shutdown(), WorkerReport { processed: 1, failed: 1, ..Default::default() });
+    assert_eq!(counts(server.shutdown()), WorkerReport { processed: 1, failed: 1, ..Default::default() });
     assert!(inbox.try_recv().is_err(), "exactly one reply: none for the failed attempt");
     assert_eq!(ready_unacked(&conn, "rpc"), (0, 0));
     Ok(())

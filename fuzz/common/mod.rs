@@ -207,7 +207,7 @@ pub fn topic(data: &[u8]) {
             }
             2 if !bound.is_empty() => {
                 let (queue, pattern) = bound.swap_remove(input.below(bound.len()));
-                conn.unbind_queue(&queue, "t", &pattern, &FieldTable::new()).unwrap();
+                conn.unbind_queue(&queue, "t", &pattern, None).unwrap();
             }
             _ => {
                 let key = topic_string(&mut input);

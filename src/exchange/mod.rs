@@ -284,7 +284,7 @@ impl Exchange {
 }
 
 /// A binding, as [`Broker::bindings`](crate::Broker::bindings) lists it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct BindingInfo {
     /// The source exchange.

@@ -78,7 +78,7 @@ pub(crate) fn table_difference(new: &FieldTable, old: &FieldTable) -> Option<Dif
 /// counters (`messages_expired` and below) count since the queue was
 /// declared. Reading the figures first expires what is due, so an expired
 /// message is never counted as ready.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct QueueStats {
     /// The queue's name.
@@ -117,7 +117,7 @@ pub struct QueueStats {
 /// How many messages went through a queue since it was declared: the
 /// counters behind RabbitMQ's `message_stats` rates. Kept only while
 /// [`BrokerOptions::statistics`](crate::BrokerOptions::statistics) is on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct MessageStats {
     /// Publishes the queue accepted (delayed ones included; duplicates and
@@ -933,7 +933,7 @@ impl Queue {
     }
 
     /// Settles a delivery taken by `get`.
-    pub(crate) fn settle_get(&self, msg: QueuedMessage, how: Settlement) {
+    pub(crate) fn settle_get(&self, msg: QueuedMessage, how: Settlement, annotations: Option<FieldTable>) {
         match how {
             Settlement::Requeue => self.requeue([msg], None, true),
             Settlement::RequeueAfter(delay) => self.requeue_after(msg, delay, None),
@@ -945,7 +945,7 @@ impl Queue {
             Settlement::Discard => {
                 // Dead-lettered before it stops counting as unsettled, so
                 // a settle never sees it nowhere.
-                self.discard(msg);
+                self.discard(msg, annotations);
                 self.state.lock().get_unacked -= 1;
             }
         }
@@ -953,10 +953,18 @@ impl Queue {
 
     /// A message rejected without requeue: dead-lettered (reason
     /// `rejected`) or dropped. Called without the queue lock held.
-    pub(crate) fn discard(&self, msg: QueuedMessage) {
+    pub(crate) fn discard(&self, msg: QueuedMessage, annotations: Option<FieldTable>) {
         // Its holder still counts it unsettled: in flight before it stops.
         self.context.activity.begin(1);
-        self.bury(vec![(msg, DeathReason::Rejected)]);
+        match (annotations, self.me.upgrade()) {
+            (Some(annotations), Some(me)) => crate::dead_letter::bury(vec![Letter::annotated(
+                &me,
+                msg,
+                DeathReason::Rejected,
+                annotations,
+            )]),
+            _ => self.bury(vec![(msg, DeathReason::Rejected)]),
+        }
     }
 
     /// basic.get: the next ready message, if any. With `track`, it counts as

@@ -10,7 +10,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use super::{Counts, Handled, OnError, settle};
+use super::{Counts, FailureHook, Handled, OnError, settle};
 use crate::consumer::Consumer;
 use crate::delivery::Delivery;
 use crate::error::TryRecvError;
@@ -24,6 +24,7 @@ pub(crate) struct InlineWorker {
     pub(super) consumers: Vec<Arc<Consumer>>,
     pub(super) step: Arc<Step>,
     pub(super) on_error: OnError,
+    pub(super) on_failure: Option<FailureHook>,
     pub(super) counts: Arc<Counts>,
     /// Set while one of its handlers runs: a handler that waits for a reply
     /// pumps the other workers, never its own (it handles one at a time,
@@ -44,10 +45,11 @@ impl InlineWorker {
         consumers: Vec<Arc<Consumer>>,
         step: Arc<Step>,
         on_error: OnError,
+        on_failure: Option<FailureHook>,
         counts: Arc<Counts>,
     ) -> Self {
         let ended = consumers.iter().map(|_| AtomicBool::new(false)).collect();
-        InlineWorker { consumers, step, on_error, counts, busy: AtomicBool::new(false), ended }
+        InlineWorker { consumers, step, on_error, on_failure, counts, busy: AtomicBool::new(false), ended }
     }
 
     /// Whether any consumer still takes messages.
@@ -84,7 +86,7 @@ impl RunOnce for InlineWorker {
                         catch_unwind(AssertUnwindSafe(|| (self.step)(&delivery)))
                     };
                     if catch_unwind(AssertUnwindSafe(|| {
-                        settle(delivery, handled, self.on_error, &self.counts)
+                        settle(delivery, handled, self.on_error, &self.counts, self.on_failure.as_ref())
                     }))
                     .is_err()
                     {

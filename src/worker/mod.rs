@@ -23,7 +23,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use crate::broker::PublishOptions;
 use crate::connection::Connection;
@@ -33,43 +32,13 @@ use crate::error::{ConsumeError, RecvError};
 use crate::message::Message;
 use crate::sync::{Arc, AtomicU64, Ordering, Weak};
 
+pub(crate) mod failure;
 pub(crate) mod inline;
 
+use self::failure::Failures;
+pub use self::failure::{Backoff, FailureHook, HandlerFailure, OnError};
+
 use self::inline::InlineWorker;
-
-/// What a worker does with a message whose handler returned an error.
-///
-/// A panic is not an error: a panicking handler's message is always
-/// requeued (see [`Worker`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum OnError {
-    /// Back to its original position in the queue, flagged redelivered
-    /// (`nack(true)`), to be tried again at once. A queue's
-    /// [`delivery_limit`](crate::QueueOptions::delivery_limit) bounds the
-    /// retries.
-    #[default]
-    Requeue,
-    /// Rejected without requeue (`nack(false)`): dead-lettered if the queue
-    /// has a dead-letter exchange, else dropped (and counted in the queue's
-    /// figures).
-    Discard,
-    /// Tried again after the delay ([`Delivery::nack_with_delay`]): retries
-    /// with backoff without a retry queue. The message joins the tail of its
-    /// queue when due.
-    RequeueAfter(Duration),
-}
-
-impl OnError {
-    fn settle(self, delivery: Delivery) {
-        // A settle fails only when the connection closed first, and closing
-        // has already requeued the message: nothing is left to do.
-        let _ = match self {
-            OnError::Requeue => delivery.nack(true),
-            OnError::Discard => delivery.nack(false),
-            OnError::RequeueAfter(delay) => delivery.nack_with_delay(delay),
-        };
-    }
-}
 
 /// Options of [`Connection::worker`], [`Connection::worker_async`] and
 /// [`Connection::serve`].
@@ -81,7 +50,7 @@ impl OnError {
 /// let options = WorkerOptions { threads: 4, on_error: OnError::RequeueAfter(Duration::from_secs(5)), ..Default::default() };
 /// assert_eq!(options.prefetch, 1);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerOptions {
     /// How many threads run the handler, each with its own consumer (0 is
     /// taken as 1). An async worker has one consumer whatever this says: run
@@ -94,13 +63,18 @@ pub struct WorkerOptions {
     /// per message. 0 means no limit, which lets one consumer take
     /// everything.
     pub prefetch: u32,
-    /// What becomes of a message whose handler returned an error.
+    /// What becomes of a message whose handler returned an error: by
+    /// default, retried with exponential backoff ([`OnError::Backoff`]).
     pub on_error: OnError,
+    /// Called with each handler failure (after the message is settled), on
+    /// the worker's thread: to log, count or alert. Failures are also kept
+    /// in [`WorkerReport::last_failures`] and emitted as `tracing` warnings.
+    pub on_failure: Option<FailureHook>,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions { threads: 1, prefetch: 1, on_error: OnError::Requeue }
+        WorkerOptions { threads: 1, prefetch: 1, on_error: OnError::default(), on_failure: None }
     }
 }
 
@@ -108,7 +82,7 @@ impl Default for WorkerOptions {
 ///
 /// Each message handled counts once per delivery, so a message that failed
 /// twice and then succeeded counts 2 in `failed` and 1 in `processed`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WorkerReport {
     /// Deliveries whose handler returned `Ok` (acknowledged).
     pub processed: u64,
@@ -126,6 +100,9 @@ pub struct WorkerReport {
     /// as a `tracing` warning. A worker whose consumers all ended handles
     /// nothing more: see [`Worker::is_running`].
     pub consumers_lost: u64,
+    /// The last handler failures (at most 16), oldest first: what the
+    /// handler's errors said, not only how many there were.
+    pub last_failures: Vec<HandlerFailure>,
 }
 
 /// The counters behind a [`WorkerReport`], shared by a worker's threads.
@@ -136,6 +113,7 @@ struct Counts {
     panicked: AtomicU64,
     replies_undeliverable: AtomicU64,
     consumers_lost: AtomicU64,
+    failures: Failures,
 }
 
 impl Counts {
@@ -146,6 +124,7 @@ impl Counts {
             panicked: self.panicked.load(Ordering::Acquire),
             replies_undeliverable: self.replies_undeliverable.load(Ordering::Acquire),
             consumers_lost: self.consumers_lost.load(Ordering::Acquire),
+            last_failures: self.failures.last(),
         }
     }
 
@@ -172,13 +151,19 @@ enum Handled {
     /// `Ok`, but the reply could not be published.
     ReplyUndeliverable,
     /// `Err`.
-    Failed,
+    Failed(HandlerFailure),
 }
 
 /// Settles `delivery` by how its handler went and counts it. Counting comes
 /// after settling, so a count seen by [`Worker::stats`] is already reflected
 /// in the queue's figures.
-fn settle(delivery: Delivery, handled: thread::Result<Handled>, on_error: OnError, counts: &Counts) {
+fn settle(
+    delivery: Delivery,
+    handled: thread::Result<Handled>,
+    on_error: OnError,
+    counts: &Counts,
+    hook: Option<&FailureHook>,
+) {
     // A failed ack means the connection closed first and requeued the
     // message; the handler's outcome is counted regardless, as it happened.
     match handled {
@@ -191,8 +176,18 @@ fn settle(delivery: Delivery, handled: thread::Result<Handled>, on_error: OnErro
             Counts::add(&counts.processed);
             Counts::add(&counts.replies_undeliverable);
         }
-        Ok(Handled::Failed) => {
-            on_error.settle(delivery);
+        Ok(Handled::Failed(failure)) => {
+            on_error.settle(delivery, &failure);
+            tracing::warn!(
+                queue = %failure.queue,
+                message_id = failure.message_id.as_deref().unwrap_or(""),
+                error = %failure.error,
+                "interoffice: a worker's handler failed"
+            );
+            if let Some(hook) = hook {
+                (hook.0)(&failure);
+            }
+            counts.failures.record(failure);
             Counts::add(&counts.failed);
         }
         Err(_panic) => {
@@ -377,7 +372,7 @@ impl Connection {
     {
         self.spawn_worker(queue, options, None, move |delivery: &Delivery| match handler(delivery) {
             Ok(()) => Handled::Done,
-            Err(_) => Handled::Failed,
+            Err(error) => Handled::Failed(HandlerFailure::new::<F, E>(delivery, &error)),
         })
     }
 
@@ -436,7 +431,7 @@ impl Connection {
         let publisher = Arc::clone(&replies);
         self.spawn_worker(queue, options, Some(replies), move |request: &Delivery| match handler(request) {
             Ok(reply) => publish_reply(&publisher, request, reply),
-            Err(_) => Handled::Failed,
+            Err(error) => Handled::Failed(HandlerFailure::new::<F, E>(request, &error)),
         })
     }
 
@@ -496,6 +491,7 @@ impl Connection {
             consumer: Arc::new(consumer),
             handler,
             on_error: options.on_error,
+            on_failure: options.on_failure,
             _connection: self.hold(),
         })
     }
@@ -532,6 +528,7 @@ impl Connection {
                 worker.consumers.clone(),
                 step,
                 options.on_error,
+                options.on_failure.clone(),
                 Arc::clone(&worker.counts),
             ));
             inline_workers.register(&inline);
@@ -544,6 +541,7 @@ impl Connection {
                 (Arc::clone(consumer), Arc::clone(&step), Arc::clone(&worker.counts));
             let connection = Arc::clone(&worker.connection);
             let on_error = options.on_error;
+            let hook = options.on_failure.clone();
             // A queue name may hold a NUL byte, which a thread name may not.
             let name = format!("interoffice-worker-{queue}-{n}").replace('\0', "\u{FFFD}");
             let spawned = thread::Builder::new().name(name).spawn(move || {
@@ -560,8 +558,10 @@ impl Connection {
                             // Settling is the bus's code, but a panic there
                             // must not kill the thread silently either: the
                             // delivery, if not settled, is requeued by its drop.
-                            if catch_unwind(AssertUnwindSafe(|| settle(delivery, handled, on_error, &counts)))
-                                .is_err()
+                            if catch_unwind(AssertUnwindSafe(|| {
+                                settle(delivery, handled, on_error, &counts, hook.as_ref())
+                            }))
+                            .is_err()
                             {
                                 Counts::add(&counts.panicked);
                             }
@@ -629,6 +629,7 @@ pub struct AsyncWorker<F> {
     consumer: Arc<Consumer>,
     handler: F,
     on_error: OnError,
+    on_failure: Option<FailureHook>,
     /// Keeps the connection open while the worker exists (see [`Worker`]).
     _connection: Connection,
 }
@@ -686,9 +687,9 @@ impl<F> AsyncWorker<F> {
             };
             let handled = handled.map(|result| match result {
                 Ok(()) => Handled::Done,
-                Err(_) => Handled::Failed,
+                Err(error) => Handled::Failed(HandlerFailure::new::<F, E>(&delivery, &error)),
             });
-            settle(delivery, handled, self.on_error, &counts);
+            settle(delivery, handled, self.on_error, &counts, self.on_failure.as_ref());
         }
         counts.report()
     }
