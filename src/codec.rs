@@ -51,10 +51,18 @@ pub trait Codec {
     const CONTENT_TYPE: &'static str;
 
     /// Encodes `value` into a body.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError`] if the value cannot be encoded.
     fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, EncodeError>;
 
     /// Decodes a whole body into a `T`. Bytes left over after the value are
     /// an error: a body that holds more than a `T` is not a `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`]: the body is not a whole value of the type, or its content type names no codec of this build.
     fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError>;
 
     /// Whether this codec reads bodies of `media_type`: a content type
@@ -138,10 +146,12 @@ fn bincode_decode_bounded<T: DeserializeOwned>(
 /// Content type `application/msgpack`; decoding also accepts the older
 /// `application/x-msgpack`. Needs the `msgpack` feature.
 #[cfg(feature = "msgpack")]
+#[cfg_attr(docsrs, doc(cfg(feature = "msgpack")))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct MsgPack;
 
 #[cfg(feature = "msgpack")]
+#[cfg_attr(docsrs, doc(cfg(feature = "msgpack")))]
 impl Codec for MsgPack {
     const CONTENT_TYPE: &'static str = "application/msgpack";
 
@@ -177,10 +187,12 @@ impl Codec for MsgPack {
 /// also accepts structured-syntax types ending in `+json` (RFC 6839), e.g.
 /// `application/vnd.acme.order+json`. Needs the `json` feature.
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Json;
 
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 impl Codec for Json {
     const CONTENT_TYPE: &'static str = "application/json";
 
@@ -348,6 +360,10 @@ impl Message {
     /// assert_eq!(msg.decode::<OrderPlaced>()?, placed);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError`] if the value cannot be encoded.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Message, EncodeError> {
         Message::encode_with::<Bincode, T>(value)
     }
@@ -361,6 +377,10 @@ impl Message {
     /// assert_eq!(msg.decode::<String>()?, "hello");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError`] if the value cannot be encoded.
     pub fn encode_with<C: Codec, T: Serialize + ?Sized>(value: &T) -> Result<Message, EncodeError> {
         Ok(Message::new(C::encode(value)?).with_content_type(C::CONTENT_TYPE))
     }
@@ -373,12 +393,20 @@ impl Message {
     /// content type, [`DecodeError::UnsupportedContentType`] if no codec in
     /// this build reads it, and [`DecodeError::Malformed`] if the body is not
     /// a `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`]: the body is not a whole value of the type, or its content type names no codec of this build.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         decode_by_content_type(self)
     }
 
     /// Decodes the body with codec `C`, whatever the content type says: for
     /// messages from publishers that do not set it.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`]: the body is not a whole value of the type, or its content type names no codec of this build.
     pub fn decode_with<C: Codec, T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         C::decode(self.body())
     }
@@ -411,12 +439,20 @@ impl Delivery {
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`]: the body is not a whole value of the type, or its content type names no codec of this build.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         self.message().decode()
     }
 
     /// Decodes the message's body with codec `C`, whatever the content type
     /// says, as [`Message::decode_with`] does. Does not settle the delivery.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`]: the body is not a whole value of the type, or its content type names no codec of this build.
     pub fn decode_with<C: Codec, T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         self.message().decode_with::<C, T>()
     }
@@ -445,6 +481,10 @@ impl Connection {
     /// delivery.ack()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TypedPublishError`]: the value did not encode, or the publish failed (see [`PublishError`]).
     pub fn publish_typed<T: Serialize + ?Sized>(
         &self,
         exchange: &str,

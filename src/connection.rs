@@ -158,6 +158,10 @@ impl Connection {
     /// kind and options are equal, [`DeclareError::PreconditionFailed`] naming
     /// the first difference otherwise. With `options.passive`, only checks
     /// that it exists. Names starting with `amq.` are reserved.
+    ///
+    /// # Errors
+    ///
+    /// [`DeclareError`]: an invalid name, an argument refused or not implemented, a declaration inequivalent to the existing one, a passive declaration of something missing, an exclusive queue of another connection, or a closed connection.
     pub fn declare_exchange(
         &self,
         name: &str,
@@ -170,6 +174,10 @@ impl Connection {
 
     /// Deletes an exchange and every binding from or to it. Deleting an
     /// exchange that does not exist succeeds, as in RabbitMQ.
+    ///
+    /// # Errors
+    ///
+    /// [`DeleteError`]: no such queue or exchange, its `if_unused`/`if_empty` condition not met, an exclusive queue of another connection, or a closed connection.
     pub fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<(), DeleteError> {
         self.check_open(DeleteError::ConnectionClosed)?;
         self.broker.inner.delete_exchange(name, options.if_unused)
@@ -179,6 +187,10 @@ impl Connection {
     /// `""` asks for a fresh server-generated name (`amq.gen-…`). Idempotent
     /// when the options are equal; [`DeclareError::PreconditionFailed`] naming
     /// the first difference otherwise. Names starting with `amq.` are reserved.
+    ///
+    /// # Errors
+    ///
+    /// [`DeclareError`]: an invalid name, an argument refused or not implemented, a declaration inequivalent to the existing one, a passive declaration of something missing, an exclusive queue of another connection, or a closed connection.
     pub fn declare_queue(&self, name: &str, options: QueueOptions) -> Result<String, DeclareError> {
         self.check_open(DeclareError::ConnectionClosed)?;
         self.broker.inner.declare_queue(self.shared.id, name, options)
@@ -187,6 +199,10 @@ impl Connection {
     /// Deletes a queue: its consumers are cancelled and its messages dropped.
     /// Returns how many messages were ready. Deleting a queue that does not
     /// exist succeeds and returns 0, as in RabbitMQ.
+    ///
+    /// # Errors
+    ///
+    /// [`DeleteError`]: no such queue or exchange, its `if_unused`/`if_empty` condition not met, an exclusive queue of another connection, or a closed connection.
     pub fn delete_queue(&self, name: &str, options: DeleteQueueOptions) -> Result<usize, DeleteError> {
         self.check_open(DeleteError::ConnectionClosed)?;
         self.broker.inner.delete_queue(self.shared.id, name, options.if_unused, options.if_empty)
@@ -194,12 +210,20 @@ impl Connection {
 
     /// Drops every ready message of a queue (not the unacknowledged ones);
     /// returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`DeleteError`]: no such queue or exchange, its `if_unused`/`if_empty` condition not met, an exclusive queue of another connection, or a closed connection.
     pub fn purge_queue(&self, name: &str) -> Result<usize, DeleteError> {
         self.check_open(DeleteError::ConnectionClosed)?;
         self.broker.inner.purge_queue(self.shared.id, name)
     }
 
     /// Counts for a queue this connection may use.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumeError`]: no such queue, an exclusive queue or consumer elsewhere, a consumer tag in use, an invalid argument, or a closed connection.
     pub fn queue_stats(&self, name: &str) -> Result<QueueStats, ConsumeError> {
         Ok(self.queue_for(name)?.stats())
     }
@@ -239,6 +263,10 @@ impl Connection {
     /// Removes a binding made by [`bind_queue`](Self::bind_queue) with the
     /// same key and arguments. Removing a binding that does not exist (or
     /// whose queue or exchange does not) succeeds, as in RabbitMQ.
+    ///
+    /// # Errors
+    ///
+    /// [`BindError`]: no such queue or exchange, an exclusive queue of another connection, invalid headers arguments, or a closed connection.
     pub fn unbind_queue(
         &self,
         queue: &str,
@@ -253,6 +281,10 @@ impl Connection {
 
     /// Binds exchange `destination` to exchange `source`: what `source`
     /// routes under `key` also goes through `destination`.
+    ///
+    /// # Errors
+    ///
+    /// [`BindError`]: no such queue or exchange, an exclusive queue of another connection, invalid headers arguments, or a closed connection.
     pub fn bind_exchange(
         &self,
         destination: &str,
@@ -266,6 +298,10 @@ impl Connection {
     }
 
     /// Removes an exchange-to-exchange binding.
+    ///
+    /// # Errors
+    ///
+    /// [`BindError`]: no such queue or exchange, an exclusive queue of another connection, invalid headers arguments, or a closed connection.
     pub fn unbind_exchange(
         &self,
         destination: &str,
@@ -288,6 +324,10 @@ impl Connection {
     /// A message that reaches no queue is dropped and the result says 0
     /// queues; use [`publish_with`](Self::publish_with) and `mandatory` to
     /// get it back instead.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
     pub fn publish(
         &self,
         exchange: &str,
@@ -298,6 +338,10 @@ impl Connection {
     }
 
     /// Publishes with options. Every error hands the message back.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
     pub fn publish_with(
         &self,
         exchange: &str,
@@ -329,6 +373,10 @@ impl Connection {
     /// [memory high watermark](crate::BrokerOptions::memory_high_watermark)
     /// it fails at once with [`PublishError::Blocked`], handing the message
     /// back.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
     pub fn try_publish(
         &self,
         exchange: &str,
@@ -339,6 +387,10 @@ impl Connection {
     }
 
     /// [`try_publish`](Self::try_publish) with options.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
     pub fn try_publish_with(
         &self,
         exchange: &str,
@@ -363,6 +415,10 @@ impl Connection {
     }
 
     /// Starts consuming from `queue`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumeError`]: no such queue, an exclusive queue or consumer elsewhere, a consumer tag in use, an invalid argument, or a closed connection.
     pub fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer, ConsumeError> {
         options.validate()?;
         let queue = self.queue_for(queue)?;
@@ -395,6 +451,10 @@ impl Connection {
     /// AMQP basic.get: takes the next ready message of `queue`, if any, even
     /// while consumers are attached. Unless `auto_ack`, the delivery must be
     /// settled like a consumer's.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumeError`]: no such queue, an exclusive queue or consumer elsewhere, a consumer tag in use, an invalid argument, or a closed connection.
     pub fn get(&self, queue: &str, auto_ack: bool) -> Result<Option<Delivery>, ConsumeError> {
         // `queue_for` refuses a closed connection; a close racing this call
         // is caught by `GetStore::hold`, which requeues the message.
@@ -436,6 +496,10 @@ impl Connection {
     /// assert_eq!(conn.queue_stats("billing")?.messages_ready, 3);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DeclareError`]: an invalid name, an argument refused or not implemented, a declaration inequivalent to the existing one, a passive declaration of something missing, an exclusive queue of another connection, or a closed connection.
     pub fn publisher(&self, exchange: &str) -> Result<Publisher, DeclareError> {
         self.check_open(DeclareError::ConnectionClosed)?;
         let inner = &self.broker.inner;
@@ -471,6 +535,10 @@ impl Connection {
     /// assert_eq!(will.body().as_ref(), b"billing is gone");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
     pub fn set_will(&self, exchange: &str, routing_key: &str, message: Message) -> Result<(), PublishError> {
         if self.is_closed() {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
@@ -514,6 +582,10 @@ impl Connection {
     /// assert_eq!(reply.body().as_ref(), b"1 EUR = 1.08 USD");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: the request did not encode or was refused, it reached no queue (`NoRoute`), no reply came in time, the reply did not decode, or the connection closed.
     pub fn call(
         &self,
         exchange: &str,
@@ -538,6 +610,10 @@ impl Connection {
 
     /// A typed call: the request is encoded with bincode, the reply decoded
     /// by its content type.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: the request did not encode or was refused, it reached no queue (`NoRoute`), no reply came in time, the reply did not decode, or the connection closed.
     pub fn call_typed<Req, Resp>(
         &self,
         exchange: &str,
@@ -554,6 +630,10 @@ impl Connection {
     }
 
     /// The async form of [`call_typed`](Self::call_typed).
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: the request did not encode or was refused, it reached no queue (`NoRoute`), no reply came in time, the reply did not decode, or the connection closed.
     pub async fn call_typed_async<Req, Resp>(
         &self,
         exchange: &str,
@@ -572,6 +652,10 @@ impl Connection {
     /// This connection's direct reply-to address: the `reply_to` its calls
     /// set. A reply published to the default exchange with it as the
     /// routing key reaches the waiting call with the same `correlation_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: the request did not encode or was refused, it reached no queue (`NoRoute`), no reply came in time, the reply did not decode, or the connection closed.
     pub fn reply_to_address(&self) -> Result<String, CallError> {
         Ok(self.reply_endpoint()?.name.to_string())
     }
@@ -689,6 +773,10 @@ impl Publisher {
 
     /// Publishes `message` with `routing_key`, as
     /// [`Connection::publish`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
     pub fn publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
         self.publish_with(routing_key, message, PublishOptions::default())
     }
@@ -696,11 +784,19 @@ impl Publisher {
     /// Publishes as [`Connection::try_publish`] does: fails with
     /// [`PublishError::Blocked`] rather than wait while the broker is over
     /// its memory high watermark.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
     pub fn try_publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
         self.publish_when(routing_key, message, PublishOptions::default(), WhenBlocked::Fail)
     }
 
     /// Publishes with options, as [`Connection::publish_with`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
     pub fn publish_with(
         &self,
         routing_key: &str,

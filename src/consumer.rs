@@ -364,6 +364,10 @@ impl Consumer {
 
     /// Waits for the next delivery. Fails once the consumer is cancelled (its
     /// queue deleted, its connection closed) and nothing is left in its inbox.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError`]: the consumer was cancelled, its queue deleted, or its connection closed.
     pub fn recv(&self) -> Result<Delivery, RecvError> {
         // Spin briefly before parking: in process, the next message is often
         // microseconds away, and waking a parked thread costs several (a
@@ -383,6 +387,10 @@ impl Consumer {
     }
 
     /// Like [`recv`](Self::recv), waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError`]: nothing arrived in time, or the consumer ended.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Delivery, RecvTimeoutError> {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => self.recv_deadline(deadline),
@@ -391,6 +399,10 @@ impl Consumer {
     }
 
     /// Like [`recv`](Self::recv), waiting until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError`]: nothing arrived in time, or the consumer ended.
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Delivery, RecvTimeoutError> {
         match self.shared.inbox.recv_deadline(deadline) {
             Ok(msg) => Ok(self.shared.hand_out(msg)?),
@@ -400,6 +412,10 @@ impl Consumer {
     }
 
     /// The next delivery if one is waiting, without blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] when nothing is waiting; [`TryRecvError::Closed`] when the consumer has ended.
     pub fn try_recv(&self) -> Result<Delivery, TryRecvError> {
         match self.shared.inbox.try_recv() {
             Ok(msg) => Ok(self.shared.hand_out(msg)?),

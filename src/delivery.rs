@@ -210,6 +210,10 @@ impl Delivery {
     }
 
     /// Acknowledges: the message is done with and leaves the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`AckError`]: an auto-acknowledged delivery (nothing to settle), or its connection closed first (the message was requeued).
     pub fn ack(mut self) -> Result<(), AckError> {
         self.settle(Settlement::Ack)
     }
@@ -217,6 +221,10 @@ impl Delivery {
     /// Negative acknowledgement. With `requeue`, the message goes back to its
     /// original position in the queue, flagged redelivered; without, it is
     /// discarded.
+    ///
+    /// # Errors
+    ///
+    /// [`AckError`]: an auto-acknowledged delivery (nothing to settle), or its connection closed first (the message was requeued).
     pub fn nack(mut self, requeue: bool) -> Result<(), AckError> {
         self.settle(if requeue { Settlement::Requeue } else { Settlement::Discard })
     }
@@ -246,11 +254,19 @@ impl Delivery {
     /// retry.ack()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AckError`]: an auto-acknowledged delivery (nothing to settle), or its connection closed first (the message was requeued).
     pub fn nack_with_delay(mut self, delay: Duration) -> Result<(), AckError> {
         self.settle(Settlement::RequeueAfter(delay))
     }
 
     /// AMQP basic.reject: the same as [`nack`](Self::nack) for one message.
+    ///
+    /// # Errors
+    ///
+    /// [`AckError`]: an auto-acknowledged delivery (nothing to settle), or its connection closed first (the message was requeued).
     pub fn reject(self, requeue: bool) -> Result<(), AckError> {
         self.nack(requeue)
     }

@@ -83,6 +83,10 @@ impl ProcessedIds {
     /// Runs `handler` on `delivery` unless its `message_id` was processed
     /// before, and settles it: acked after success or for a duplicate,
     /// nacked with requeue after a failure.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError`]: the handler failed (the delivery is nacked with requeue), or settling failed.
     pub fn process<T, E>(
         &self,
         delivery: Delivery,

@@ -62,6 +62,8 @@
 //! interoffice differs from RabbitMQ.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::missing_errors_doc)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![recursion_limit = "256"]
 #![warn(missing_docs)]
 
@@ -92,14 +94,17 @@ mod rpc;
 mod settle;
 mod sync;
 mod timer;
+mod typed;
 mod wake;
 mod worker;
 
 pub use broker::{Broker, BrokerOptions, MAX_NAME_LEN, PublishOptions, Routed};
 pub use clock::{Clock, MAX_DURATION, ManualClock};
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use codec::Json;
 #[cfg(feature = "msgpack")]
+#[cfg_attr(docsrs, doc(cfg(feature = "msgpack")))]
 pub use codec::MsgPack;
 pub use codec::{Bincode, Codec, DecodeError, EncodeError, TypedPublishError};
 pub use connection::{Connection, DeleteExchangeOptions, DeleteQueueOptions, Publisher};
@@ -124,6 +129,7 @@ pub use queue::{DeduplicationWindow, MessageStats, Overflow, QueueOptions, Queue
 pub use recorder::Recorder;
 pub use rpc::{Call, CallError, DIRECT_REPLY_TO, RpcStats};
 pub use settle::{Pending, PendingQueue, SettleError};
+pub use typed::Typed;
 pub use worker::failure::{EXCEPTION_HANDLER_HEADER, EXCEPTION_HEADER, EXCEPTION_TYPE_HEADER};
 pub use worker::{
     AsyncWorker, Backoff, FailureHook, HandlerFailure, OnError, StopHandle, Worker, WorkerOptions,

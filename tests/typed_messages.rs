@@ -337,3 +337,29 @@ fn msgpack_without_the_msgpack_feature_says_which_feature_to_enable() {
         other => panic!("expected a hint to enable `msgpack`, got {other:?}"),
     }
 }
+
+#[cfg(feature = "json")]
+#[test]
+fn typed_publish_call_and_serve_work_with_any_codec() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    use interoffice::{Json, WorkerOptions};
+    use std::time::Duration;
+    let conn = interoffice::Broker::new().connect();
+    conn.declare_queue("quotes", interoffice::QueueOptions::default())?;
+    conn.declare_queue("log", interoffice::QueueOptions::default())?;
+    let json = conn.typed::<Json>();
+    let _server = json.serve("quotes", WorkerOptions::default(), |item: String| {
+        Ok::<_, String>(format!("{item}: 12 EUR"))
+    })?;
+    let quote: String = json.call("", "quotes", "teapot", Duration::from_secs(5))?;
+    assert_eq!(quote, "teapot: 12 EUR");
+    json.publish("", "log", &vec![1, 2, 3])?;
+    let logged = conn.get("log", true)?.expect("a message");
+    assert_eq!(logged.properties().content_type.as_deref(), Some("application/json"));
+    assert_eq!(logged.body().as_ref(), b"[1,2,3]");
+    // The bincode shortcut serves the same way.
+    conn.declare_queue("double", interoffice::QueueOptions::default())?;
+    let _double = conn.serve_typed("double", WorkerOptions::default(), |n: u32| Ok::<_, String>(n * 2))?;
+    let doubled: u32 = conn.call_typed("", "double", &21_u32, Duration::from_secs(5))?;
+    assert_eq!(doubled, 42);
+    Ok(())
+}
