@@ -37,6 +37,7 @@ use crate::hash::FastImblMap;
 use crate::lint::{LintFinding, QueueFacts};
 use crate::message::Message;
 use crate::observe::{Event, Observers, PublishOutcome, Tap};
+use crate::overview::{ExchangeOverview, Overview, QueueOverview};
 use crate::queue::{
     DeleteRefused, Envelope, PublishTiming, Queue, QueueContext, QueueOptions, QueueOwner, QueueStats, Side,
     inequivalent_phrase,
@@ -579,6 +580,67 @@ impl Broker {
         FaultInjector::new(Arc::clone(&self.inner.faults), seed)
     }
 
+    /// Every queue's and exchange's counters and gauges in one snapshot
+    /// (serialisable): published, routed, unroutable, delivered,
+    /// redelivered, acknowledged, nacked, rejected, dead-lettered, expired,
+    /// dropped, purged; ready, delayed, unacknowledged, consumers, bytes.
+    /// The snapshot is read so that no message moved between queues while
+    /// it was (retried a few times; [`Overview::consistent`] says whether
+    /// it managed). Message counters need [`BrokerOptions::statistics`]
+    /// (on by default). With feature `metrics`, [`Overview::record_metrics`]
+    /// exports it.
+    ///
+    /// ```
+    /// use interoffice::{Broker, Message, QueueOptions};
+    /// let broker = Broker::new();
+    /// let conn = broker.connect();
+    /// conn.declare_queue("jobs", QueueOptions::default())?;
+    /// conn.publish("", "jobs", Message::new("a"))?;
+    /// conn.get("jobs", false)?.unwrap().ack()?;
+    /// conn.publish("", "jobs", Message::new("b"))?;
+    ///
+    /// let overview = broker.overview();
+    /// let jobs = overview.queues.iter().find(|q| q.name == "jobs").unwrap();
+    /// assert_eq!((jobs.published, jobs.acknowledged, jobs.ready), (2, 1, 1));
+    /// let default = overview.exchanges.iter().find(|e| e.name.is_empty()).unwrap();
+    /// assert_eq!(default.routed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn overview(&self) -> Overview {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let queues = self.inner.queues.load_full();
+            let (stats, in_flight) = self
+                .inner
+                .activity
+                .consistent(|| queues.values().map(|q| q.stats()).collect::<Vec<QueueStats>>());
+            if in_flight == 0 || tries == 5 {
+                let mut queues: Vec<QueueOverview> = stats.iter().map(QueueOverview::from).collect();
+                queues.sort_by(|a, b| a.name.cmp(&b.name));
+                let mut exchanges: Vec<ExchangeOverview> = self
+                    .inner
+                    .exchanges
+                    .load()
+                    .values()
+                    .map(|e| {
+                        let (routed, unroutable) = e.counters.read();
+                        ExchangeOverview {
+                            name: e.name.to_string(),
+                            kind: e.kind,
+                            published: routed + unroutable,
+                            routed,
+                            unroutable,
+                        }
+                    })
+                    .collect();
+                exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+                return Overview { queues, exchanges, consistent: in_flight == 0 };
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// The names of all queues, sorted.
     pub fn queue_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.queues.load().keys().map(|k| k.to_string()).collect();
@@ -1053,6 +1115,9 @@ impl BrokerInner {
         });
         self.route_keys(exchanges, start, &mut pass, &extra_keys);
         let RoutingPass { enqueued, duplicates, rejected, letters, names, .. } = pass;
+        if self.options.statistics {
+            start.counters.count(enqueued > 0 || duplicates > 0);
+        }
         if let (Some(seq), Some(names)) = (seq, names) {
             let outcome = if !rejected.is_empty() {
                 PublishOutcome::Rejected(rejected.clone())

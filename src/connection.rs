@@ -463,6 +463,7 @@ impl Connection {
         if auto_ack {
             let delivery = Delivery::new(msg.envelope, 0, msg.redelivered, msg.deliveries, None);
             crate::delivery::report_get(&queue, &delivery);
+            queue.count_auto_ack();
             return Ok(Some(delivery));
         }
         self.shared.gets.hold(&queue, msg).map(Some).ok_or(ConsumeError::ConnectionClosed)

@@ -251,6 +251,7 @@ impl ConsumerShared {
     fn hand_out(self: &Arc<Self>, msg: QueuedMessage) -> Result<Delivery, RecvError> {
         if self.auto_ack {
             self.report_delivery(&msg, 0);
+            self.queue.count_auto_ack();
             self.queue.release_credit(self, 1);
             return Ok(Delivery::new(msg.envelope, 0, msg.redelivered, msg.deliveries, None));
         }
@@ -306,6 +307,7 @@ impl ConsumerShared {
             }
         };
         crate::observe::report_settle(&self.queue, Some(&self.tag), tag, how, &msg);
+        self.queue.count_settle(how);
         match how {
             Settlement::Ack => {
                 self.queue.count_ack();

@@ -382,6 +382,7 @@ impl GetStore {
         let entry = self.inner.lock().entries.remove(&tag);
         let (queue, msg) = entry.ok_or(AckError::ConnectionClosed(tag))?;
         crate::observe::report_settle(&queue, None, tag, how, &msg);
+        queue.count_settle(how);
         queue.settle_get(msg, how, annotations);
         Ok(())
     }

@@ -45,7 +45,7 @@ pub(crate) struct Activity {
 }
 
 /// The stripe a thread uses, assigned round-robin at its first move.
-fn stripe_index() -> usize {
+pub(crate) fn stripe_index() -> usize {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     thread_local! {
         static INDEX: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES;

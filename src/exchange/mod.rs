@@ -21,7 +21,8 @@ use headers::{HeadersMatcher, HeadersTable};
 use topic::TopicTrie;
 
 /// How an exchange picks the queues (and exchanges) a message goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExchangeKind {
     /// To bindings whose key equals the routing key.
     Direct,
@@ -254,6 +255,8 @@ pub(crate) struct Exchange {
     pub(crate) routes: ArcSwap<Routes>,
     /// Set when the exchange is deleted, for publishers holding it.
     deleted: AtomicBool,
+    /// Publishes to it, routed or not (with statistics on).
+    pub(crate) counters: crate::overview::PublishCounters,
 }
 
 impl Exchange {
@@ -266,6 +269,7 @@ impl Exchange {
             options,
             routes: ArcSwap::from_pointee(routes),
             deleted: AtomicBool::new(false),
+            counters: Default::default(),
         }
     }
 

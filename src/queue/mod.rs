@@ -108,6 +108,10 @@ pub struct QueueStats {
     pub publishes_rejected: u64,
     /// Publishes refused as duplicates by the deduplication window.
     pub duplicates_refused: u64,
+    /// Messages removed by purges since the queue was declared.
+    pub messages_purged: u64,
+    /// Body bytes of the ready and delayed messages.
+    pub ready_bytes: usize,
     /// Message rates' counters (RabbitMQ's `message_stats`), or `None` when
     /// the broker runs with [`BrokerOptions::statistics`](crate::BrokerOptions::statistics)
     /// off.
@@ -131,6 +135,13 @@ pub struct MessageStats {
     pub redelivered: u64,
     /// Deliveries acknowledged explicitly (auto-ack deliveries are not).
     pub acknowledged: u64,
+    /// Deliveries settled as they were handed out (auto-ack consumers and
+    /// `get`s): RabbitMQ's `deliver_no_ack` + `get_no_ack`.
+    pub auto_acknowledged: u64,
+    /// Nacks and rejects with requeue (and delayed requeues).
+    pub requeued: u64,
+    /// Nacks and rejects without requeue (dead-lettered or dropped).
+    pub rejected: u64,
 }
 
 /// What a publish leaves in every queue it reaches: the message with its
@@ -371,6 +382,15 @@ struct Figures {
     /// statistics on: counted here rather than under the queue lock, which
     /// an ack does not otherwise take.
     acknowledged: AtomicU64,
+    /// Deliveries settled when handed out (auto-ack consumers, `get` with
+    /// auto-ack), with statistics on; bumped by the receiving threads.
+    auto_acknowledged: AtomicU64,
+    /// Nacks and rejects with requeue (delayed included), with statistics on.
+    requeued: AtomicU64,
+    /// Nacks and rejects without requeue, with statistics on.
+    rejected: AtomicU64,
+    /// Messages removed by purges.
+    purged: AtomicU64,
     dead_lettered: [AtomicU64; 4],
     dropped: [AtomicU64; 4],
     dead_letter_failures: AtomicU64,
@@ -925,6 +945,24 @@ impl Queue {
         }
     }
 
+    /// Counts a delivery settled as it was handed out, if statistics are on.
+    pub(crate) fn count_auto_ack(&self) {
+        if self.context.statistics {
+            bump(&self.figures.auto_acknowledged);
+        }
+    }
+
+    /// Counts a nack or reject, if statistics are on (acks count in `count_ack`).
+    pub(crate) fn count_settle(&self, how: Settlement) {
+        if self.context.statistics {
+            match how {
+                Settlement::Ack => {}
+                Settlement::Requeue | Settlement::RequeueAfter(_) => bump(&self.figures.requeued),
+                Settlement::Discard => bump(&self.figures.rejected),
+            }
+        }
+    }
+
     /// Counts an explicit ack, if statistics are on.
     pub(crate) fn count_ack(&self) {
         if self.context.statistics {
@@ -1011,6 +1049,7 @@ impl Queue {
         self.account(&mut state);
         drop(state);
         drop(held);
+        self.figures.purged.fetch_add(count as u64, Ordering::Relaxed);
         count
     }
 
@@ -1115,7 +1154,7 @@ impl Queue {
     }
 
     pub(crate) fn stats(&self) -> QueueStats {
-        let (ready, delayed, unacked, consumers, counts) = self.with_state(|state, now| {
+        let (ready, delayed, unacked, consumers, counts, ready_bytes) = self.with_state(|state, now| {
             state.catch_up(self, now);
             state.dispatch(self, now);
             state.detached.retain(|c| c.credit.in_flight() > 0);
@@ -1133,6 +1172,7 @@ impl Queue {
                 in_flight + state.get_unacked,
                 state.consumers.len(),
                 counts,
+                state.ready.bytes() + state.delayed.bytes(),
             )
         });
         let figures = &self.figures;
@@ -1148,8 +1188,13 @@ impl Queue {
             dead_letter_failures: figures.dead_letter_failures.load(Ordering::Relaxed),
             publishes_rejected: figures.publishes_rejected.load(Ordering::Relaxed),
             duplicates_refused: figures.duplicates_refused.load(Ordering::Relaxed),
+            messages_purged: figures.purged.load(Ordering::Relaxed),
+            ready_bytes,
             message_stats: counts.map(|counts| MessageStats {
                 acknowledged: figures.acknowledged.load(Ordering::Relaxed),
+                auto_acknowledged: figures.auto_acknowledged.load(Ordering::Relaxed),
+                requeued: figures.requeued.load(Ordering::Relaxed),
+                rejected: figures.rejected.load(Ordering::Relaxed),
                 ..counts
             }),
         }
