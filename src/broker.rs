@@ -587,7 +587,7 @@ impl Broker {
     /// The snapshot is read so that no message moved between queues while
     /// it was (retried a few times; [`Overview::consistent`] says whether
     /// it managed). Message counters need [`BrokerOptions::statistics`]
-    /// (on by default). With feature `metrics`, [`Overview::record_metrics`]
+    /// (on by default). With feature `metrics`, `Overview::record_metrics`
     /// exports it.
     ///
     /// ```
