@@ -946,6 +946,16 @@ impl BrokerInner {
         TopologyView { exchanges, queues, bindings }
     }
 
+    /// Every exchange, in no order.
+    pub(crate) fn exchanges_snapshot(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.load().values().cloned().collect()
+    }
+
+    /// Every queue, in no order.
+    pub(crate) fn queues_snapshot(&self) -> Vec<Arc<Queue>> {
+        self.queues.load().values().cloned().collect()
+    }
+
     /// One look for a settle: what is pending, read consistently (see
     /// [`crate::settle`]).
     pub(crate) fn pending(&self, keep: &impl Fn(&PendingQueue) -> bool) -> Pending {

@@ -75,6 +75,7 @@ mod consumer;
 mod conversation;
 mod credit;
 mod dead_letter;
+mod definitions;
 mod delivery;
 mod error;
 mod exchange;
@@ -112,6 +113,9 @@ pub use connection::{Connection, DeleteExchangeOptions, DeleteQueueOptions, Publ
 pub use consumer::{ConsumeOptions, Consumer, Deliveries, IntoDeliveries, Recv};
 pub use conversation::{CONVERSATION_ID_HEADER, Conversation, ConversationScope, INITIATOR_ID_HEADER};
 pub use dead_letter::{Death, DeathReason, FirstDeath, ReasonCounts};
+pub use definitions::{
+    BindingDefinition, Definitions, ExchangeDefinition, JsonValue, LoadReport, QueueDefinition,
+};
 pub use delivery::Delivery;
 pub use error::{
     AckError, BindError, ConsumeError, DeclareError, DeleteError, ErrorKind, PublishError, RecvError,

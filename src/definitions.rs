@@ -1,0 +1,512 @@
+//! Definitions: the topology (exchanges, queues with their options,
+//! bindings) in the shape of RabbitMQ's definitions file
+//! (`rabbitmqctl export_definitions`, the management API's
+//! `/api/definitions`), exported from a broker and loaded into one — so a
+//! topology carries over to a real RabbitMQ and back.
+//!
+//! The sections interoffice does not model yet (users, permissions,
+//! policies, parameters, virtual hosts other than `/`) are kept as they
+//! were read, written back unchanged, and listed in the [`LoadReport`] —
+//! never silently dropped.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::exchange::{ExchangeKind, ExchangeOptions};
+use crate::field::{FieldTable, FieldValue};
+use crate::queue::QueueOptions;
+
+/// A JSON value, as a definitions file holds it (arguments, and the
+/// sections kept without being interpreted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JsonValue {
+    /// `null`.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// Any other number.
+    Float(f64),
+    /// A string.
+    String(String),
+    /// An array.
+    Array(Vec<JsonValue>),
+    /// An object, keys sorted (as RabbitMQ writes them).
+    Object(BTreeMap<String, JsonValue>),
+}
+
+impl JsonValue {
+    fn to_field(&self) -> FieldValue {
+        match self {
+            JsonValue::Null => FieldValue::Void,
+            JsonValue::Bool(b) => FieldValue::Bool(*b),
+            JsonValue::Int(i) => FieldValue::I64(*i),
+            JsonValue::Float(f) => FieldValue::F64(*f),
+            JsonValue::String(s) => FieldValue::String(s.clone()),
+            JsonValue::Array(values) => FieldValue::Array(values.iter().map(JsonValue::to_field).collect()),
+            JsonValue::Object(map) => FieldValue::Table(to_table(map)),
+        }
+    }
+
+    fn from_field(value: &FieldValue) -> JsonValue {
+        match value {
+            FieldValue::Void => JsonValue::Null,
+            FieldValue::Bool(b) => JsonValue::Bool(*b),
+            FieldValue::F32(f) => JsonValue::Float(f64::from(*f)),
+            FieldValue::F64(f) => JsonValue::Float(*f),
+            FieldValue::Array(values) => JsonValue::Array(values.iter().map(JsonValue::from_field).collect()),
+            FieldValue::Table(table) => JsonValue::Object(from_table(table)),
+            FieldValue::Timestamp(t) => JsonValue::Int(i64::try_from(*t).unwrap_or(i64::MAX)),
+            other => match (other.as_i64(), other.as_str()) {
+                (Some(i), _) => JsonValue::Int(i),
+                (None, Some(s)) => JsonValue::String(s.to_owned()),
+                // Bytes that are not text, an unsigned beyond i64: as text.
+                _ => JsonValue::String(other.to_string()),
+            },
+        }
+    }
+}
+
+fn to_table(map: &BTreeMap<String, JsonValue>) -> FieldTable {
+    let mut table = FieldTable::new();
+    for (key, value) in map {
+        table.insert(key.as_str(), value.to_field());
+    }
+    table
+}
+
+fn from_table(table: &FieldTable) -> BTreeMap<String, JsonValue> {
+    table.iter().map(|(k, v)| (k.to_owned(), JsonValue::from_field(v))).collect()
+}
+
+/// One exchange of a definitions file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeDefinition {
+    /// Its arguments (`alternate-exchange`, ...).
+    #[serde(default)]
+    pub arguments: BTreeMap<String, JsonValue>,
+    /// Deleted when its last binding goes.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Survives a broker restart (kept for RabbitMQ; everything here is in memory).
+    #[serde(default)]
+    pub durable: bool,
+    /// Not published to directly. (RabbitMQ 3.10 leaves internal exchanges
+    /// out of its export; interoffice writes them, with this flag, which
+    /// RabbitMQ's import reads.)
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub internal: bool,
+    /// The name.
+    pub name: String,
+    /// `direct`, `fanout`, `topic` or `headers`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The virtual host.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+}
+
+/// One queue of a definitions file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueDefinition {
+    /// Its `x-` arguments: every policy interoffice implements is written
+    /// as RabbitMQ's argument.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, JsonValue>,
+    /// Deleted when its last consumer goes.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Survives a broker restart (kept for RabbitMQ).
+    #[serde(default)]
+    pub durable: bool,
+    /// The name.
+    pub name: String,
+    /// `classic` or `quorum` (absent in files of RabbitMQ before 3.8).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The virtual host.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+}
+
+/// One binding of a definitions file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindingDefinition {
+    /// Its arguments (a headers binding's rule).
+    #[serde(default)]
+    pub arguments: BTreeMap<String, JsonValue>,
+    /// The queue or exchange bound.
+    pub destination: String,
+    /// `queue` or `exchange`.
+    pub destination_type: String,
+    /// The binding key.
+    #[serde(default)]
+    pub routing_key: String,
+    /// The exchange bound to.
+    pub source: String,
+    /// The virtual host.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+}
+
+fn default_vhost() -> String {
+    "/".into()
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A whole definitions file, in RabbitMQ's shape and key order. Serialise
+/// it with any serde format (JSON is what RabbitMQ reads and writes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Definitions {
+    /// Bindings, as declared.
+    #[serde(default)]
+    pub bindings: Vec<BindingDefinition>,
+    /// Exchanges (not the default exchange nor `amq.*`).
+    #[serde(default)]
+    pub exchanges: Vec<ExchangeDefinition>,
+    /// Not modelled: kept as read.
+    #[serde(default)]
+    pub global_parameters: Vec<JsonValue>,
+    /// Not modelled: kept as read.
+    #[serde(default)]
+    pub parameters: Vec<JsonValue>,
+    /// Not modelled yet (access control): kept as read.
+    #[serde(default)]
+    pub permissions: Vec<JsonValue>,
+    /// Not modelled: kept as read (a policy's settings are queue options
+    /// here; declare them on the queues).
+    #[serde(default)]
+    pub policies: Vec<JsonValue>,
+    /// Queues (not exclusive ones, which belong to a connection).
+    #[serde(default)]
+    pub queues: Vec<QueueDefinition>,
+    /// The RabbitMQ version that wrote the file, if RabbitMQ did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbit_version: Option<String>,
+    /// The same, as newer versions name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq_version: Option<String>,
+    /// Not modelled yet (access control): kept as read.
+    #[serde(default)]
+    pub topic_permissions: Vec<JsonValue>,
+    /// Not modelled yet (access control): kept as read.
+    #[serde(default)]
+    pub users: Vec<JsonValue>,
+    /// Virtual hosts: interoffice has one, `/`; others are reported.
+    #[serde(default)]
+    pub vhosts: Vec<JsonValue>,
+}
+
+/// What loading definitions did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct LoadReport {
+    /// Exchanges declared.
+    pub exchanges: usize,
+    /// Queues declared.
+    pub queues: usize,
+    /// Bindings made.
+    pub bindings: usize,
+    /// Objects refused, with why (an argument interoffice does not
+    /// implement, an inequivalent re-declaration, a binding to something
+    /// missing, another virtual host).
+    pub refused: Vec<String>,
+    /// What the file holds that interoffice does not model (users,
+    /// permissions, policies, parameters, other virtual hosts), by section.
+    pub not_modelled: Vec<String>,
+}
+
+impl Broker {
+    /// The topology as a RabbitMQ definitions file: every exchange (but the
+    /// default and `amq.*` ones), every queue but exclusive ones, with its
+    /// options written as RabbitMQ's `x-` arguments, and every binding.
+    /// Sorted by name (bindings by source, destination, key), so two
+    /// exports of the same topology are identical. The deduplication window,
+    /// which has no RabbitMQ form, is not written.
+    ///
+    /// ```
+    /// use interoffice::{Broker, ExchangeKind, QueueOptions};
+    /// let broker = Broker::new();
+    /// let conn = broker.connect();
+    /// conn.declare_exchange("orders", ExchangeKind::Topic, Default::default())?;
+    /// conn.declare_queue("billing", QueueOptions { max_length: Some(1000), ..Default::default() })?;
+    /// conn.bind_queue("billing", "orders", "order.#", None)?;
+    ///
+    /// let definitions = broker.export_definitions();
+    /// let copy = Broker::new();
+    /// let report = copy.load_definitions(&definitions);
+    /// assert!(report.refused.is_empty(), "{report:?}");
+    /// assert_eq!(copy.export_definitions(), definitions);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn export_definitions(&self) -> Definitions {
+        let inner = &self.inner;
+        let mut exchanges: Vec<ExchangeDefinition> = inner
+            .exchanges_snapshot()
+            .into_iter()
+            .filter(|e| !e.name.is_empty() && !e.name.starts_with("amq."))
+            .map(|e| {
+                let mut arguments = from_table(&e.options.arguments);
+                if let Some(alternate) = &e.options.alternate_exchange {
+                    arguments.insert("alternate-exchange".into(), JsonValue::String(alternate.clone()));
+                }
+                if e.options.delayed {
+                    arguments.insert("x-delayed-type".into(), JsonValue::String(kind_name(e.kind).into()));
+                }
+                ExchangeDefinition {
+                    arguments,
+                    auto_delete: e.options.auto_delete,
+                    durable: e.options.durable,
+                    internal: e.options.internal,
+                    name: e.name.to_string(),
+                    kind: if e.options.delayed {
+                        "x-delayed-message".into()
+                    } else {
+                        kind_name(e.kind).into()
+                    },
+                    vhost: default_vhost(),
+                }
+            })
+            .collect();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut queues: Vec<QueueDefinition> = inner
+            .queues_snapshot()
+            .into_iter()
+            .filter(|q| !q.options.exclusive)
+            .map(|q| {
+                let policy = &q.policy;
+                let mut arguments = from_table(&policy.other_arguments);
+                let mut put = |key: &str, value: Option<JsonValue>| {
+                    if let Some(value) = value {
+                        arguments.insert(key.into(), value);
+                    }
+                };
+                let millis =
+                    |d: std::time::Duration| JsonValue::Int(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                let int = |n: usize| JsonValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
+                put("x-message-ttl", policy.message_ttl.map(millis));
+                put("x-expires", policy.expires.map(millis));
+                put("x-max-length", policy.max_length.map(int));
+                put("x-max-length-bytes", policy.max_length_bytes.map(int));
+                if policy.max_length.is_some() || policy.max_length_bytes.is_some() {
+                    put("x-overflow", Some(JsonValue::String(policy.overflow.as_str().into())));
+                }
+                put("x-dead-letter-exchange", policy.dead_letter_exchange.clone().map(JsonValue::String));
+                put(
+                    "x-dead-letter-routing-key",
+                    policy.dead_letter_routing_key.clone().map(JsonValue::String),
+                );
+                put("x-max-priority", policy.max_priority.map(|p| JsonValue::Int(i64::from(p))));
+                put("x-delivery-limit", policy.delivery_limit.map(|n| JsonValue::Int(i64::from(n))));
+                put(
+                    "x-single-active-consumer",
+                    policy.single_active_consumer.then_some(JsonValue::Bool(true)),
+                );
+                let kind = match policy.queue_type {
+                    crate::queue::QueueType::Quorum => {
+                        put("x-queue-type", Some(JsonValue::String("quorum".into())));
+                        "quorum"
+                    }
+                    _ => "classic",
+                };
+                QueueDefinition {
+                    arguments,
+                    auto_delete: q.options.auto_delete,
+                    durable: q.options.durable,
+                    name: q.name.to_string(),
+                    kind: Some(kind.into()),
+                    vhost: default_vhost(),
+                }
+            })
+            .collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        let exported: std::collections::HashSet<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+        let bindings = self
+            .bindings()
+            .into_iter()
+            .filter(|b| b.destination_is_exchange || exported.contains(b.destination.as_str()))
+            .map(|b| BindingDefinition {
+                arguments: from_table(&b.arguments),
+                destination: b.destination,
+                destination_type: if b.destination_is_exchange { "exchange" } else { "queue" }.into(),
+                routing_key: b.routing_key,
+                source: b.source,
+                vhost: default_vhost(),
+            })
+            .collect();
+        Definitions { bindings, exchanges, queues, ..Default::default() }
+    }
+
+    /// Declares everything in `definitions`: exchanges, then queues, then
+    /// bindings, as RabbitMQ imports them. Objects that cannot be declared
+    /// — an argument interoffice does not implement, a declaration
+    /// inequivalent to an existing one, another virtual host — are refused
+    /// one by one and listed in the report; the rest is declared. Sections
+    /// interoffice does not model are listed too.
+    pub fn load_definitions(&self, definitions: &Definitions) -> LoadReport {
+        let conn = self.connect_named("interoffice-definitions");
+        let mut report = LoadReport::default();
+        let other_vhost = |vhost: &str| vhost != "/";
+        for exchange in &definitions.exchanges {
+            if other_vhost(&exchange.vhost) {
+                report.refused.push(format!(
+                    "exchange '{}': virtual host '{}' (interoffice has one, '/')",
+                    exchange.name, exchange.vhost
+                ));
+                continue;
+            }
+            let (kind, delayed) = match exchange.kind.as_str() {
+                "x-delayed-message" => {
+                    match exchange.arguments.get("x-delayed-type").and_then(|t| match t {
+                        JsonValue::String(s) => parse_kind(s),
+                        _ => None,
+                    }) {
+                        Some(kind) => (kind, true),
+                        None => {
+                            report.refused.push(format!(
+                                "exchange '{}': x-delayed-message without a valid x-delayed-type",
+                                exchange.name
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                other => match parse_kind(other) {
+                    Some(kind) => (kind, false),
+                    None => {
+                        report
+                            .refused
+                            .push(format!("exchange '{}': unknown exchange type '{other}'", exchange.name));
+                        continue;
+                    }
+                },
+            };
+            let mut arguments = exchange.arguments.clone();
+            arguments.remove("x-delayed-type");
+            let options = ExchangeOptions {
+                durable: exchange.durable,
+                auto_delete: exchange.auto_delete,
+                internal: exchange.internal,
+                delayed,
+                arguments: to_table(&arguments),
+                ..Default::default()
+            };
+            match conn.declare_exchange(&exchange.name, kind, options) {
+                Ok(()) => report.exchanges += 1,
+                Err(e) => report.refused.push(format!("exchange '{}': {e}", exchange.name)),
+            }
+        }
+        for queue in &definitions.queues {
+            if other_vhost(&queue.vhost) {
+                report.refused.push(format!(
+                    "queue '{}': virtual host '{}' (interoffice has one, '/')",
+                    queue.name, queue.vhost
+                ));
+                continue;
+            }
+            let mut arguments = queue.arguments.clone();
+            if let Some(kind) = &queue.kind
+                && kind != "classic"
+            {
+                arguments.entry("x-queue-type".into()).or_insert_with(|| JsonValue::String(kind.clone()));
+            }
+            let options = QueueOptions {
+                durable: queue.durable,
+                auto_delete: queue.auto_delete,
+                arguments: to_table(&arguments),
+                ..Default::default()
+            };
+            match conn.declare_queue(&queue.name, options) {
+                Ok(_) => report.queues += 1,
+                Err(e) => report.refused.push(format!("queue '{}': {e}", queue.name)),
+            }
+        }
+        for binding in &definitions.bindings {
+            let what =
+                format!("binding '{}' → '{}' [{}]", binding.source, binding.destination, binding.routing_key);
+            if other_vhost(&binding.vhost) {
+                report.refused.push(format!("{what}: virtual host '{}'", binding.vhost));
+                continue;
+            }
+            let arguments = to_table(&binding.arguments);
+            let bound = match binding.destination_type.as_str() {
+                "queue" => {
+                    conn.bind_queue(&binding.destination, &binding.source, &binding.routing_key, arguments)
+                }
+                "exchange" => {
+                    conn.bind_exchange(&binding.destination, &binding.source, &binding.routing_key, arguments)
+                }
+                other => {
+                    report.refused.push(format!("{what}: unknown destination type '{other}'"));
+                    continue;
+                }
+            };
+            match bound {
+                Ok(()) => report.bindings += 1,
+                Err(e) => report.refused.push(format!("{what}: {e}")),
+            }
+        }
+        let sections = [
+            ("users", &definitions.users),
+            ("permissions", &definitions.permissions),
+            ("topic_permissions", &definitions.topic_permissions),
+            ("policies", &definitions.policies),
+            ("parameters", &definitions.parameters),
+            ("global_parameters", &definitions.global_parameters),
+        ];
+        for (name, entries) in sections {
+            if !entries.is_empty() {
+                report.not_modelled.push(format!(
+                    "{name}: {} entr{} (not modelled; kept in the file, not applied)",
+                    entries.len(),
+                    if entries.len() == 1 { "y" } else { "ies" }
+                ));
+            }
+        }
+        let other_vhosts: Vec<String> = definitions
+            .vhosts
+            .iter()
+            .filter_map(|v| match v {
+                JsonValue::Object(map) => match map.get("name") {
+                    Some(JsonValue::String(name)) if name != "/" => Some(name.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        if !other_vhosts.is_empty() {
+            report
+                .not_modelled
+                .push(format!("vhosts: {} (interoffice has one, '/')", other_vhosts.join(", ")));
+        }
+        conn.close();
+        report
+    }
+}
+
+fn kind_name(kind: ExchangeKind) -> &'static str {
+    match kind {
+        ExchangeKind::Direct => "direct",
+        ExchangeKind::Fanout => "fanout",
+        ExchangeKind::Topic => "topic",
+        ExchangeKind::Headers => "headers",
+    }
+}
+
+fn parse_kind(name: &str) -> Option<ExchangeKind> {
+    match name {
+        "direct" => Some(ExchangeKind::Direct),
+        "fanout" => Some(ExchangeKind::Fanout),
+        "topic" => Some(ExchangeKind::Topic),
+        "headers" => Some(ExchangeKind::Headers),
+        _ => None,
+    }
+}
