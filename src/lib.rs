@@ -77,6 +77,7 @@ mod credit;
 mod dead_letter;
 mod definitions;
 mod delivery;
+mod draw;
 mod error;
 mod exchange;
 mod explain;
