@@ -1128,6 +1128,9 @@ impl BrokerInner {
         if self.options.statistics {
             start.counters.count(enqueued > 0 || duplicates > 0);
         }
+        if enqueued == 0 && duplicates == 0 {
+            crate::trace::unroutable(&start.name, routing_key, options.mandatory, &envelope.message);
+        }
         if let (Some(seq), Some(names)) = (seq, names) {
             let outcome = if !rejected.is_empty() {
                 PublishOutcome::Rejected(rejected.clone())

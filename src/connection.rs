@@ -169,7 +169,10 @@ impl Connection {
         options: ExchangeOptions,
     ) -> Result<(), DeclareError> {
         self.check_open(DeclareError::ConnectionClosed)?;
-        self.broker.inner.declare_exchange(name, kind, options)
+        self.broker
+            .inner
+            .declare_exchange(name, kind, options)
+            .inspect(|()| crate::trace::declared("exchange", name))
     }
 
     /// Deletes an exchange and every binding from or to it. Deleting an
@@ -193,7 +196,10 @@ impl Connection {
     /// [`DeclareError`]: an invalid name, an argument refused or not implemented, a declaration inequivalent to the existing one, a passive declaration of something missing, an exclusive queue of another connection, or a closed connection.
     pub fn declare_queue(&self, name: &str, options: QueueOptions) -> Result<String, DeclareError> {
         self.check_open(DeclareError::ConnectionClosed)?;
-        self.broker.inner.declare_queue(self.shared.id, name, options)
+        self.broker
+            .inner
+            .declare_queue(self.shared.id, name, options)
+            .inspect(|n| crate::trace::declared("queue", n))
     }
 
     /// Deletes a queue: its consumers are cancelled and its messages dropped.

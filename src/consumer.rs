@@ -276,11 +276,13 @@ impl ConsumerShared {
             redelivered,
             message: delivery.message().clone(),
         });
+        crate::trace::delivered(&self.queue.name, &self.tag, tag, redelivered, delivery.message());
         Ok(delivery)
     }
 
     /// Reports an auto-ack delivery to the observers.
     fn report_delivery(&self, msg: &QueuedMessage, tag: u64) {
+        crate::trace::delivered(&self.queue.name, &self.tag, tag, msg.redelivered, &msg.envelope.message);
         self.queue.context.observers.emit_now(|| Event::Delivered {
             queue: self.queue.name.to_string(),
             consumer_tag: Some(self.tag.to_string()),

@@ -35,11 +35,20 @@ pub const CONVERSATION_ID_HEADER: &str = "x-conversation-id";
 /// published this one (MassTransit's `InitiatorId`).
 pub const INITIATOR_ID_HEADER: &str = "x-initiator-id";
 
-/// The scope a handler publishes in.
+/// The W3C trace context header: `version-traceid-parentid-flags`.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The W3C vendor trace state header.
+pub const TRACESTATE_HEADER: &str = "tracestate";
+
+/// The scope a handler publishes in: its delivery's conversation and trace
+/// context.
 #[derive(Debug, Clone)]
 struct Scope {
-    conversation: Arc<str>,
+    conversation: Option<Arc<str>>,
     initiator: Option<Arc<str>>,
+    traceparent: Option<Arc<str>>,
+    tracestate: Option<Arc<str>>,
 }
 
 thread_local! {
@@ -47,12 +56,21 @@ thread_local! {
     static SCOPES: RefCell<Vec<Scope>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The conversation scope of a delivery, if it carries a conversation id.
+/// The scope of a delivery, if it carries a conversation id or a trace
+/// context to pass on.
 fn scope_of(message: &Message) -> Option<Scope> {
-    let conversation = message.header(CONVERSATION_ID_HEADER)?.as_str()?;
+    let headers = message.headers()?;
+    let text = |name: &str| headers.get(name).and_then(FieldValue::as_str).map(Arc::<str>::from);
+    let conversation = text(CONVERSATION_ID_HEADER);
+    let traceparent = text(TRACEPARENT_HEADER);
+    if conversation.is_none() && traceparent.is_none() {
+        return None;
+    }
     Some(Scope {
-        conversation: conversation.into(),
-        initiator: message.properties().message_id.as_deref().map(Into::into),
+        initiator: conversation.as_ref().and(message.properties().message_id.as_deref().map(Into::into)),
+        conversation,
+        tracestate: traceparent.as_ref().and(text(TRACESTATE_HEADER)),
+        traceparent,
     })
 }
 
@@ -121,15 +139,26 @@ pub(crate) fn stamp(message: &mut Message) {
 
 #[cold]
 fn stamp_with(message: &mut Message, scope: &Scope) {
-    if message.header(CONVERSATION_ID_HEADER).is_some() {
+    let has = |name: &str| message.header(name).is_some();
+    let conversation = scope.conversation.as_ref().filter(|_| !has(CONVERSATION_ID_HEADER));
+    let trace = scope.traceparent.as_ref().filter(|_| !has(TRACEPARENT_HEADER));
+    if conversation.is_none() && trace.is_none() {
         return;
     }
     let headers = message.properties_mut().headers.get_or_insert_with(Default::default);
-    headers.insert(CONVERSATION_ID_HEADER, FieldValue::from(&*scope.conversation));
-    if let Some(initiator) = &scope.initiator
-        && !headers.contains_key(INITIATOR_ID_HEADER)
-    {
-        headers.insert(INITIATOR_ID_HEADER, FieldValue::from(&**initiator));
+    if let Some(conversation) = conversation {
+        headers.insert(CONVERSATION_ID_HEADER, FieldValue::from(&**conversation));
+        if let Some(initiator) = &scope.initiator
+            && !headers.contains_key(INITIATOR_ID_HEADER)
+        {
+            headers.insert(INITIATOR_ID_HEADER, FieldValue::from(&**initiator));
+        }
+    }
+    if let Some(traceparent) = trace {
+        headers.insert(TRACEPARENT_HEADER, FieldValue::from(&**traceparent));
+        if let Some(tracestate) = &scope.tracestate {
+            headers.insert(TRACESTATE_HEADER, FieldValue::from(&**tracestate));
+        }
     }
 }
 

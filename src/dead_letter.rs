@@ -216,6 +216,7 @@ pub(crate) fn bury(letters: Vec<Letter>) {
         let observers = &queue.context.observers;
         let seq = observers.is_active().then(|| observers.next_seq());
         let report = |exchange: Option<&str>| {
+            crate::trace::dead_lettered(&queue.name, reason.as_str(), exchange, &letter.msg.envelope.message);
             if let Some(seq) = seq {
                 observers.emit(
                     seq,

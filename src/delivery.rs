@@ -334,6 +334,7 @@ impl Drop for Delivery {
 
 /// Reports a delivery taken by `get` to the queue's observers.
 pub(crate) fn report_get(queue: &Queue, delivery: &Delivery) {
+    crate::trace::delivered(&queue.name, "(get)", delivery.tag, delivery.redelivered, delivery.message());
     queue.context.observers.emit_now(|| crate::observe::Event::Delivered {
         queue: queue.name.to_string(),
         consumer_tag: None,

@@ -97,6 +97,7 @@ mod rpc;
 mod settle;
 mod sync;
 mod timer;
+mod trace;
 mod typed;
 mod wake;
 mod worker;
@@ -112,7 +113,10 @@ pub use codec::MsgPack;
 pub use codec::{Bincode, Codec, DecodeError, EncodeError, TypedPublishError};
 pub use connection::{Connection, DeleteExchangeOptions, DeleteQueueOptions, Publisher};
 pub use consumer::{ConsumeOptions, Consumer, Deliveries, IntoDeliveries, Recv};
-pub use conversation::{CONVERSATION_ID_HEADER, Conversation, ConversationScope, INITIATOR_ID_HEADER};
+pub use conversation::{
+    CONVERSATION_ID_HEADER, Conversation, ConversationScope, INITIATOR_ID_HEADER, TRACEPARENT_HEADER,
+    TRACESTATE_HEADER,
+};
 pub use dead_letter::{Death, DeathReason, FirstDeath, ReasonCounts};
 pub use definitions::{
     BindingDefinition, Definitions, ExchangeDefinition, JsonValue, LoadReport, QueueDefinition,

@@ -83,6 +83,7 @@ impl RunOnce for InlineWorker {
                     ran += 1;
                     let handled = {
                         let _scope = crate::conversation::enter(delivery.message());
+                        let _span = crate::trace::handling(consumer.queue(), delivery.message());
                         catch_unwind(AssertUnwindSafe(|| (self.step)(&delivery)))
                     };
                     if catch_unwind(AssertUnwindSafe(|| {

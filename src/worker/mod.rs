@@ -553,6 +553,7 @@ impl Connection {
                             let handled = {
                                 // What the handler publishes carries on its conversation.
                                 let _scope = crate::conversation::enter(delivery.message());
+                                let _span = crate::trace::handling(consumer.queue(), delivery.message());
                                 catch_unwind(AssertUnwindSafe(|| step(&delivery)))
                             };
                             // Settling is the bus's code, but a panic there
