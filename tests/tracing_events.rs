@@ -58,7 +58,7 @@ fn spans_and_events_carry_the_trace_context() {
     let seen = seen.0.lock().unwrap().join("\n");
     let has = |needle: &str| assert!(seen.contains(needle), "no {needle:?} in:\n{seen}");
     has("event DEBUG message=declared what=queue name=in");
-    has(&format!("event TRACE message=delivered queue=in"));
+    has("event TRACE message=delivered queue=in");
     has(&format!("span interoffice.handle queue=in traceparent={}", trace_shop::PARENT));
     has(&format!(
         "event INFO message=dead-lettered queue=poison reason=rejected exchange=dlx traceparent={}",
