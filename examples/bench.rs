@@ -80,8 +80,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
-use std::fmt::Write as _;
-use std::io::Write as _;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -90,10 +88,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError as ChannelEmpty, bounded, unbounded};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use interoffice::{
     Broker, BrokerOptions, Connection, ConsumeOptions, Consumer, Delivery, ExchangeKind, ExchangeOptions,
     FieldTable, FieldValue, Message, MessageStats, QueueOptions, TryRecvError, WorkerOptions,
 };
+use serde_json::{Value, json};
 
 /// The generated workload the criterion benches use too: one copy of the
 /// vocabulary, the topic patterns and the naive router.
@@ -117,6 +117,8 @@ scenarios (default: all of them, in this order):
   two-publishers  P publishers (default 2) each to its own queue, beside 1 publisher:
                   does routing serialise? (publish-only; reports the scaling factor)
   rpc             round trips, Connection::call -> Connection::serve
+  firehose        the cost of an attached tap (Broker::tap, the recorder's hook): direct-manual's
+                  bus without a tap beside the same bus with a no-op tap
   statistics      the cost of statistics: direct-manual's bus (default 1 -> 1) on a broker
                   with BrokerOptions::statistics off, beside it on; ratio on / off (target
                   >= 0.95); odd reps run off then on, even reps on then off
@@ -172,8 +174,6 @@ const NAIVE_KEYS: usize = 256;
 const STALL: Duration = Duration::from_secs(10);
 /// How often the coordinating thread looks at the counters.
 const TICK: Duration = Duration::from_millis(5);
-/// How often the progress line is redrawn.
-const REDRAW: Duration = Duration::from_millis(200);
 /// An rpc call waiting longer than this fails the run.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -190,11 +190,12 @@ enum Scenario {
     TwoPublishers,
     Rpc,
     Statistics,
+    Firehose,
     FillDrain,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 9] = [
+    const ALL: [Scenario; 10] = [
         Scenario::Direct,
         Scenario::DirectManual,
         Scenario::Fanout,
@@ -203,6 +204,7 @@ impl Scenario {
         Scenario::TwoPublishers,
         Scenario::Rpc,
         Scenario::Statistics,
+        Scenario::Firehose,
         Scenario::FillDrain,
     ];
 
@@ -216,6 +218,7 @@ impl Scenario {
             Scenario::TwoPublishers => "two-publishers",
             Scenario::Rpc => "rpc",
             Scenario::Statistics => "statistics",
+            Scenario::Firehose => "firehose",
             Scenario::FillDrain => "fill-drain",
         }
     }
@@ -267,6 +270,7 @@ enum Cli {
 const CHILD_FLAG: &str = "--fill-drain-child";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Cli, String> {
+    use lexopt::prelude::*;
     let mut config = Config {
         scenarios: Vec::new(),
         messages: None,
@@ -277,45 +281,51 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Cli, String> {
         json: false,
     };
     let mut child = None;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |flag: &str| -> Result<String, String> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => args.next().ok_or_else(|| format!("{flag} needs a value")),
+    let mut parser = lexopt::Parser::from_args(args);
+    let text = |parser: &mut lexopt::Parser| -> Result<String, String> {
+        parser.value().and_then(|v| v.string()).map_err(|e| e.to_string())
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help),
+            Long("json") => config.json = true,
+            Long("messages") => {
+                config.messages = Some(count("--messages", &text(&mut parser)?, 100_000_000)?)
             }
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Cli::Help),
-            "--json" if inline.is_none() => config.json = true,
-            "--json" => return Err("--json takes no value".into()),
-            "--messages" => config.messages = Some(count(&flag, &value(&flag)?, 100_000_000)?),
-            "--producers" => config.producers = Some(count(&flag, &value(&flag)?, 256)? as usize),
-            "--consumers" => config.consumers = Some(count(&flag, &value(&flag)?, 256)? as usize),
-            "--bindings" => config.bindings = Some(count(&flag, &value(&flag)?, 1_000_000)? as usize),
-            "--reps" => config.reps = count(&flag, &value(&flag)?, 1_000)? as usize,
-            CHILD_FLAG => {
-                child = match value(&flag)?.as_str() {
+            Long("producers") => {
+                config.producers = Some(count("--producers", &text(&mut parser)?, 256)? as usize)
+            }
+            Long("consumers") => {
+                config.consumers = Some(count("--consumers", &text(&mut parser)?, 256)? as usize)
+            }
+            Long("bindings") => {
+                config.bindings = Some(count("--bindings", &text(&mut parser)?, 1_000_000)? as usize)
+            }
+            Long("reps") => config.reps = count("--reps", &text(&mut parser)?, 1_000)? as usize,
+            Long(flag) if flag == &CHILD_FLAG[2..] => {
+                child = match text(&mut parser)?.as_str() {
                     "raw" => Some(Side::Raw),
                     "bus" => Some(Side::Bus),
                     other => return Err(format!("{CHILD_FLAG}: expected raw or bus, got '{other}'")),
                 }
             }
-            other if other.starts_with('-') && other.len() > 1 => {
-                return Err(format!("unknown option '{other}'"));
-            }
-            "all" => config.scenarios.extend(Scenario::ALL),
-            name => match Scenario::parse(name) {
-                Some(s) => config.scenarios.push(s),
-                None => {
-                    let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
-                    return Err(format!("unknown scenario '{name}' (one of: {}, all)", names.join(", ")));
+            Value(name) => {
+                let name = name.string().map_err(|e| e.to_string())?;
+                match name.as_str() {
+                    "all" => config.scenarios.extend(Scenario::ALL),
+                    name => match Scenario::parse(name) {
+                        Some(s) => config.scenarios.push(s),
+                        None => {
+                            let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                            return Err(format!(
+                                "unknown scenario '{name}' (one of: {}, all)",
+                                names.join(", ")
+                            ));
+                        }
+                    },
                 }
-            },
+            }
+            other => return Err(other.unexpected().to_string()),
         }
     }
     if let Some(side) = child {
@@ -438,66 +448,38 @@ fn part<T>(items: &[T], p: usize, np: usize) -> &[T] {
 // ---------------------------------------------------------------------------
 // Latency histogram
 
-/// A log-linear histogram of nanoseconds: 32 buckets per power of two (±1.6%).
+/// Latency in nanoseconds: an HDR histogram, 3 significant digits, from
+/// 1 ns to an hour (longer is recorded as an hour: a run that slow has
+/// already failed its stall check).
 #[derive(Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
+struct Histogram(hdrhistogram::Histogram<u64>);
 
 impl Histogram {
-    const SUB_BITS: u32 = 5;
-    const SUB: u64 = 1 << Self::SUB_BITS;
-
     fn new() -> Self {
-        Histogram { counts: vec![0; ((64 - Self::SUB_BITS + 1) as u64 * Self::SUB) as usize], total: 0 }
-    }
-
-    fn index(v: u64) -> usize {
-        if v < 2 * Self::SUB {
-            return v as usize;
-        }
-        let msb = 63 - v.leading_zeros();
-        let shift = msb - Self::SUB_BITS;
-        ((u64::from(shift) + 1) * Self::SUB + ((v >> shift) & (Self::SUB - 1))) as usize
-    }
-
-    /// The middle of bucket `i`.
-    fn value(i: usize) -> u64 {
-        let i = i as u64;
-        if i < 2 * Self::SUB {
-            return i;
-        }
-        let shift = i / Self::SUB - 1;
-        ((Self::SUB + i % Self::SUB) << shift) + (1 << shift) / 2
+        // Fixed bounds: `saturating_record` clamps rather than grows, and a
+        // histogram that grows would allocate in the measured loop.
+        Histogram(
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3).unwrap_or_else(|e| fatal(e)),
+        )
     }
 
     #[inline]
     fn record(&mut self, v: u64) {
-        self.counts[Self::index(v)] += 1;
-        self.total += 1;
+        self.0.saturating_record(v);
     }
 
     fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
+        if let Err(e) = self.0.add(&other.0) {
+            fatal(format_args!("merging latencies: {e}"));
         }
-        self.total += other.total;
+    }
+
+    fn total(&self) -> u64 {
+        self.0.len()
     }
 
     fn quantile(&self, q: f64) -> Option<u64> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Some(Self::value(i));
-            }
-        }
-        None
+        (!self.0.is_empty()).then(|| self.0.value_at_quantile(q))
     }
 }
 
@@ -551,49 +533,43 @@ fn max_mem(a: Option<Mem>, b: Option<Mem>) -> Option<Mem> {
 // ---------------------------------------------------------------------------
 // Progress and failure
 
-/// The width of the progress line last drawn.
-static PROGRESS_WIDTH: AtomicUsize = AtomicUsize::new(0);
+/// The progress line on stderr (indicatif draws and clears it, at most a
+/// few times a second); `None` once cleared for good.
+static BAR: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
 
-/// The `\r`-updated progress line on stderr (drawn by the main thread only).
+/// The progress line's text, set by the main thread.
 struct Progress {
     label: RefCell<String>,
-    drawn: Cell<Option<Instant>>,
 }
 
 impl Progress {
     fn new() -> Self {
-        Progress { label: RefCell::new(String::new()), drawn: Cell::new(None) }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
+        bar.set_style(ProgressStyle::with_template("{msg}").unwrap_or_else(|e| fatal(e)));
+        *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar);
+        Progress { label: RefCell::new(String::new()) }
     }
 
     fn set(&self, label: String) {
+        Self::draw(label.clone());
         *self.label.borrow_mut() = label;
-        self.drawn.set(None);
-        self.draw("");
     }
 
     fn show(&self, done: u64, total: u64) {
-        if self.drawn.get().is_some_and(|t| t.elapsed() < REDRAW) {
-            return;
-        }
-        self.draw(&format!(": {done}/{total}"));
+        Self::draw(format!("{}: {done}/{total}", self.label.borrow()));
     }
 
-    fn draw(&self, tail: &str) {
-        self.drawn.set(Some(Instant::now()));
-        let line = format!("{}{tail}", self.label.borrow());
-        let width = line.chars().count();
-        let pad = PROGRESS_WIDTH.swap(width, Ordering::Relaxed).saturating_sub(width);
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r{line}{:pad$}", "");
-        let _ = err.flush();
+    fn draw(line: String) {
+        if let Some(bar) = BAR.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            bar.set_message(line);
+        }
     }
 }
 
-/// Clears the progress line.
+/// Clears the progress line for good.
 fn clear_progress() {
-    let width = PROGRESS_WIDTH.swap(0, Ordering::Relaxed);
-    if width > 0 {
-        eprint!("\r{:width$}\r", "");
+    if let Some(bar) = BAR.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        bar.finish_and_clear();
     }
 }
 
@@ -822,8 +798,8 @@ struct Row {
     bus_hist: Option<Histogram>,
     raw_mem: Option<Mem>,
     bus_mem: Option<Mem>,
-    /// Extra figures: (JSON key, JSON value, already encoded).
-    extra: Vec<(&'static str, String)>,
+    /// Extra figures: (JSON key, JSON value).
+    extra: Vec<(&'static str, Value)>,
     /// Extra figures for the notes under the table.
     notes: Vec<String>,
 }
@@ -1009,116 +985,85 @@ fn print_table(rows: &[Row], config: &Config) {
     }
 }
 
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// A JSON number, rounded to 3 decimals (`null` when not finite).
+fn json_num(v: f64) -> Value {
+    if v.is_finite() { json!((v * 1000.0).round() / 1000.0) } else { Value::Null }
 }
 
-/// A JSON number (`null` when not finite).
-fn json_num(v: f64) -> String {
-    if v.is_finite() { format!("{}", (v * 1000.0).round() / 1000.0) } else { "null".into() }
+fn json_str(s: &str) -> Value {
+    json!(s)
 }
 
-fn json_opt(v: Option<u64>) -> String {
-    v.map_or_else(|| "null".into(), |v| v.to_string())
+fn json_list(values: &[f64]) -> Value {
+    values.iter().map(|&v| json_num(v)).collect()
 }
 
-fn json_list(values: &[f64]) -> String {
-    format!("[{}]", values.iter().map(|&v| json_num(v)).collect::<Vec<_>>().join(","))
-}
-
-fn json_latency(h: Option<&Histogram>) -> String {
+fn json_latency(h: Option<&Histogram>) -> Value {
     match h {
-        Some(h) if h.total > 0 => format!(
-            "{{\"p50\":{},\"p99\":{},\"p999\":{},\"count\":{}}}",
-            json_opt(h.quantile(0.5)),
-            json_opt(h.quantile(0.99)),
-            json_opt(h.quantile(0.999)),
-            h.total
-        ),
-        _ => "null".into(),
+        Some(h) if h.total() > 0 => json!({
+            "p50": h.quantile(0.5),
+            "p99": h.quantile(0.99),
+            "p999": h.quantile(0.999),
+            "count": h.total(),
+        }),
+        _ => Value::Null,
     }
 }
 
-fn json_mem(mem: Option<Mem>) -> String {
+fn json_mem(mem: Option<Mem>) -> Value {
     match mem {
-        Some(m) => format!(
-            "{{\"peak_rss_bytes\":{},\"start_rss_bytes\":{},\"process_wide\":{}}}",
-            m.peak, m.base, m.process_wide
-        ),
-        None => "null".into(),
+        Some(m) => {
+            json!({"peak_rss_bytes": m.peak, "start_rss_bytes": m.base, "process_wide": m.process_wide})
+        }
+        None => Value::Null,
     }
 }
 
 /// One JSON object per scenario (a line each): the machine, and its result lines.
 fn print_json(rows: &[Row], config: &Config) {
     for scenario in &config.scenarios {
-        let results: Vec<String> =
+        let results: Vec<Value> =
             rows.iter().filter(|r| r.scenario == scenario.name()).map(json_row).collect();
-        println!(
-            "{{\"scenario\":{},\"reps\":{},\"cpus\":{},\"cpu\":{},\"release\":{},\"results\":[{}]}}",
-            json_str(scenario.name()),
-            config.reps,
-            cpus(),
-            json_str(&cpu_model()),
-            !cfg!(debug_assertions),
-            results.join(",")
-        );
+        let line = json!({
+            "scenario": scenario.name(),
+            "reps": config.reps,
+            "cpus": cpus(),
+            "cpu": cpu_model(),
+            "release": !cfg!(debug_assertions),
+            "results": results,
+        });
+        println!("{line}");
     }
 }
 
 /// One result line as a JSON object.
-fn json_row(row: &Row) -> String {
+fn json_row(row: &Row) -> Value {
     let ratios = row.ratios();
     let (lo, hi) = min_max(&ratios);
-    let mut o = String::from("{");
-    let _ = write!(
-        o,
-        "\"case\":{},\"unit\":{},\"messages\":{},\"producers\":{},\"consumers\":{},\"bindings\":{},\
-         \"baseline\":{},\"measured\":{},\"raw_per_sec\":{},\"bus_per_sec\":{},\
-         \"raw_per_sec_reps\":{},\"bus_per_sec_reps\":{},\
-         \"ratio_median\":{},\"ratio_min\":{},\"ratio_max\":{},\"latency_ns\":{},\"raw_latency_ns\":{},\
-         \"memory\":{},\"raw_memory\":{}",
-        json_str(&row.case),
-        json_str(row.unit),
-        row.messages,
-        row.producers,
-        row.consumers,
-        json_opt(row.bindings.map(|b| b as u64)),
-        json_str(row.baseline),
-        json_str(row.measured),
-        json_num(median(&row.raw)),
-        json_num(median(&row.bus)),
-        json_list(&row.raw),
-        json_list(&row.bus),
-        json_num(median(&ratios)),
-        json_num(lo),
-        json_num(hi),
-        json_latency(row.bus_hist.as_ref()),
-        json_latency(row.raw_hist.as_ref()),
-        json_mem(row.bus_mem),
-        json_mem(row.raw_mem),
-    );
+    let mut o = json!({
+        "case": row.case,
+        "unit": row.unit,
+        "messages": row.messages,
+        "producers": row.producers,
+        "consumers": row.consumers,
+        "bindings": row.bindings,
+        "baseline": row.baseline,
+        "measured": row.measured,
+        "raw_per_sec": json_num(median(&row.raw)),
+        "bus_per_sec": json_num(median(&row.bus)),
+        "raw_per_sec_reps": json_list(&row.raw),
+        "bus_per_sec_reps": json_list(&row.bus),
+        "ratio_median": json_num(median(&ratios)),
+        "ratio_min": json_num(lo),
+        "ratio_max": json_num(hi),
+        "latency_ns": json_latency(row.bus_hist.as_ref()),
+        "raw_latency_ns": json_latency(row.raw_hist.as_ref()),
+        "memory": json_mem(row.bus_mem),
+        "raw_memory": json_mem(row.raw_mem),
+    });
     for (key, value) in &row.extra {
-        let _ = write!(o, ",{}:{value}", json_str(key));
+        o[*key] = value.clone();
     }
-    o.push('}');
     o
 }
 
@@ -1256,6 +1201,7 @@ impl Bench {
             Scenario::TwoPublishers => self.two_publishers(),
             Scenario::Rpc => vec![self.rpc()],
             Scenario::Statistics => vec![self.statistics()],
+            Scenario::Firehose => vec![self.firehose()],
             Scenario::FillDrain => self.fill_drain(),
         }
     }
@@ -1546,6 +1492,59 @@ impl Bench {
         row
     }
 
+    /// firehose: direct-manual's bus with no tap (the raw column) beside
+    /// the same bus with a no-op tap attached (the bus column): what a
+    /// tap or recorder costs while attached. Detached, the hooks are a
+    /// relaxed load each, inside every other scenario's figures.
+    fn firehose(&self) -> Row {
+        let (np, nc) = (self.config.producers.unwrap_or(1), self.config.consumers.unwrap_or(1));
+        let n = self.messages(200_000);
+        let case = format!("firehose: direct {np}→{nc} manual ack, prefetch 1000");
+        let setup = || {
+            self.single_queue_setup(
+                BrokerOptions::default(),
+                "bench.direct",
+                ExchangeKind::Direct,
+                ConsumeOptions { prefetch: 1000, ..Default::default() },
+                np,
+                &case,
+            )
+        };
+        let (off, on) = (setup(), setup());
+        let seen = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&seen);
+        let _tap = on.broker.tap(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let run = |side: &SingleQueue, label: String, n: u64| {
+            self.progress.set(label);
+            self.single_queue_bus(side, nc, n)
+        };
+        let mut row = Row::new(Scenario::Firehose, case.clone(), "msg", n);
+        (row.producers, row.consumers) = (np, nc);
+        (row.baseline, row.measured) = ("bus, no tap", "bus, tap attached");
+        row.legend = Some("raw /s is the bus with no tap, bus /s with a no-op tap attached".into());
+        let warm = (n / 10).max(1);
+        run(&off, format!("{case}: warm-up off"), warm);
+        run(&on, format!("{case}: warm-up on"), warm);
+        let reps = self.config.reps;
+        for rep in 1..=reps {
+            let label = |side: &str| format!("{case}: rep {rep}/{reps} {side}");
+            let (f, o) = if rep % 2 == 1 {
+                let f = run(&off, label("off"), n);
+                (f, run(&on, label("on"), n))
+            } else {
+                let o = run(&on, label("on"), n);
+                (run(&off, label("off"), n), o)
+            };
+            row.pair(&f, &o, n, true);
+        }
+        let events = seen.load(Ordering::Relaxed);
+        row.notes.push(format!("the tap saw {events} events (publish, delivery, settle of each message)"));
+        row.extra.push(("tap_events", json!(events)));
+        row
+    }
+
     /// fanout: P publishers, a fanout exchange to B queues, drained by C threads in turn.
     fn fanout(&self) -> Row {
         let (np, b) = (self.config.producers.unwrap_or(1), self.config.bindings.unwrap_or(10));
@@ -1665,7 +1664,7 @@ impl Bench {
         let mut row = Row::new(Scenario::Fanout, case.clone(), "deliveries", n);
         (row.producers, row.consumers, row.bindings) = (np, nd, Some(b));
         self.paired(&case, n, raw, bus, |r, bu, n| row.pair(r, bu, n * b as u64, true));
-        row.extra.push(("deliveries_per_run", (n * b as u64).to_string()));
+        row.extra.push(("deliveries_per_run", json!(n * b as u64)));
         row
     }
 
@@ -1900,7 +1899,7 @@ impl Bench {
         consume_row.notes.push(format!(
             "{deliveries} deliveries per run ({fan:.1} per message); the raw side sends each to the same queues"
         ));
-        consume_row.extra.push(("deliveries_per_run", deliveries.to_string()));
+        consume_row.extra.push(("deliveries_per_run", json!(deliveries)));
         vec![publish_row, consume_row]
     }
 
