@@ -179,9 +179,21 @@ impl Routed {
 /// delivery.ack()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Broker {
     pub(crate) inner: Arc<BrokerInner>,
+}
+
+impl std::fmt::Debug for Broker {
+    /// What a reader needs: how big the topology is and which clock it
+    /// reads, not the routing tables.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("exchanges", &self.inner.exchanges.load().len())
+            .field("queues", &self.inner.queues.load().len())
+            .field("clock", &self.inner.options.clock)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Broker {

@@ -345,10 +345,25 @@ impl ConsumerShared {
 /// delivery.ack()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
 pub struct Consumer {
     shared: Arc<ConsumerShared>,
     broker: Arc<BrokerInner>,
+}
+
+impl std::fmt::Debug for Consumer {
+    /// Its tag, queue and mode, and how many deliveries it holds: not the
+    /// queue and broker behind it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shared = &self.shared;
+        f.debug_struct("Consumer")
+            .field("tag", &&*shared.tag)
+            .field("queue", &&*shared.queue.name)
+            .field("auto_ack", &shared.auto_ack)
+            .field("prefetch", &shared.credit.prefetch())
+            .field("holding", &shared.credit.in_flight())
+            .field("cancelled", &shared.is_cancelled())
+            .finish()
+    }
 }
 
 impl Consumer {

@@ -28,6 +28,13 @@ impl Credit {
         Credit { prefetch, in_flight: AtomicU32::new(0) }
     }
 
+    /// The prefetch limit (0: none). (Unused by the loom model, which
+    /// compiles this file on its own.)
+    #[allow(dead_code)]
+    pub(crate) fn prefetch(&self) -> u32 {
+        self.prefetch
+    }
+
     pub(crate) fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
     }

@@ -317,7 +317,7 @@ impl std::fmt::Debug for Delivery {
             let names: Vec<&str> = headers.iter().map(|(name, _)| name).collect();
             out.field("headers", &names);
         }
-        out.field("body", &crate::observe::show_body(self.message()))
+        out.field("body", &format_args!("{}", crate::observe::show_body(self.message())))
             .field("settled", &self.holder.is_none())
             .finish()
     }

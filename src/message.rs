@@ -72,7 +72,7 @@ pub struct Properties {
 /// assert_eq!(msg.body().as_ref(), b"payload");
 /// assert_eq!(msg.header("region").and_then(FieldValue::as_str), Some("eu"));
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     properties: Arc<Properties>,
     body: Bytes,
@@ -282,5 +282,43 @@ mod tests {
         assert_eq!(body.as_ref(), b"b");
         let (properties, _) = shared.into_parts();
         assert_eq!(properties.correlation_id.as_deref(), Some("c"));
+    }
+}
+
+impl std::fmt::Debug for Message {
+    /// The body (as text if it reads as text, else its size) and the
+    /// properties that are set.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.properties();
+        let mut out = f.debug_struct("Message");
+        out.field("body", &format_args!("{}", crate::observe::show_body(self)));
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(value) = &p.$field {
+                    out.field(stringify!($field), value);
+                }
+            )*};
+        }
+        set!(
+            content_type,
+            content_encoding,
+            delivery_mode,
+            priority,
+            correlation_id,
+            reply_to,
+            expiration,
+            message_id,
+            timestamp,
+            kind,
+            user_id,
+            app_id
+        );
+        if let Some(headers) = p.headers.as_ref().filter(|h| !h.is_empty()) {
+            out.field("headers", headers);
+        }
+        if self.delay > 0 {
+            out.field("delay", &std::time::Duration::from_nanos(self.delay));
+        }
+        out.finish()
     }
 }

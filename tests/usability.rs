@@ -116,7 +116,7 @@ fn a_deliverys_debug_shows_what_a_user_needs() -> Result {
     assert_eq!(
         shown,
         "Delivery { exchange: \"\", routing_key: \"q\", delivery_tag: 1, redelivered: false, message_id: \"m-1\", \
-         headers: [\"tenant\"], body: \"\\\"hello\\\"\", settled: false }"
+         headers: [\"tenant\"], body: \"hello\", settled: false }"
     );
     delivery.ack()?;
     Ok(())
@@ -144,5 +144,25 @@ fn binding_without_arguments_and_stats_that_agree_and_serialise() -> Result {
     serde_json::to_value(broker.flow())?;
     serde_json::to_value(conn.rpc_stats())?;
     serde_json::to_value(broker.bindings())?;
+    Ok(())
+}
+
+#[test]
+fn debug_of_messages_consumers_and_brokers_shows_what_matters() -> Result {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default())?;
+    let message = Message::new("hi").with_message_id("m-1");
+    assert_eq!(format!("{message:?}"), "Message { body: \"hi\", message_id: \"m-1\" }");
+    assert_eq!(format!("{:?}", Message::new(vec![0_u8, 1, 2])), "Message { body: <3 bytes> }");
+    let consumer = conn.consume(
+        "q",
+        ConsumeOptions { consumer_tag: Some("c1".into()), prefetch: 5, ..Default::default() },
+    )?;
+    assert_eq!(
+        format!("{consumer:?}"),
+        "Consumer { tag: \"c1\", queue: \"q\", auto_ack: false, prefetch: 5, holding: 0, cancelled: false }"
+    );
+    assert_eq!(format!("{broker:?}"), "Broker { exchanges: 6, queues: 1, clock: Clock::System, .. }");
     Ok(())
 }
