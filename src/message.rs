@@ -253,38 +253,6 @@ impl Message {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clones_share_properties_until_one_changes_them() {
-        let original = Message::new("body").with_header("region", "eu").with_message_id("m-1");
-        let mut copy = original.clone();
-        assert!(Arc::ptr_eq(&original.properties, &copy.properties));
-        assert_eq!(copy.body().as_ptr(), original.body().as_ptr());
-
-        copy.properties_mut().message_id = Some("m-2".into());
-        let copy = copy.with_header("region", "us");
-        assert!(!Arc::ptr_eq(&original.properties, &copy.properties));
-        assert_eq!(original.properties().message_id.as_deref(), Some("m-1"));
-        assert_eq!(original.header("region").and_then(FieldValue::as_str), Some("eu"));
-        assert_eq!(copy.properties().message_id.as_deref(), Some("m-2"));
-        assert_eq!(copy.header("region").and_then(FieldValue::as_str), Some("us"));
-    }
-
-    #[test]
-    fn into_parts_gives_back_the_properties_whether_shared_or_not() {
-        let message = Message::new("b").with_correlation_id("c");
-        let shared = message.clone();
-        let (properties, body) = message.into_parts();
-        assert_eq!(properties.correlation_id.as_deref(), Some("c"));
-        assert_eq!(body.as_ref(), b"b");
-        let (properties, _) = shared.into_parts();
-        assert_eq!(properties.correlation_id.as_deref(), Some("c"));
-    }
-}
-
 impl std::fmt::Debug for Message {
     /// The body (as text if it reads as text, else its size) and the
     /// properties that are set.
@@ -320,5 +288,37 @@ impl std::fmt::Debug for Message {
             out.field("delay", &std::time::Duration::from_nanos(self.delay));
         }
         out.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_properties_until_one_changes_them() {
+        let original = Message::new("body").with_header("region", "eu").with_message_id("m-1");
+        let mut copy = original.clone();
+        assert!(Arc::ptr_eq(&original.properties, &copy.properties));
+        assert_eq!(copy.body().as_ptr(), original.body().as_ptr());
+
+        copy.properties_mut().message_id = Some("m-2".into());
+        let copy = copy.with_header("region", "us");
+        assert!(!Arc::ptr_eq(&original.properties, &copy.properties));
+        assert_eq!(original.properties().message_id.as_deref(), Some("m-1"));
+        assert_eq!(original.header("region").and_then(FieldValue::as_str), Some("eu"));
+        assert_eq!(copy.properties().message_id.as_deref(), Some("m-2"));
+        assert_eq!(copy.header("region").and_then(FieldValue::as_str), Some("us"));
+    }
+
+    #[test]
+    fn into_parts_gives_back_the_properties_whether_shared_or_not() {
+        let message = Message::new("b").with_correlation_id("c");
+        let shared = message.clone();
+        let (properties, body) = message.into_parts();
+        assert_eq!(properties.correlation_id.as_deref(), Some("c"));
+        assert_eq!(body.as_ref(), b"b");
+        let (properties, _) = shared.into_parts();
+        assert_eq!(properties.correlation_id.as_deref(), Some("c"));
     }
 }
