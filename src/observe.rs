@@ -276,7 +276,11 @@ pub(crate) struct Observers {
     /// deliveries, though its own report comes after routing.
     seq: AtomicU64,
     next_id: AtomicU64,
-    list: Mutex<Vec<(u64, Arc<ObserverFn>)>>,
+    /// The observers, swapped whole on attach and detach: emitting only
+    /// loads the list (no lock, no allocation per event).
+    list: arc_swap::ArcSwap<Vec<(u64, Arc<ObserverFn>)>>,
+    /// Serialises attach and detach.
+    writers: Mutex<()>,
 }
 
 impl fmt::Debug for Observers {
@@ -302,8 +306,8 @@ impl Observers {
     /// may attach or detach.
     #[cold]
     pub(crate) fn emit(&self, seq: u64, event: Event) {
-        let list: Vec<Arc<ObserverFn>> = self.list.lock().iter().map(|(_, o)| Arc::clone(o)).collect();
-        for observer in list {
+        let list = self.list.load_full();
+        for (_, observer) in list.iter() {
             observer(seq, &event);
         }
     }
@@ -320,21 +324,24 @@ impl Observers {
     /// Attaches an observer; returns its id for [`detach`](Self::detach).
     pub(crate) fn attach(&self, observer: Arc<ObserverFn>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut list = self.list.lock();
+        let _writer = self.writers.lock();
+        let mut list = (**self.list.load()).clone();
         list.push((id, observer));
+        self.list.store(Arc::new(list));
         self.active.store(true, Ordering::SeqCst);
         id
     }
 
     pub(crate) fn detach(&self, id: u64) {
-        let removed = {
-            let mut list = self.list.lock();
+        let (removed, old) = {
+            let _writer = self.writers.lock();
+            let mut list = (**self.list.load()).clone();
             let removed = list.iter().position(|(i, _)| *i == id).map(|at| list.remove(at));
             self.active.store(!list.is_empty(), Ordering::SeqCst);
-            removed
+            (removed, self.list.swap(Arc::new(list)))
         };
         // The observer (user code) is dropped outside the lock.
-        drop(removed);
+        drop((removed, old));
     }
 }
 
