@@ -491,7 +491,7 @@ impl Connection {
         routing_key: &str,
         value: &T,
     ) -> Result<Routed, TypedPublishError> {
-        Ok(self.publish(exchange, routing_key, Message::encode(value)?)?)
+        self.typed::<Bincode>().publish(exchange, routing_key, value)
     }
 }
 

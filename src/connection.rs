@@ -632,8 +632,7 @@ impl Connection {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let reply = self.call(exchange, routing_key, Message::encode(request)?, timeout)?;
-        Ok(reply.decode()?)
+        self.typed::<crate::Bincode>().call(exchange, routing_key, request, timeout)
     }
 
     /// The async form of [`call_typed`](Self::call_typed).
@@ -652,8 +651,7 @@ impl Connection {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let reply = self.call_async(exchange, routing_key, Message::encode(request)?, timeout).await?;
-        Ok(reply.decode()?)
+        self.typed::<crate::Bincode>().call_async(exchange, routing_key, request, timeout).await
     }
 
     /// This connection's direct reply-to address: the `reply_to` its calls
@@ -718,6 +716,14 @@ impl Connection {
     /// while workers still hold the connection. For resilience tests: a
     /// handler's work that was not acknowledged is done again elsewhere.
     pub fn crash(&self) {
+        self.publish_will();
+        self.shut_down();
+    }
+
+    /// Publishes the last will, if there is one and the connection is
+    /// open. Nobody is left to hand an error to: an unroutable will is
+    /// dropped, as a will with no subscriber is in MQTT.
+    fn publish_will(&self) {
         let will = self.shared.will.lock().take();
         if let Some(will) = will
             && !self.is_closed()
@@ -729,7 +735,6 @@ impl Connection {
                 PublishOptions::default(),
             );
         }
-        self.shut_down();
     }
 
     fn shut_down(&self) {
@@ -864,19 +869,7 @@ impl Drop for Connection {
         if self.shared.handles.fetch_sub(1, Ordering::AcqRel) > 1 {
             return;
         }
-        let will = self.shared.will.lock().take();
-        if let Some(will) = will
-            && !self.is_closed()
-        {
-            // Nobody is left to hand an error to: an unroutable will is
-            // dropped, as a will with no subscriber is in MQTT.
-            let _ = self.broker.inner.publish(
-                &will.exchange,
-                &will.routing_key,
-                will.message,
-                PublishOptions::default(),
-            );
-        }
+        self.publish_will();
         self.shut_down();
     }
 }

@@ -126,10 +126,7 @@ impl Broker {
             }
         }
         for (queue, dlx, key) in &picture.dead_letters {
-            let label = match key {
-                Some(key) => format!("dead letters: {key}"),
-                None => "dead letters".into(),
-            };
+            let label = dead_letter_label(key.as_deref());
             let _ = writeln!(
                 out,
                 "  {} -.->|\"{}\"| {}",
@@ -180,10 +177,7 @@ impl Broker {
             let _ = writeln!(out, "  {} -> {to} [label=\"{}\"];", ids.exchange(from), dot_text(label));
         }
         for (queue, dlx, key) in &picture.dead_letters {
-            let label = match key {
-                Some(key) => format!("dead letters: {key}"),
-                None => "dead letters".into(),
-            };
+            let label = dead_letter_label(key.as_deref());
             let _ = writeln!(
                 out,
                 "  {} -> {} [style=dashed, color=\"#c5221f\", fontcolor=\"#c5221f\", label=\"{}\"];",
@@ -231,6 +225,14 @@ impl Ids {
 
     fn queue(&self, name: &str) -> String {
         format!("q{}", self.queues.get(name).copied().unwrap_or(usize::MAX))
+    }
+}
+
+/// The label of a dead-letter edge: its fixed routing key, if any.
+fn dead_letter_label(key: Option<&str>) -> String {
+    match key {
+        Some(key) => format!("dead letters: {key}"),
+        None => "dead letters".into(),
     }
 }
 

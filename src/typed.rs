@@ -94,8 +94,8 @@ impl<C: Codec> Typed<'_, C> {
         Ok(self.conn.publish(exchange, routing_key, Message::encode_with::<C, T>(value)?)?)
     }
 
-    /// Calls with a request encoded by `C` and decodes the reply with `C`
-    /// (whatever its content type says: a server of the same contract).
+    /// Calls with a request encoded by `C` and decodes the reply by the
+    /// codec its content type names, or with `C` when it names none.
     ///
     /// # Errors
     ///
@@ -113,7 +113,7 @@ impl<C: Codec> Typed<'_, C> {
     {
         let reply =
             self.conn.call(exchange, routing_key, Message::encode_with::<C, Req>(request)?, timeout)?;
-        Ok(reply.decode_with::<C, Resp>()?)
+        decode_reply::<C, Resp>(&reply)
     }
 
     /// The async form of [`call`](Self::call).
@@ -134,7 +134,7 @@ impl<C: Codec> Typed<'_, C> {
     {
         let message = Message::encode_with::<C, Req>(request)?;
         let reply = self.conn.call_async(exchange, routing_key, message, timeout).await?;
-        Ok(reply.decode_with::<C, Resp>()?)
+        decode_reply::<C, Resp>(&reply)
     }
 
     /// An RPC server whose handler takes the request decoded with `C` and
@@ -163,4 +163,12 @@ impl<C: Codec> Typed<'_, C> {
             Message::encode_with::<C, Resp>(&reply).map_err(|e| e.to_string())
         })
     }
+}
+
+/// A reply, decoded by the codec its content type names, or with `C`.
+fn decode_reply<C: Codec, Resp: DeserializeOwned>(reply: &crate::Delivery) -> Result<Resp, CallError> {
+    Ok(match reply.properties().content_type {
+        Some(_) => reply.decode()?,
+        None => reply.decode_with::<C, Resp>()?,
+    })
 }
