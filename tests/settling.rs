@@ -317,10 +317,18 @@ fn settle_racing_publishers_and_handlers_never_returns_early() -> Result {
         .collect();
     let per_root = handled_per_root();
     let (mut settled, mut checked) = (0, 0_usize);
+    // On a loaded machine the publishers may not have run yet: a settle of
+    // an idle bus checks nothing, so wait for the first roots.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while returned.load(Ordering::SeqCst) < 10 {
+        assert!(std::time::Instant::now() < deadline, "the publishers never published");
+        thread::yield_now();
+    }
     let mut round = 0;
     // At least `rounds()` rounds, and more until settle has returned `Ok`
-    // 20 times (a loaded machine may be busy for a while), up to a cap.
-    while round < rounds() || (settled < 20 && round < rounds() * 20) {
+    // 20 times with roots to check (a loaded machine may be busy for a
+    // while), up to a cap.
+    while round < rounds() || ((settled < 20 || checked == 0) && round < rounds() * 20) {
         round += 1;
         let before = (returned.load(Ordering::SeqCst) as usize).min(MAX_ROOTS);
         // Under constant publishing the bus may not be quiet: a timeout is
