@@ -291,6 +291,18 @@ impl TopologyView {
                 Some(format!("cannot publish to internal exchange '{exchange}' in vhost '/'"));
             return explanation;
         }
+        // As publishing refuses a `CC` or `BCC` that is not an array.
+        for name in ["CC", "BCC"] {
+            if let Some(value) = headers.and_then(|h| h.get(name))
+                && !matches!(value, FieldValue::Array(_))
+            {
+                explanation.refused = Some(format!(
+                    "invalid header '{name}': unacceptable_type_in_header: expected an array of routing keys, got {}",
+                    crate::queue::describe(value)
+                ));
+                return explanation;
+            }
+        }
         let mut seen_queues = HashSet::new();
         let mut misses = Vec::new();
         let keys = std::iter::once(routing_key.to_owned()).chain(sender_selected(headers));

@@ -161,3 +161,37 @@ fn what_cannot_be_loaded_is_refused_one_by_one_and_reported() {
         ]
     );
 }
+
+#[test]
+fn hostile_definitions_are_refused_or_reported_never_a_panic() {
+    let long = "x".repeat(300);
+    let file = format!(
+        r#"{{
+        "queues": [
+            {{"name": "{long}", "arguments": {{}}}},
+            {{"name": "typed", "arguments": {{"x-max-length": "lots"}}}},
+            {{"name": "negative", "arguments": {{"x-message-ttl": -5}}}},
+            {{"name": "huge", "arguments": {{"x-expires": 9223372036854775807}}}},
+            {{"name": "float", "arguments": {{"x-max-priority": 1.5}}}},
+            {{"name": "nested", "arguments": {{"x-dead-letter-exchange": [[["deep"]]]}}}},
+            {{"name": "quorum-nondurable", "type": "quorum", "durable": false, "arguments": {{}}}}
+        ],
+        "exchanges": [
+            {{"name": "", "type": "direct"}},
+            {{"name": "amq.direct", "type": "fanout"}},
+            {{"name": "delayed-no-type", "type": "x-delayed-message", "arguments": {{}}}}
+        ],
+        "bindings": [
+            {{"source": "amq.headers", "destination": "nowhere", "destination_type": "queue", "arguments": {{"x-match": 7}}}},
+            {{"source": "amq.direct", "destination": "typed", "destination_type": "bucket"}}
+        ]
+    }}"#
+    );
+    let broker = Broker::new();
+    let report = broker.load_definitions(&serde_json::from_str(&file).unwrap());
+    assert_eq!(report.queues, 0, "{report:#?}");
+    assert_eq!(report.refused.len(), 12, "{report:#?}");
+    // Malformed JSON is serde's error, before the broker sees anything.
+    assert!(serde_json::from_str::<Definitions>(r#"{"queues": [{"arguments": {}}]}"#).is_err());
+    assert!(serde_json::from_str::<Definitions>(&"[".repeat(10_000)).is_err());
+}

@@ -239,3 +239,17 @@ fn the_path_shows_exchange_hops_and_alternate_exchanges() {
     let found = broker.explain_route("front", "other", Some(&with_cc));
     assert_eq!(found.queues(), ["lost", "billing"]);
 }
+
+#[test]
+fn a_cc_header_publishing_refuses_is_explained_as_refused() {
+    let broker = Broker::new();
+    broker.connect().declare_queue("q", QueueOptions::default()).unwrap();
+    let bad = FieldTable::new().with("CC", "q");
+    let explained = broker.explain_route("", "q", Some(&bad));
+    assert!(
+        explained.refused.as_deref().is_some_and(|r| r.contains("unacceptable_type_in_header")),
+        "{explained}"
+    );
+    let refused = broker.connect().publish("", "q", Message::new("m").with_headers(bad));
+    assert!(refused.is_err());
+}
