@@ -151,3 +151,21 @@ fn a_crashed_connection_gives_its_unacknowledged_work_to_others_and_publishes_it
     assert_eq!(conn.get("obituaries", true)?.unwrap().body().as_ref(), b"worker-1 died");
     Ok(())
 }
+
+#[test]
+fn extreme_fault_rules_are_taken_as_meant_never_a_panic() -> Result {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default())?;
+    let faults = broker.inject_faults(0);
+    // A NaN or negative chance never hits; one above 1 always does.
+    faults.add(Fault { probability: f64::NAN, ..Fault::new(FaultAction::Drop) });
+    faults.add(Fault { probability: -1.0, ..Fault::new(FaultAction::Drop) });
+    faults.add(Fault { probability: 2.0, limit: Some(1), ..Fault::new(FaultAction::Delay(Duration::MAX)) });
+    conn.publish("", "q", Message::new("far future"))?;
+    conn.publish("", "q", Message::new("now"))?;
+    let stats = broker.queue_stats("q")?;
+    assert_eq!((stats.messages_delayed, stats.messages_ready), (1, 1));
+    assert_eq!(faults.injected().len(), 1);
+    Ok(())
+}

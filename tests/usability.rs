@@ -166,3 +166,21 @@ fn debug_of_messages_consumers_and_brokers_shows_what_matters() -> Result {
     assert_eq!(format!("{broker:?}"), "Broker { exchanges: 6, queues: 1, clock: Clock::System, .. }");
     Ok(())
 }
+
+#[test]
+fn an_extreme_backoff_is_clamped_never_a_panic() -> Result {
+    let (broker, clock) = Broker::deterministic();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default())?;
+    let backoff = interoffice::Backoff { initial: Duration::MAX, max: Duration::MAX };
+    let options = WorkerOptions { on_error: OnError::Backoff(backoff), ..Default::default() };
+    let worker = conn.worker("q", options, |_| Err::<(), _>("always"))?;
+    conn.publish("", "q", Message::new("m"))?;
+    broker.run_until_idle();
+    assert_eq!(worker.stats().failed, 1);
+    assert_eq!(broker.queue_stats("q")?.messages_delayed, 1, "waiting, at most ten years");
+    clock.advance(interoffice::MAX_DURATION);
+    broker.run_until_idle();
+    assert_eq!(worker.stats().failed, 2, "and retried once that has passed");
+    Ok(())
+}
