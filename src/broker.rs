@@ -1003,7 +1003,7 @@ impl BrokerInner {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let _busy = self.activity.busy();
+        let busy = self.activity.busy();
         let (message, ttl) = self
             .check(routing_key, message)
             .inspect_err(|e| self.report_refused(exchange, routing_key, e))?;
@@ -1014,7 +1014,7 @@ impl BrokerInner {
             self.report_refused(exchange, routing_key, &error);
             return Err(error);
         };
-        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)
+        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options, busy.index())
     }
 
     /// Publishes through a pre-resolved exchange (a `Publisher`).
@@ -1025,7 +1025,7 @@ impl BrokerInner {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let _busy = self.activity.busy();
+        let busy = self.activity.busy();
         let (message, ttl) = self
             .check(routing_key, message)
             .inspect_err(|e| self.report_refused(&start.name, routing_key, e))?;
@@ -1037,7 +1037,7 @@ impl BrokerInner {
             self.report_refused(&start.name, routing_key, &error);
             return Err(error);
         }
-        self.publish_to(None, start, routing_key, message, ttl, options)
+        self.publish_to(None, start, routing_key, message, ttl, options, busy.index())
     }
 
     /// Reports a publish refused before routing to the observers.
@@ -1089,6 +1089,7 @@ impl BrokerInner {
         mut message: Message,
         ttl: Option<Duration>,
         options: PublishOptions,
+        stripe: usize,
     ) -> Result<Routed, PublishError> {
         if start.options.internal {
             let error = PublishError::InternalExchange {
@@ -1138,7 +1139,7 @@ impl BrokerInner {
         self.route_keys(exchanges, start, &mut pass, &extra_keys);
         let RoutingPass { enqueued, duplicates, rejected, letters, names, .. } = pass;
         if self.options.statistics {
-            start.counters.count(enqueued > 0 || duplicates > 0);
+            start.counters.count(stripe, enqueued > 0 || duplicates > 0);
         }
         if enqueued == 0 && duplicates == 0 {
             crate::trace::unroutable(&start.name, routing_key, options.mandatory, &envelope.message);

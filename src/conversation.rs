@@ -54,6 +54,18 @@ struct Scope {
 thread_local! {
     /// Scopes entered on this thread, innermost last.
     static SCOPES: RefCell<Vec<Scope>> = const { RefCell::new(Vec::new()) };
+    /// How many: the publish path reads only this when it is 0.
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Pushes a scope on this thread's stack.
+fn push(scope: Scope) -> bool {
+    SCOPES
+        .try_with(|scopes| {
+            scopes.borrow_mut().push(scope);
+            DEPTH.with(|d| d.set(d.get() + 1));
+        })
+        .is_ok()
 }
 
 /// The scope of a delivery, if it carries a conversation id or a trace
@@ -90,7 +102,10 @@ pub struct ConversationScope {
 impl Drop for ConversationScope {
     fn drop(&mut self) {
         if self.entered {
-            let _ = SCOPES.try_with(|scopes| scopes.borrow_mut().pop());
+            let _ = SCOPES.try_with(|scopes| {
+                scopes.borrow_mut().pop();
+                DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+            });
         }
     }
 }
@@ -99,7 +114,7 @@ impl Drop for ConversationScope {
 /// carries no conversation id).
 pub(crate) fn enter(message: &Message) -> ConversationScope {
     let entered = match scope_of(message) {
-        Some(scope) => SCOPES.try_with(|scopes| scopes.borrow_mut().push(scope)).is_ok(),
+        Some(scope) => push(scope),
         None => false,
     };
     ConversationScope { entered, _thread_bound: PhantomData }
@@ -109,7 +124,7 @@ pub(crate) fn enter(message: &Message) -> ConversationScope {
 /// poll, so the scope never leaks to other tasks of the executor's thread.
 pub(crate) fn within<R>(scope: Option<&ScopeOf>, f: impl FnOnce() -> R) -> R {
     let _guard = scope.map(|s| {
-        let entered = SCOPES.try_with(|scopes| scopes.borrow_mut().push(s.0.clone())).is_ok();
+        let entered = push(s.0.clone());
         ConversationScope { entered, _thread_bound: PhantomData }
     });
     f()
@@ -131,6 +146,9 @@ impl ScopeOf {
 /// is entered.
 #[inline]
 pub(crate) fn stamp(message: &mut Message) {
+    if DEPTH.try_with(std::cell::Cell::get).unwrap_or(0) == 0 {
+        return;
+    }
     let scope = SCOPES.try_with(|scopes| scopes.borrow().last().cloned()).ok().flatten();
     if let Some(scope) = scope {
         stamp_with(message, &scope);

@@ -28,10 +28,11 @@ pub(crate) struct PublishCounters {
 }
 
 impl PublishCounters {
-    /// Counts one publish to this exchange.
+    /// Counts one publish to this exchange, on stripe `index` (the
+    /// publishing thread's, already looked up for the settle counters).
     #[inline]
-    pub(crate) fn count(&self, routed: bool) {
-        let stripe = &self.stripes[crate::settle::stripe_index() % STRIPES];
+    pub(crate) fn count(&self, index: usize, routed: bool) {
+        let stripe = &self.stripes[index % STRIPES];
         let counter = if routed { &stripe.routed } else { &stripe.unroutable };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -70,8 +70,10 @@ impl Activity {
     /// One move, ended when the guard drops (also when unwinding).
     #[inline]
     pub(crate) fn busy(&self) -> Busy<'_> {
-        self.begin(1);
-        Busy(self)
+        let index = stripe_index();
+        let stripe = &self.stripes[index];
+        stripe.begun.fetch_add(1, Ordering::SeqCst);
+        Busy { stripe, index }
     }
 
     fn begun(&self) -> u64 {
@@ -105,11 +107,23 @@ impl Activity {
 }
 
 /// A move in flight; ends it when dropped.
-pub(crate) struct Busy<'a>(&'a Activity);
+/// The stripe is looked up once, at the start: the publish path reuses
+/// its index for its other per-thread counters.
+pub(crate) struct Busy<'a> {
+    stripe: &'a Stripe,
+    index: usize,
+}
+
+impl Busy<'_> {
+    /// This thread's stripe index, for other striped counters.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+}
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.end(1);
+        self.stripe.ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
