@@ -356,8 +356,9 @@ impl Broker {
     ///
     /// For tests of service interactions: publish, settle, then assert on
     /// what happened, without guessing how long to sleep. Every publish
-    /// that had started before `settle` was called is done with when it
-    /// returns `Ok`, and so is everything it caused.
+    /// that had returned before `settle` was called is done with when it
+    /// returns `Ok`, and so is everything it caused; a publish still
+    /// routing while `settle` reads counts as pending.
     ///
     /// Time: under the system clock a delayed message (or a retry waiting
     /// out its delay) is pending, so `settle` waits for it. Under a
@@ -1003,7 +1004,6 @@ impl BrokerInner {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let busy = self.activity.busy();
         let (message, ttl) = self
             .check(routing_key, message)
             .inspect_err(|e| self.report_refused(exchange, routing_key, e))?;
@@ -1014,7 +1014,7 @@ impl BrokerInner {
             self.report_refused(exchange, routing_key, &error);
             return Err(error);
         };
-        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options, busy.index())
+        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)
     }
 
     /// Publishes through a pre-resolved exchange (a `Publisher`).
@@ -1025,7 +1025,6 @@ impl BrokerInner {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let busy = self.activity.busy();
         let (message, ttl) = self
             .check(routing_key, message)
             .inspect_err(|e| self.report_refused(&start.name, routing_key, e))?;
@@ -1037,7 +1036,7 @@ impl BrokerInner {
             self.report_refused(&start.name, routing_key, &error);
             return Err(error);
         }
-        self.publish_to(None, start, routing_key, message, ttl, options, busy.index())
+        self.publish_to(None, start, routing_key, message, ttl, options)
     }
 
     /// Reports a publish refused before routing to the observers.
@@ -1089,8 +1088,10 @@ impl BrokerInner {
         mut message: Message,
         ttl: Option<Duration>,
         options: PublishOptions,
-        stripe: usize,
     ) -> Result<Routed, PublishError> {
+        // In flight for `settle` from before the first enqueue to after the
+        // last (a publish refused before routing enqueues nothing).
+        let busy = self.activity.busy();
         if start.options.internal {
             let error = PublishError::InternalExchange {
                 exchange: start.name.to_string(),
@@ -1139,7 +1140,7 @@ impl BrokerInner {
         self.route_keys(exchanges, start, &mut pass, &extra_keys);
         let RoutingPass { enqueued, duplicates, rejected, letters, names, .. } = pass;
         if self.options.statistics {
-            start.counters.count(stripe, enqueued > 0 || duplicates > 0);
+            start.counters.count(busy.index(), enqueued > 0 || duplicates > 0);
         }
         if enqueued == 0 && duplicates == 0 {
             crate::trace::unroutable(&start.name, routing_key, options.mandatory, &envelope.message);
