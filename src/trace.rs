@@ -84,3 +84,37 @@ pub(crate) fn handling(_queue: &str, _message: &Message) -> HandlerSpan {
     #[cfg(not(feature = "tracing"))]
     HandlerSpan {}
 }
+
+/// The span of an async handler: entered around each poll of its future
+/// (never held across an await, which would leak it to other tasks).
+pub(crate) struct AsyncSpan {
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+}
+
+/// The span of an async handler working on `message` from `queue`.
+#[inline]
+pub(crate) fn async_handling(_queue: &str, _message: &Message) -> AsyncSpan {
+    #[cfg(feature = "tracing")]
+    {
+        let (traceparent, conversation) = context(_message);
+        AsyncSpan {
+            span: tracing::info_span!(target: "interoffice", "interoffice.handle", queue = _queue, traceparent, conversation),
+        }
+    }
+    #[cfg(not(feature = "tracing"))]
+    AsyncSpan {}
+}
+
+impl AsyncSpan {
+    /// Runs `f` inside the span.
+    #[inline]
+    pub(crate) fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        #[cfg(feature = "tracing")]
+        {
+            self.span.in_scope(f)
+        }
+        #[cfg(not(feature = "tracing"))]
+        f()
+    }
+}

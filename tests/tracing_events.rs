@@ -10,8 +10,10 @@
 mod trace_shop;
 use std::sync::{Arc, Mutex};
 
+use std::future::Future;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
+
 use tracing::{Event, Metadata, Subscriber};
 
 /// What the test subscriber saw: `span NAME k=v ...` and `event MESSAGE k=v ...`.
@@ -66,4 +68,48 @@ fn spans_and_events_carry_the_trace_context() {
     ));
     has("event WARN");
     has("message=interoffice: a worker's handler failed");
+    an_async_handler_runs_in_its_span();
+}
+
+/// An async worker's handler runs in its span too. (Called from the one
+/// test: see the file's docs.)
+fn an_async_handler_runs_in_its_span() {
+    let seen = Seen::default();
+    tracing::subscriber::with_default(seen.clone(), || {
+        let broker = interoffice::Broker::new();
+        let conn = broker.connect();
+        conn.declare_queue("async-in", Default::default()).unwrap();
+        conn.publish("", "async-in", trace_shop::traced("x")).unwrap();
+        let worker = conn
+            .worker_async("async-in", Default::default(), async |_: &interoffice::Delivery| {
+                tracing::info!(target: "interoffice", "inside the handler");
+                Ok::<(), String>(())
+            })
+            .unwrap();
+        let stop = worker.stop_handle();
+        futures::executor::block_on(async {
+            let run = worker.run();
+            let mut run = std::pin::pin!(run);
+            // One message: poll until it is handled, then stop.
+            futures::future::poll_fn(|cx| {
+                let polled = run.as_mut().poll(cx);
+                if broker
+                    .queue_stats("async-in")
+                    .map(|s| s.messages_ready + s.messages_unacknowledged)
+                    .unwrap_or(0)
+                    == 0
+                {
+                    stop.stop();
+                }
+                polled
+            })
+            .await
+        });
+    });
+    let seen = seen.0.lock().unwrap().join("\n");
+    assert!(
+        seen.contains(&format!("span interoffice.handle queue=async-in traceparent={}", trace_shop::PARENT)),
+        "{seen}"
+    );
+    assert!(seen.contains("inside the handler"), "{seen}");
 }

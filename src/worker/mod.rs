@@ -676,13 +676,16 @@ impl<F> AsyncWorker<F> {
                 // What the handler publishes carries on its conversation:
                 // the scope is entered around each poll, never across one.
                 let scope = crate::conversation::ScopeOf::of(delivery.message());
+                let span = crate::trace::async_handling(self.consumer.queue(), delivery.message());
                 // Calling may panic as well as polling: an `AsyncFn` need not
                 // be an async closure.
-                let called = crate::conversation::within(scope.as_ref(), || {
-                    catch_unwind(AssertUnwindSafe(|| (self.handler)(&delivery)))
+                let called = span.in_scope(|| {
+                    crate::conversation::within(scope.as_ref(), || {
+                        catch_unwind(AssertUnwindSafe(|| (self.handler)(&delivery)))
+                    })
                 });
                 match called {
-                    Ok(future) => CatchUnwind { future: pin!(future), scope }.await,
+                    Ok(future) => CatchUnwind { future: pin!(future), scope, span }.await,
                     Err(panic) => Err(panic),
                 }
             };
@@ -703,6 +706,8 @@ struct CatchUnwind<'a, Fut> {
     future: Pin<&'a mut Fut>,
     /// The conversation the handler publishes in, entered around each poll.
     scope: Option<crate::conversation::ScopeOf>,
+    /// The handler's span (feature `tracing`), entered around each poll.
+    span: crate::trace::AsyncSpan,
 }
 
 impl<Fut: Future> Future for CatchUnwind<'_, Fut> {
@@ -711,8 +716,9 @@ impl<Fut: Future> Future for CatchUnwind<'_, Fut> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let future = this.future.as_mut();
-        let polled = crate::conversation::within(this.scope.as_ref(), || {
-            catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
+        let (scope, span) = (this.scope.as_ref(), &this.span);
+        let polled = span.in_scope(|| {
+            crate::conversation::within(scope, || catch_unwind(AssertUnwindSafe(|| future.poll(cx))))
         });
         match polled {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
