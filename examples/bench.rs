@@ -1437,10 +1437,6 @@ impl Bench {
             )
         };
         let (off, on) = (setup(false), setup(true));
-        let run = |side: &SingleQueue, label: String, n: u64| {
-            self.progress.set(label);
-            self.single_queue_bus(side, nc, n)
-        };
         let mut row = Row::new(Scenario::Statistics, case.clone(), "msg", n);
         (row.producers, row.consumers) = (np, nc);
         (row.baseline, row.measured) = ("bus, statistics off", "bus, statistics on");
@@ -1449,27 +1445,7 @@ impl Bench {
              on ÷ off (1.0 = free; target ≥ 0.95)"
                 .into(),
         );
-        let warm = (n / 10).max(1);
-        run(&off, format!("{case}: warm-up off"), warm);
-        run(&on, format!("{case}: warm-up on"), warm);
-        // Running second in a pair can help (warm caches and allocator) or
-        // hurt (the first run's leftovers): odd reps run off then on, even
-        // reps on then off, so the median does not lean on one order.
-        let (mut off_first, mut on_first) = (Vec::new(), Vec::new());
-        let reps = self.config.reps;
-        for rep in 1..=reps {
-            let label = |side: &str| format!("{case}: rep {rep}/{reps} {side}");
-            let (f, o) = if rep % 2 == 1 {
-                let f = run(&off, label("off"), n);
-                (f, run(&on, label("on"), n))
-            } else {
-                let o = run(&on, label("on"), n);
-                (run(&off, label("off"), n), o)
-            };
-            row.pair(&f, &o, n, true);
-            let ratio = per_sec(n, o.elapsed) / per_sec(n, f.elapsed);
-            if rep % 2 == 1 { off_first.push(ratio) } else { on_first.push(ratio) }
-        }
+        let (off_first, on_first) = self.alternating_pairs(&mut row, &case, (&off, &on), nc, n);
         let by_order = |ratios: &[f64]| match ratios.len() {
             0 => "no pairs".to_owned(),
             k => format!("{} ({k} pair{})", fmt_ratio(median(ratios)), if k == 1 { "" } else { "s" }),
@@ -1490,6 +1466,46 @@ impl Bench {
         row.extra.push(("ratio_reps_off_first", json_list(&off_first)));
         row.extra.push(("ratio_reps_on_first", json_list(&on_first)));
         row
+    }
+
+    /// Warms up, then runs the paired reps of one bus without (`off`) and
+    /// with (`on`) a feature, `nc` consumers and `n` messages a run, and
+    /// records them in `row`. Running second in a pair can help (warm
+    /// caches and allocator) or hurt (the first run's leftovers): odd reps
+    /// run off then on, even reps on then off, so the median does not lean
+    /// on one order. Returns the on ÷ off ratios by order (off first, on
+    /// first).
+    fn alternating_pairs(
+        &self,
+        row: &mut Row,
+        case: &str,
+        (off, on): (&SingleQueue, &SingleQueue),
+        nc: usize,
+        n: u64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let run = |side: &SingleQueue, label: String, n: u64| {
+            self.progress.set(label);
+            self.single_queue_bus(side, nc, n)
+        };
+        let warm = (n / 10).max(1);
+        run(off, format!("{case}: warm-up off"), warm);
+        run(on, format!("{case}: warm-up on"), warm);
+        let (mut off_first, mut on_first) = (Vec::new(), Vec::new());
+        let reps = self.config.reps;
+        for rep in 1..=reps {
+            let label = |side: &str| format!("{case}: rep {rep}/{reps} {side}");
+            let (f, o) = if rep % 2 == 1 {
+                let f = run(off, label("off"), n);
+                (f, run(on, label("on"), n))
+            } else {
+                let o = run(on, label("on"), n);
+                (run(off, label("off"), n), o)
+            };
+            row.pair(&f, &o, n, true);
+            let ratio = per_sec(n, o.elapsed) / per_sec(n, f.elapsed);
+            if rep % 2 == 1 { off_first.push(ratio) } else { on_first.push(ratio) }
+        }
+        (off_first, on_first)
     }
 
     /// firehose: direct-manual's bus with no tap (the raw column) beside
@@ -1516,29 +1532,11 @@ impl Bench {
         let _tap = on.broker.tap(move |_| {
             counter.fetch_add(1, Ordering::Relaxed);
         });
-        let run = |side: &SingleQueue, label: String, n: u64| {
-            self.progress.set(label);
-            self.single_queue_bus(side, nc, n)
-        };
         let mut row = Row::new(Scenario::Firehose, case.clone(), "msg", n);
         (row.producers, row.consumers) = (np, nc);
         (row.baseline, row.measured) = ("bus, no tap", "bus, tap attached");
         row.legend = Some("raw /s is the bus with no tap, bus /s with a no-op tap attached".into());
-        let warm = (n / 10).max(1);
-        run(&off, format!("{case}: warm-up off"), warm);
-        run(&on, format!("{case}: warm-up on"), warm);
-        let reps = self.config.reps;
-        for rep in 1..=reps {
-            let label = |side: &str| format!("{case}: rep {rep}/{reps} {side}");
-            let (f, o) = if rep % 2 == 1 {
-                let f = run(&off, label("off"), n);
-                (f, run(&on, label("on"), n))
-            } else {
-                let o = run(&on, label("on"), n);
-                (run(&off, label("off"), n), o)
-            };
-            row.pair(&f, &o, n, true);
-        }
+        self.alternating_pairs(&mut row, &case, (&off, &on), nc, n);
         let events = seen.load(Ordering::Relaxed);
         row.notes.push(format!("the tap saw {events} events (publish, delivery, settle of each message)"));
         row.extra.push(("tap_events", json!(events)));
