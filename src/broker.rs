@@ -675,18 +675,7 @@ impl Broker {
         let mut out: Vec<BindingInfo> = registry
             .bindings
             .values()
-            .flat_map(|entry| {
-                entry.args.iter().map(move |(arguments, _)| BindingInfo {
-                    source: entry.source.name.to_string(),
-                    destination: match &entry.dest {
-                        Dest::Queue(q) => q.name.to_string(),
-                        Dest::Exchange(e) => e.name.to_string(),
-                    },
-                    destination_is_exchange: matches!(entry.dest, Dest::Exchange(_)),
-                    routing_key: entry.key.clone(),
-                    arguments: arguments.clone(),
-                })
-            })
+            .flat_map(|entry| entry.args.iter().map(move |(arguments, _)| entry.info(arguments)))
             .collect();
         out.sort_by(|a, b| {
             (&a.source, &a.destination, &a.routing_key).cmp(&(&b.source, &b.destination, &b.routing_key))
@@ -750,6 +739,22 @@ struct BindingEntry {
     dest: Dest,
     key: String,
     args: Vec<(FieldTable, Option<HeadersMatcher>)>,
+}
+
+impl BindingEntry {
+    /// The binding with `arguments` (one of `args`), as it is listed.
+    fn info(&self, arguments: &FieldTable) -> BindingInfo {
+        BindingInfo {
+            source: self.source.name.to_string(),
+            destination: match &self.dest {
+                Dest::Queue(q) => q.name.to_string(),
+                Dest::Exchange(e) => e.name.to_string(),
+            },
+            destination_is_exchange: matches!(self.dest, Dest::Exchange(_)),
+            routing_key: self.key.clone(),
+            arguments: arguments.clone(),
+        }
+    }
 }
 
 /// The writers' side of the topology: every binding, indexed by source and
@@ -944,16 +949,7 @@ impl BrokerInner {
         entries.sort_by(|a, b| (&a.source.name, a.key.as_str()).cmp(&(&b.source.name, b.key.as_str())));
         for entry in entries {
             for (arguments, _) in &entry.args {
-                bindings.entry(entry.source.name.to_string()).or_default().push(BindingInfo {
-                    source: entry.source.name.to_string(),
-                    destination: match &entry.dest {
-                        Dest::Queue(q) => q.name.to_string(),
-                        Dest::Exchange(e) => e.name.to_string(),
-                    },
-                    destination_is_exchange: matches!(entry.dest, Dest::Exchange(_)),
-                    routing_key: entry.key.clone(),
-                    arguments: arguments.clone(),
-                });
+                bindings.entry(entry.source.name.to_string()).or_default().push(entry.info(arguments));
             }
         }
         TopologyView { exchanges, queues, bindings }

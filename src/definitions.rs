@@ -259,7 +259,7 @@ impl Broker {
                     arguments.insert("alternate-exchange".into(), JsonValue::String(alternate.clone()));
                 }
                 if e.options.delayed {
-                    arguments.insert("x-delayed-type".into(), JsonValue::String(kind_name(e.kind).into()));
+                    arguments.insert("x-delayed-type".into(), JsonValue::String(e.kind.as_str().into()));
                 }
                 ExchangeDefinition {
                     arguments,
@@ -267,11 +267,7 @@ impl Broker {
                     durable: e.options.durable,
                     internal: e.options.internal,
                     name: e.name.to_string(),
-                    kind: if e.options.delayed {
-                        "x-delayed-message".into()
-                    } else {
-                        kind_name(e.kind).into()
-                    },
+                    kind: if e.options.delayed { "x-delayed-message".into() } else { e.kind.as_str().into() },
                     vhost: default_vhost(),
                 }
             })
@@ -492,21 +488,8 @@ impl Broker {
     }
 }
 
-fn kind_name(kind: ExchangeKind) -> &'static str {
-    match kind {
-        ExchangeKind::Direct => "direct",
-        ExchangeKind::Fanout => "fanout",
-        ExchangeKind::Topic => "topic",
-        ExchangeKind::Headers => "headers",
-    }
-}
-
 fn parse_kind(name: &str) -> Option<ExchangeKind> {
-    match name {
-        "direct" => Some(ExchangeKind::Direct),
-        "fanout" => Some(ExchangeKind::Fanout),
-        "topic" => Some(ExchangeKind::Topic),
-        "headers" => Some(ExchangeKind::Headers),
-        _ => None,
-    }
+    [ExchangeKind::Direct, ExchangeKind::Fanout, ExchangeKind::Topic, ExchangeKind::Headers]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
 }

@@ -111,7 +111,7 @@ impl Broker {
                 "  {}{{{{\"{} ({})\"}}}}",
                 ids.exchange(name),
                 mermaid_text(shown(name)),
-                kind_name(*kind)
+                kind.as_str()
             );
         }
         for name in &picture.queues {
@@ -161,7 +161,7 @@ impl Broker {
                 "  {} [shape=hexagon, style=filled, fillcolor=\"#e8f0fe\", label=\"{}\\n({})\"];",
                 ids.exchange(name),
                 dot_text(shown(name)),
-                kind_name(*kind)
+                kind.as_str()
             );
         }
         for name in &picture.queues {
@@ -239,15 +239,6 @@ fn dead_letter_label(key: Option<&str>) -> String {
 /// The default exchange's name, as a reader wants it.
 fn shown(name: &str) -> &str {
     if name.is_empty() { "(default)" } else { name }
-}
-
-fn kind_name(kind: ExchangeKind) -> &'static str {
-    match kind {
-        ExchangeKind::Direct => "direct",
-        ExchangeKind::Fanout => "fanout",
-        ExchangeKind::Topic => "topic",
-        ExchangeKind::Headers => "headers",
-    }
 }
 
 /// Text inside Mermaid's quotes: quotes become `#quot;`.

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::exchange::topic::pattern_matches;
 use crate::exchange::{BindingInfo, ExchangeKind, compile_arguments};
 use crate::field::{FieldTable, FieldValue};
+use crate::routing::read_sender_selected_keys;
 
 /// How one step of a route was taken.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -254,18 +255,6 @@ fn shown(value: &FieldValue) -> String {
     }
 }
 
-/// The routing keys of sender-selected distribution in `headers`: `CC`
-/// then `BCC`, strings only, as publishing reads them.
-fn sender_selected(headers: Option<&FieldTable>) -> Vec<String> {
-    let mut keys = Vec::new();
-    for name in ["CC", "BCC"] {
-        if let Some(FieldValue::Array(values)) = headers.and_then(|h| h.get(name)) {
-            keys.extend(values.iter().filter_map(FieldValue::as_str).map(str::to_owned));
-        }
-    }
-    keys
-}
-
 impl TopologyView {
     /// Walks the topology from `exchange` as a publish with `routing_key`
     /// and `headers` would be routed.
@@ -291,21 +280,17 @@ impl TopologyView {
                 Some(format!("cannot publish to internal exchange '{exchange}' in vhost '/'"));
             return explanation;
         }
-        // As publishing refuses a `CC` or `BCC` that is not an array.
-        for name in ["CC", "BCC"] {
-            if let Some(value) = headers.and_then(|h| h.get(name))
-                && !matches!(value, FieldValue::Array(_))
-            {
-                explanation.refused = Some(format!(
-                    "invalid header '{name}': unacceptable_type_in_header: expected an array of routing keys, got {}",
-                    crate::queue::describe(value)
-                ));
+        // The keys publishing routes, refusing a `CC` or `BCC` it refuses.
+        let extra_keys = match headers.map(read_sender_selected_keys).transpose() {
+            Ok(keys) => keys.unwrap_or_default(),
+            Err((header, why)) => {
+                explanation.refused = Some(format!("invalid header '{header}': {why}"));
                 return explanation;
             }
-        }
+        };
         let mut seen_queues = HashSet::new();
         let mut misses = Vec::new();
-        let keys = std::iter::once(routing_key.to_owned()).chain(sender_selected(headers));
+        let keys = std::iter::once(routing_key.to_owned()).chain(extra_keys);
         for key in keys {
             let mut seen_exchanges = HashSet::from([exchange.to_owned()]);
             let mut pending: Vec<(String, Vec<Hop>)> = vec![(exchange.to_owned(), Vec::new())];

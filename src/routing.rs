@@ -147,6 +147,21 @@ impl<'a> RoutingPass<'a> {
 #[cold]
 pub(crate) fn sender_selected_keys(message: &mut Message) -> Result<Vec<String>, (String, String)> {
     let Some(headers) = message.headers() else { return Ok(Vec::new()) };
+    let keys = read_sender_selected_keys(headers)?;
+    if headers.contains_key("BCC")
+        && let Some(headers) = message.properties_mut().headers.as_mut()
+    {
+        headers.remove("BCC");
+    }
+    Ok(keys)
+}
+
+/// The routing keys of `CC` and `BCC` in `headers`, without touching them:
+/// what [`sender_selected_keys`] reads, and what `explain_route` follows.
+/// An error names the header that is not an array, and why.
+pub(crate) fn read_sender_selected_keys(
+    headers: &crate::FieldTable,
+) -> Result<Vec<String>, (String, String)> {
     let mut keys = Vec::new();
     for name in ["CC", "BCC"] {
         match headers.get(name) {
@@ -164,11 +179,6 @@ pub(crate) fn sender_selected_keys(message: &mut Message) -> Result<Vec<String>,
                 ));
             }
         }
-    }
-    if headers.contains_key("BCC")
-        && let Some(headers) = message.properties_mut().headers.as_mut()
-    {
-        headers.remove("BCC");
     }
     Ok(keys)
 }
