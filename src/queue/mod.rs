@@ -1155,16 +1155,8 @@ impl Queue {
 
     pub(crate) fn stats(&self) -> QueueStats {
         let (ready, delayed, unacked, consumers, counts, ready_bytes) = self.with_state(|state, now| {
-            state.catch_up(self, now);
-            state.dispatch(self, now);
-            state.detached.retain(|c| c.credit.in_flight() > 0);
-            let in_flight: usize = state
-                .consumers
-                .iter()
-                .map(|s| &s.consumer)
-                .chain(state.detached.iter())
-                .map(|c| c.credit.in_flight() as usize)
-                .sum();
+            state.bring_up_to_date(self, now);
+            let in_flight: usize = state.holders().map(|c| c.credit.in_flight() as usize).sum();
             let counts = state.counts;
             (
                 state.ready.len(),
@@ -1206,14 +1198,9 @@ impl Queue {
     /// once it is due), and unsettled deliveries by consumer.
     pub(crate) fn pending(&self) -> PendingQueue {
         self.with_state(|state, now| {
-            state.catch_up(self, now);
-            state.dispatch(self, now);
-            state.detached.retain(|c| c.credit.in_flight() > 0);
+            state.bring_up_to_date(self, now);
             let unacknowledged: Vec<(String, usize)> = state
-                .consumers
-                .iter()
-                .map(|s| &s.consumer)
-                .chain(state.detached.iter())
+                .holders()
                 .map(|c| (c.tag.to_string(), c.credit.in_flight() as usize))
                 .chain(std::iter::once(("(get)".to_owned(), state.get_unacked)))
                 .filter(|(_, n)| *n > 0)
@@ -1235,6 +1222,21 @@ impl Queue {
 }
 
 impl QueueState {
+    /// Before the queue's figures are read: releases and expires what is
+    /// due, dispatches what that made ready, and forgets cancelled
+    /// consumers that hold nothing any more.
+    fn bring_up_to_date(&mut self, queue: &Queue, now: &mut Now<'_>) {
+        self.catch_up(queue, now);
+        self.dispatch(queue, now);
+        self.detached.retain(|c| c.credit.in_flight() > 0);
+    }
+
+    /// Every consumer that may hold deliveries: attached, then cancelled
+    /// ones still holding some.
+    fn holders(&self) -> impl Iterator<Item = &Arc<ConsumerShared>> {
+        self.consumers.iter().map(|s| &s.consumer).chain(self.detached.iter())
+    }
+
     /// Drops a cancelled consumer from `detached` once it holds nothing, so
     /// that consumer churn leaves nothing behind.
     fn forget_if_settled(&mut self, consumer: &ConsumerShared) {
