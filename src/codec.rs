@@ -23,11 +23,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::broker::Routed;
 use crate::connection::Connection;
 use crate::delivery::Delivery;
 use crate::error::PublishError;
 use crate::message::Message;
+use crate::vhost::publish::Routed;
 
 /// A way to turn `serde` values into message bodies and back.
 ///

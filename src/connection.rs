@@ -8,7 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crossbeam_channel::unbounded;
 
-use crate::broker::{Broker, PublishOptions, Routed};
+use crate::access::grant::Grant;
+use crate::access::{Permission, Resource};
+use crate::broker::Broker;
 use crate::consumer::{ConsumeOptions, Consumer, ConsumerShared};
 use crate::delivery::{Delivery, GetStore};
 use crate::error::{BindError, ConsumeError, DeclareError, DeleteError, PublishError};
@@ -19,6 +21,8 @@ use crate::message::Message;
 use crate::queue::{QueueOptions, QueueStats};
 use crate::rpc::{self, Call, CallError, ReplyEndpoint, RpcStats};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak};
+use crate::vhost::Vhost;
+use crate::vhost::publish::{PublishOptions, Routed};
 
 /// Options of [`Connection::delete_queue`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,18 +112,27 @@ struct ConsumerList {
 pub struct Connection {
     shared: Arc<ConnectionShared>,
     broker: Broker,
+    /// The virtual host it is connected to.
+    vhost: Arc<Vhost>,
+    /// Its user's standing: every operation asks here first.
+    grant: Arc<Grant>,
 }
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection").field("id", &self.shared.id).field("name", &self.shared.name).finish()
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("name", &self.shared.name)
+            .field("user", &self.grant.user())
+            .field("vhost", &self.vhost.name())
+            .finish()
     }
 }
 
 impl Connection {
-    pub(crate) fn open(broker: Broker, name: Option<String>) -> Self {
+    pub(crate) fn open(broker: Broker, vhost: Arc<Vhost>, grant: Grant, name: Option<String>) -> Self {
         let shared = Arc::new(ConnectionShared {
-            id: broker.inner.id(),
+            id: broker.inner.core.id(),
             name,
             closed: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
@@ -128,7 +141,7 @@ impl Connection {
             replies: Mutex::new(None),
             will: Mutex::new(None),
         });
-        Connection { shared, broker }
+        Connection { shared, broker, vhost, grant: Arc::new(grant) }
     }
 
     /// Another handle on this connection, for a worker or server that must
@@ -136,7 +149,12 @@ impl Connection {
     /// handle is dropped (or at once, on an explicit `close`).
     pub(crate) fn hold(&self) -> Connection {
         self.shared.handles.fetch_add(1, Ordering::Relaxed);
-        Connection { shared: Arc::clone(&self.shared), broker: self.broker.clone() }
+        Connection {
+            shared: Arc::clone(&self.shared),
+            broker: self.broker.clone(),
+            vhost: Arc::clone(&self.vhost),
+            grant: Arc::clone(&self.grant),
+        }
     }
 
     /// The connection's id, unique within its broker.
@@ -154,6 +172,16 @@ impl Connection {
         &self.broker
     }
 
+    /// The user it is connected as.
+    pub fn user(&self) -> &str {
+        self.grant.user()
+    }
+
+    /// The virtual host it is connected to.
+    pub fn vhost(&self) -> &str {
+        self.vhost.name()
+    }
+
     /// Declares an exchange, or checks an existing one: idempotent when the
     /// kind and options are equal, [`DeclareError::PreconditionFailed`] naming
     /// the first difference otherwise. With `options.passive`, only checks
@@ -169,8 +197,17 @@ impl Connection {
         options: ExchangeOptions,
     ) -> Result<(), DeclareError> {
         self.check_open(DeclareError::ConnectionClosed)?;
-        self.broker
-            .inner
+        let resource = Resource::exchange(name);
+        if options.passive {
+            self.grant.check_any(resource)?;
+        } else {
+            self.grant.check(Permission::Configure, resource.clone())?;
+            if let Some(alternate) = options.alternate_exchange_name() {
+                self.grant.check(Permission::Read, resource)?;
+                self.grant.check(Permission::Write, Resource::exchange(&alternate))?;
+            }
+        }
+        self.vhost
             .declare_exchange(name, kind, options)
             .inspect(|()| crate::trace::declared("exchange", name))
     }
@@ -183,7 +220,8 @@ impl Connection {
     /// [`DeleteError`]: no such queue or exchange, its `if_unused`/`if_empty` condition not met, an exclusive queue of another connection, or a closed connection.
     pub fn delete_exchange(&self, name: &str, options: DeleteExchangeOptions) -> Result<(), DeleteError> {
         self.check_open(DeleteError::ConnectionClosed)?;
-        self.broker.inner.delete_exchange(name, options.if_unused)
+        self.grant.check(Permission::Configure, Resource::exchange(name))?;
+        self.vhost.delete_exchange(name, options.if_unused)
     }
 
     /// Declares a queue, or checks an existing one, and returns its name.
@@ -196,9 +234,21 @@ impl Connection {
     /// [`DeclareError`]: an invalid name, an argument refused or not implemented, a declaration inequivalent to the existing one, a passive declaration of something missing, an exclusive queue of another connection, or a closed connection.
     pub fn declare_queue(&self, name: &str, options: QueueOptions) -> Result<String, DeclareError> {
         self.check_open(DeclareError::ConnectionClosed)?;
-        self.broker
-            .inner
-            .declare_queue(self.shared.id, name, options)
+        if options.passive {
+            self.grant.check_any(Resource::queue(name))?;
+            return self.vhost.declare_queue(self.shared.id, name, options, false);
+        }
+        // A server-named queue is checked under the name it will have, as
+        // RabbitMQ checks it: a user needs configure on `amq.gen-…`.
+        let (name, server_named) =
+            if name.is_empty() { (self.vhost.generate_queue_name(), true) } else { (name.to_owned(), false) };
+        self.grant.check(Permission::Configure, Resource::queue(&name))?;
+        if let Some(dlx) = options.dead_letter_exchange_name() {
+            self.grant.check(Permission::Read, Resource::queue(&name))?;
+            self.grant.check(Permission::Write, Resource::exchange(&dlx))?;
+        }
+        self.vhost
+            .declare_queue(self.shared.id, &name, options, server_named)
             .inspect(|n| crate::trace::declared("queue", n))
     }
 
@@ -211,7 +261,8 @@ impl Connection {
     /// [`DeleteError`]: no such queue or exchange, its `if_unused`/`if_empty` condition not met, an exclusive queue of another connection, or a closed connection.
     pub fn delete_queue(&self, name: &str, options: DeleteQueueOptions) -> Result<usize, DeleteError> {
         self.check_open(DeleteError::ConnectionClosed)?;
-        self.broker.inner.delete_queue(self.shared.id, name, options.if_unused, options.if_empty)
+        self.grant.check(Permission::Configure, Resource::queue(name))?;
+        self.vhost.delete_queue(self.shared.id, name, options.if_unused, options.if_empty)
     }
 
     /// Drops every ready message of a queue (not the unacknowledged ones);
@@ -222,7 +273,8 @@ impl Connection {
     /// [`DeleteError`]: no such queue or exchange, its `if_unused`/`if_empty` condition not met, an exclusive queue of another connection, or a closed connection.
     pub fn purge_queue(&self, name: &str) -> Result<usize, DeleteError> {
         self.check_open(DeleteError::ConnectionClosed)?;
-        self.broker.inner.purge_queue(self.shared.id, name)
+        self.grant.check(Permission::Read, Resource::queue(name))?;
+        self.vhost.purge_queue(self.shared.id, name)
     }
 
     /// Counts for a queue this connection may use.
@@ -231,7 +283,9 @@ impl Connection {
     ///
     /// [`ConsumeError`]: no such queue, an exclusive queue or consumer elsewhere, a consumer tag in use, an invalid argument, or a closed connection.
     pub fn queue_stats(&self, name: &str) -> Result<QueueStats, ConsumeError> {
-        Ok(self.queue_for(name)?.stats())
+        self.check_open(ConsumeError::ConnectionClosed)?;
+        self.grant.check_any(Resource::queue(name))?;
+        Ok(self.vhost.queue_for(self.shared.id, name)?.stats())
     }
 
     /// Binds queue `queue` to exchange `exchange` with binding key `key` (a
@@ -262,8 +316,9 @@ impl Connection {
         arguments: impl Into<Option<FieldTable>>,
     ) -> Result<(), BindError> {
         self.check_open(BindError::ConnectionClosed)?;
+        self.check_binding(Resource::queue(queue), exchange, key)?;
         let arguments = arguments.into().unwrap_or_default();
-        self.broker.inner.bind(self.shared.id, queue, false, exchange, key, arguments)
+        self.vhost.bind(self.shared.id, queue, false, exchange, key, arguments)
     }
 
     /// Removes a binding made by [`bind_queue`](Self::bind_queue) with the
@@ -281,8 +336,9 @@ impl Connection {
         arguments: Option<&FieldTable>,
     ) -> Result<(), BindError> {
         self.check_open(BindError::ConnectionClosed)?;
+        self.check_binding(Resource::queue(queue), exchange, key)?;
         let none = FieldTable::new();
-        self.broker.inner.unbind(self.shared.id, queue, false, exchange, key, arguments.unwrap_or(&none))
+        self.vhost.unbind(self.shared.id, queue, false, exchange, key, arguments.unwrap_or(&none))
     }
 
     /// Binds exchange `destination` to exchange `source`: what `source`
@@ -299,8 +355,9 @@ impl Connection {
         arguments: impl Into<Option<FieldTable>>,
     ) -> Result<(), BindError> {
         self.check_open(BindError::ConnectionClosed)?;
+        self.check_binding(Resource::exchange(destination), source, key)?;
         let arguments = arguments.into().unwrap_or_default();
-        self.broker.inner.bind(self.shared.id, destination, true, source, key, arguments)
+        self.vhost.bind(self.shared.id, destination, true, source, key, arguments)
     }
 
     /// Removes an exchange-to-exchange binding.
@@ -316,8 +373,21 @@ impl Connection {
         arguments: Option<&FieldTable>,
     ) -> Result<(), BindError> {
         self.check_open(BindError::ConnectionClosed)?;
+        self.check_binding(Resource::exchange(destination), source, key)?;
         let none = FieldTable::new();
-        self.broker.inner.unbind(self.shared.id, destination, true, source, key, arguments.unwrap_or(&none))
+        self.vhost.unbind(self.shared.id, destination, true, source, key, arguments.unwrap_or(&none))
+    }
+
+    /// What binding needs (RabbitMQ's order): write on the destination,
+    /// read on the source, and the topic read permission on the binding
+    /// key if the source is a topic exchange.
+    fn check_binding(&self, destination: Resource, source: &str, key: &str) -> Result<(), BindError> {
+        self.grant.check(Permission::Write, destination)?;
+        self.grant.check(Permission::Read, Resource::exchange(source))?;
+        if let Some(exchange) = self.vhost.exchange(source) {
+            self.grant.check_topic(Permission::Read, source, exchange.kind, key)?;
+        }
+        Ok(())
     }
 
     /// Publishes `message` to `exchange` with `routing_key`. Never blocks,
@@ -371,7 +441,7 @@ impl Connection {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
         }
         let message = when_blocked.apply(&self.broker, message)?;
-        self.broker.inner.publish(exchange, routing_key, message, options)
+        self.vhost.publish(&*self.grant, exchange, routing_key, message, options)
     }
 
     /// Publishes as [`publish`](Self::publish) does, but never waits: while
@@ -414,7 +484,7 @@ impl Connection {
     /// `connection.blocked` / `connection.unblocked`). If blocked now, the
     /// first event says so. Without a watermark, nothing is ever sent.
     pub fn flow_events(&self) -> crossbeam_channel::Receiver<FlowEvent> {
-        match &self.broker.inner.flow {
+        match &self.broker.inner.core.flow {
             Some(flow) => flow.subscribe(),
             None => crossbeam_channel::never(),
         }
@@ -445,13 +515,13 @@ impl Connection {
                 }
                 tag.as_str().into()
             }
-            None => self.broker.inner.generate_name("amq.ctag-").into(),
+            None => self.broker.inner.core.generate_name("amq.ctag-").into(),
         };
         let (sender, inbox) = unbounded();
         let shared = Arc::new(ConsumerShared::new(tag, Arc::clone(&queue), &options, inbox));
         queue.add_consumer(Arc::clone(&shared), sender)?;
         consumers.list.push(Arc::downgrade(&shared));
-        Ok(Consumer::new(shared, Arc::clone(&self.broker.inner)))
+        Ok(Consumer::new(shared, Arc::clone(&self.vhost)))
     }
 
     /// AMQP basic.get: takes the next ready message of `queue`, if any, even
@@ -475,9 +545,11 @@ impl Connection {
         self.shared.gets.hold(&queue, msg).map(Some).ok_or(ConsumeError::ConnectionClosed)
     }
 
+    /// Queue `name` for consuming or getting: read permission on it.
     fn queue_for(&self, name: &str) -> Result<Arc<crate::queue::Queue>, ConsumeError> {
         self.check_open(ConsumeError::ConnectionClosed)?;
-        Ok(self.broker.inner.queue_for(self.shared.id, name)?)
+        self.grant.check(Permission::Read, Resource::queue(name))?;
+        Ok(self.vhost.queue_for(self.shared.id, name)?)
     }
 
     /// A publisher bound to one exchange, resolved once: publishing through
@@ -509,13 +581,16 @@ impl Connection {
     /// [`DeclareError`]: an invalid name, an argument refused or not implemented, a declaration inequivalent to the existing one, a passive declaration of something missing, an exclusive queue of another connection, or a closed connection.
     pub fn publisher(&self, exchange: &str) -> Result<Publisher, DeclareError> {
         self.check_open(DeclareError::ConnectionClosed)?;
-        let inner = &self.broker.inner;
+        self.grant.check(Permission::Write, Resource::exchange(exchange))?;
+        let vhost = &self.vhost;
         let resolved =
-            inner.exchange(exchange).ok_or_else(|| DeclareError::NotFound(inner.no_exchange(exchange)))?;
+            vhost.exchange(exchange).ok_or_else(|| DeclareError::NotFound(vhost.no_exchange(exchange)))?;
         Ok(Publisher {
             exchange: resolved,
             connection: Arc::clone(&self.shared),
             broker: self.broker.clone(),
+            vhost: Arc::clone(&self.vhost),
+            grant: Arc::clone(&self.grant),
         })
     }
 
@@ -549,6 +624,9 @@ impl Connection {
     pub fn set_will(&self, exchange: &str, routing_key: &str, message: Message) -> Result<(), PublishError> {
         if self.is_closed() {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
+        }
+        if let Err(refused) = self.grant.check(Permission::Write, Resource::exchange(exchange)) {
+            return Err(PublishError::NotPermitted { refused, message: Box::new(message) });
         }
         let will = Will { exchange: exchange.to_owned(), routing_key: routing_key.to_owned(), message };
         *self.shared.will.lock() = Some(will);
@@ -675,7 +753,7 @@ impl Connection {
         if self.is_closed() {
             return Err(CallError::ConnectionClosed);
         }
-        Ok(Arc::clone(slot.get_or_insert_with(|| self.broker.inner.register_reply_endpoint())))
+        Ok(Arc::clone(slot.get_or_insert_with(|| self.vhost.register_reply_endpoint())))
     }
 
     fn start_call(
@@ -686,12 +764,12 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Arc<rpc::PendingCall>, CallError> {
         let endpoint = self.reply_endpoint()?;
-        endpoint.start(&self.broker.inner, exchange, routing_key, request, timeout)
+        endpoint.start(&self.vhost, &*self.grant, exchange, routing_key, request, timeout)
     }
 
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.closed.load(Ordering::Acquire) || self.vhost.is_deleted()
     }
 
     fn check_open<E>(&self, error: E) -> Result<(), E> {
@@ -728,7 +806,8 @@ impl Connection {
         if let Some(will) = will
             && !self.is_closed()
         {
-            let _ = self.broker.inner.publish(
+            let _ = self.vhost.publish(
+                &*self.grant,
                 &will.exchange,
                 &will.routing_key,
                 will.message,
@@ -744,7 +823,7 @@ impl Connection {
         // The endpoint stays, closed, so its figures can still be read.
         let endpoint = self.shared.replies.lock().clone();
         if let Some(endpoint) = endpoint {
-            self.broker.inner.unregister_reply_endpoint(&endpoint.name);
+            self.vhost.unregister_reply_endpoint(&endpoint.name);
             endpoint.close();
         }
         let consumers = {
@@ -754,11 +833,11 @@ impl Connection {
         };
         for consumer in consumers.iter().filter_map(Weak::upgrade) {
             if consumer.close() {
-                self.broker.inner.auto_delete_queue(&consumer.queue);
+                self.vhost.auto_delete_queue(&consumer.queue);
             }
         }
         self.shared.gets.close();
-        self.broker.inner.delete_exclusive_queues(self.shared.id);
+        self.vhost.delete_exclusive_queues(self.shared.id);
     }
 }
 
@@ -769,6 +848,8 @@ pub struct Publisher {
     exchange: Arc<crate::exchange::Exchange>,
     connection: Arc<ConnectionShared>,
     broker: Broker,
+    vhost: Arc<Vhost>,
+    grant: Arc<Grant>,
 }
 
 impl fmt::Debug for Publisher {
@@ -832,9 +913,9 @@ impl Publisher {
         if self.exchange.is_deleted() {
             // Deleted since the publisher was made, and maybe declared
             // again: publish by name, as `Connection::publish` would.
-            return self.broker.inner.publish(&self.exchange.name, routing_key, message, options);
+            return self.vhost.publish(&*self.grant, &self.exchange.name, routing_key, message, options);
         }
-        self.broker.inner.publish_resolved(&self.exchange, routing_key, message, options)
+        self.vhost.publish_resolved(&*self.grant, &self.exchange, routing_key, message, options)
     }
 }
 
@@ -850,8 +931,8 @@ enum WhenBlocked {
 impl WhenBlocked {
     fn apply(self, broker: &Broker, message: Message) -> Result<Message, PublishError> {
         match self {
-            WhenBlocked::Wait => broker.inner.wait_while_blocked(),
-            WhenBlocked::Fail if broker.inner.is_blocked() => {
+            WhenBlocked::Wait => broker.inner.core.wait_while_blocked(),
+            WhenBlocked::Fail if broker.inner.core.is_blocked() => {
                 return Err(PublishError::Blocked { message: Box::new(message) });
             }
             WhenBlocked::Fail => {}

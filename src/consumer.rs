@@ -11,7 +11,6 @@ use futures_core::Stream;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError as ChannelTimeout, TryRecvError as ChannelTryRecv};
 
-use crate::broker::BrokerInner;
 use crate::credit::Credit;
 use crate::delivery::{Delivery, Holder};
 use crate::error::{AckError, ConsumeError, RecvError, RecvTimeoutError, TryRecvError};
@@ -19,6 +18,7 @@ use crate::field::FieldTable;
 use crate::observe::Event;
 use crate::queue::{Queue, QueuedMessage, Settlement};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, spin_wait};
+use crate::vhost::Vhost;
 use crate::wake::WakerSet;
 
 /// Options of [`Connection::consume`](crate::Connection::consume).
@@ -347,7 +347,7 @@ impl ConsumerShared {
 /// ```
 pub struct Consumer {
     shared: Arc<ConsumerShared>,
-    broker: Arc<BrokerInner>,
+    broker: Arc<Vhost>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -367,7 +367,7 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    pub(crate) fn new(shared: Arc<ConsumerShared>, broker: Arc<BrokerInner>) -> Self {
+    pub(crate) fn new(shared: Arc<ConsumerShared>, broker: Arc<Vhost>) -> Self {
         Consumer { shared, broker }
     }
 

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::broker::{Broker, BrokerInner};
+use crate::broker::Broker;
 use crate::field::FieldValue;
 use crate::message::Message;
 use crate::settle::{Pending, SettleError, wait_until_settled};
@@ -295,13 +295,13 @@ impl Conversations {
 pub struct Conversation {
     id: Arc<str>,
     tracker: Arc<Tracker>,
-    broker: Arc<BrokerInner>,
+    broker: Broker,
 }
 
 impl Conversation {
     pub(crate) fn follow(broker: &Broker, id: &str) -> Self {
-        let tracker = broker.inner.conversations.follow(id);
-        Conversation { id: id.into(), tracker, broker: Arc::clone(&broker.inner) }
+        let tracker = broker.inner.core.conversations.follow(id);
+        Conversation { id: id.into(), tracker, broker: broker.clone() }
     }
 
     /// The conversation id.
@@ -337,10 +337,10 @@ impl Conversation {
     pub fn settle(&self, timeout: Duration) -> Result<(), SettleError> {
         let result = wait_until_settled(timeout, || {
             // A deterministic broker's workers run here, on the waiting thread.
-            if let Some(workers) = &self.broker.inline_workers {
+            if let Some(workers) = &self.broker.inner.core.inline_workers {
                 workers.run_until_idle();
             }
-            let (held, in_flight) = self.broker.activity.consistent(|| self.messages_held());
+            let (held, in_flight) = self.broker.inner.core.activity.consistent(|| self.messages_held());
             Pending { in_flight, conversation_messages: held, ..Default::default() }
         });
         result.map_err(|SettleError::Timeout { waited, pending }| {
@@ -353,6 +353,6 @@ impl Conversation {
 
 impl Drop for Conversation {
     fn drop(&mut self) {
-        self.broker.conversations.unfollow(&self.id, &self.tracker);
+        self.broker.inner.core.conversations.unfollow(&self.id, &self.tracker);
     }
 }

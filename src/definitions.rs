@@ -1,22 +1,26 @@
-//! Definitions: the topology (exchanges, queues with their options,
-//! bindings) in the shape of RabbitMQ's definitions file
-//! (`rabbitmqctl export_definitions`, the management API's
-//! `/api/definitions`), exported from a broker and loaded into one — so a
-//! topology carries over to a real RabbitMQ and back.
+//! Definitions: virtual hosts, users (with their password hashes, in
+//! RabbitMQ's own scheme), permissions, topic permissions, and the topology
+//! of every virtual host (exchanges, queues with their options, bindings)
+//! in the shape of RabbitMQ's definitions file (`rabbitmqctl
+//! export_definitions`, the management API's `/api/definitions`), exported
+//! from a broker and loaded into one — so a topology and its access rules
+//! carry over to a real RabbitMQ and back.
 //!
-//! The sections interoffice does not model yet (users, permissions,
-//! policies, parameters, virtual hosts other than `/`) are kept as they
-//! were read, written back unchanged, and listed in the [`LoadReport`] —
-//! never silently dropped.
+//! The sections interoffice does not model (policies, parameters) are kept
+//! as they were read, written back unchanged, and listed in the
+//! [`LoadReport`] — never silently dropped.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Permissions;
+use crate::access::TopicPermissions;
 use crate::broker::Broker;
 use crate::exchange::{ExchangeKind, ExchangeOptions};
 use crate::field::{FieldTable, FieldValue};
 use crate::queue::QueueOptions;
+use crate::vhost::{DEFAULT_VHOST, Vhost};
 
 /// A JSON value, as a definitions file holds it (arguments, and the
 /// sections kept without being interpreted).
@@ -153,8 +157,98 @@ pub struct BindingDefinition {
     pub vhost: String,
 }
 
+/// One user of a definitions file. The password is a salted hash in
+/// RabbitMQ's scheme (`rabbit_password_hashing_sha256`, or `_sha512` when
+/// read), never in clear; an empty hash is a user without a password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserDefinition {
+    /// `rabbit_password_hashing_sha256` or `rabbit_password_hashing_sha512`.
+    #[serde(default = "default_hashing")]
+    pub hashing_algorithm: String,
+    /// Per-user limits: kept as read, not applied.
+    #[serde(default = "empty_object")]
+    pub limits: JsonValue,
+    /// The name.
+    pub name: String,
+    /// Base64 of salt and digest.
+    #[serde(default)]
+    pub password_hash: String,
+    /// The user's tags (a list; older RabbitMQ files write one
+    /// comma-separated string, which reads too).
+    #[serde(default, deserialize_with = "tags")]
+    pub tags: Vec<String>,
+}
+
+/// One user's permissions in one virtual host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PermissionDefinition {
+    /// The configure pattern.
+    pub configure: String,
+    /// The read pattern.
+    pub read: String,
+    /// The user.
+    pub user: String,
+    /// The virtual host.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// The write pattern.
+    pub write: String,
+}
+
+/// One user's topic permissions on one exchange in one virtual host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicPermissionDefinition {
+    /// The topic exchange.
+    pub exchange: String,
+    /// The read (binding key) pattern.
+    pub read: String,
+    /// The user.
+    pub user: String,
+    /// The virtual host.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// The write (routing key) pattern.
+    pub write: String,
+}
+
+/// One virtual host of a definitions file; what else RabbitMQ writes of it
+/// (limits, metadata) is kept as read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VhostDefinition {
+    /// The name.
+    pub name: String,
+    /// Limits, metadata: kept as read, not applied.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, JsonValue>,
+}
+
+fn default_hashing() -> String {
+    crate::access::password_algorithm_sha256().into()
+}
+
+fn empty_object() -> JsonValue {
+    JsonValue::Object(BTreeMap::new())
+}
+
+/// Tags as a list, or as RabbitMQ before 3.9 wrote them: one string,
+/// comma-separated.
+fn tags<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Tags {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Tags::deserialize(deserializer)? {
+        Tags::List(list) => list,
+        Tags::Text(text) => {
+            text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+        }
+    })
+}
+
 fn default_vhost() -> String {
-    "/".into()
+    DEFAULT_VHOST.into()
 }
 
 fn is_false(b: &bool) -> bool {
@@ -178,9 +272,9 @@ pub struct Definitions {
     /// Not modelled: kept as read.
     #[serde(default)]
     pub parameters: Vec<JsonValue>,
-    /// Not modelled yet (access control): kept as read.
+    /// Users' permissions, per virtual host.
     #[serde(default)]
-    pub permissions: Vec<JsonValue>,
+    pub permissions: Vec<PermissionDefinition>,
     /// Not modelled: kept as read (a policy's settings are queue options
     /// here; declare them on the queues).
     #[serde(default)]
@@ -194,15 +288,15 @@ pub struct Definitions {
     /// The same, as newer versions name it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq_version: Option<String>,
-    /// Not modelled yet (access control): kept as read.
+    /// Users' topic permissions.
     #[serde(default)]
-    pub topic_permissions: Vec<JsonValue>,
-    /// Not modelled yet (access control): kept as read.
+    pub topic_permissions: Vec<TopicPermissionDefinition>,
+    /// Users, with their password hashes.
     #[serde(default)]
-    pub users: Vec<JsonValue>,
-    /// Virtual hosts: interoffice has one, `/`; others are reported.
+    pub users: Vec<UserDefinition>,
+    /// Virtual hosts.
     #[serde(default)]
-    pub vhosts: Vec<JsonValue>,
+    pub vhosts: Vec<VhostDefinition>,
 }
 
 /// What loading definitions did.
@@ -215,22 +309,32 @@ pub struct LoadReport {
     pub queues: usize,
     /// Bindings made.
     pub bindings: usize,
+    /// Virtual hosts added (not counting those already there).
+    pub vhosts: usize,
+    /// Users added or replaced.
+    pub users: usize,
+    /// Permissions and topic permissions set.
+    pub permissions: usize,
     /// Objects refused, with why (an argument interoffice does not
     /// implement, an inequivalent re-declaration, a binding to something
-    /// missing, another virtual host).
+    /// missing, a virtual host that does not exist, an unreadable password
+    /// hash, a permission pattern that does not compile).
     pub refused: Vec<String>,
-    /// What the file holds that interoffice does not model (users,
-    /// permissions, policies, parameters, other virtual hosts), by section.
+    /// What the file holds that interoffice does not model (policies,
+    /// parameters), by section.
     pub not_modelled: Vec<String>,
 }
 
 impl Broker {
-    /// The topology as a RabbitMQ definitions file: every exchange (but the
-    /// default and `amq.*` ones), every queue but exclusive ones, with its
-    /// options written as RabbitMQ's `x-` arguments, and every binding.
-    /// Sorted by name (bindings by source, destination, key), so two
-    /// exports of the same topology are identical. The deduplication window,
-    /// which has no RabbitMQ form, is not written.
+    /// The broker as a RabbitMQ definitions file: every virtual host; every
+    /// user of the built-in store, with its salted password hash and tags;
+    /// every permission and topic permission; and in every virtual host
+    /// every exchange (but the default and `amq.*` ones), every queue but
+    /// exclusive ones, with its options written as RabbitMQ's `x-`
+    /// arguments, and every binding. Sorted by virtual host and name
+    /// (bindings by source, destination, key), so two exports of the same
+    /// broker are identical. The deduplication window, which has no
+    /// RabbitMQ form, is not written.
     ///
     /// ```
     /// use interoffice::{Broker, ExchangeKind, QueueOptions};
@@ -248,117 +352,124 @@ impl Broker {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn export_definitions(&self) -> Definitions {
-        let inner = &self.inner;
-        let mut exchanges: Vec<ExchangeDefinition> = inner
-            .exchanges_snapshot()
+        let mut definitions = Definitions::default();
+        for vhost in self.vhosts() {
+            definitions.vhosts.push(VhostDefinition { name: vhost.name().into(), other: BTreeMap::new() });
+            let (exchanges, queues, bindings) = export_vhost(&vhost);
+            definitions.exchanges.extend(exchanges);
+            definitions.queues.extend(queues);
+            definitions.bindings.extend(bindings);
+        }
+        let store = &self.inner.users;
+        definitions.users = store
+            .users()
             .into_iter()
-            .filter(|e| !e.name.is_empty() && !e.name.starts_with("amq."))
-            .map(|e| {
-                let mut arguments = from_table(&e.options.arguments);
-                if let Some(alternate) = &e.options.alternate_exchange {
-                    arguments.insert("alternate-exchange".into(), JsonValue::String(alternate.clone()));
-                }
-                if e.options.delayed {
-                    arguments.insert("x-delayed-type".into(), JsonValue::String(e.kind.as_str().into()));
-                }
-                ExchangeDefinition {
-                    arguments,
-                    auto_delete: e.options.auto_delete,
-                    durable: e.options.durable,
-                    internal: e.options.internal,
-                    name: e.name.to_string(),
-                    kind: if e.options.delayed { "x-delayed-message".into() } else { e.kind.as_str().into() },
-                    vhost: default_vhost(),
+            .map(|user| {
+                let (algorithm, hash) = store.password_hash(&user.name).unwrap_or_default();
+                UserDefinition {
+                    hashing_algorithm: algorithm.into(),
+                    limits: empty_object(),
+                    name: user.name,
+                    password_hash: hash,
+                    tags: user.tags,
                 }
             })
             .collect();
-        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut queues: Vec<QueueDefinition> = inner
-            .queues_snapshot()
+        definitions.permissions = store
+            .list_permissions()
             .into_iter()
-            .filter(|q| !q.options.exclusive)
-            .map(|q| {
-                let policy = &q.policy;
-                let mut arguments = from_table(&policy.other_arguments);
-                let mut put = |key: &str, value: Option<JsonValue>| {
-                    if let Some(value) = value {
-                        arguments.insert(key.into(), value);
-                    }
-                };
-                let millis =
-                    |d: std::time::Duration| JsonValue::Int(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-                let int = |n: usize| JsonValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
-                put("x-message-ttl", policy.message_ttl.map(millis));
-                put("x-expires", policy.expires.map(millis));
-                put("x-max-length", policy.max_length.map(int));
-                put("x-max-length-bytes", policy.max_length_bytes.map(int));
-                if policy.max_length.is_some() || policy.max_length_bytes.is_some() {
-                    put("x-overflow", Some(JsonValue::String(policy.overflow.as_str().into())));
-                }
-                put("x-dead-letter-exchange", policy.dead_letter_exchange.clone().map(JsonValue::String));
-                put(
-                    "x-dead-letter-routing-key",
-                    policy.dead_letter_routing_key.clone().map(JsonValue::String),
-                );
-                put("x-max-priority", policy.max_priority.map(|p| JsonValue::Int(i64::from(p))));
-                put("x-delivery-limit", policy.delivery_limit.map(|n| JsonValue::Int(i64::from(n))));
-                put(
-                    "x-single-active-consumer",
-                    policy.single_active_consumer.then_some(JsonValue::Bool(true)),
-                );
-                let kind = match policy.queue_type {
-                    crate::queue::QueueType::Quorum => {
-                        put("x-queue-type", Some(JsonValue::String("quorum".into())));
-                        "quorum"
-                    }
-                    _ => "classic",
-                };
-                QueueDefinition {
-                    arguments,
-                    auto_delete: q.options.auto_delete,
-                    durable: q.options.durable,
-                    name: q.name.to_string(),
-                    kind: Some(kind.into()),
-                    vhost: default_vhost(),
-                }
+            .map(|(user, vhost, p)| PermissionDefinition {
+                configure: p.configure,
+                read: p.read,
+                user,
+                vhost,
+                write: p.write,
             })
             .collect();
-        queues.sort_by(|a, b| a.name.cmp(&b.name));
-        let exported: std::collections::HashSet<&str> = queues.iter().map(|q| q.name.as_str()).collect();
-        let bindings = self
-            .bindings()
+        definitions.topic_permissions = store
+            .list_topic_permissions()
             .into_iter()
-            .filter(|b| b.destination_is_exchange || exported.contains(b.destination.as_str()))
-            .map(|b| BindingDefinition {
-                arguments: from_table(&b.arguments),
-                destination: b.destination,
-                destination_type: if b.destination_is_exchange { "exchange" } else { "queue" }.into(),
-                routing_key: b.routing_key,
-                source: b.source,
-                vhost: default_vhost(),
+            .map(|(user, vhost, t)| TopicPermissionDefinition {
+                exchange: t.exchange,
+                read: t.read,
+                user,
+                vhost,
+                write: t.write,
             })
             .collect();
-        Definitions { bindings, exchanges, queues, ..Default::default() }
+        definitions
     }
 
-    /// Declares everything in `definitions`: exchanges, then queues, then
-    /// bindings, as RabbitMQ imports them. Objects that cannot be declared
-    /// — an argument interoffice does not implement, a declaration
-    /// inequivalent to an existing one, another virtual host — are refused
-    /// one by one and listed in the report; the rest is declared. Sections
-    /// interoffice does not model are listed too.
+    /// Loads `definitions` as RabbitMQ imports them: virtual hosts (added
+    /// if missing), users (added, or replaced with the file's password hash
+    /// and tags), permissions and topic permissions, then in each virtual
+    /// host exchanges, queues and bindings. Objects that cannot be loaded —
+    /// an argument interoffice does not implement, a declaration
+    /// inequivalent to an existing one, a virtual host that does not
+    /// exist, an unreadable password hash, a pattern that does not compile
+    /// — are refused one by one and listed in the report; the rest is
+    /// loaded. Sections interoffice does not model are listed too.
+    ///
+    /// Loading is an administrator's act: the topology is declared without
+    /// the permission checks a connection's user would get.
     pub fn load_definitions(&self, definitions: &Definitions) -> LoadReport {
-        let conn = self.connect_named("interoffice-definitions");
         let mut report = LoadReport::default();
-        let other_vhost = |vhost: &str| vhost != "/";
-        for exchange in &definitions.exchanges {
-            if other_vhost(&exchange.vhost) {
-                report.refused.push(format!(
-                    "exchange '{}': virtual host '{}' (interoffice has one, '/')",
-                    exchange.name, exchange.vhost
-                ));
-                continue;
+        for vhost in &definitions.vhosts {
+            match self.add_vhost(&vhost.name) {
+                Ok(()) => report.vhosts += 1,
+                Err(crate::access::UserError::VhostExists(_)) => {}
+                Err(e) => report.refused.push(format!("vhost '{}': {e}", vhost.name)),
             }
+        }
+        let store = &self.inner.users;
+        for user in &definitions.users {
+            match store.put_user_with_hash(
+                &user.name,
+                &user.hashing_algorithm,
+                &user.password_hash,
+                user.tags.clone(),
+            ) {
+                Ok(()) => report.users += 1,
+                Err(e) => report.refused.push(format!("user '{}': {e}", user.name)),
+            }
+        }
+        for p in &definitions.permissions {
+            let permissions = Permissions::new(&p.configure, &p.write, &p.read);
+            match self.set_permissions(&p.user, &p.vhost, &permissions) {
+                Ok(()) => report.permissions += 1,
+                Err(e) => {
+                    report.refused.push(format!("permissions of '{}' in vhost '{}': {e}", p.user, p.vhost))
+                }
+            }
+        }
+        for t in &definitions.topic_permissions {
+            let topic = TopicPermissions {
+                exchange: t.exchange.clone(),
+                write: t.write.clone(),
+                read: t.read.clone(),
+            };
+            match self.set_topic_permissions(&t.user, &t.vhost, &topic) {
+                Ok(()) => report.permissions += 1,
+                Err(e) => report.refused.push(format!(
+                    "topic permissions of '{}' on '{}' in vhost '{}': {e}",
+                    t.user, t.exchange, t.vhost
+                )),
+            }
+        }
+        let connections: BTreeMap<String, crate::Connection> = self
+            .vhosts()
+            .into_iter()
+            .map(|vhost| {
+                (vhost.name().to_owned(), self.connect_as_administrator(vhost, "interoffice-definitions"))
+            })
+            .collect();
+        for exchange in &definitions.exchanges {
+            let Some(conn) = connections.get(&exchange.vhost) else {
+                report
+                    .refused
+                    .push(format!("exchange '{}': no virtual host '{}'", exchange.name, exchange.vhost));
+                continue;
+            };
             let (kind, delayed) = match exchange.kind.as_str() {
                 "x-delayed-message" => {
                     match exchange.arguments.get("x-delayed-type").and_then(|t| match t {
@@ -401,13 +512,10 @@ impl Broker {
             }
         }
         for queue in &definitions.queues {
-            if other_vhost(&queue.vhost) {
-                report.refused.push(format!(
-                    "queue '{}': virtual host '{}' (interoffice has one, '/')",
-                    queue.name, queue.vhost
-                ));
+            let Some(conn) = connections.get(&queue.vhost) else {
+                report.refused.push(format!("queue '{}': no virtual host '{}'", queue.name, queue.vhost));
                 continue;
-            }
+            };
             let mut arguments = queue.arguments.clone();
             if let Some(kind) = &queue.kind
                 && kind != "classic"
@@ -428,10 +536,10 @@ impl Broker {
         for binding in &definitions.bindings {
             let what =
                 format!("binding '{}' → '{}' [{}]", binding.source, binding.destination, binding.routing_key);
-            if other_vhost(&binding.vhost) {
-                report.refused.push(format!("{what}: virtual host '{}'", binding.vhost));
+            let Some(conn) = connections.get(&binding.vhost) else {
+                report.refused.push(format!("{what}: no virtual host '{}'", binding.vhost));
                 continue;
-            }
+            };
             let arguments = to_table(&binding.arguments);
             let bound = match binding.destination_type.as_str() {
                 "queue" => {
@@ -451,9 +559,6 @@ impl Broker {
             }
         }
         let sections = [
-            ("users", &definitions.users),
-            ("permissions", &definitions.permissions),
-            ("topic_permissions", &definitions.topic_permissions),
             ("policies", &definitions.policies),
             ("parameters", &definitions.parameters),
             ("global_parameters", &definitions.global_parameters),
@@ -467,23 +572,9 @@ impl Broker {
                 ));
             }
         }
-        let other_vhosts: Vec<String> = definitions
-            .vhosts
-            .iter()
-            .filter_map(|v| match v {
-                JsonValue::Object(map) => match map.get("name") {
-                    Some(JsonValue::String(name)) if name != "/" => Some(name.clone()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
-        if !other_vhosts.is_empty() {
-            report
-                .not_modelled
-                .push(format!("vhosts: {} (interoffice has one, '/')", other_vhosts.join(", ")));
+        for conn in connections.values() {
+            conn.close();
         }
-        conn.close();
         report
     }
 }
@@ -492,4 +583,92 @@ fn parse_kind(name: &str) -> Option<ExchangeKind> {
     [ExchangeKind::Direct, ExchangeKind::Fanout, ExchangeKind::Topic, ExchangeKind::Headers]
         .into_iter()
         .find(|kind| kind.as_str() == name)
+}
+
+/// One virtual host's exchanges, queues and bindings, sorted.
+fn export_vhost(vhost: &Vhost) -> (Vec<ExchangeDefinition>, Vec<QueueDefinition>, Vec<BindingDefinition>) {
+    let mut exchanges: Vec<ExchangeDefinition> = vhost
+        .exchanges_snapshot()
+        .into_iter()
+        .filter(|e| !e.name.is_empty() && !e.name.starts_with("amq."))
+        .map(|e| {
+            let mut arguments = from_table(&e.options.arguments);
+            if let Some(alternate) = &e.options.alternate_exchange {
+                arguments.insert("alternate-exchange".into(), JsonValue::String(alternate.clone()));
+            }
+            if e.options.delayed {
+                arguments.insert("x-delayed-type".into(), JsonValue::String(e.kind.as_str().into()));
+            }
+            ExchangeDefinition {
+                arguments,
+                auto_delete: e.options.auto_delete,
+                durable: e.options.durable,
+                internal: e.options.internal,
+                name: e.name.to_string(),
+                kind: if e.options.delayed { "x-delayed-message".into() } else { e.kind.as_str().into() },
+                vhost: vhost.name().into(),
+            }
+        })
+        .collect();
+    exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut queues: Vec<QueueDefinition> = vhost
+        .queues_snapshot()
+        .into_iter()
+        .filter(|q| !q.options.exclusive)
+        .map(|q| {
+            let policy = &q.policy;
+            let mut arguments = from_table(&policy.other_arguments);
+            let mut put = |key: &str, value: Option<JsonValue>| {
+                if let Some(value) = value {
+                    arguments.insert(key.into(), value);
+                }
+            };
+            let millis =
+                |d: std::time::Duration| JsonValue::Int(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let int = |n: usize| JsonValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
+            put("x-message-ttl", policy.message_ttl.map(millis));
+            put("x-expires", policy.expires.map(millis));
+            put("x-max-length", policy.max_length.map(int));
+            put("x-max-length-bytes", policy.max_length_bytes.map(int));
+            if policy.max_length.is_some() || policy.max_length_bytes.is_some() {
+                put("x-overflow", Some(JsonValue::String(policy.overflow.as_str().into())));
+            }
+            put("x-dead-letter-exchange", policy.dead_letter_exchange.clone().map(JsonValue::String));
+            put("x-dead-letter-routing-key", policy.dead_letter_routing_key.clone().map(JsonValue::String));
+            put("x-max-priority", policy.max_priority.map(|p| JsonValue::Int(i64::from(p))));
+            put("x-delivery-limit", policy.delivery_limit.map(|n| JsonValue::Int(i64::from(n))));
+            put("x-single-active-consumer", policy.single_active_consumer.then_some(JsonValue::Bool(true)));
+            let kind = match policy.queue_type {
+                crate::queue::QueueType::Quorum => {
+                    put("x-queue-type", Some(JsonValue::String("quorum".into())));
+                    "quorum"
+                }
+                _ => "classic",
+            };
+            QueueDefinition {
+                arguments,
+                auto_delete: q.options.auto_delete,
+                durable: q.options.durable,
+                name: q.name.to_string(),
+                kind: Some(kind.into()),
+                vhost: vhost.name().into(),
+            }
+        })
+        .collect();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    let exported: std::collections::HashSet<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+    let bindings = vhost
+        .bindings()
+        .into_iter()
+        .filter(|b| b.destination_is_exchange || exported.contains(b.destination.as_str()))
+        .map(|b| BindingDefinition {
+            arguments: from_table(&b.arguments),
+            destination: b.destination,
+            destination_type: if b.destination_is_exchange { "exchange" } else { "queue" }.into(),
+            routing_key: b.routing_key,
+            source: b.source,
+            vhost: vhost.name().into(),
+        })
+        .collect();
+    (exchanges, queues, bindings)
 }

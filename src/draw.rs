@@ -25,7 +25,7 @@ struct Picture {
 
 impl Broker {
     fn picture(&self) -> Picture {
-        let view = self.inner.topology_view();
+        let view = self.inner.default_vhost.topology_view();
         let mut bindings = Vec::new();
         let mut used = BTreeSet::new();
         for binding in view.bindings.values().flatten() {
@@ -53,7 +53,7 @@ impl Broker {
         bindings.sort();
         let mut dead_letters = Vec::new();
         let mut queues = BTreeSet::new();
-        for queue in self.inner.queues_snapshot() {
+        for queue in self.inner.default_vhost.queues_snapshot() {
             queues.insert(queue.name.to_string());
             if let Some(dlx) = &queue.policy.dead_letter_exchange {
                 used.insert(dlx.clone());

@@ -6,6 +6,7 @@
 
 use thiserror::Error;
 
+use crate::access::AccessRefused;
 use crate::message::Message;
 
 /// The AMQP 0-9-1 class of an error, with its reply code.
@@ -53,6 +54,29 @@ impl ErrorKind {
     }
 }
 
+/// Why [`Broker::connect_with`](crate::Broker::connect_with) failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Authentication failed (an unknown user or wrong credentials, not
+    /// told apart), or the user may not enter the virtual host.
+    #[error(transparent)]
+    AccessRefused(#[from] AccessRefused),
+    /// No virtual host of that name.
+    #[error("NOT_ALLOWED - vhost '{0}' not found")]
+    VhostNotFound(String),
+}
+
+impl ConnectError {
+    /// The AMQP class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ConnectError::AccessRefused(_) => ErrorKind::AccessRefused,
+            ConnectError::VhostNotFound(_) => ErrorKind::NotAllowed,
+        }
+    }
+}
+
 /// Why a declaration (`declare_exchange`, `declare_queue`) failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -79,6 +103,10 @@ pub enum DeclareError {
         "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
     )]
     ResourceLocked(String),
+    /// The connection's user lacks a permission the operation needs
+    /// (see [`crate::access`]).
+    #[error(transparent)]
+    NotPermitted(#[from] AccessRefused),
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed,
@@ -105,6 +133,10 @@ pub enum BindError {
         "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
     )]
     ResourceLocked(String),
+    /// The connection's user lacks a permission the operation needs
+    /// (see [`crate::access`]).
+    #[error(transparent)]
+    NotPermitted(#[from] AccessRefused),
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed,
@@ -128,6 +160,10 @@ pub enum DeleteError {
         "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
     )]
     ResourceLocked(String),
+    /// The connection's user lacks a permission the operation needs
+    /// (see [`crate::access`]).
+    #[error(transparent)]
+    NotPermitted(#[from] AccessRefused),
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed,
@@ -156,6 +192,10 @@ pub enum ConsumeError {
     /// implemented by interoffice (refused rather than ignored).
     #[error("PRECONDITION_FAILED - {0}")]
     InvalidArgument(String),
+    /// The connection's user lacks a permission the operation needs
+    /// (see [`crate::access`]).
+    #[error(transparent)]
+    NotPermitted(#[from] AccessRefused),
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed,
@@ -171,18 +211,22 @@ pub enum ConsumeError {
 #[non_exhaustive]
 pub enum PublishError {
     /// No exchange has that name.
-    #[error("NOT_FOUND - no exchange '{exchange}' in vhost '/'")]
+    #[error("NOT_FOUND - no exchange '{exchange}' in vhost '{vhost}'")]
     ExchangeNotFound {
         /// The exchange named.
         exchange: String,
+        /// The virtual host.
+        vhost: String,
         /// The message, handed back.
         message: Box<Message>,
     },
     /// The exchange is internal: it only takes messages from other exchanges.
-    #[error("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '/'")]
+    #[error("ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")]
     InternalExchange {
         /// The exchange named.
         exchange: String,
+        /// The virtual host.
+        vhost: String,
         /// The message, handed back.
         message: Box<Message>,
     },
@@ -253,6 +297,27 @@ pub enum PublishError {
         /// The message, handed back.
         message: Box<Message>,
     },
+    /// The connection's user may not publish there: no write permission on
+    /// the exchange, or no topic permission for the routing key.
+    #[error("{refused}")]
+    NotPermitted {
+        /// What was refused, to whom, where.
+        refused: AccessRefused,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The message's `user_id` names another user than the connection's
+    /// (and the user lacks the `impersonator` tag). RabbitMQ answers this
+    /// with `PRECONDITION_FAILED`, worded as here.
+    #[error("PRECONDITION_FAILED - user_id property set to '{claimed}' but authenticated user was '{user}'")]
+    UserIdMismatch {
+        /// The `user_id` the message carried.
+        claimed: String,
+        /// The connection's user.
+        user: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed {
@@ -273,6 +338,8 @@ impl PublishError {
             | PublishError::Rejected { message, .. }
             | PublishError::InvalidExpiration { message, .. }
             | PublishError::InvalidHeader { message, .. }
+            | PublishError::NotPermitted { message, .. }
+            | PublishError::UserIdMismatch { message, .. }
             | PublishError::Blocked { message }
             | PublishError::ConnectionClosed { message } => message,
         }
@@ -289,6 +356,8 @@ impl PublishError {
             | PublishError::Rejected { message, .. }
             | PublishError::InvalidExpiration { message, .. }
             | PublishError::InvalidHeader { message, .. }
+            | PublishError::NotPermitted { message, .. }
+            | PublishError::UserIdMismatch { message, .. }
             | PublishError::Blocked { message }
             | PublishError::ConnectionClosed { message } => *message,
         }
@@ -303,9 +372,10 @@ impl PublishError {
             PublishError::InvalidRoutingKey { .. } => ErrorKind::InvalidName,
             PublishError::TooLarge { .. } => ErrorKind::ContentTooLarge,
             PublishError::Rejected { .. } | PublishError::Blocked { .. } => ErrorKind::ResourceError,
-            PublishError::InvalidExpiration { .. } | PublishError::InvalidHeader { .. } => {
-                ErrorKind::PreconditionFailed
-            }
+            PublishError::InvalidExpiration { .. }
+            | PublishError::InvalidHeader { .. }
+            | PublishError::UserIdMismatch { .. } => ErrorKind::PreconditionFailed,
+            PublishError::NotPermitted { .. } => ErrorKind::AccessRefused,
             PublishError::ConnectionClosed { .. } => ErrorKind::ConnectionClosed,
         }
     }
@@ -380,21 +450,22 @@ macro_rules! kinds {
 kinds!(DeclareError {
     InvalidName { .. } => InvalidName, AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
     PreconditionFailed(_) => PreconditionFailed, ResourceLocked(_) => ResourceLocked,
-    ConnectionClosed => ConnectionClosed,
+    NotPermitted(_) => AccessRefused, ConnectionClosed => ConnectionClosed,
 });
 kinds!(BindError {
     InvalidName(_) => InvalidName, AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
     PreconditionFailed(_) => PreconditionFailed, ResourceLocked(_) => ResourceLocked,
-    ConnectionClosed => ConnectionClosed,
+    NotPermitted(_) => AccessRefused, ConnectionClosed => ConnectionClosed,
 });
 kinds!(DeleteError {
     AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
     PreconditionFailed(_) => PreconditionFailed, ResourceLocked(_) => ResourceLocked,
-    ConnectionClosed => ConnectionClosed,
+    NotPermitted(_) => AccessRefused, ConnectionClosed => ConnectionClosed,
 });
 kinds!(ConsumeError {
     NotFound(_) => NotFound, ResourceLocked(_) => ResourceLocked, AccessRefused(_) => AccessRefused,
-    TagInUse(_) => NotAllowed, InvalidArgument(_) => PreconditionFailed, ConnectionClosed => ConnectionClosed,
+    TagInUse(_) => NotAllowed, InvalidArgument(_) => PreconditionFailed, NotPermitted(_) => AccessRefused,
+    ConnectionClosed => ConnectionClosed,
 });
 
 /// RabbitMQ's reason for refusing an `expiration` (as 3.10.8 words it).

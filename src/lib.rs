@@ -67,12 +67,14 @@
 #![recursion_limit = "256"]
 #![warn(missing_docs)]
 
+mod access;
 mod broker;
 mod clock;
 mod codec;
 mod connection;
 mod consumer;
 mod conversation;
+mod core;
 mod credit;
 mod dead_letter;
 mod definitions;
@@ -99,10 +101,16 @@ mod sync;
 mod timer;
 mod trace;
 mod typed;
+mod vhost;
 mod wake;
 mod worker;
 
-pub use broker::{Broker, BrokerOptions, MAX_NAME_LEN, PublishOptions, Routed};
+pub use access::{
+    AccessRefused, AuthBackend, AuthBackendError, AuthenticatedUser, Credentials, DEFAULT_USER,
+    IMPERSONATOR_TAG, InvalidPattern, Permission, Permissions, Refusal, Resource, TopicPermissions,
+    UserError, UserInfo, UserStore,
+};
+pub use broker::{Broker, ConnectOptions, MAX_NAME_LEN};
 pub use clock::{Clock, MAX_DURATION, ManualClock};
 #[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
@@ -117,14 +125,15 @@ pub use conversation::{
     CONVERSATION_ID_HEADER, Conversation, ConversationScope, INITIATOR_ID_HEADER, TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
 };
+pub use core::BrokerOptions;
 pub use dead_letter::{Death, DeathReason, FirstDeath, ReasonCounts};
 pub use definitions::{
     BindingDefinition, Definitions, ExchangeDefinition, JsonValue, LoadReport, QueueDefinition,
 };
 pub use delivery::Delivery;
 pub use error::{
-    AckError, BindError, ConsumeError, DeclareError, DeleteError, ErrorKind, PublishError, RecvError,
-    RecvTimeoutError, TryRecvError,
+    AckError, BindError, ConnectError, ConsumeError, DeclareError, DeleteError, ErrorKind, PublishError,
+    RecvError, RecvTimeoutError, TryRecvError,
 };
 pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
 pub use explain::{Hop, NearMiss, Route, RouteExplanation, Via};
@@ -141,6 +150,8 @@ pub use recorder::Recorder;
 pub use rpc::{Call, CallError, DIRECT_REPLY_TO, RpcStats};
 pub use settle::{Pending, PendingQueue, SettleError};
 pub use typed::Typed;
+pub use vhost::publish::{PublishOptions, Routed};
+pub use vhost::{DEFAULT_VHOST, VirtualHost};
 pub use worker::failure::{EXCEPTION_HANDLER_HEADER, EXCEPTION_HEADER, EXCEPTION_TYPE_HEADER};
 pub use worker::{
     AsyncWorker, Backoff, FailureHook, HandlerFailure, OnError, StopHandle, Worker, WorkerOptions,

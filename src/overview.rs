@@ -54,6 +54,8 @@ impl PublishCounters {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct QueueOverview {
+    /// The virtual host it is in.
+    pub vhost: String,
     /// The queue.
     pub name: String,
     /// Messages the queue accepted.
@@ -96,6 +98,7 @@ impl From<&QueueStats> for QueueOverview {
         let counts = stats.message_stats.unwrap_or_default();
         let expired = stats.dead_lettered.expired + stats.dropped.expired;
         QueueOverview {
+            vhost: crate::DEFAULT_VHOST.into(),
             name: stats.name.clone(),
             published: counts.published,
             delivered: counts.delivered + counts.fetched,
@@ -120,6 +123,8 @@ impl From<&QueueStats> for QueueOverview {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ExchangeOverview {
+    /// The virtual host it is in.
+    pub vhost: String,
     /// The exchange.
     pub name: String,
     /// Its kind.

@@ -75,7 +75,7 @@ impl Recorder {
         let observer: Arc<ObserverFn> = Arc::new(move |seq, event: &Event| {
             sink.lock().push((seq, event.clone()));
         });
-        let observers = Arc::clone(&broker.inner.observers);
+        let observers = Arc::clone(&broker.inner.core.observers);
         let id = observers.attach(observer);
         Recorder { events, _tap: Tap { observers, id } }
     }

@@ -1,7 +1,7 @@
 //! The routing pass: the state of routing one message through the exchange
 //! graph (where it went, what is left to visit, what it made leave other
 //! queues), the sets that make each queue and exchange count once, and
-//! sender-selected distribution (`CC` / `BCC`). `BrokerInner::route` drives
+//! sender-selected distribution (`CC` / `BCC`). `Vhost::route` drives
 //! it; this module holds no lock and reaches no further up than a queue's
 //! `enqueue`.
 

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::broker::{BrokerInner, PublishOptions};
 use crate::codec::{DecodeError, EncodeError};
 use crate::delivery::Delivery;
 use crate::error::{ErrorKind, PublishError};
@@ -24,6 +23,8 @@ use crate::message::Message;
 use crate::queue::Envelope;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, Weak, spin_wait};
 use crate::timer::TimerTarget;
+use crate::vhost::Vhost;
+use crate::vhost::publish::{PublishGate, PublishOptions};
 
 /// The prefix of direct reply-to addresses, as in RabbitMQ.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -130,7 +131,7 @@ impl PendingCall {
 
     fn wait(&self) -> Result<Delivery, CallError> {
         let broker = self.endpoint.upgrade().and_then(|e| e.broker.upgrade());
-        if let Some(broker) = broker.filter(|b| b.inline_workers.is_some()) {
+        if let Some(broker) = broker.filter(|b| b.core.inline_workers.is_some()) {
             return self.wait_running_workers(&broker);
         }
         // An in-process round trip takes microseconds: spin briefly before
@@ -155,10 +156,10 @@ impl PendingCall {
     /// never: waits for it a slice of real time at a time, up to the call's
     /// timeout in real time — the manual clock cannot move while its test
     /// thread waits here.
-    fn wait_running_workers(&self, broker: &BrokerInner) -> Result<Delivery, CallError> {
+    fn wait_running_workers(&self, broker: &Vhost) -> Result<Delivery, CallError> {
         let deadline = std::time::Instant::now().checked_add(self.timeout);
         loop {
-            let ran = broker.inline_workers.as_ref().map_or(0, |w| w.run_until_idle());
+            let ran = broker.core.inline_workers.as_ref().map_or(0, |w| w.run_until_idle());
             let mut state = self.state.lock();
             if let Some(outcome) = state.outcome.take() {
                 return outcome;
@@ -196,7 +197,7 @@ impl PendingCall {
         if let Some(endpoint) = self.endpoint.upgrade() {
             endpoint.pending.lock().remove(&self.correlation_id);
             if let Some(broker) = endpoint.broker.upgrade() {
-                broker.timers().cancel(self.timer_id);
+                broker.core.timers().cancel(self.timer_id);
             }
         }
     }
@@ -212,7 +213,7 @@ impl TimerTarget for PendingCall {
 #[derive(Debug)]
 pub(crate) struct ReplyEndpoint {
     pub(crate) name: Arc<str>,
-    broker: Weak<BrokerInner>,
+    broker: Weak<Vhost>,
     pending: Mutex<FastHashMap<String, Arc<PendingCall>>>,
     next_correlation: AtomicU64,
     late_replies: AtomicU64,
@@ -220,7 +221,7 @@ pub(crate) struct ReplyEndpoint {
 }
 
 impl ReplyEndpoint {
-    pub(crate) fn new(name: String, broker: Weak<BrokerInner>) -> Self {
+    pub(crate) fn new(name: String, broker: Weak<Vhost>) -> Self {
         ReplyEndpoint {
             name: name.into(),
             broker,
@@ -267,7 +268,8 @@ impl ReplyEndpoint {
     /// Publishes a request and registers its call.
     pub(crate) fn start(
         self: &Arc<Self>,
-        broker: &BrokerInner,
+        broker: &Vhost,
+        gate: &dyn PublishGate,
         exchange: &str,
         routing_key: &str,
         mut message: Message,
@@ -279,7 +281,7 @@ impl ReplyEndpoint {
         properties.correlation_id = Some(correlation_id.clone());
         properties.reply_to = Some(self.name.to_string());
         let call = Arc::new(PendingCall {
-            timer_id: broker.id(),
+            timer_id: broker.core.id(),
             correlation_id: correlation_id.clone(),
             timeout,
             endpoint: Arc::downgrade(self),
@@ -295,16 +297,16 @@ impl ReplyEndpoint {
             }
             pending.insert(correlation_id, Arc::clone(&call));
         }
-        let deadline = crate::clock::later(broker.clock().now(), timeout);
+        let deadline = crate::clock::later(broker.core.clock().now(), timeout);
         let target: Weak<dyn TimerTarget> = Arc::downgrade(&call) as Weak<dyn TimerTarget>;
-        broker.timers().schedule(target, call.timer_id, deadline);
-        match broker.publish(exchange, routing_key, message, PublishOptions { mandatory: true }) {
+        broker.core.timers().schedule(target, call.timer_id, deadline);
+        match broker.publish(gate, exchange, routing_key, message, PublishOptions { mandatory: true }) {
             Ok(_) => {
                 // A deadline already reached (a zero timeout) fails at once,
                 // whatever the clock: a manual clock has no thread to fire
                 // it, and waiting for the next `advance` could be forever. A
                 // reply that came during the publish still wins.
-                if broker.clock().now() >= deadline {
+                if broker.core.clock().now() >= deadline {
                     call.on_timer();
                 }
                 Ok(call)

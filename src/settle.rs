@@ -131,6 +131,8 @@ impl Drop for Busy<'_> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct PendingQueue {
+    /// The virtual host it is in.
+    pub vhost: String,
     /// The queue.
     pub name: String,
     /// Messages waiting for a consumer.
@@ -313,6 +315,7 @@ mod tests {
         let pending = Pending {
             in_flight: 1,
             queues: vec![PendingQueue {
+                vhost: "/".into(),
                 name: "billing".into(),
                 ready: 2,
                 delayed: 0,

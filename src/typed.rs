@@ -10,12 +10,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::broker::Routed;
 use crate::codec::{Bincode, Codec, TypedPublishError};
 use crate::connection::Connection;
 use crate::error::ConsumeError;
 use crate::message::Message;
 use crate::rpc::CallError;
+use crate::vhost::publish::Routed;
 use crate::worker::{Worker, WorkerOptions};
 
 /// A connection speaking codec `C` (bincode unless named): see

@@ -163,7 +163,10 @@ fn debug_of_messages_consumers_and_brokers_shows_what_matters() -> Result {
         format!("{consumer:?}"),
         "Consumer { tag: \"c1\", queue: \"q\", auto_ack: false, prefetch: 5, holding: 0, cancelled: false }"
     );
-    assert_eq!(format!("{broker:?}"), "Broker { exchanges: 6, queues: 1, clock: Clock::System, .. }");
+    assert_eq!(
+        format!("{broker:?}"),
+        "Broker { vhosts: 1, exchanges: 6, queues: 1, clock: Clock::System, .. }"
+    );
     Ok(())
 }
 

@@ -91,6 +91,12 @@ impl ExchangeOptions {
     /// definitions file carries) becomes [`alternate_exchange`](Self::alternate_exchange);
     /// a conflict between the two is refused, and so is any `x-` argument
     /// the bus does not implement. `(argument, reason)` on error.
+    /// The alternate exchange, from the field or the argument (if either
+    /// is readable), for access control: declaring with one needs write on it.
+    pub(crate) fn alternate_exchange_name(&self) -> Option<String> {
+        self.clone().resolved().ok().and_then(|o| o.alternate_exchange)
+    }
+
     pub(crate) fn resolved(mut self) -> Result<ExchangeOptions, crate::queue::InvalidArg> {
         if let Some(value) = self.arguments.remove("alternate-exchange") {
             let Some(name) = value.as_str() else {

@@ -461,7 +461,7 @@ pub(crate) struct QueueContext {
 /// spelled out, also cuts the loop broker → exchanges → queues → broker
 /// that every `Send` check of a user's type would otherwise walk.)
 pub(crate) trait QueueOwner: Send + Sync + std::fmt::Debug {
-    /// Republishes a dead letter: see `BrokerInner::route_dead_letter`.
+    /// Republishes a dead letter: see `Vhost::route_dead_letter`.
     fn route_dead_letter(
         &self,
         dlx: &str,
@@ -1206,6 +1206,7 @@ impl Queue {
                 .filter(|(_, n)| *n > 0)
                 .collect();
             PendingQueue {
+                vhost: String::new(),
                 name: self.name.to_string(),
                 ready: state.ready.len(),
                 delayed: if self.context.clock.is_manual() { 0 } else { state.delayed.len() },
@@ -1450,7 +1451,7 @@ mod tests {
             statistics: true,
             timers: Timers::new(clock.clone()),
             clock,
-            broker: Weak::<crate::broker::BrokerInner>::new(),
+            broker: Weak::<crate::vhost::Vhost>::new(),
             flow: None,
             activity: Arc::default(),
             observers: Arc::default(),

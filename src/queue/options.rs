@@ -347,6 +347,13 @@ pub(crate) fn unknown_argument(name: &str) -> InvalidArg {
 
 impl QueueOptions {
     /// Validates the options and resolves their policies.
+    /// The dead-letter exchange, from the field or the argument (if the
+    /// options are valid), for access control: declaring with one needs
+    /// write on it. The default exchange is `amq.default`'s `""`.
+    pub(crate) fn dead_letter_exchange_name(&self) -> Option<String> {
+        self.policy().ok().and_then(|p| p.dead_letter_exchange)
+    }
+
     pub(crate) fn policy(&self) -> Result<QueuePolicy, InvalidArg> {
         let args = &self.arguments;
         let arg = |name: &'static str| args.get(name);

@@ -24,13 +24,13 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
 
-use crate::broker::PublishOptions;
 use crate::connection::Connection;
 use crate::consumer::{ConsumeOptions, Consumer};
 use crate::delivery::Delivery;
 use crate::error::{ConsumeError, RecvError};
 use crate::message::Message;
 use crate::sync::{Arc, AtomicU64, Ordering, Weak};
+use crate::vhost::publish::PublishOptions;
 
 pub(crate) mod failure;
 pub(crate) mod inline;
@@ -521,7 +521,7 @@ impl Connection {
             connection: Arc::new(self.hold()),
             inline: None,
         };
-        if let Some(inline_workers) = &self.broker().inner.inline_workers {
+        if let Some(inline_workers) = &self.broker().inner.core.inline_workers {
             // Deterministic: no threads; handlers run when the test asks.
             let step: Arc<inline::Step> = Arc::new(step);
             let inline = Arc::new(InlineWorker::new(
@@ -595,7 +595,7 @@ fn publish_reply(replies: &Connection, request: &Delivery, mut reply: Message) -
     if let Some(id) = &request.properties().correlation_id {
         reply.properties_mut().correlation_id = Some(id.clone());
     }
-    let observers = Arc::clone(&replies.broker().inner.observers);
+    let observers = Arc::clone(&replies.broker().inner.core.observers);
     let seq = observers.is_active().then(|| (observers.next_seq(), reply.clone()));
     // Mandatory, so that a reply queue that is gone is an error rather than
     // a reply silently routed nowhere.

@@ -1,0 +1,409 @@
+//! The publish path, top to bottom: the checks every message passes, the
+//! walk through the exchange graph, the enqueue in each queue reached, and
+//! what goes back to the publisher. Dead letters take the same walk from
+//! their dead-letter exchange ([`QueueOwner::route_dead_letter`]).
+//!
+//! Lock-free up to each queue's own lock: the exchange and queue maps and
+//! every routing table are snapshots read through `ArcSwap`. Access control
+//! has already been decided by the connection (see [`crate::access`]).
+
+use std::time::{Duration, Instant};
+
+use crate::MAX_NAME_LEN;
+use crate::clock::MAX_DURATION;
+use crate::dead_letter::Letter;
+use crate::error::PublishError;
+use crate::exchange::{Dest, Exchange};
+use crate::message::Message;
+use crate::observe::{Event, PublishOutcome};
+use crate::queue::{Envelope, PublishTiming, Queue, QueueOwner};
+use crate::routing::{RoutingPass, SeenSet, has_sender_selected_keys, sender_selected_keys};
+use crate::rpc::DIRECT_REPLY_TO;
+use crate::sync::{Arc, Weak};
+
+use super::{ExchangeMap, Vhost};
+
+/// Options of [`Connection::publish_with`](crate::Connection::publish_with).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Fail with [`PublishError::Unroutable`], handing the message back, if it
+    /// reaches no queue (AMQP's basic.return). Without it an unroutable
+    /// message is dropped and [`Routed::queues`] is 0.
+    pub mandatory: bool,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    queues: usize,
+    duplicates: usize,
+}
+
+impl Routed {
+    /// How many queues the message was enqueued in.
+    pub fn queues(&self) -> usize {
+        self.queues
+    }
+
+    /// How many queues refused it as a duplicate: its `message_id` was
+    /// accepted within their deduplication window. Not an error: the
+    /// message is already there.
+    pub fn duplicates(&self) -> usize {
+        self.duplicates
+    }
+
+    /// Whether it reached at least one queue.
+    pub fn is_routed(&self) -> bool {
+        self.queues > 0
+    }
+}
+
+/// What a publish must pass before it is routed: the connection's access
+/// control, seen from here through this one method so that a virtual host
+/// never knows who is asking (see [`crate::access`]).
+pub(crate) trait PublishGate {
+    /// Admits `message` to exchange `name` (`exchange`: the exchange, or
+    /// `None` if there is none of that name), or refuses it, handing it back
+    /// inside the error.
+    fn admit(
+        &self,
+        name: &str,
+        exchange: Option<&Exchange>,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<Message, PublishError>;
+}
+
+impl Vhost {
+    /// Publishes to exchange `exchange`: the message's own checks, the
+    /// gate, the lookup, then [`publish_to`](Self::publish_to).
+    pub(crate) fn publish(
+        &self,
+        gate: &dyn PublishGate,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        let refused = |error: PublishError| {
+            self.report_refused(exchange, routing_key, &error);
+            error
+        };
+        let (message, ttl) = self.check(routing_key, message).map_err(refused)?;
+        let exchanges = self.exchanges.load();
+        let start = exchanges.get(exchange);
+        let message = gate.admit(exchange, start.map(|e| &**e), routing_key, message).map_err(refused)?;
+        let Some(start) = start else {
+            let error = PublishError::ExchangeNotFound {
+                exchange: exchange.into(),
+                vhost: self.name.to_string(),
+                message: Box::new(message),
+            };
+            return Err(refused(error));
+        };
+        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)
+    }
+
+    /// Publishes through a pre-resolved exchange (a `Publisher`).
+    pub(crate) fn publish_resolved(
+        &self,
+        gate: &dyn PublishGate,
+        start: &Exchange,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        let refused = |error: PublishError| {
+            self.report_refused(&start.name, routing_key, &error);
+            error
+        };
+        let (message, ttl) = self.check(routing_key, message).map_err(refused)?;
+        let message = gate.admit(&start.name, Some(start), routing_key, message).map_err(refused)?;
+        if start.is_deleted() {
+            let error = PublishError::ExchangeNotFound {
+                exchange: start.name.to_string(),
+                vhost: self.name.to_string(),
+                message: Box::new(message),
+            };
+            return Err(refused(error));
+        }
+        self.publish_to(None, start, routing_key, message, ttl, options)
+    }
+
+    /// Reports a publish refused before routing to the observers.
+    fn report_refused(&self, exchange: &str, routing_key: &str, error: &PublishError) {
+        self.core.observers.emit_now(|| Event::Published {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            message: error.message().clone(),
+            queues: Vec::new(),
+            duplicates: Vec::new(),
+            outcome: PublishOutcome::Refused(error.to_string()),
+        });
+    }
+
+    /// The checks every publish starts with; the message's own TTL.
+    fn check(
+        &self,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(Message, Option<Duration>), PublishError> {
+        if routing_key.len() > MAX_NAME_LEN {
+            return Err(PublishError::InvalidRoutingKey {
+                len: routing_key.len(),
+                message: Box::new(message),
+            });
+        }
+        let size = message.body().len();
+        if size > self.core.options.max_message_size {
+            let limit = self.core.options.max_message_size;
+            return Err(PublishError::TooLarge { size, limit, message: Box::new(message) });
+        }
+        match message.properties().expiration.as_deref().map(parse_expiration) {
+            None => Ok((message, None)),
+            Some(Some(ttl)) => Ok((message, Some(ttl))),
+            Some(None) => {
+                let value = message.properties().expiration.clone().unwrap_or_default();
+                Err(PublishError::InvalidExpiration { value, message: Box::new(message) })
+            }
+        }
+    }
+
+    /// Routes and enqueues from exchange `start`. Lock-free up to each
+    /// queue's own lock.
+    fn publish_to(
+        &self,
+        exchanges: Option<&ExchangeMap>,
+        start: &Exchange,
+        routing_key: &str,
+        mut message: Message,
+        ttl: Option<Duration>,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        // In flight for `settle` from before the first enqueue to after the
+        // last (a publish refused before routing enqueues nothing).
+        let busy = self.core.activity.busy();
+        if start.options.internal {
+            let error = PublishError::InternalExchange {
+                exchange: start.name.to_string(),
+                vhost: self.name.to_string(),
+                message: Box::new(message),
+            };
+            self.report_refused(&start.name, routing_key, &error);
+            return Err(error);
+        }
+        crate::conversation::stamp(&mut message);
+        let mut delay = message.take_delay();
+        if start.options.delayed
+            && let Some(ms) = message.header("x-delay").and_then(crate::FieldValue::as_i64)
+            && ms > 0
+        {
+            // A header from an untrusted publisher: clamped, like every delay.
+            let header_delay = Duration::from_millis(ms.unsigned_abs()).min(MAX_DURATION);
+            delay = Some(delay.unwrap_or_default().max(header_delay));
+        }
+        // Sender-selected distribution is rare: one pass over the header
+        // names, comparing lengths first, before any string comparison.
+        let extra_keys = if message.headers().is_some_and(has_sender_selected_keys) {
+            match sender_selected_keys(&mut message) {
+                Ok(keys) => keys,
+                Err((header, reason)) => {
+                    let error = PublishError::InvalidHeader { header, reason, message: Box::new(message) };
+                    self.report_refused(&start.name, routing_key, &error);
+                    return Err(error);
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let token = self.core.conversations.token_for(&message);
+        let envelope = Arc::new(Envelope::new(&start.name, routing_key, message).in_conversation(token));
+        let mut pass = RoutingPass::new(
+            &envelope,
+            routing_key,
+            PublishTiming::new(&self.core.options.clock, ttl, delay),
+            &[],
+        );
+        // Taken before routing, so the publish sorts before its deliveries.
+        let seq = self.core.observers.is_active().then(|| {
+            pass.names = Some(Default::default());
+            self.core.observers.next_seq()
+        });
+        self.route_keys(exchanges, start, &mut pass, &extra_keys);
+        let RoutingPass { enqueued, duplicates, rejected, letters, names, .. } = pass;
+        if self.core.options.statistics {
+            start.counters.count(busy.index(), enqueued > 0 || duplicates > 0);
+        }
+        if enqueued == 0 && duplicates == 0 {
+            crate::trace::unroutable(&start.name, routing_key, options.mandatory, &envelope.message);
+        }
+        if let (Some(seq), Some(names)) = (seq, names) {
+            let outcome = if !rejected.is_empty() {
+                PublishOutcome::Rejected(rejected.clone())
+            } else if enqueued == 0 && duplicates == 0 && options.mandatory {
+                PublishOutcome::Returned
+            } else {
+                PublishOutcome::Routed
+            };
+            self.core.observers.emit(
+                seq,
+                Event::Published {
+                    exchange: start.name.to_string(),
+                    routing_key: routing_key.into(),
+                    message: envelope.message.clone(),
+                    queues: names.enqueued,
+                    duplicates: names.duplicates,
+                    outcome,
+                },
+            );
+        }
+        if !letters.is_empty() {
+            crate::dead_letter::bury(letters);
+        }
+        let take_back = |envelope: Arc<Envelope>| {
+            Box::new(Arc::try_unwrap(envelope).map_or_else(|shared| shared.message.clone(), |e| e.message))
+        };
+        if !rejected.is_empty() {
+            return Err(PublishError::Rejected {
+                queues: rejected,
+                routed: enqueued,
+                message: take_back(envelope),
+            });
+        }
+        if enqueued == 0 && duplicates == 0 && options.mandatory {
+            return Err(PublishError::Unroutable {
+                exchange: start.name.to_string(),
+                routing_key: routing_key.into(),
+                message: take_back(envelope),
+            });
+        }
+        Ok(Routed { queues: enqueued, duplicates })
+    }
+}
+
+impl QueueOwner for Vhost {
+    /// Deletes a queue whose `expires` time has passed unused, unless it was
+    /// used meanwhile.
+    fn expire_queue(&self, queue: &Arc<Queue>, now: Instant) {
+        let mut registry = self.registry.lock();
+        let _used_meanwhile = self.remove_queue_if(&mut registry, queue, true, false, Some(now));
+    }
+
+    /// Republishes a dead letter to exchange `dlx` with `routing_key` and
+    /// then each of `extra_keys` (its `CC` keys), skipping the queues in
+    /// `forbidden` (a cycle). Messages this makes leave other queues join
+    /// `work`. True if it reached at least one queue.
+    fn route_dead_letter(
+        &self,
+        dlx: &str,
+        routing_key: &str,
+        message: Message,
+        extra_keys: &[String],
+        forbidden: &[String],
+        work: &mut std::collections::VecDeque<Letter>,
+    ) -> bool {
+        let exchanges = self.exchanges.load();
+        let Some(start) = exchanges.get(dlx) else { return false };
+        let token = self.core.conversations.token_for(&message);
+        let envelope = Arc::new(Envelope::new(dlx, routing_key, message).in_conversation(token));
+        let mut pass = RoutingPass::new(
+            &envelope,
+            routing_key,
+            PublishTiming::new(&self.core.options.clock, None, None),
+            forbidden,
+        );
+        self.route_keys(Some(&exchanges), start, &mut pass, extra_keys);
+        work.extend(pass.letters);
+        pass.enqueued > 0
+    }
+}
+
+impl Vhost {
+    /// Routes the pass's own key, then each of `extra_keys` (sender-selected
+    /// distribution: a publish's `CC`/`BCC`, a dead letter's `CC`), as if the
+    /// message were published with each; a queue reached by several keys
+    /// gets it once, and each key walks the exchanges afresh.
+    fn route_keys<'a>(
+        &self,
+        exchanges: Option<&ExchangeMap>,
+        start: &Exchange,
+        pass: &mut RoutingPass<'a>,
+        extra_keys: &'a [String],
+    ) {
+        self.route(exchanges, start, pass);
+        for key in extra_keys {
+            pass.routing_key = key;
+            pass.seen_exchanges = SeenSet::new();
+            self.route(exchanges, start, pass);
+        }
+    }
+
+    /// Walks the exchange graph from `start`, enqueueing in every queue
+    /// reached, once per queue. Each exchange is visited once, so cycles
+    /// end. An exchange whose own bindings match nothing hands the message
+    /// to its alternate exchange.
+    ///
+    /// `exchanges` is the snapshot the caller already holds, if any: the map
+    /// is only read for an alternate exchange, so a publish through a
+    /// `Publisher` does not load it.
+    fn route(&self, exchanges: Option<&ExchangeMap>, start: &Exchange, pass: &mut RoutingPass<'_>) {
+        pass.seen_exchanges.insert(start.id);
+        self.route_through(exchanges, start, pass);
+        // Only exchange-to-exchange bindings and alternate exchanges fill
+        // `pending`: the common single-exchange publish never allocates it.
+        while let Some(next) = pass.pending.pop() {
+            self.route_through(exchanges, &next, pass);
+        }
+    }
+
+    /// One exchange's step of a routing pass.
+    fn route_through(
+        &self,
+        exchanges: Option<&ExchangeMap>,
+        exchange: &Exchange,
+        pass: &mut RoutingPass<'_>,
+    ) {
+        let key = pass.routing_key;
+        let mut matched = false;
+        if exchange.is_default() {
+            if let Some(queue) = self.queues.load().get(key) {
+                matched = true;
+                pass.enqueue(queue);
+            } else if key.starts_with(DIRECT_REPLY_TO)
+                && let Some(endpoint) = self.replies.load().get(key).and_then(Weak::upgrade)
+            {
+                // A reply to a direct reply-to address: straight to the call.
+                matched = true;
+                endpoint.deliver(pass.envelope);
+                pass.enqueued += 1;
+            }
+        } else {
+            exchange.routes.load().for_each_match(key, pass.envelope.message.headers(), |dest| {
+                matched = true;
+                match dest {
+                    Dest::Queue(queue) => pass.enqueue(queue),
+                    Dest::Exchange(next) => pass.visit(next),
+                }
+            });
+        }
+        if !matched && let Some(name) = exchange.options.alternate_exchange.as_deref() {
+            let alternate = match exchanges {
+                Some(map) => map.get(name).cloned(),
+                None => self.exchanges.load().get(name).cloned(),
+            };
+            if let Some(alternate) = alternate {
+                pass.visit(&alternate);
+            }
+        }
+    }
+}
+
+/// A message's own TTL: its `expiration`, a non-negative integer of
+/// milliseconds up to [`MAX_DURATION`] (RabbitMQ refuses more as
+/// `value_too_large`). `None` if malformed or too large.
+fn parse_expiration(value: &str) -> Option<Duration> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse::<u64>().ok().map(Duration::from_millis).filter(|ttl| *ttl <= MAX_DURATION)
+}
