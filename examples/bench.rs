@@ -90,8 +90,9 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError as ChannelEmpty, bounded, unbounded};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use interoffice::{
-    Broker, BrokerOptions, Connection, ConsumeOptions, Consumer, Delivery, ExchangeKind, ExchangeOptions,
-    FieldTable, FieldValue, Message, MessageStats, QueueOptions, TryRecvError, WorkerOptions,
+    Broker, BrokerOptions, ConnectOptions, Connection, ConsumeOptions, Consumer, Credentials, Delivery,
+    ExchangeKind, ExchangeOptions, FieldTable, FieldValue, Message, MessageStats, Permissions, QueueOptions,
+    TopicPermissions, TryRecvError, WorkerOptions,
 };
 use serde_json::{Value, json};
 
@@ -191,11 +192,12 @@ enum Scenario {
     Rpc,
     Statistics,
     Firehose,
+    Permissions,
     FillDrain,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 10] = [
+    const ALL: [Scenario; 11] = [
         Scenario::Direct,
         Scenario::DirectManual,
         Scenario::Fanout,
@@ -205,6 +207,7 @@ impl Scenario {
         Scenario::Rpc,
         Scenario::Statistics,
         Scenario::Firehose,
+        Scenario::Permissions,
         Scenario::FillDrain,
     ];
 
@@ -219,6 +222,7 @@ impl Scenario {
             Scenario::Rpc => "rpc",
             Scenario::Statistics => "statistics",
             Scenario::Firehose => "firehose",
+            Scenario::Permissions => "permissions",
             Scenario::FillDrain => "fill-drain",
         }
     }
@@ -1202,6 +1206,7 @@ impl Bench {
             Scenario::Rpc => vec![self.rpc()],
             Scenario::Statistics => vec![self.statistics()],
             Scenario::Firehose => vec![self.firehose()],
+            Scenario::Permissions => vec![self.permissions()],
             Scenario::FillDrain => self.fill_drain(),
         }
     }
@@ -1540,6 +1545,63 @@ impl Bench {
         let events = seen.load(Ordering::Relaxed);
         row.notes.push(format!("the tap saw {events} events (publish, delivery, settle of each message)"));
         row.extra.push(("tap_events", json!(events)));
+        row
+    }
+
+    /// permissions: a topic exchange 1→1 manual ack, published and
+    /// consumed as the default user `guest` (the raw column) beside the
+    /// same bus used by least-privilege users (the bus column): a
+    /// publisher with write on the exchange only and a topic permission
+    /// matched against every routing key, a consumer with read on the
+    /// queue only. Both go through the connection's cached decision; the
+    /// least-privilege side also matches the topic pattern per publish.
+    fn permissions(&self) -> Row {
+        let (np, nc) = (self.config.producers.unwrap_or(1), self.config.consumers.unwrap_or(1));
+        let n = self.messages(200_000);
+        let case = format!("permissions: topic {np}→{nc} manual ack, prefetch 1000");
+        let setup = || {
+            self.single_queue_setup(
+                BrokerOptions::default(),
+                "bench.topic",
+                ExchangeKind::Topic,
+                ConsumeOptions { prefetch: 1000, ..Default::default() },
+                np,
+                &case,
+            )
+        };
+        let off = setup();
+        let mut on = setup();
+        let broker = on.broker.clone();
+        or_fail("add user", broker.add_user("publisher", &Credentials::password("p"), &[]));
+        or_fail("add user", broker.add_user("consumer", &Credentials::password("c"), &[]));
+        or_fail(
+            "set permissions",
+            broker.set_permissions("publisher", "/", &Permissions::new("", "^bench\\.topic$", "")),
+        );
+        let topic =
+            TopicPermissions { exchange: "bench.topic".into(), write: ".".into(), read: String::new() };
+        or_fail("set topic permissions", broker.set_topic_permissions("publisher", "/", &topic));
+        or_fail(
+            "set permissions",
+            broker.set_permissions("consumer", "/", &Permissions::new("", "", "^bench\\.queue$")),
+        );
+        let login = |user: &str, password: &str| {
+            or_fail(
+                "connect",
+                broker.connect_with(ConnectOptions::new("/", user, Credentials::password(password))),
+            )
+        };
+        on.publishers = (0..np).map(|_| login("publisher", "p")).collect();
+        on.consumer_conn = login("consumer", "c");
+        let mut row = Row::new(Scenario::Permissions, case.clone(), "msg", n);
+        (row.producers, row.consumers) = (np, nc);
+        (row.baseline, row.measured) = ("bus as guest", "bus as least-privilege users");
+        row.legend = Some(
+            "raw /s is the bus used as guest (full rights), bus /s the same bus used by a publisher \
+             with write on the exchange and a topic permission, and a consumer with read on the queue"
+                .into(),
+        );
+        self.alternating_pairs(&mut row, &case, (&off, &on), nc, n);
         row
     }
 

@@ -100,9 +100,14 @@ pub enum DeclareError {
     PreconditionFailed(String),
     /// The queue is exclusive to another connection.
     #[error(
-        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{queue}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
     )]
-    ResourceLocked(String),
+    ResourceLocked {
+        /// The queue.
+        queue: String,
+        /// Its virtual host.
+        vhost: String,
+    },
     /// The connection's user lacks a permission the operation needs
     /// (see [`crate::access`]).
     #[error(transparent)]
@@ -130,9 +135,14 @@ pub enum BindError {
     PreconditionFailed(String),
     /// The queue is exclusive to another connection.
     #[error(
-        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{queue}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
     )]
-    ResourceLocked(String),
+    ResourceLocked {
+        /// The queue.
+        queue: String,
+        /// Its virtual host.
+        vhost: String,
+    },
     /// The connection's user lacks a permission the operation needs
     /// (see [`crate::access`]).
     #[error(transparent)]
@@ -157,9 +167,14 @@ pub enum DeleteError {
     PreconditionFailed(String),
     /// The queue is exclusive to another connection.
     #[error(
-        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{queue}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
     )]
-    ResourceLocked(String),
+    ResourceLocked {
+        /// The queue.
+        queue: String,
+        /// Its virtual host.
+        vhost: String,
+    },
     /// The connection's user lacks a permission the operation needs
     /// (see [`crate::access`]).
     #[error(transparent)]
@@ -178,9 +193,14 @@ pub enum ConsumeError {
     NotFound(String),
     /// The queue is exclusive to another connection.
     #[error(
-        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{0}' in vhost '/'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+        "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{queue}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
     )]
-    ResourceLocked(String),
+    ResourceLocked {
+        /// The queue.
+        queue: String,
+        /// Its virtual host.
+        vhost: String,
+    },
     /// Another consumer holds the queue exclusively, or this one asked for
     /// exclusivity on a queue that already has consumers.
     #[error("ACCESS_REFUSED - {0}")]
@@ -449,21 +469,21 @@ macro_rules! kinds {
 
 kinds!(DeclareError {
     InvalidName { .. } => InvalidName, AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
-    PreconditionFailed(_) => PreconditionFailed, ResourceLocked(_) => ResourceLocked,
+    PreconditionFailed(_) => PreconditionFailed, ResourceLocked { .. } => ResourceLocked,
     NotPermitted(_) => AccessRefused, ConnectionClosed => ConnectionClosed,
 });
 kinds!(BindError {
     InvalidName(_) => InvalidName, AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
-    PreconditionFailed(_) => PreconditionFailed, ResourceLocked(_) => ResourceLocked,
+    PreconditionFailed(_) => PreconditionFailed, ResourceLocked { .. } => ResourceLocked,
     NotPermitted(_) => AccessRefused, ConnectionClosed => ConnectionClosed,
 });
 kinds!(DeleteError {
     AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
-    PreconditionFailed(_) => PreconditionFailed, ResourceLocked(_) => ResourceLocked,
+    PreconditionFailed(_) => PreconditionFailed, ResourceLocked { .. } => ResourceLocked,
     NotPermitted(_) => AccessRefused, ConnectionClosed => ConnectionClosed,
 });
 kinds!(ConsumeError {
-    NotFound(_) => NotFound, ResourceLocked(_) => ResourceLocked, AccessRefused(_) => AccessRefused,
+    NotFound(_) => NotFound, ResourceLocked { .. } => ResourceLocked, AccessRefused(_) => AccessRefused,
     TagInUse(_) => NotAllowed, InvalidArgument(_) => PreconditionFailed, NotPermitted(_) => AccessRefused,
     ConnectionClosed => ConnectionClosed,
 });

@@ -269,7 +269,7 @@ impl ReplyEndpoint {
     pub(crate) fn start(
         self: &Arc<Self>,
         broker: &Vhost,
-        gate: &dyn PublishGate,
+        gate: &impl PublishGate,
         exchange: &str,
         routing_key: &str,
         mut message: Message,

@@ -310,12 +310,12 @@ fn redeclaring_a_queue_with_another_exclusive_flag_is_resource_locked() -> TestR
     let conn = Broker::new().connect();
     conn.declare_queue("shared", QueueOptions::default())?;
     let err = conn.declare_queue("shared", exclusive()).unwrap_err();
-    assert!(matches!(err, DeclareError::ResourceLocked(_)), "exclusive over shared: {err:?}");
+    assert!(matches!(err, DeclareError::ResourceLocked { .. }), "exclusive over shared: {err:?}");
     assert_eq!(err.kind().reply_code(), 405);
 
     conn.declare_queue("mine", exclusive())?;
     let err = conn.declare_queue("mine", QueueOptions::default()).unwrap_err();
-    assert!(matches!(err, DeclareError::ResourceLocked(_)), "shared over exclusive: {err:?}");
+    assert!(matches!(err, DeclareError::ResourceLocked { .. }), "shared over exclusive: {err:?}");
     assert_eq!(err.kind().reply_code(), 405);
     Ok(())
 }
@@ -745,7 +745,7 @@ fn an_exclusive_queue_is_locked_for_other_connections() -> TestResult {
     let get = other.get("excl", true).unwrap_err();
     let stats = other.queue_stats("excl").unwrap_err();
     for err in [consume, get, stats] {
-        assert!(matches!(err, ConsumeError::ResourceLocked(_)), "{err:?}");
+        assert!(matches!(err, ConsumeError::ResourceLocked { .. }), "{err:?}");
         assert_eq!(err.kind(), ErrorKind::ResourceLocked);
         assert_eq!(err.kind().reply_code(), 405);
         assert_eq!(
@@ -759,14 +759,14 @@ fn an_exclusive_queue_is_locked_for_other_connections() -> TestResult {
     let purge = other.purge_queue("excl").unwrap_err();
     let delete = other.delete_queue("excl", DeleteQueueOptions::default()).unwrap_err();
     for err in [purge, delete] {
-        assert!(matches!(err, DeleteError::ResourceLocked(_)), "{err:?}");
+        assert!(matches!(err, DeleteError::ResourceLocked { .. }), "{err:?}");
         assert_eq!(err.kind().reply_code(), 405);
     }
 
     let bind = other.bind_queue("excl", "amq.fanout", "", FieldTable::new()).unwrap_err();
     let unbind = other.unbind_queue("excl", "amq.fanout", "", None).unwrap_err();
     for err in [bind, unbind] {
-        assert!(matches!(err, BindError::ResourceLocked(_)), "{err:?}");
+        assert!(matches!(err, BindError::ResourceLocked { .. }), "{err:?}");
         assert_eq!(err.kind().reply_code(), 405);
     }
 
@@ -774,7 +774,7 @@ fn an_exclusive_queue_is_locked_for_other_connections() -> TestResult {
     let redeclare = other.declare_queue("excl", exclusive()).unwrap_err();
     let redeclare_shared = other.declare_queue("excl", QueueOptions::default()).unwrap_err();
     for err in [passive, redeclare, redeclare_shared] {
-        assert!(matches!(err, DeclareError::ResourceLocked(_)), "{err:?}");
+        assert!(matches!(err, DeclareError::ResourceLocked { .. }), "{err:?}");
         assert_eq!(err.kind().reply_code(), 405);
     }
 

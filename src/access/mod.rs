@@ -242,6 +242,25 @@ pub trait AuthBackend: Send + Sync + 'static {
         permission: Permission,
     ) -> Result<bool, AuthBackendError>;
 
+    /// Whether `user` may have topic permissions on `exchange` in `vhost`
+    /// at all: `Ok(false)` lets a connection skip
+    /// [`check_topic_access`](Self::check_topic_access) for that exchange
+    /// (cached with the write decision, while the revision holds). By
+    /// default `Ok(true)`: ask on every publish to a topic exchange.
+    ///
+    /// # Errors
+    ///
+    /// The backend could not tell: topic access is then asked each time.
+    fn has_topic_permissions(
+        &self,
+        user: &AuthenticatedUser,
+        vhost: &str,
+        exchange: &str,
+    ) -> Result<bool, AuthBackendError> {
+        let _ = (user, vhost, exchange);
+        Ok(true)
+    }
+
     /// A number that changes whenever any decision may have changed, so
     /// connections may cache decisions while it stays the same. `None` (the
     /// default) forbids caching: the publish path asks on every publish.

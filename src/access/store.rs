@@ -5,7 +5,7 @@
 //! permission) serialise on a mutex, copy, swap, and bump the revision, so
 //! connections drop the decisions they cached.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use arc_swap::ArcSwap;
@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use super::password::{Algorithm, Credentials, PasswordHash};
 use super::pattern::{InvalidPattern, Pattern};
 use super::{AuthBackend, AuthBackendError, AuthenticatedUser, Permission, Resource};
+use crate::hash::FastHashMap;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 /// A user's three permission patterns in one virtual host, as RabbitMQ
@@ -153,9 +154,9 @@ struct CompiledTopic {
 struct State {
     users: BTreeMap<String, User>,
     /// user → vhost → permissions.
-    permissions: HashMap<String, BTreeMap<String, Arc<CompiledPermissions>>>,
+    permissions: FastHashMap<String, BTreeMap<String, Arc<CompiledPermissions>>>,
     /// user → vhost → exchange → topic permissions.
-    topics: HashMap<String, BTreeMap<String, BTreeMap<String, Arc<CompiledTopic>>>>,
+    topics: FastHashMap<String, BTreeMap<String, BTreeMap<String, Arc<CompiledTopic>>>>,
 }
 
 /// The built-in users, permissions and topic permissions: an
@@ -549,6 +550,20 @@ impl AuthBackend for UserStore {
             // Topic permissions have no configure pattern.
             (Some(_), Permission::Configure) => false,
         })
+    }
+
+    fn has_topic_permissions(
+        &self,
+        user: &AuthenticatedUser,
+        vhost: &str,
+        exchange: &str,
+    ) -> Result<bool, AuthBackendError> {
+        let state = self.inner.state.load();
+        Ok(state
+            .topics
+            .get(&user.name)
+            .and_then(|by_vhost| by_vhost.get(vhost))
+            .is_some_and(|by_exchange| by_exchange.contains_key(exchange)))
     }
 
     fn revision(&self) -> Option<u64> {

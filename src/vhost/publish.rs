@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use crate::MAX_NAME_LEN;
+use crate::access::AccessRefused;
 use crate::clock::MAX_DURATION;
 use crate::dead_letter::Letter;
 use crate::error::PublishError;
@@ -63,71 +64,102 @@ impl Routed {
 /// never knows who is asking (see [`crate::access`]).
 pub(crate) trait PublishGate {
     /// Admits `message` to exchange `name` (`exchange`: the exchange, or
-    /// `None` if there is none of that name), or refuses it, handing it back
-    /// inside the error.
+    /// `None` if there is none of that name), or says why not.
     fn admit(
         &self,
         name: &str,
         exchange: Option<&Exchange>,
         routing_key: &str,
-        message: Message,
-    ) -> Result<Message, PublishError>;
+        message: &Message,
+    ) -> Result<(), GateRefusal>;
+}
+
+/// Why a [`PublishGate`] refused a message.
+#[derive(Debug)]
+pub(crate) enum GateRefusal {
+    /// A permission is missing.
+    NotPermitted(AccessRefused),
+    /// `user_id` names another user.
+    UserIdMismatch { claimed: String, user: String },
+}
+
+impl GateRefusal {
+    /// The publish error, handing `message` back.
+    #[cold]
+    fn into_error(self, message: Message) -> PublishError {
+        let message = Box::new(message);
+        match self {
+            GateRefusal::NotPermitted(refused) => PublishError::NotPermitted { refused, message },
+            GateRefusal::UserIdMismatch { claimed, user } => {
+                PublishError::UserIdMismatch { claimed, user, message }
+            }
+        }
+    }
 }
 
 impl Vhost {
     /// Publishes to exchange `exchange`: the message's own checks, the
     /// gate, the lookup, then [`publish_to`](Self::publish_to).
-    pub(crate) fn publish(
+    pub(crate) fn publish<G: PublishGate + ?Sized>(
         &self,
-        gate: &dyn PublishGate,
+        gate: &G,
         exchange: &str,
         routing_key: &str,
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let refused = |error: PublishError| {
-            self.report_refused(exchange, routing_key, &error);
-            error
-        };
-        let (message, ttl) = self.check(routing_key, message).map_err(refused)?;
+        let (message, ttl) = self
+            .check(routing_key, message)
+            .inspect_err(|e| self.report_refused(exchange, routing_key, e))?;
         let exchanges = self.exchanges.load();
         let start = exchanges.get(exchange);
-        let message = gate.admit(exchange, start.map(|e| &**e), routing_key, message).map_err(refused)?;
+        if let Err(refusal) = gate.admit(exchange, start.map(|e| &**e), routing_key, &message) {
+            return Err(self.refuse(exchange, routing_key, refusal.into_error(message)));
+        }
         let Some(start) = start else {
+            let vhost = self.name.to_string();
             let error = PublishError::ExchangeNotFound {
                 exchange: exchange.into(),
-                vhost: self.name.to_string(),
+                vhost,
                 message: Box::new(message),
             };
-            return Err(refused(error));
+            return Err(self.refuse(exchange, routing_key, error));
         };
         self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)
     }
 
     /// Publishes through a pre-resolved exchange (a `Publisher`).
-    pub(crate) fn publish_resolved(
+    pub(crate) fn publish_resolved<G: PublishGate + ?Sized>(
         &self,
-        gate: &dyn PublishGate,
+        gate: &G,
         start: &Exchange,
         routing_key: &str,
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let refused = |error: PublishError| {
-            self.report_refused(&start.name, routing_key, &error);
-            error
-        };
-        let (message, ttl) = self.check(routing_key, message).map_err(refused)?;
-        let message = gate.admit(&start.name, Some(start), routing_key, message).map_err(refused)?;
+        let (message, ttl) = self
+            .check(routing_key, message)
+            .inspect_err(|e| self.report_refused(&start.name, routing_key, e))?;
+        if let Err(refusal) = gate.admit(&start.name, Some(start), routing_key, &message) {
+            return Err(self.refuse(&start.name, routing_key, refusal.into_error(message)));
+        }
         if start.is_deleted() {
+            let vhost = self.name.to_string();
             let error = PublishError::ExchangeNotFound {
                 exchange: start.name.to_string(),
-                vhost: self.name.to_string(),
+                vhost,
                 message: Box::new(message),
             };
-            return Err(refused(error));
+            return Err(self.refuse(&start.name, routing_key, error));
         }
         self.publish_to(None, start, routing_key, message, ttl, options)
+    }
+
+    /// Reports `error`, a publish refused before routing, and returns it.
+    #[cold]
+    fn refuse(&self, exchange: &str, routing_key: &str, error: PublishError) -> PublishError {
+        self.report_refused(exchange, routing_key, &error);
+        error
     }
 
     /// Reports a publish refused before routing to the observers.

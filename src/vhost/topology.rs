@@ -20,7 +20,12 @@ pub(crate) enum QueueRefusal {
     /// No such queue (the message names it as RabbitMQ does).
     NotFound(String),
     /// Exclusive to another connection (the queue's name).
-    Locked(String),
+    Locked {
+        /// The queue.
+        queue: String,
+        /// Its virtual host.
+        vhost: String,
+    },
 }
 
 macro_rules! from_queue_refusal {
@@ -29,7 +34,7 @@ macro_rules! from_queue_refusal {
             fn from(refusal: QueueRefusal) -> Self {
                 match refusal {
                     QueueRefusal::NotFound(message) => $error::NotFound(message),
-                    QueueRefusal::Locked(name) => $error::ResourceLocked(name),
+                    QueueRefusal::Locked { queue, vhost } => $error::ResourceLocked { queue, vhost },
                 }
             }
         }
@@ -181,7 +186,10 @@ impl Vhost {
         if options.passive {
             let queue = queues.get(name).ok_or_else(|| DeclareError::NotFound(self.no_queue(name)))?;
             if !queue.accessible_by(conn) {
-                return Err(DeclareError::ResourceLocked(name.into()));
+                return Err(DeclareError::ResourceLocked {
+                    queue: name.into(),
+                    vhost: self.name.to_string(),
+                });
             }
             return Ok(name.into());
         }
@@ -204,7 +212,7 @@ impl Vhost {
             // RabbitMQ checks exclusivity before the other options: a
             // mismatch either way is RESOURCE_LOCKED, not an inequivalent arg.
             if !current.accessible_by(conn) || options.exclusive != current.options.exclusive {
-                return Err(DeclareError::ResourceLocked(name));
+                return Err(DeclareError::ResourceLocked { queue: name, vhost: self.name.to_string() });
             }
             if let Some((arg, received, now)) = options.difference(&policy, &current.options, &current.policy)
             {
@@ -243,7 +251,11 @@ impl Vhost {
     /// one exclusive to another connection.
     pub(crate) fn queue_for(&self, conn: u64, name: &str) -> Result<Arc<Queue>, QueueRefusal> {
         let queue = self.queue(name).ok_or_else(|| QueueRefusal::NotFound(self.no_queue(name)))?;
-        if queue.accessible_by(conn) { Ok(queue) } else { Err(QueueRefusal::Locked(name.into())) }
+        if queue.accessible_by(conn) {
+            Ok(queue)
+        } else {
+            Err(QueueRefusal::Locked { queue: name.into(), vhost: self.name.to_string() })
+        }
     }
 
     pub(crate) fn delete_queue(
