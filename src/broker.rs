@@ -1,6 +1,6 @@
 //! The broker: the front door. It holds the virtual hosts (each with its
 //! own topology and routing, see [`crate::vhost`]), the users and the auth
-//! backend (see [`crate::access`]), and the services they share (see
+//! backend (see [`Permission`](crate::Permission)), and the services they share (see
 //! [`crate::core`]); it opens connections, and answers for the whole bus:
 //! settling, recording, overview, faults.
 
@@ -16,8 +16,9 @@ use crate::access::{
 };
 use crate::clock::{Clock, ManualClock};
 use crate::connection::Connection;
-use crate::conversation::Conversation;
-use crate::core::{BrokerOptions, Core};
+use crate::conversation::{Conversation, ConversationHost, Tracker};
+use crate::core::InlineWorkers;
+use crate::core::{Core, Settings, Startup};
 use crate::error::{ConnectError, ConsumeError};
 use crate::exchange::BindingInfo;
 use crate::explain::RouteExplanation;
@@ -32,10 +33,119 @@ use crate::recorder::Recorder;
 use crate::settle::{Pending, PendingQueue, SettleError, wait_until_settled};
 use crate::sync::{Arc, Mutex};
 use crate::vhost::{DEFAULT_VHOST, Vhost, VirtualHost};
-use crate::worker::inline::InlineWorkers;
 
 /// The longest name (of a queue or exchange) or routing key, in bytes: AMQP's short string.
 pub const MAX_NAME_LEN: usize = 255;
+
+/// Broker-wide settings.
+///
+/// ```
+/// use interoffice::{Broker, BrokerOptions};
+/// let broker = Broker::with_options(BrokerOptions { max_message_size: 1 << 20, ..Default::default() });
+/// # drop(broker);
+/// ```
+#[derive(Clone)]
+pub struct BrokerOptions {
+    /// The largest message body accepted, in bytes (RabbitMQ's
+    /// `max_message_size`, 128 MiB by default).
+    pub max_message_size: usize,
+    /// The clock every time-based policy reads: the system clock by
+    /// default, a [`ManualClock`](crate::ManualClock) in tests.
+    pub clock: Clock,
+    /// Whether queues keep message statistics ([`QueueStats::message_stats`]):
+    /// counts of messages published, delivered, fetched, redelivered and
+    /// acknowledged. On by default, as with RabbitMQ's management plugin;
+    /// the cost of keeping them is measured in the benchmarks (README,
+    /// "Benchmarks") and is within a few percent.
+    ///
+    /// [`QueueStats::message_stats`]: crate::QueueStats::message_stats
+    pub statistics: bool,
+    /// RabbitMQ's memory high watermark: past this many bytes held in
+    /// queues (bodies plus 160 bytes a message, ready and delayed),
+    /// publishing is blocked until consumers drain them — `publish` waits,
+    /// `try_publish` fails with [`PublishError::Blocked`](crate::PublishError::Blocked),
+    /// and [`Connection::flow_events`](crate::Connection::flow_events) tells.
+    /// Off (`None`) by default: then nothing is counted and publishing never
+    /// blocks; per-queue length limits still apply. See [`crate::FlowEvent`].
+    pub memory_high_watermark: Option<usize>,
+    /// Workers ([`Connection::worker`](crate::Connection::worker),
+    /// [`Connection::serve`](crate::Connection::serve)) start no threads:
+    /// their handlers run on the thread that calls
+    /// [`Broker::run_until_idle`] or [`Broker::settle`], or that waits in a
+    /// [`Connection::call`](crate::Connection::call) — one delivery at a
+    /// time, workers in the order they started. Part of
+    /// [`Broker::deterministic`]. Off by default. (An
+    /// [`AsyncWorker`](crate::AsyncWorker) runs on the executor that polls
+    /// it either way.)
+    pub inline_workers: bool,
+    /// The seed of generated names (`amq.gen-…` queues, `amq.ctag-…`
+    /// consumer tags, reply-to addresses, conversation ids): with a seed,
+    /// the same operations make the same names on every run. `None` (the
+    /// default) seeds them at random, so they cannot be guessed.
+    pub name_seed: Option<u64>,
+    /// Who decides access (see [`Permission`](crate::Permission)): `None` (the default)
+    /// is the broker's built-in [`UserStore`](crate::UserStore), which
+    /// [`Broker::add_user`](crate::Broker::add_user) and
+    /// [`Broker::set_permissions`](crate::Broker::set_permissions) edit.
+    pub auth_backend: Option<Arc<dyn AuthBackend>>,
+}
+
+impl std::fmt::Debug for BrokerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerOptions")
+            .field("max_message_size", &self.max_message_size)
+            .field("clock", &self.clock)
+            .field("statistics", &self.statistics)
+            .field("memory_high_watermark", &self.memory_high_watermark)
+            .field("inline_workers", &self.inline_workers)
+            .field("name_seed", &self.name_seed)
+            .field("auth_backend", &self.auth_backend.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+/// Equal when every setting is, and both use the built-in store or the
+/// very same backend.
+impl PartialEq for BrokerOptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.max_message_size == other.max_message_size
+            && self.clock == other.clock
+            && self.statistics == other.statistics
+            && self.memory_high_watermark == other.memory_high_watermark
+            && self.inline_workers == other.inline_workers
+            && self.name_seed == other.name_seed
+            && match (&self.auth_backend, &other.auth_backend) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for BrokerOptions {}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            max_message_size: 128 << 20,
+            clock: Clock::system(),
+            statistics: true,
+            memory_high_watermark: None,
+            inline_workers: false,
+            name_seed: None,
+            auth_backend: None,
+        }
+    }
+}
+
+impl BrokerOptions {
+    /// The options of a deterministic broker on `clock`: workers run
+    /// inline, generated names come from a fixed seed (see
+    /// [`Broker::deterministic`]).
+    pub fn deterministic(clock: &ManualClock) -> Self {
+        BrokerOptions { clock: clock.clock(), inline_workers: true, name_seed: Some(0), ..Default::default() }
+    }
+}
 
 /// Virtual hosts by name.
 type VhostMap = BTreeMap<Box<str>, Arc<Vhost>>;
@@ -103,7 +213,7 @@ impl std::fmt::Debug for Broker {
             .field("vhosts", &vhosts.len())
             .field("exchanges", &vhosts.values().map(|v| v.exchange_count()).sum::<usize>())
             .field("queues", &vhosts.values().map(|v| v.queue_count()).sum::<usize>())
-            .field("clock", &self.inner.core.options.clock)
+            .field("clock", &self.inner.core.settings.clock)
             .finish_non_exhaustive()
     }
 }
@@ -169,7 +279,17 @@ impl Broker {
             Some(backend) => Arc::clone(backend),
             None => Arc::new(users.clone()),
         };
-        let core = Arc::new(Core::new(options));
+        let settings = Settings {
+            max_message_size: options.max_message_size,
+            clock: options.clock,
+            statistics: options.statistics,
+        };
+        let core = Arc::new(Core::new(Startup {
+            settings,
+            memory_high_watermark: options.memory_high_watermark,
+            inline_workers: options.inline_workers,
+            name_seed: options.name_seed,
+        }));
         let default_vhost = Vhost::new(DEFAULT_VHOST, Arc::clone(&core));
         let mut vhosts = VhostMap::new();
         vhosts.insert(DEFAULT_VHOST.into(), Arc::clone(&default_vhost));
@@ -186,7 +306,7 @@ impl Broker {
 
     /// The clock the broker reads (see [`BrokerOptions::clock`]).
     pub fn clock(&self) -> &Clock {
-        &self.inner.core.options.clock
+        &self.inner.core.settings.clock
     }
 
     /// Opens a connection to the default virtual host `/` as the default
@@ -212,7 +332,7 @@ impl Broker {
     /// Opens a connection as `options.user`, authenticated with
     /// `options.credentials`, to virtual host `options.vhost` — as an AMQP
     /// client logs in. Every operation on it is then checked against the
-    /// user's permissions there (see [`crate::access`]).
+    /// user's permissions there (see [`Permission`](crate::Permission)).
     ///
     /// # Errors
     ///
@@ -391,6 +511,11 @@ impl Broker {
         Connection::open(self.clone(), vhost, grant, Some(name.into()))
     }
 
+    fn follow(&self, id: &str) -> Conversation {
+        let tracker = self.inner.core.conversations.follow(id);
+        Conversation::new(id, tracker, Arc::clone(&self.inner) as Arc<dyn ConversationHost>)
+    }
+
     /// The default virtual host's view (what the inspection methods read).
     fn default_view(&self) -> VirtualHost {
         VirtualHost { inner: Arc::clone(&self.inner.default_vhost) }
@@ -522,20 +647,20 @@ impl Broker {
     /// (`conv-` and 22 characters).
     pub fn conversation(&self) -> Conversation {
         let id = self.inner.core.generate_name("conv-");
-        Conversation::follow(self, &id)
+        self.follow(&id)
     }
 
     /// Follows the conversation `id` — one started elsewhere, whose id a
     /// message carries in [`CONVERSATION_ID_HEADER`](crate::CONVERSATION_ID_HEADER).
     /// Only messages enqueued from now on are counted.
     pub fn follow_conversation(&self, id: &str) -> Conversation {
-        Conversation::follow(self, id)
+        self.follow(id)
     }
 
     /// Starts recording what the bus does, for a test's assertions: see
     /// [`Recorder`]. Recording stops when the recorder is dropped.
     pub fn record(&self) -> Recorder {
-        Recorder::attach(self)
+        Recorder::attach(&self.inner.core.observers)
     }
 
     /// Taps the bus, as RabbitMQ's firehose tracer does: `observer` sees a
@@ -750,15 +875,36 @@ impl Broker {
     /// One look for a settle: what is pending in every virtual host, read
     /// consistently (see [`crate::settle`]).
     pub(crate) fn pending(&self, keep: &impl Fn(&PendingQueue) -> bool) -> Pending {
+        self.inner.pending(keep)
+    }
+}
+
+/// The broker's shared state.
+pub(crate) struct BrokerInner {
+    pub(crate) core: Arc<Core>,
+    pub(crate) default_vhost: Arc<Vhost>,
+    vhosts: ArcSwap<VhostMap>,
+    /// Serialises adding and deleting virtual hosts.
+    vhosts_writer: Mutex<()>,
+    pub(crate) users: UserStore,
+    backend: Arc<dyn AuthBackend>,
+}
+
+impl BrokerInner {
+    /// One look for a settle: what is pending in every virtual host, read
+    /// consistently (see [`crate::settle`]).
+    pub(crate) fn pending(&self, keep: &impl Fn(&PendingQueue) -> bool) -> Pending {
         let queues: Vec<(Arc<Vhost>, Vec<Arc<Queue>>)> = self
-            .vhosts()
-            .into_iter()
+            .vhosts
+            .load()
+            .values()
+            .cloned()
             .map(|v| {
                 let q = v.queues_snapshot();
                 (v, q)
             })
             .collect();
-        let (queues, in_flight) = self.inner.core.activity.consistent(|| {
+        let (queues, in_flight) = self.core.activity.consistent(|| {
             let mut pending: Vec<PendingQueue> = queues
                 .iter()
                 .flat_map(|(vhost, queues)| {
@@ -773,15 +919,25 @@ impl Broker {
     }
 }
 
-/// The broker's shared state.
-pub(crate) struct BrokerInner {
-    pub(crate) core: Arc<Core>,
-    pub(crate) default_vhost: Arc<Vhost>,
-    vhosts: ArcSwap<VhostMap>,
-    /// Serialises adding and deleting virtual hosts.
-    vhosts_writer: Mutex<()>,
-    pub(crate) users: UserStore,
-    backend: Arc<dyn AuthBackend>,
+/// What a followed conversation needs of its broker.
+impl ConversationHost for BrokerInner {
+    fn run_inline_workers(&self) {
+        if let Some(workers) = &self.core.inline_workers {
+            workers.run_until_idle();
+        }
+    }
+
+    fn consistent(&self, read: &dyn Fn() -> u64) -> (u64, u64) {
+        self.core.activity.consistent(read)
+    }
+
+    fn pending_queues(&self) -> Vec<PendingQueue> {
+        self.pending(&|_| true).queues
+    }
+
+    fn unfollow(&self, id: &str, tracker: &Arc<Tracker>) {
+        self.core.conversations.unfollow(id, tracker);
+    }
 }
 
 impl std::fmt::Debug for BrokerInner {

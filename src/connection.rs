@@ -521,7 +521,7 @@ impl Connection {
         let shared = Arc::new(ConsumerShared::new(tag, Arc::clone(&queue), &options, inbox));
         queue.add_consumer(Arc::clone(&shared), sender)?;
         consumers.list.push(Arc::downgrade(&shared));
-        Ok(Consumer::new(shared, Arc::clone(&self.vhost)))
+        Ok(Consumer::new(shared, Arc::clone(&self.vhost) as Arc<dyn crate::queue::QueueOwner>))
     }
 
     /// AMQP basic.get: takes the next ready message of `queue`, if any, even
@@ -753,7 +753,7 @@ impl Connection {
         if self.is_closed() {
             return Err(CallError::ConnectionClosed);
         }
-        Ok(Arc::clone(slot.get_or_insert_with(|| self.vhost.register_reply_endpoint())))
+        Ok(Arc::clone(slot.get_or_insert_with(|| ReplyEndpoint::register(&self.vhost))))
     }
 
     fn start_call(
@@ -823,7 +823,7 @@ impl Connection {
         // The endpoint stays, closed, so its figures can still be read.
         let endpoint = self.shared.replies.lock().clone();
         if let Some(endpoint) = endpoint {
-            self.vhost.unregister_reply_endpoint(&endpoint.name);
+            self.vhost.unregister_reply_target(&endpoint.name);
             endpoint.close();
         }
         let consumers = {
@@ -833,7 +833,7 @@ impl Connection {
         };
         for consumer in consumers.iter().filter_map(Weak::upgrade) {
             if consumer.close() {
-                self.vhost.auto_delete_queue(&consumer.queue);
+                crate::queue::QueueOwner::auto_delete_queue(&*self.vhost, &consumer.queue);
             }
         }
         self.shared.gets.close();

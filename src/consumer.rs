@@ -16,9 +16,8 @@ use crate::delivery::{Delivery, Holder};
 use crate::error::{AckError, ConsumeError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::field::FieldTable;
 use crate::observe::Event;
-use crate::queue::{Queue, QueuedMessage, Settlement};
+use crate::queue::{Queue, QueueOwner, QueuedMessage, Settlement};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, spin_wait};
-use crate::vhost::Vhost;
 use crate::wake::WakerSet;
 
 /// Options of [`Connection::consume`](crate::Connection::consume).
@@ -308,7 +307,7 @@ impl ConsumerShared {
                 None => return Err(AckError::ConnectionClosed(tag)),
             }
         };
-        crate::observe::report_settle(&self.queue, Some(&self.tag), tag, how, &msg);
+        crate::queue::report_settle(&self.queue, Some(&self.tag), tag, how, &msg);
         self.queue.count_settle(how);
         match how {
             Settlement::Ack => {
@@ -347,7 +346,7 @@ impl ConsumerShared {
 /// ```
 pub struct Consumer {
     shared: Arc<ConsumerShared>,
-    broker: Arc<Vhost>,
+    broker: Arc<dyn QueueOwner>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -367,7 +366,7 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    pub(crate) fn new(shared: Arc<ConsumerShared>, broker: Arc<Vhost>) -> Self {
+    pub(crate) fn new(shared: Arc<ConsumerShared>, broker: Arc<dyn QueueOwner>) -> Self {
         Consumer { shared, broker }
     }
 

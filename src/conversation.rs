@@ -22,10 +22,9 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::broker::Broker;
 use crate::field::FieldValue;
 use crate::message::Message;
-use crate::settle::{Pending, SettleError, wait_until_settled};
+use crate::settle::{Pending, PendingQueue, SettleError, wait_until_settled};
 use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, Ordering, Weak};
 
 /// The header carrying a message's conversation id.
@@ -238,7 +237,7 @@ impl Conversations {
         Some(ConversationToken::new(&tracker))
     }
 
-    fn follow(&self, id: &str) -> Arc<Tracker> {
+    pub(crate) fn follow(&self, id: &str) -> Arc<Tracker> {
         let mut by_id = self.by_id.lock();
         by_id.retain(|_, tracker| tracker.strong_count() > 0);
         if let Some(tracker) = by_id.get(id).and_then(Weak::upgrade) {
@@ -251,7 +250,7 @@ impl Conversations {
         tracker
     }
 
-    fn unfollow(&self, id: &str, tracker: &Arc<Tracker>) {
+    pub(crate) fn unfollow(&self, id: &str, tracker: &Arc<Tracker>) {
         let mut by_id = self.by_id.lock();
         // Only the last handle unfollows; tokens still alive keep counting
         // into the tracker they hold, which nobody reads any more.
@@ -295,13 +294,26 @@ impl Conversations {
 pub struct Conversation {
     id: Arc<str>,
     tracker: Arc<Tracker>,
-    broker: Broker,
+    host: Arc<dyn ConversationHost>,
+}
+
+/// What a followed conversation needs of the broker that follows it, and
+/// no more (so this module does not reach up into the broker).
+pub(crate) trait ConversationHost: Send + Sync + std::fmt::Debug {
+    /// Runs a deterministic broker's workers on this thread, if it has any.
+    fn run_inline_workers(&self);
+    /// `read`, with the count of messages in flight, read consistently (see
+    /// [`crate::settle`]).
+    fn consistent(&self, read: &dyn Fn() -> u64) -> (u64, u64);
+    /// Every queue holding work, for an error's reader.
+    fn pending_queues(&self) -> Vec<PendingQueue>;
+    /// Stops following `id`.
+    fn unfollow(&self, id: &str, tracker: &Arc<Tracker>);
 }
 
 impl Conversation {
-    pub(crate) fn follow(broker: &Broker, id: &str) -> Self {
-        let tracker = broker.inner.core.conversations.follow(id);
-        Conversation { id: id.into(), tracker, broker: broker.clone() }
+    pub(crate) fn new(id: &str, tracker: Arc<Tracker>, host: Arc<dyn ConversationHost>) -> Self {
+        Conversation { id: id.into(), tracker, host }
     }
 
     /// The conversation id.
@@ -337,15 +349,13 @@ impl Conversation {
     pub fn settle(&self, timeout: Duration) -> Result<(), SettleError> {
         let result = wait_until_settled(timeout, || {
             // A deterministic broker's workers run here, on the waiting thread.
-            if let Some(workers) = &self.broker.inner.core.inline_workers {
-                workers.run_until_idle();
-            }
-            let (held, in_flight) = self.broker.inner.core.activity.consistent(|| self.messages_held());
+            self.host.run_inline_workers();
+            let (held, in_flight) = self.host.consistent(&|| self.messages_held());
             Pending { in_flight, conversation_messages: held, ..Default::default() }
         });
         result.map_err(|SettleError::Timeout { waited, pending }| {
             // For the reader: which queues hold work at all.
-            let queues = self.broker.pending(&|_| true).queues;
+            let queues = self.host.pending_queues();
             SettleError::Timeout { waited, pending: Pending { queues, ..pending } }
         })
     }
@@ -353,6 +363,6 @@ impl Conversation {
 
 impl Drop for Conversation {
     fn drop(&mut self) {
-        self.broker.inner.core.conversations.unfollow(&self.id, &self.tracker);
+        self.host.unfollow(&self.id, &self.tracker);
     }
 }

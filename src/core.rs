@@ -1,6 +1,7 @@
 //! What every virtual host of a broker shares: its settings, clock and
 //! timers, ids and generated names, the memory alarm, the settle counters,
-//! the observers, the fault rules and the inline workers.
+//! the observers, the fault rules and the inline workers (the registry:
+//! what a worker does when run is [`crate::worker`]'s).
 //!
 //! A lower layer than [`crate::vhost`]: a virtual host holds an
 //! `Arc<Core>`, and nothing here knows about virtual hosts, connections or
@@ -8,125 +9,34 @@
 
 use std::hash::BuildHasher;
 
-use crate::access::AuthBackend;
-use crate::clock::{Clock, ManualClock};
+use crate::clock::Clock;
 use crate::conversation::Conversations;
 use crate::faults::Faults;
 use crate::flow::Flow;
 use crate::observe::Observers;
 use crate::settle::Activity;
-use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak};
 use crate::timer::Timers;
-use crate::worker::inline::InlineWorkers;
 
-/// Broker-wide settings.
-///
-/// ```
-/// use interoffice::{Broker, BrokerOptions};
-/// let broker = Broker::with_options(BrokerOptions { max_message_size: 1 << 20, ..Default::default() });
-/// # drop(broker);
-/// ```
-#[derive(Clone)]
-pub struct BrokerOptions {
-    /// The largest message body accepted, in bytes (RabbitMQ's
-    /// `max_message_size`, 128 MiB by default).
-    pub max_message_size: usize,
-    /// The clock every time-based policy reads: the system clock by
-    /// default, a [`ManualClock`](crate::ManualClock) in tests.
-    pub clock: Clock,
-    /// Whether queues keep message statistics ([`QueueStats::message_stats`]):
-    /// counts of messages published, delivered, fetched, redelivered and
-    /// acknowledged. On by default, as with RabbitMQ's management plugin;
-    /// the cost of keeping them is measured in the benchmarks (README,
-    /// "Benchmarks") and is within a few percent.
-    ///
-    /// [`QueueStats::message_stats`]: crate::QueueStats::message_stats
-    pub statistics: bool,
-    /// RabbitMQ's memory high watermark: past this many bytes held in
-    /// queues (bodies plus 160 bytes a message, ready and delayed),
-    /// publishing is blocked until consumers drain them — `publish` waits,
-    /// `try_publish` fails with [`PublishError::Blocked`](crate::PublishError::Blocked),
-    /// and [`Connection::flow_events`](crate::Connection::flow_events) tells.
-    /// Off (`None`) by default: then nothing is counted and publishing never
-    /// blocks; per-queue length limits still apply. See [`crate::FlowEvent`].
-    pub memory_high_watermark: Option<usize>,
-    /// Workers ([`Connection::worker`](crate::Connection::worker),
-    /// [`Connection::serve`](crate::Connection::serve)) start no threads:
-    /// their handlers run on the thread that calls
-    /// [`Broker::run_until_idle`] or [`Broker::settle`], or that waits in a
-    /// [`Connection::call`](crate::Connection::call) — one delivery at a
-    /// time, workers in the order they started. Part of
-    /// [`Broker::deterministic`]. Off by default. (An
-    /// [`AsyncWorker`](crate::AsyncWorker) runs on the executor that polls
-    /// it either way.)
-    pub inline_workers: bool,
-    /// The seed of generated names (`amq.gen-…` queues, `amq.ctag-…`
-    /// consumer tags, reply-to addresses, conversation ids): with a seed,
-    /// the same operations make the same names on every run. `None` (the
-    /// default) seeds them at random, so they cannot be guessed.
-    pub name_seed: Option<u64>,
-    /// Who decides access (see [`crate::access`]): `None` (the default)
-    /// is the broker's built-in [`UserStore`](crate::UserStore), which
-    /// [`Broker::add_user`](crate::Broker::add_user) and
-    /// [`Broker::set_permissions`](crate::Broker::set_permissions) edit.
-    pub auth_backend: Option<Arc<dyn AuthBackend>>,
+/// The settings the virtual hosts read (from
+/// [`BrokerOptions`](crate::BrokerOptions)).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// The largest message body accepted, in bytes.
+    pub(crate) max_message_size: usize,
+    /// The clock every time-based policy reads.
+    pub(crate) clock: Clock,
+    /// Whether queues keep message statistics.
+    pub(crate) statistics: bool,
 }
 
-impl std::fmt::Debug for BrokerOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerOptions")
-            .field("max_message_size", &self.max_message_size)
-            .field("clock", &self.clock)
-            .field("statistics", &self.statistics)
-            .field("memory_high_watermark", &self.memory_high_watermark)
-            .field("inline_workers", &self.inline_workers)
-            .field("name_seed", &self.name_seed)
-            .field("auth_backend", &self.auth_backend.as_ref().map(|_| "custom"))
-            .finish()
-    }
-}
-
-/// Equal when every setting is, and both use the built-in store or the
-/// very same backend.
-impl PartialEq for BrokerOptions {
-    fn eq(&self, other: &Self) -> bool {
-        self.max_message_size == other.max_message_size
-            && self.clock == other.clock
-            && self.statistics == other.statistics
-            && self.memory_high_watermark == other.memory_high_watermark
-            && self.inline_workers == other.inline_workers
-            && self.name_seed == other.name_seed
-            && match (&self.auth_backend, &other.auth_backend) {
-                (None, None) => true,
-                (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
-                _ => false,
-            }
-    }
-}
-
-impl Eq for BrokerOptions {}
-
-impl Default for BrokerOptions {
-    fn default() -> Self {
-        BrokerOptions {
-            max_message_size: 128 << 20,
-            clock: Clock::system(),
-            statistics: true,
-            memory_high_watermark: None,
-            inline_workers: false,
-            name_seed: None,
-            auth_backend: None,
-        }
-    }
-}
-
-impl BrokerOptions {
-    /// The options of a deterministic broker on `clock`: workers run
-    /// inline, generated names come from a fixed seed (see
-    /// [`Broker::deterministic`]).
-    pub fn deterministic(clock: &ManualClock) -> Self {
-        BrokerOptions { clock: clock.clock(), inline_workers: true, name_seed: Some(0), ..Default::default() }
-    }
+/// How the services start (from [`BrokerOptions`](crate::BrokerOptions)).
+#[derive(Debug, Clone)]
+pub(crate) struct Startup {
+    pub(crate) settings: Settings,
+    pub(crate) memory_high_watermark: Option<usize>,
+    pub(crate) inline_workers: bool,
+    pub(crate) name_seed: Option<u64>,
 }
 
 /// The broker-wide services (see the module docs).
@@ -149,11 +59,11 @@ pub(crate) struct Core {
     /// Fault rules a test injected (see [`crate::faults`]).
     pub(crate) faults: Arc<Faults>,
     pub(crate) timers: Arc<Timers>,
-    pub(crate) options: BrokerOptions,
+    pub(crate) settings: Settings,
 }
 
 impl Core {
-    pub(crate) fn new(options: BrokerOptions) -> Self {
+    pub(crate) fn new(options: Startup) -> Self {
         Core {
             next_id: AtomicU64::new(1),
             name_seed: {
@@ -162,19 +72,19 @@ impl Core {
                 });
                 foldhash::fast::FixedState::with_seed(seed)
             },
-            timers: Timers::new(options.clock.clone()),
+            timers: Timers::new(options.settings.clock.clone()),
             flow: options.memory_high_watermark.map(|w| Arc::new(Flow::new(w))),
             activity: Arc::default(),
             conversations: Conversations::default(),
             observers: Arc::default(),
             inline_workers: options.inline_workers.then(InlineWorkers::default),
             faults: Arc::default(),
-            options,
+            settings: options.settings,
         }
     }
 
     pub(crate) fn clock(&self) -> &Clock {
-        &self.options.clock
+        &self.settings.clock
     }
 
     pub(crate) fn timers(&self) -> &Arc<Timers> {
@@ -220,13 +130,62 @@ impl Drop for Core {
     }
 }
 
+/// What the registry knows of a worker. A trait object with `Send + Sync`
+/// spelled out: the broker holds its workers, which hold consumers, which
+/// hold queues, which reach the broker again, and without the cut every
+/// user's `Connection: Send` check would walk that loop structurally deep
+/// enough to overflow the compiler's recursion limit.
+pub(crate) trait RunOnce: Send + Sync {
+    /// Handles one waiting delivery per consumer, in order; how many ran.
+    fn run_once(&self) -> usize;
+}
+
+/// The workers of a deterministic broker, in the order they started.
+#[derive(Debug, Default)]
+pub(crate) struct InlineWorkers {
+    list: Mutex<Vec<Weak<dyn RunOnce>>>,
+}
+
+impl InlineWorkers {
+    pub(crate) fn register(&self, worker: &Arc<dyn RunOnce>) {
+        self.list.lock().push(Arc::downgrade(worker));
+    }
+
+    /// Runs handlers until none has a delivery waiting; how many ran. Each
+    /// round gives every worker one turn per consumer, in start order, so a
+    /// chain of handlers interleaves the same way on every run.
+    pub(crate) fn run_until_idle(&self) -> usize {
+        let mut total = 0;
+        loop {
+            // Copied out: handlers run without the list's lock, and may
+            // start or stop workers.
+            let workers: Vec<Arc<dyn RunOnce>> = {
+                let mut list = self.list.lock();
+                list.retain(|w| w.strong_count() > 0);
+                list.iter().filter_map(Weak::upgrade).collect()
+            };
+            let ran: usize = workers.iter().map(|w| w.run_once()).sum();
+            if ran == 0 {
+                return total;
+            }
+            total += ran;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn generated_names_are_unique_and_shaped_like_rabbitmqs() {
-        let core = Core::new(BrokerOptions::default());
+        let settings = Settings { max_message_size: 1 << 20, clock: Clock::system(), statistics: true };
+        let core = Core::new(Startup {
+            settings,
+            memory_high_watermark: None,
+            inline_workers: false,
+            name_seed: None,
+        });
         let a = core.generate_name("amq.gen-");
         let b = core.generate_name("amq.gen-");
         assert_ne!(a, b);

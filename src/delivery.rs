@@ -147,13 +147,13 @@ impl Delivery {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn deaths(&self) -> Vec<crate::Death> {
-        crate::dead_letter::deaths(self.message())
+        crate::death::deaths(self.message())
     }
 
     /// Where the message died first (`x-first-death-queue`, `-reason`,
     /// `-exchange`), if it was ever dead-lettered.
     pub fn first_death(&self) -> Option<crate::FirstDeath> {
-        crate::dead_letter::first_death(self.message())
+        crate::death::first_death(self.message())
     }
 
     /// The conversation the message belongs to, if it carries one (see
@@ -382,7 +382,7 @@ impl GetStore {
     fn settle(&self, tag: u64, how: Settlement, annotations: Option<FieldTable>) -> Result<(), AckError> {
         let entry = self.inner.lock().entries.remove(&tag);
         let (queue, msg) = entry.ok_or(AckError::ConnectionClosed(tag))?;
-        crate::observe::report_settle(&queue, None, tag, how, &msg);
+        crate::queue::report_settle(&queue, None, tag, how, &msg);
         queue.count_settle(how);
         queue.settle_get(msg, how, annotations);
         Ok(())

@@ -109,7 +109,7 @@ pub enum DeclareError {
         vhost: String,
     },
     /// The connection's user lacks a permission the operation needs
-    /// (see [`crate::access`]).
+    /// (see [`Permission`](crate::Permission)).
     #[error(transparent)]
     NotPermitted(#[from] AccessRefused),
     /// The connection is closed.
@@ -144,7 +144,7 @@ pub enum BindError {
         vhost: String,
     },
     /// The connection's user lacks a permission the operation needs
-    /// (see [`crate::access`]).
+    /// (see [`Permission`](crate::Permission)).
     #[error(transparent)]
     NotPermitted(#[from] AccessRefused),
     /// The connection is closed.
@@ -176,7 +176,7 @@ pub enum DeleteError {
         vhost: String,
     },
     /// The connection's user lacks a permission the operation needs
-    /// (see [`crate::access`]).
+    /// (see [`Permission`](crate::Permission)).
     #[error(transparent)]
     NotPermitted(#[from] AccessRefused),
     /// The connection is closed.
@@ -213,7 +213,7 @@ pub enum ConsumeError {
     #[error("PRECONDITION_FAILED - {0}")]
     InvalidArgument(String),
     /// The connection's user lacks a permission the operation needs
-    /// (see [`crate::access`]).
+    /// (see [`Permission`](crate::Permission)).
     #[error(transparent)]
     NotPermitted(#[from] AccessRefused),
     /// The connection is closed.

@@ -347,7 +347,7 @@ impl TopologyView {
             }
         }
         if explanation.routes.is_empty() {
-            misses.sort_by_key(|m| crate::recorder::distance(&m.binding_key, routing_key));
+            misses.sort_by_key(|m| crate::similar::distance(&m.binding_key, routing_key));
             misses.truncate(5);
             explanation.near_misses = misses;
         }

@@ -77,6 +77,7 @@ mod conversation;
 mod core;
 mod credit;
 mod dead_letter;
+mod death;
 mod definitions;
 mod delivery;
 mod draw;
@@ -97,6 +98,7 @@ mod recorder;
 mod routing;
 mod rpc;
 mod settle;
+mod similar;
 mod sync;
 mod timer;
 mod trace;
@@ -110,7 +112,7 @@ pub use access::{
     IMPERSONATOR_TAG, InvalidPattern, Permission, Permissions, Refusal, Resource, TopicPermissions,
     UserError, UserInfo, UserStore,
 };
-pub use broker::{Broker, ConnectOptions, MAX_NAME_LEN};
+pub use broker::{Broker, BrokerOptions, ConnectOptions, MAX_NAME_LEN};
 pub use clock::{Clock, MAX_DURATION, ManualClock};
 #[cfg(feature = "json")]
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
@@ -125,10 +127,10 @@ pub use conversation::{
     CONVERSATION_ID_HEADER, Conversation, ConversationScope, INITIATOR_ID_HEADER, TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
 };
-pub use core::BrokerOptions;
-pub use dead_letter::{Death, DeathReason, FirstDeath, ReasonCounts};
+pub use death::{Death, DeathReason, FirstDeath, ReasonCounts};
 pub use definitions::{
-    BindingDefinition, Definitions, ExchangeDefinition, JsonValue, LoadReport, QueueDefinition,
+    BindingDefinition, Definitions, ExchangeDefinition, JsonValue, LoadReport, PermissionDefinition,
+    QueueDefinition, TopicPermissionDefinition, UserDefinition, VhostDefinition,
 };
 pub use delivery::Delivery;
 pub use error::{

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::dead_letter::DeathReason;
+use crate::death::DeathReason;
 use crate::message::Message;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
@@ -235,30 +235,6 @@ impl fmt::Display for Event {
             }
         }
     }
-}
-
-/// Reports a settle to the observers of `queue`, if any.
-#[inline]
-pub(crate) fn report_settle(
-    queue: &crate::queue::Queue,
-    consumer_tag: Option<&str>,
-    delivery_tag: u64,
-    how: crate::queue::Settlement,
-    msg: &crate::queue::QueuedMessage,
-) {
-    use crate::queue::Settlement;
-    queue.context.observers.emit_now(|| Event::Settled {
-        queue: queue.name.to_string(),
-        consumer_tag: consumer_tag.map(str::to_owned),
-        delivery_tag,
-        outcome: match how {
-            Settlement::Ack => SettleOutcome::Ack,
-            Settlement::Requeue => SettleOutcome::Requeue,
-            Settlement::RequeueAfter(delay) => SettleOutcome::RequeueAfter(delay),
-            Settlement::Discard => SettleOutcome::Discard,
-        },
-        message: msg.envelope.message.clone(),
-    });
 }
 
 /// An observer: called with every event and its sequence number, on the

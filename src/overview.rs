@@ -6,44 +6,6 @@ use serde::Serialize;
 
 use crate::exchange::ExchangeKind;
 use crate::queue::QueueStats;
-use crate::sync::{AtomicU64, Ordering};
-
-/// Stripes of an exchange's publish counters (see [`crate::settle`] for why
-/// counters written on the publish path are striped).
-const STRIPES: usize = 16;
-
-#[repr(align(64))]
-#[derive(Debug, Default)]
-struct Stripe {
-    routed: AtomicU64,
-    unroutable: AtomicU64,
-}
-
-/// An exchange's publish counters, striped by publishing thread: a publish
-/// bumps one counter of its own thread's stripe, never a line another
-/// publisher writes.
-#[derive(Debug, Default)]
-pub(crate) struct PublishCounters {
-    stripes: [Stripe; STRIPES],
-}
-
-impl PublishCounters {
-    /// Counts one publish to this exchange, on stripe `index` (the
-    /// publishing thread's, already looked up for the settle counters).
-    #[inline]
-    pub(crate) fn count(&self, index: usize, routed: bool) {
-        let stripe = &self.stripes[index % STRIPES];
-        let counter = if routed { &stripe.routed } else { &stripe.unroutable };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// `(routed, unroutable)` so far.
-    pub(crate) fn read(&self) -> (u64, u64) {
-        self.stripes.iter().fold((0, 0), |(r, u), s| {
-            (r + s.routed.load(Ordering::Relaxed), u + s.unroutable.load(Ordering::Relaxed))
-        })
-    }
-}
 
 /// One queue in the [`Overview`]. Counters count since the queue was
 /// declared (with [`BrokerOptions::statistics`](crate::BrokerOptions::statistics)

@@ -3,11 +3,11 @@
 
 use std::fmt::Write as _;
 
-use crate::broker::Broker;
-use crate::dead_letter::DeathReason;
+use crate::death::DeathReason;
 use crate::exchange::topic::pattern_matches;
 use crate::message::Message;
-use crate::observe::{Event, ObserverFn, PublishOutcome, SettleOutcome, Tap};
+use crate::observe::{Event, ObserverFn, Observers, PublishOutcome, SettleOutcome, Tap};
+use crate::similar::distance;
 use crate::sync::{Arc, Mutex};
 
 /// How many candidates a failed assertion lists.
@@ -17,7 +17,7 @@ const SHOWN: usize = 10;
 /// publishes (exchange, key, properties, body, which queues they reached or
 /// why they reached none), deliveries, acks, nacks and rejects, dead
 /// letters (with their reason), expiries, returns and RPC replies. Created
-/// by [`Broker::record`]; dropping it detaches it. Costs nothing while no
+/// by [`Broker::record`](crate::Broker::record); dropping it detaches it. Costs nothing while no
 /// recorder (or tap) is attached.
 ///
 /// Assertions panic with a message listing what was seen instead, the
@@ -69,13 +69,13 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    pub(crate) fn attach(broker: &Broker) -> Recorder {
+    pub(crate) fn attach(observers: &Arc<Observers>) -> Recorder {
         let events: Arc<Mutex<Vec<(u64, Event)>>> = Arc::default();
         let sink = Arc::clone(&events);
         let observer: Arc<ObserverFn> = Arc::new(move |seq, event: &Event| {
             sink.lock().push((seq, event.clone()));
         });
-        let observers = Arc::clone(&broker.inner.core.observers);
+        let observers = Arc::clone(observers);
         let id = observers.attach(observer);
         Recorder { events, _tap: Tap { observers, id } }
     }
@@ -421,22 +421,6 @@ fn publish_distance(event: &Event, exchange: &str, pattern: &str) -> usize {
         }
         _ => usize::MAX,
     }
-}
-
-/// Levenshtein distance, by characters: how "close" a name is.
-pub(crate) fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::access::PublishGate;
 use crate::codec::{DecodeError, EncodeError};
 use crate::delivery::Delivery;
 use crate::error::{ErrorKind, PublishError};
@@ -23,11 +24,10 @@ use crate::message::Message;
 use crate::queue::Envelope;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, Weak, spin_wait};
 use crate::timer::TimerTarget;
-use crate::vhost::Vhost;
-use crate::vhost::publish::{PublishGate, PublishOptions};
+use crate::vhost::publish::PublishOptions;
+use crate::vhost::{ReplyTarget, Vhost};
 
-/// The prefix of direct reply-to addresses, as in RabbitMQ.
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub use crate::vhost::DIRECT_REPLY_TO;
 
 /// Why a call got no reply.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -220,8 +220,22 @@ pub(crate) struct ReplyEndpoint {
     closed: AtomicBool,
 }
 
+impl ReplyTarget for ReplyEndpoint {
+    fn deliver(&self, envelope: &Arc<Envelope>) {
+        self.deliver_reply(envelope);
+    }
+}
+
 impl ReplyEndpoint {
-    pub(crate) fn new(name: String, broker: Weak<Vhost>) -> Self {
+    /// A new direct reply-to address in `vhost`, registered for routing.
+    pub(crate) fn register(vhost: &Arc<Vhost>) -> Arc<ReplyEndpoint> {
+        let endpoint = Arc::new(ReplyEndpoint::new(vhost.generate_reply_address(), Arc::downgrade(vhost)));
+        let target: Weak<dyn ReplyTarget> = Arc::downgrade(&endpoint) as Weak<dyn ReplyTarget>;
+        vhost.register_reply_target(Arc::clone(&endpoint.name), target);
+        endpoint
+    }
+
+    fn new(name: String, broker: Weak<Vhost>) -> Self {
         ReplyEndpoint {
             name: name.into(),
             broker,
@@ -233,7 +247,7 @@ impl ReplyEndpoint {
     }
 
     /// A reply came: hand it to its call, or count it as late.
-    pub(crate) fn deliver(&self, envelope: &Arc<Envelope>) {
+    fn deliver_reply(&self, envelope: &Arc<Envelope>) {
         let call = envelope
             .message
             .properties()

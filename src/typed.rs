@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{Bincode, Codec, TypedPublishError};
+use crate::codec::{Bincode, Codec, DecodeError, TypedPublishError};
 use crate::connection::Connection;
+use crate::delivery::Delivery;
 use crate::error::ConsumeError;
 use crate::message::Message;
 use crate::rpc::CallError;
@@ -171,4 +172,87 @@ fn decode_reply<C: Codec, Resp: DeserializeOwned>(reply: &crate::Delivery) -> Re
         Some(_) => reply.decode()?,
         None => reply.decode_with::<C, Resp>()?,
     })
+}
+
+impl Delivery {
+    /// Decodes the message's body with the codec its content type names, as
+    /// [`Message::decode`] does.
+    ///
+    /// Decoding does not settle the delivery: on an error it is still the
+    /// caller's to nack, reject (dead-letter) or acknowledge.
+    ///
+    /// ```
+    /// use interoffice::{Broker, ConsumeOptions, DecodeError, Message, QueueOptions};
+    ///
+    /// let conn = Broker::new().connect();
+    /// conn.declare_queue("totals", QueueOptions::default())?;
+    /// conn.publish_typed("", "totals", &1250u64)?;
+    /// conn.publish("", "totals", Message::new("not bincode").with_content_type("text/plain"))?;
+    ///
+    /// let consumer = conn.consume("totals", ConsumeOptions::default())?;
+    /// let first = consumer.recv()?;
+    /// assert_eq!(first.decode::<u64>()?, 1250);
+    /// first.ack()?;
+    ///
+    /// let second = consumer.recv()?;
+    /// match second.decode::<u64>() {
+    ///     Err(DecodeError::UnsupportedContentType { .. }) => second.reject(false)?, // dead-letter it
+    ///     other => panic!("expected an unsupported content type, got {other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`]: the body is not a whole value of the type, or its content type names no codec of this build.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        self.message().decode()
+    }
+
+    /// Decodes the message's body with codec `C`, whatever the content type
+    /// says, as [`Message::decode_with`] does. Does not settle the delivery.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`]: the body is not a whole value of the type, or its content type names no codec of this build.
+    pub fn decode_with<C: Codec, T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        self.message().decode_with::<C, T>()
+    }
+}
+
+impl Connection {
+    /// Encodes `value` with [`Bincode`] (see [`Message::encode`]) and
+    /// publishes it to `exchange` with `routing_key`. For another codec or
+    /// more properties, build the message with [`Message::encode_with`] and
+    /// publish it with [`publish`](Self::publish).
+    ///
+    /// ```
+    /// use interoffice::{Broker, QueueOptions};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// enum Shipment { Packed { parcels: u8 }, Sent { carrier: String } }
+    ///
+    /// let conn = Broker::new().connect();
+    /// conn.declare_queue("shipping", QueueOptions::default())?;
+    /// let routed = conn.publish_typed("", "shipping", &Shipment::Packed { parcels: 2 })?;
+    /// assert_eq!(routed.queues(), 1);
+    ///
+    /// let delivery = conn.get("shipping", false)?.expect("a message");
+    /// assert_eq!(delivery.decode::<Shipment>()?, Shipment::Packed { parcels: 2 });
+    /// delivery.ack()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TypedPublishError`]: the value did not encode, or the publish failed (see [`PublishError`](crate::PublishError)).
+    pub fn publish_typed<T: Serialize + ?Sized>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        value: &T,
+    ) -> Result<Routed, TypedPublishError> {
+        self.typed::<Bincode>().publish(exchange, routing_key, value)
+    }
 }

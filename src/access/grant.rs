@@ -6,10 +6,10 @@ use std::cell::Cell;
 use std::fmt;
 
 use super::{AccessRefused, AuthBackend, AuthenticatedUser, IMPERSONATOR_TAG, Permission, Refusal, Resource};
+use super::{GateRefusal, PublishGate};
 use crate::exchange::{Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::sync::{Arc, AtomicU64, Ordering};
-use crate::vhost::publish::{GateRefusal, PublishGate};
 
 /// What a connection decided about publishing to one exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

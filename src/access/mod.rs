@@ -9,22 +9,9 @@
 //! operations call — which caches the publish decision per exchange while
 //! the backend's [`revision`](AuthBackend::revision) stays the same.
 //!
-//! Which operation needs what (RabbitMQ's table):
-//!
-//! | operation | needs |
-//! |---|---|
-//! | declare or delete an exchange | configure on it |
-//! | declare an exchange with an alternate exchange | also read on it, write on the alternate |
-//! | declare or delete a queue (server-named: on the `amq.gen-…` name) | configure on it |
-//! | declare a queue with a dead-letter exchange | also read on the queue, write on the exchange |
-//! | passive declare, [`queue_stats`](crate::Connection::queue_stats) | any one permission on it |
-//! | bind or unbind a queue | write on the queue, read on the exchange |
-//! | bind or unbind an exchange | write on the destination, read on the source |
-//! | bind to a topic exchange | also topic read on the binding key |
-//! | publish | write on the exchange (`""` is `amq.default`) |
-//! | publish to a topic exchange | also topic write on the routing key |
-//! | consume, get, purge | read on the queue |
+//! Which operation needs what: see [`Permission`].
 
+mod gate;
 pub(crate) mod grant;
 mod password;
 mod pattern;
@@ -34,6 +21,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use gate::{GateRefusal, PublishGate};
 pub use password::Credentials;
 pub use pattern::InvalidPattern;
 pub(crate) use store::check_name;
@@ -47,7 +35,24 @@ pub const DEFAULT_USER: &str = "guest";
 /// user, as RabbitMQ's `impersonator` tag does.
 pub const IMPERSONATOR_TAG: &str = "impersonator";
 
-/// One of RabbitMQ's three permissions.
+/// One of RabbitMQ's three permissions, each a pattern over the names of
+/// exchanges and queues, per user and virtual host ([`Permissions`]).
+///
+/// Which operation needs what (RabbitMQ's table):
+///
+/// | operation | needs |
+/// |---|---|
+/// | declare or delete an exchange | configure on it |
+/// | declare an exchange with an alternate exchange | also read on it, write on the alternate |
+/// | declare or delete a queue (server-named: on the `amq.gen-…` name) | configure on it |
+/// | declare a queue with a dead-letter exchange | also read on the queue, write on the exchange |
+/// | passive declare, [`queue_stats`](crate::Connection::queue_stats) | any one permission on it |
+/// | bind or unbind a queue | write on the queue, read on the exchange |
+/// | bind or unbind an exchange | write on the destination, read on the source |
+/// | bind to a topic exchange | also topic read on the binding key |
+/// | publish | write on the exchange (`""` is `amq.default`) |
+/// | publish to a topic exchange | also topic write on the routing key |
+/// | consume, get, purge | read on the queue |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Permission {

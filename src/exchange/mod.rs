@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use crate::field::FieldTable;
 use crate::hash::FastImblMap;
 use crate::queue::Queue;
-use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Ordering};
 
 use headers::{HeadersMatcher, HeadersTable};
 use topic::TopicTrie;
@@ -262,7 +262,7 @@ pub(crate) struct Exchange {
     /// Set when the exchange is deleted, for publishers holding it.
     deleted: AtomicBool,
     /// Publishes to it, routed or not (with statistics on).
-    pub(crate) counters: crate::overview::PublishCounters,
+    pub(crate) counters: PublishCounters,
 }
 
 impl Exchange {
@@ -318,5 +318,42 @@ pub(crate) fn compile_arguments(
     match kind {
         ExchangeKind::Headers => HeadersMatcher::parse(args).map(Some),
         _ => Ok(None),
+    }
+}
+
+/// Stripes of an exchange's publish counters (read by [`crate::overview`]; see [`crate::settle`] for why
+/// counters written on the publish path are striped).
+const STRIPES: usize = 16;
+
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct Stripe {
+    routed: AtomicU64,
+    unroutable: AtomicU64,
+}
+
+/// An exchange's publish counters, striped by publishing thread: a publish
+/// bumps one counter of its own thread's stripe, never a line another
+/// publisher writes.
+#[derive(Debug, Default)]
+pub(crate) struct PublishCounters {
+    stripes: [Stripe; STRIPES],
+}
+
+impl PublishCounters {
+    /// Counts one publish to this exchange, on stripe `index` (the
+    /// publishing thread's, already looked up for the settle counters).
+    #[inline]
+    pub(crate) fn count(&self, index: usize, routed: bool) {
+        let stripe = &self.stripes[index % STRIPES];
+        let counter = if routed { &stripe.routed } else { &stripe.unroutable };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(routed, unroutable)` so far.
+    pub(crate) fn read(&self) -> (u64, u64) {
+        self.stripes.iter().fold((0, 0), |(r, u), s| {
+            (r + s.routed.load(Ordering::Relaxed), u + s.unroutable.load(Ordering::Relaxed))
+        })
     }
 }

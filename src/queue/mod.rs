@@ -29,7 +29,8 @@ use self::store::{Delayed, DelayedStore, ReadyStore};
 use crate::clock::{Clock, MAX_DURATION, later};
 use crate::consumer::ConsumerShared;
 use crate::conversation::ConversationToken;
-use crate::dead_letter::{DeathReason, Letter, ReasonCounts};
+use crate::dead_letter::Letter;
+use crate::death::{DeathReason, ReasonCounts};
 use crate::error::{ConsumeError, RecvError};
 use crate::field::{FieldTable, FieldValue};
 use crate::flow::{FLOW_GRANULE, Flow, MESSAGE_OVERHEAD};
@@ -456,6 +457,29 @@ pub(crate) struct QueueContext {
     pub(crate) faults: Arc<crate::faults::Faults>,
 }
 
+/// Reports a settle to the observers of `queue`, if any.
+#[inline]
+pub(crate) fn report_settle(
+    queue: &Queue,
+    consumer_tag: Option<&str>,
+    delivery_tag: u64,
+    how: Settlement,
+    msg: &QueuedMessage,
+) {
+    queue.context.observers.emit_now(|| crate::observe::Event::Settled {
+        queue: queue.name.to_string(),
+        consumer_tag: consumer_tag.map(str::to_owned),
+        delivery_tag,
+        outcome: match how {
+            Settlement::Ack => crate::observe::SettleOutcome::Ack,
+            Settlement::Requeue => crate::observe::SettleOutcome::Requeue,
+            Settlement::RequeueAfter(delay) => crate::observe::SettleOutcome::RequeueAfter(delay),
+            Settlement::Discard => crate::observe::SettleOutcome::Discard,
+        },
+        message: msg.envelope.message.clone(),
+    });
+}
+
 /// What a queue needs of the broker that owns it, and no more: a lower
 /// layer reaches up only through this. (A trait object, with `Send + Sync`
 /// spelled out, also cuts the loop broker → exchanges → queues → broker
@@ -474,6 +498,10 @@ pub(crate) trait QueueOwner: Send + Sync + std::fmt::Debug {
 
     /// Deletes `queue`, unused since before `now`, for its `expires`.
     fn expire_queue(&self, queue: &Arc<Queue>, now: Instant);
+
+    /// Deletes auto-delete `queue`, whose last consumer just went, unless a
+    /// new consumer came meanwhile.
+    fn auto_delete_queue(&self, queue: &Arc<Queue>);
 }
 
 /// A queue. Shared (`Arc`) by the routing tables that reach it, its consumers

@@ -19,19 +19,22 @@ pub(crate) mod publish;
 mod registry;
 pub(crate) mod topology;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
 use crate::core::Core;
+use crate::dead_letter::Letter;
 use crate::error::ConsumeError;
 use crate::exchange::{BindingInfo, Exchange, ExchangeKind, ExchangeOptions, Routes};
 use crate::explain::{ExchangeFacts, RouteExplanation, TopologyView};
 use crate::field::FieldTable;
 use crate::hash::FastImblMap;
 use crate::lint::{LintFinding, QueueFacts};
-use crate::queue::{Queue, QueueStats};
-use crate::rpc::{DIRECT_REPLY_TO, ReplyEndpoint};
+use crate::message::Message;
+use crate::queue::Envelope;
+use crate::queue::{Queue, QueueOwner, QueueStats};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, Weak};
 
 use registry::{BindingEntry, Registry};
@@ -42,7 +45,17 @@ pub(crate) type ExchangeMap = FastImblMap<Arc<str>, Arc<Exchange>>;
 /// Queues by name, likewise.
 pub(crate) type QueueMap = FastImblMap<Arc<str>, Arc<Queue>>;
 /// Direct reply-to addresses of connections, likewise.
-type ReplyMap = FastImblMap<Arc<str>, Weak<ReplyEndpoint>>;
+type ReplyMap = FastImblMap<Arc<str>, Weak<dyn ReplyTarget>>;
+
+/// The prefix of direct reply-to addresses, as in RabbitMQ.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Where a reply to a direct reply-to address goes: a connection's waiting
+/// calls ([`crate::rpc`]), seen from routing through this one method.
+pub(crate) trait ReplyTarget: Send + Sync + std::fmt::Debug {
+    /// A reply was published to this address.
+    fn deliver(&self, envelope: &Arc<Envelope>);
+}
 
 /// The name of the default virtual host, which every broker has.
 pub const DEFAULT_VHOST: &str = "/";
@@ -117,19 +130,21 @@ impl Vhost {
         }
     }
 
-    /// A new direct reply-to address, registered for routing.
-    pub(crate) fn register_reply_endpoint(&self) -> Arc<ReplyEndpoint> {
+    /// A fresh direct reply-to address (`amq.rabbitmq.reply-to.…`).
+    pub(crate) fn generate_reply_address(&self) -> String {
+        self.core.generate_name(&format!("{DIRECT_REPLY_TO}."))
+    }
+
+    /// Routes replies published to `address` to `target`.
+    pub(crate) fn register_reply_target(&self, address: Arc<str>, target: Weak<dyn ReplyTarget>) {
         let _registry = self.registry.lock();
-        let name = self.core.generate_name(&format!("{DIRECT_REPLY_TO}."));
-        let endpoint = Arc::new(ReplyEndpoint::new(name, Weak::clone(&self.me)));
         let mut map = (**self.replies.load()).clone();
-        map.insert(Arc::clone(&endpoint.name), Arc::downgrade(&endpoint));
+        map.insert(address, target);
         self.replies.store(Arc::new(map));
-        endpoint
     }
 
     /// Takes a direct reply-to address out of routing.
-    pub(crate) fn unregister_reply_endpoint(&self, name: &str) {
+    pub(crate) fn unregister_reply_target(&self, name: &str) {
         let _registry = self.registry.lock();
         let mut map = (**self.replies.load()).clone();
         map.remove(name);
@@ -212,6 +227,35 @@ impl Vhost {
             (&a.source, &a.destination, &a.routing_key).cmp(&(&b.source, &b.destination, &b.routing_key))
         });
         out
+    }
+}
+
+/// What a queue may ask of its virtual host (see [`QueueOwner`]).
+impl QueueOwner for Vhost {
+    fn route_dead_letter(
+        &self,
+        dlx: &str,
+        routing_key: &str,
+        message: Message,
+        extra_keys: &[String],
+        forbidden: &[String],
+        work: &mut VecDeque<Letter>,
+    ) -> bool {
+        Vhost::route_dead_letter(self, dlx, routing_key, message, extra_keys, forbidden, work)
+    }
+
+    /// Deletes a queue whose `expires` time has passed unused, unless it was
+    /// used meanwhile.
+    fn expire_queue(&self, queue: &Arc<Queue>, now: Instant) {
+        let mut registry = self.registry.lock();
+        let _used_meanwhile = self.remove_queue_if(&mut registry, queue, true, false, Some(now));
+    }
+
+    /// Deletes an auto-delete queue whose last consumer just went, unless a
+    /// new consumer came meanwhile (then `if_unused` refuses, and it stays).
+    fn auto_delete_queue(&self, queue: &Arc<Queue>) {
+        let mut registry = self.registry.lock();
+        let _still_used = self.remove_queue(&mut registry, queue, true, false);
     }
 }
 

@@ -7,22 +7,21 @@
 //! every routing table are snapshots read through `ArcSwap`. Access control
 //! has already been decided by the connection (see [`crate::access`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::MAX_NAME_LEN;
-use crate::access::AccessRefused;
+use crate::access::PublishGate;
 use crate::clock::MAX_DURATION;
 use crate::dead_letter::Letter;
 use crate::error::PublishError;
 use crate::exchange::{Dest, Exchange};
 use crate::message::Message;
 use crate::observe::{Event, PublishOutcome};
-use crate::queue::{Envelope, PublishTiming, Queue, QueueOwner};
+use crate::queue::{Envelope, PublishTiming};
 use crate::routing::{RoutingPass, SeenSet, has_sender_selected_keys, sender_selected_keys};
-use crate::rpc::DIRECT_REPLY_TO;
 use crate::sync::{Arc, Weak};
 
-use super::{ExchangeMap, Vhost};
+use super::{DIRECT_REPLY_TO, ExchangeMap, Vhost};
 
 /// Options of [`Connection::publish_with`](crate::Connection::publish_with).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,44 +55,6 @@ impl Routed {
     /// Whether it reached at least one queue.
     pub fn is_routed(&self) -> bool {
         self.queues > 0
-    }
-}
-
-/// What a publish must pass before it is routed: the connection's access
-/// control, seen from here through this one method so that a virtual host
-/// never knows who is asking (see [`crate::access`]).
-pub(crate) trait PublishGate {
-    /// Admits `message` to exchange `name` (`exchange`: the exchange, or
-    /// `None` if there is none of that name), or says why not.
-    fn admit(
-        &self,
-        name: &str,
-        exchange: Option<&Exchange>,
-        routing_key: &str,
-        message: &Message,
-    ) -> Result<(), GateRefusal>;
-}
-
-/// Why a [`PublishGate`] refused a message.
-#[derive(Debug)]
-pub(crate) enum GateRefusal {
-    /// A permission is missing.
-    NotPermitted(AccessRefused),
-    /// `user_id` names another user.
-    UserIdMismatch { claimed: String, user: String },
-}
-
-impl GateRefusal {
-    /// The publish error, handing `message` back.
-    #[cold]
-    fn into_error(self, message: Message) -> PublishError {
-        let message = Box::new(message);
-        match self {
-            GateRefusal::NotPermitted(refused) => PublishError::NotPermitted { refused, message },
-            GateRefusal::UserIdMismatch { claimed, user } => {
-                PublishError::UserIdMismatch { claimed, user, message }
-            }
-        }
     }
 }
 
@@ -187,8 +148,8 @@ impl Vhost {
             });
         }
         let size = message.body().len();
-        if size > self.core.options.max_message_size {
-            let limit = self.core.options.max_message_size;
+        if size > self.core.settings.max_message_size {
+            let limit = self.core.settings.max_message_size;
             return Err(PublishError::TooLarge { size, limit, message: Box::new(message) });
         }
         match message.properties().expiration.as_deref().map(parse_expiration) {
@@ -253,7 +214,7 @@ impl Vhost {
         let mut pass = RoutingPass::new(
             &envelope,
             routing_key,
-            PublishTiming::new(&self.core.options.clock, ttl, delay),
+            PublishTiming::new(&self.core.settings.clock, ttl, delay),
             &[],
         );
         // Taken before routing, so the publish sorts before its deliveries.
@@ -263,7 +224,7 @@ impl Vhost {
         });
         self.route_keys(exchanges, start, &mut pass, &extra_keys);
         let RoutingPass { enqueued, duplicates, rejected, letters, names, .. } = pass;
-        if self.core.options.statistics {
+        if self.core.settings.statistics {
             start.counters.count(busy.index(), enqueued > 0 || duplicates > 0);
         }
         if enqueued == 0 && duplicates == 0 {
@@ -313,19 +274,12 @@ impl Vhost {
     }
 }
 
-impl QueueOwner for Vhost {
-    /// Deletes a queue whose `expires` time has passed unused, unless it was
-    /// used meanwhile.
-    fn expire_queue(&self, queue: &Arc<Queue>, now: Instant) {
-        let mut registry = self.registry.lock();
-        let _used_meanwhile = self.remove_queue_if(&mut registry, queue, true, false, Some(now));
-    }
-
+impl Vhost {
     /// Republishes a dead letter to exchange `dlx` with `routing_key` and
     /// then each of `extra_keys` (its `CC` keys), skipping the queues in
     /// `forbidden` (a cycle). Messages this makes leave other queues join
     /// `work`. True if it reached at least one queue.
-    fn route_dead_letter(
+    pub(super) fn route_dead_letter(
         &self,
         dlx: &str,
         routing_key: &str,
@@ -341,7 +295,7 @@ impl QueueOwner for Vhost {
         let mut pass = RoutingPass::new(
             &envelope,
             routing_key,
-            PublishTiming::new(&self.core.options.clock, None, None),
+            PublishTiming::new(&self.core.settings.clock, None, None),
             forbidden,
         );
         self.route_keys(Some(&exchanges), start, &mut pass, extra_keys);

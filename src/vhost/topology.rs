@@ -228,8 +228,8 @@ impl Vhost {
         let owner = options.exclusive.then_some(conn);
         let options = QueueOptions { passive: false, ..options };
         let context = QueueContext {
-            statistics: self.core.options.statistics,
-            clock: self.core.options.clock.clone(),
+            statistics: self.core.settings.statistics,
+            clock: self.core.settings.clock.clone(),
             timers: Arc::clone(&self.core.timers),
             broker: Weak::clone(&self.me) as Weak<dyn QueueOwner>,
             flow: self.core.flow.clone(),
@@ -320,13 +320,6 @@ impl Vhost {
             owned.retain(|q| !Arc::ptr_eq(q, queue));
         }
         Ok(dropped)
-    }
-
-    /// Deletes an auto-delete queue whose last consumer just went, unless a
-    /// new consumer came meanwhile (then `if_unused` refuses, and it stays).
-    pub(crate) fn auto_delete_queue(&self, queue: &Arc<Queue>) {
-        let mut registry = self.registry.lock();
-        let _still_used = self.remove_queue(&mut registry, queue, true, false);
     }
 
     /// Deletes the exclusive queues of connection `conn`, which is closing.

@@ -12,9 +12,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::{Counts, FailureHook, Handled, OnError, settle};
 use crate::consumer::Consumer;
+use crate::core::RunOnce;
 use crate::delivery::Delivery;
 use crate::error::TryRecvError;
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicBool, Ordering};
 
 /// A handler as a worker runs it: how each delivery went.
 pub(super) type Step = dyn Fn(&Delivery) -> Handled + Send + Sync;
@@ -58,16 +59,6 @@ impl InlineWorker {
     }
 }
 
-/// What the registry knows of a worker. A trait object with `Send + Sync`
-/// spelled out: the broker holds its workers, which hold consumers, which
-/// hold queues, which reach the broker again, and without the cut every
-/// user's `Connection: Send` check would walk that loop structurally deep
-/// enough to overflow the compiler's recursion limit.
-pub(crate) trait RunOnce: Send + Sync {
-    /// Handles one waiting delivery per consumer, in order; how many ran.
-    fn run_once(&self) -> usize;
-}
-
 impl RunOnce for InlineWorker {
     fn run_once(&self) -> usize {
         if self.busy.swap(true, Ordering::AcqRel) {
@@ -103,39 +94,5 @@ impl RunOnce for InlineWorker {
         }
         self.busy.store(false, Ordering::Release);
         ran
-    }
-}
-
-/// The workers of a deterministic broker, in the order they started.
-#[derive(Debug, Default)]
-pub(crate) struct InlineWorkers {
-    list: Mutex<Vec<Weak<dyn RunOnce>>>,
-}
-
-impl InlineWorkers {
-    pub(crate) fn register(&self, worker: &Arc<InlineWorker>) {
-        let worker: Arc<dyn RunOnce> = Arc::clone(worker) as Arc<dyn RunOnce>;
-        self.list.lock().push(Arc::downgrade(&worker));
-    }
-
-    /// Runs handlers until none has a delivery waiting; how many ran. Each
-    /// round gives every worker one turn per consumer, in start order, so a
-    /// chain of handlers interleaves the same way on every run.
-    pub(crate) fn run_until_idle(&self) -> usize {
-        let mut total = 0;
-        loop {
-            // Copied out: handlers run without the list's lock, and may
-            // start or stop workers.
-            let workers: Vec<Arc<dyn RunOnce>> = {
-                let mut list = self.list.lock();
-                list.retain(|w| w.strong_count() > 0);
-                list.iter().filter_map(Weak::upgrade).collect()
-            };
-            let ran: usize = workers.iter().map(|w| w.run_once()).sum();
-            if ran == 0 {
-                return total;
-            }
-            total += ran;
-        }
     }
 }

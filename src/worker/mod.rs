@@ -531,7 +531,7 @@ impl Connection {
                 options.on_failure.clone(),
                 Arc::clone(&worker.counts),
             ));
-            inline_workers.register(&inline);
+            inline_workers.register(&(Arc::clone(&inline) as Arc<dyn crate::core::RunOnce>));
             worker.inline = Some(inline);
             return Ok(worker);
         }
