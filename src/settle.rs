@@ -162,7 +162,13 @@ impl PendingQueue {
 
 impl fmt::Display for PendingQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "queue '{}':", self.name)?;
+        // The default vhost goes unsaid, as in RabbitMQ's own texts for `/`
+        // users see most.
+        if self.vhost.is_empty() || self.vhost == "/" {
+            write!(f, "queue '{}':", self.name)?;
+        } else {
+            write!(f, "queue '{}' in vhost '{}':", self.name, self.vhost)?;
+        }
         let mut parts = Vec::new();
         if self.ready > 0 {
             let consumers = match self.consumers {

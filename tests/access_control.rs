@@ -566,6 +566,13 @@ fn bad_patterns_and_names_are_refused_never_a_panic() -> Result {
         assert!(broker.set_topic_permissions("alice", "/", &topic).is_err());
     }
     assert_eq!(broker.users().permissions("alice", "/"), None, "nothing was set");
+    // A pattern that backtracks catastrophically in PCRE runs in linear time
+    // here: the publish is decided, not stalled.
+    broker.set_permissions("alice", "/", &Permissions::new("", "(x+x+)+y", ""))?;
+    let alice = broker.connect_with(ConnectOptions::new("/", "alice", Credentials::password("pw")))?;
+    let name = "x".repeat(255);
+    broker.connect().declare_exchange(&name, ExchangeKind::Fanout, ExchangeOptions::default())?;
+    assert!(matches!(alice.publish(&name, "", Message::new("m")), Err(PublishError::NotPermitted { .. })));
     assert_eq!(
         broker.set_permissions("nobody", "/", &Permissions::full()),
         Err(UserError::NoSuchUser("nobody".into()))

@@ -1,7 +1,8 @@
 //! The cargo-fuzz targets (`fuzz/`), run as bounded proptests so CI runs
 //! them on a stable toolchain (GUARANTEES.md, G12): random bytes into topic
 //! routing (checked against a reference matcher), argument tables and
-//! headers, durations, names, and a two-thread API sequence. None may panic
+//! headers, durations, names, users and permission patterns, and a two-thread
+//! API sequence. None may panic
 //! or hang. `INTEROFFICE_FUZZ_CASES` sets the cases per target (default 2,000);
 //! for coverage-guided fuzzing, see `fuzz/README.md`.
 
@@ -40,6 +41,11 @@ proptest! {
     #[test]
     fn names_never_panic(data in bytes()) {
         targets::names(&data);
+    }
+
+    #[test]
+    fn permissions_and_logins_never_panic(data in bytes()) {
+        targets::permissions(&data);
     }
 
     #[test]

@@ -101,7 +101,10 @@ fn settle_and_overview_see_every_vhost() -> Result {
     shop(&a)?;
     a.publish("orders", "order.1", Message::new("waiting"))?;
     let error = broker.settle(Duration::from_millis(50)).unwrap_err();
-    assert!(error.to_string().contains("billing"), "{error}");
+    assert!(
+        error.to_string().contains("queue 'billing' in vhost 'tenant-a': 1 ready (no consumer)"),
+        "{error}"
+    );
     let pending = error.pending();
     assert_eq!(pending.queues[0].vhost, "tenant-a");
 

@@ -13,8 +13,9 @@
 use std::time::Duration;
 
 use interoffice::{
-    Broker, BrokerOptions, ConsumeOptions, DeleteExchangeOptions, DeleteQueueOptions, ExchangeKind,
-    ExchangeOptions, FieldTable, FieldValue, ManualClock, Message, PublishOptions, QueueOptions,
+    Broker, BrokerOptions, ConnectOptions, ConsumeOptions, Credentials, DeleteExchangeOptions,
+    DeleteQueueOptions, ExchangeKind, ExchangeOptions, FieldTable, FieldValue, ManualClock, Message,
+    Permissions, PublishOptions, QueueOptions, TopicPermissions,
 };
 
 /// Reads the fuzzer's bytes as a stream of small decisions; past the end,
@@ -388,6 +389,89 @@ pub fn names(data: &[u8]) {
                 let _ = conn.publisher(&name);
             }
         }
+    }
+}
+
+/// Arbitrary users, vhosts, permission and topic patterns (hostile
+/// regexes included), logins and operations by the users they make: every
+/// one is decided — allowed or refused with an error — never a panic or a
+/// hang; a refused publish hands its message back.
+pub fn permissions(data: &[u8]) {
+    let mut input = Input::new(data);
+    let broker = Broker::new();
+    let admin = broker.connect();
+    let mut users: Vec<String> = Vec::new();
+    while !input.is_empty() {
+        match input.below(7) {
+            0 => {
+                let name = input.string(40);
+                let password = input.string(20);
+                if broker.add_user(&name, &Credentials::password(password), &[]).is_ok() {
+                    users.push(name);
+                }
+            }
+            1 => {
+                let _ = broker.add_vhost(&input.string(20));
+            }
+            2 => {
+                let user = pick(&mut input, &users);
+                let vhost = if input.one_in(2) { "/".to_owned() } else { input.string(20) };
+                let permissions = Permissions::new(&input.string(60), &input.string(60), &input.string(60));
+                let _ = broker.set_permissions(&user, &vhost, &permissions);
+            }
+            3 => {
+                let user = pick(&mut input, &users);
+                let topic = TopicPermissions {
+                    exchange: if input.one_in(2) { "amq.topic".into() } else { input.string(20) },
+                    write: input.string(60),
+                    read: input.string(60),
+                };
+                let _ = broker.set_topic_permissions(&user, "/", &topic);
+            }
+            4 => {
+                let name = input.string(40);
+                let _ = admin.declare_exchange(&name, ExchangeKind::Topic, ExchangeOptions::default());
+                let _ = admin.declare_queue(&name, QueueOptions::default());
+            }
+            5 => {
+                let user = pick(&mut input, &users);
+                let _ = broker.connect_with(ConnectOptions::new(
+                    "/",
+                    &user,
+                    Credentials::password(input.string(20)),
+                ));
+            }
+            _ => {
+                // Log in as the user, its password reset to a known one.
+                let user = pick(&mut input, &users);
+                let _ = broker.users().change_password(&user, &Credentials::password("pw"));
+                let Ok(conn) =
+                    broker.connect_with(ConnectOptions::new("/", &user, Credentials::password("pw")))
+                else {
+                    continue;
+                };
+                let name = input.string(40);
+                let key = input.string(60);
+                match conn.publish(&name, &key, Message::new("m").with_user_id(input.string(10))) {
+                    Err(error) => assert_eq!(error.into_message().body().as_ref(), b"m"),
+                    Ok(_) => {}
+                }
+                let _ = conn.publish("amq.topic", &key, Message::new("m"));
+                let _ = conn
+                    .declare_queue(&name, QueueOptions { passive: input.one_in(2), ..Default::default() });
+                let _ = conn.bind_queue(&name, "amq.topic", &key, None);
+                let _ = conn.get(&name, true);
+                let _ = conn.purge_queue(&name);
+            }
+        }
+    }
+}
+
+fn pick(input: &mut Input<'_>, users: &[String]) -> String {
+    if users.is_empty() || input.one_in(8) {
+        input.string(20)
+    } else {
+        users[input.below(users.len())].clone()
     }
 }
 

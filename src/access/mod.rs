@@ -52,6 +52,8 @@ pub const IMPERSONATOR_TAG: &str = "impersonator";
 /// | bind to a topic exchange | also topic read on the binding key |
 /// | publish | write on the exchange (`""` is `amq.default`) |
 /// | publish to a topic exchange | also topic write on the routing key |
+/// | an RPC server's reply, a last will | what publishing it needs (a reply: write on `amq.default`) |
+/// | [`Connection::publisher`](crate::Connection::publisher) | write on the exchange (and each publish is checked again) |
 /// | consume, get, purge | read on the queue |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
