@@ -691,7 +691,8 @@ impl Broker {
         Tap { observers, id }
     }
 
-    /// Says, without publishing, where a message published to `exchange`
+    /// Says, without publishing, where a message published to `exchange` in
+    /// the default virtual host ([`VirtualHost::explain_route`] for others)
     /// with `routing_key` (and `headers`, for headers exchanges and `CC` /
     /// `BCC`) would go: each queue it would reach and the path to it
     /// (exchange → binding key or header rule → exchange → queue, alternate
@@ -726,7 +727,8 @@ impl Broker {
         self.default_view().explain_route(exchange, routing_key, headers)
     }
 
-    /// Checks the topology for what is probably a mistake: exchanges with
+    /// Checks the default virtual host's topology ([`VirtualHost::lint`]
+    /// for others) for what is probably a mistake: exchanges with
     /// no bindings, queues nothing binds to, dead-letter and alternate
     /// exchanges that do not exist, dead-letter cycles without a rejection,
     /// alternate-exchange loops, binding keys that cannot match what they

@@ -83,7 +83,8 @@ impl Broker {
         Picture { exchanges, queues, bindings, dead_letters, alternates }
     }
 
-    /// The topology as a Mermaid flowchart: exchanges as hexagons (with
+    /// The default virtual host's topology as a Mermaid flowchart (see
+    /// [`Broker::vhost`] for others' figures): exchanges as hexagons (with
     /// their kind), queues as boxes, bindings as arrows labelled with their
     /// key or header rule, dead-letter edges dashed, alternate-exchange
     /// edges dotted. Paste it into any Markdown that renders Mermaid.
@@ -146,7 +147,7 @@ impl Broker {
         out
     }
 
-    /// The topology as Graphviz DOT (`dot -Tsvg`): exchanges as hexagons,
+    /// The default virtual host's topology as Graphviz DOT (`dot -Tsvg`): exchanges as hexagons,
     /// queues as boxes, bindings labelled with their key or header rule,
     /// dead-letter edges dashed (red), alternate-exchange edges dotted.
     pub fn to_dot(&self) -> String {
