@@ -19,22 +19,19 @@ pub(crate) mod publish;
 mod registry;
 pub(crate) mod topology;
 
-use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::collections::HashMap;
 
 use arc_swap::ArcSwap;
 
 use crate::core::Core;
-use crate::dead_letter::Letter;
 use crate::error::ConsumeError;
 use crate::exchange::{BindingInfo, Exchange, ExchangeKind, ExchangeOptions, Routes};
 use crate::explain::{ExchangeFacts, RouteExplanation, TopologyView};
 use crate::field::FieldTable;
 use crate::hash::FastImblMap;
 use crate::lint::{LintFinding, QueueFacts};
-use crate::message::Message;
 use crate::queue::Envelope;
-use crate::queue::{Queue, QueueOwner, QueueStats};
+use crate::queue::{Queue, QueueStats};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, Weak};
 
 use registry::{BindingEntry, Registry};
@@ -227,35 +224,6 @@ impl Vhost {
             (&a.source, &a.destination, &a.routing_key).cmp(&(&b.source, &b.destination, &b.routing_key))
         });
         out
-    }
-}
-
-/// What a queue may ask of its virtual host (see [`QueueOwner`]).
-impl QueueOwner for Vhost {
-    fn route_dead_letter(
-        &self,
-        dlx: &str,
-        routing_key: &str,
-        message: Message,
-        extra_keys: &[String],
-        forbidden: &[String],
-        work: &mut VecDeque<Letter>,
-    ) -> bool {
-        Vhost::route_dead_letter(self, dlx, routing_key, message, extra_keys, forbidden, work)
-    }
-
-    /// Deletes a queue whose `expires` time has passed unused, unless it was
-    /// used meanwhile.
-    fn expire_queue(&self, queue: &Arc<Queue>, now: Instant) {
-        let mut registry = self.registry.lock();
-        let _used_meanwhile = self.remove_queue_if(&mut registry, queue, true, false, Some(now));
-    }
-
-    /// Deletes an auto-delete queue whose last consumer just went, unless a
-    /// new consumer came meanwhile (then `if_unused` refuses, and it stays).
-    fn auto_delete_queue(&self, queue: &Arc<Queue>) {
-        let mut registry = self.registry.lock();
-        let _still_used = self.remove_queue(&mut registry, queue, true, false);
     }
 }
 

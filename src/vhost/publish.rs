@@ -7,7 +7,8 @@
 //! every routing table are snapshots read through `ArcSwap`. Access control
 //! has already been decided by the connection (see [`crate::access`]).
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::MAX_NAME_LEN;
 use crate::access::PublishGate;
@@ -17,7 +18,7 @@ use crate::error::PublishError;
 use crate::exchange::{Dest, Exchange};
 use crate::message::Message;
 use crate::observe::{Event, PublishOutcome};
-use crate::queue::{Envelope, PublishTiming};
+use crate::queue::{Envelope, PublishTiming, Queue, QueueOwner};
 use crate::routing::{RoutingPass, SeenSet, has_sender_selected_keys, sender_selected_keys};
 use crate::sync::{Arc, Weak};
 
@@ -59,8 +60,9 @@ impl Routed {
 }
 
 impl Vhost {
-    /// Publishes to exchange `exchange`: the message's own checks, the
-    /// gate, the lookup, then [`publish_to`](Self::publish_to).
+    /// Publishes to exchange `exchange`: the message's own checks and the
+    /// gate ([`admit`](Self::admit)), the lookup, then
+    /// [`publish_to`](Self::publish_to).
     pub(crate) fn publish<G: PublishGate + ?Sized>(
         &self,
         gate: &G,
@@ -69,23 +71,10 @@ impl Vhost {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let (message, ttl) = self
-            .check(routing_key, message)
-            .inspect_err(|e| self.report_refused(exchange, routing_key, e))?;
         let exchanges = self.exchanges.load();
         let start = exchanges.get(exchange);
-        if let Err(refusal) = gate.admit(exchange, start.map(|e| &**e), routing_key, &message) {
-            return Err(self.refuse(exchange, routing_key, refusal.into_error(message)));
-        }
-        let Some(start) = start else {
-            let vhost = self.name.to_string();
-            let error = PublishError::ExchangeNotFound {
-                exchange: exchange.into(),
-                vhost,
-                message: Box::new(message),
-            };
-            return Err(self.refuse(exchange, routing_key, error));
-        };
+        let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
+        let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
         self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)
     }
 
@@ -98,22 +87,41 @@ impl Vhost {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let (message, ttl) = self
-            .check(routing_key, message)
-            .inspect_err(|e| self.report_refused(&start.name, routing_key, e))?;
-        if let Err(refusal) = gate.admit(&start.name, Some(start), routing_key, &message) {
-            return Err(self.refuse(&start.name, routing_key, refusal.into_error(message)));
-        }
+        let (message, ttl) = self.admit(gate, &start.name, Some(start), routing_key, message)?;
         if start.is_deleted() {
-            let vhost = self.name.to_string();
-            let error = PublishError::ExchangeNotFound {
-                exchange: start.name.to_string(),
-                vhost,
-                message: Box::new(message),
-            };
-            return Err(self.refuse(&start.name, routing_key, error));
+            return Err(self.not_found(&start.name, routing_key, message));
         }
         self.publish_to(None, start, routing_key, message, ttl, options)
+    }
+
+    /// What every publish passes first: the message's own checks (its TTL
+    /// comes back), then the gate — in RabbitMQ's order, both before a
+    /// missing exchange is reported.
+    fn admit<G: PublishGate + ?Sized>(
+        &self,
+        gate: &G,
+        name: &str,
+        exchange: Option<&Exchange>,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(Message, Option<Duration>), PublishError> {
+        let (message, ttl) =
+            self.check(routing_key, message).inspect_err(|e| self.report_refused(name, routing_key, e))?;
+        if let Err(refusal) = gate.admit(name, exchange, routing_key, &message) {
+            return Err(self.refuse(name, routing_key, refusal.into_error(message)));
+        }
+        Ok((message, ttl))
+    }
+
+    /// No exchange `name` (any more): the error, reported, handing `message` back.
+    #[cold]
+    fn not_found(&self, name: &str, routing_key: &str, message: Message) -> PublishError {
+        let error = PublishError::ExchangeNotFound {
+            exchange: name.into(),
+            vhost: self.name.to_string(),
+            message: Box::new(message),
+        };
+        self.refuse(name, routing_key, error)
     }
 
     /// Reports `error`, a publish refused before routing, and returns it.
@@ -274,19 +282,22 @@ impl Vhost {
     }
 }
 
-impl Vhost {
+/// What a queue may ask of its virtual host (see [`QueueOwner`]): to route
+/// a dead letter — here, the same walk as a publish — and to delete it
+/// (see [`topology`](super::topology)).
+impl QueueOwner for Vhost {
     /// Republishes a dead letter to exchange `dlx` with `routing_key` and
     /// then each of `extra_keys` (its `CC` keys), skipping the queues in
     /// `forbidden` (a cycle). Messages this makes leave other queues join
     /// `work`. True if it reached at least one queue.
-    pub(super) fn route_dead_letter(
+    fn route_dead_letter(
         &self,
         dlx: &str,
         routing_key: &str,
         message: Message,
         extra_keys: &[String],
         forbidden: &[String],
-        work: &mut std::collections::VecDeque<Letter>,
+        work: &mut VecDeque<Letter>,
     ) -> bool {
         let exchanges = self.exchanges.load();
         let Some(start) = exchanges.get(dlx) else { return false };
@@ -301,6 +312,14 @@ impl Vhost {
         self.route_keys(Some(&exchanges), start, &mut pass, extra_keys);
         work.extend(pass.letters);
         pass.enqueued > 0
+    }
+
+    fn expire_queue(&self, queue: &Arc<Queue>, now: Instant) {
+        self.expire(queue, now);
+    }
+
+    fn auto_delete_queue(&self, queue: &Arc<Queue>) {
+        self.auto_delete(queue);
     }
 }
 

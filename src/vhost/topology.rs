@@ -322,6 +322,20 @@ impl Vhost {
         Ok(dropped)
     }
 
+    /// Deletes a queue whose `expires` time has passed unused, unless it was
+    /// used meanwhile.
+    pub(super) fn expire(&self, queue: &Arc<Queue>, now: Instant) {
+        let mut registry = self.registry.lock();
+        let _used_meanwhile = self.remove_queue_if(&mut registry, queue, true, false, Some(now));
+    }
+
+    /// Deletes an auto-delete queue whose last consumer just went, unless a
+    /// new consumer came meanwhile (then `if_unused` refuses, and it stays).
+    pub(super) fn auto_delete(&self, queue: &Arc<Queue>) {
+        let mut registry = self.registry.lock();
+        let _still_used = self.remove_queue(&mut registry, queue, true, false);
+    }
+
     /// Deletes the exclusive queues of connection `conn`, which is closing.
     pub(crate) fn delete_exclusive_queues(&self, conn: u64) {
         let mut registry = self.registry.lock();
