@@ -122,13 +122,13 @@ impl Overview {
     /// Records every figure through the [`metrics`] facade, for whatever
     /// exporter the application installed (Prometheus, StatsD, ...):
     /// counters `interoffice_queue_<counter>_total` and gauges
-    /// `interoffice_queue_<gauge>` labelled `queue`, and
-    /// `interoffice_exchange_<counter>_total` labelled `exchange`. Counters
+    /// `interoffice_queue_<gauge>` labelled `vhost` and `queue`, and
+    /// `interoffice_exchange_<counter>_total` labelled `vhost` and `exchange`. Counters
     /// are set to their absolute value, so calling this periodically is
     /// enough.
     pub fn record_metrics(&self) {
         for q in &self.queues {
-            let label = [("queue", q.name.clone())];
+            let label = [("vhost", q.vhost.clone()), ("queue", q.name.clone())];
             for (name, value) in [
                 ("interoffice_queue_published_total", q.published),
                 ("interoffice_queue_delivered_total", q.delivered),
@@ -154,7 +154,7 @@ impl Overview {
             }
         }
         for e in &self.exchanges {
-            let label = [("exchange", e.name.clone())];
+            let label = [("vhost", e.vhost.clone()), ("exchange", e.name.clone())];
             metrics::counter!("interoffice_exchange_published_total", &label).absolute(e.published);
             metrics::counter!("interoffice_exchange_routed_total", &label).absolute(e.routed);
             metrics::counter!("interoffice_exchange_unroutable_total", &label).absolute(e.unroutable);

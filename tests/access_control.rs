@@ -733,3 +733,51 @@ fn a_module_cannot_bypass_its_permissions_through_rpc_or_a_will() -> Result {
     assert_eq!(broker.vhost(VHOST).unwrap().queue_stats("q.billing")?.messages_ready, before);
     Ok(())
 }
+
+#[test]
+fn a_revocation_holds_for_every_publish_that_starts_after_it_returns() -> Result {
+    // Publishers on several threads share one connection, each with
+    // decisions cached; a publish that starts after `clear_permissions`
+    // returned (as its thread can tell) must be refused, on every thread.
+    let (broker, admin, user) = setup(&[(Permission::Write, x("x.audit"))]);
+    topology_for_cases(&admin)?;
+    let user = Arc::new(user);
+    for round in 0..20_u64 {
+        broker.set_permissions(USER, VHOST, &permissions_for(&[(Permission::Write, x("x.audit"))]))?;
+        let revoked = Arc::new(AtomicBool::new(false));
+        let warmed = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (user, revoked, warmed) = (Arc::clone(&user), Arc::clone(&revoked), Arc::clone(&warmed));
+                std::thread::spawn(move || {
+                    let mut after = 0;
+                    while after < 50 {
+                        let was_revoked = revoked.load(Ordering::SeqCst);
+                        let result = user.publish("x.audit", "", Message::new("m"));
+                        if result.is_ok() {
+                            warmed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if was_revoked {
+                            assert!(
+                                matches!(result, Err(PublishError::NotPermitted { .. })),
+                                "a publish after the revocation went through: {result:?}"
+                            );
+                            after += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Every thread's cache holds the grant before it is revoked (more
+        // of them each round, to vary where the revocation lands).
+        while warmed.load(Ordering::SeqCst) < 4 * (1 + round) {
+            std::thread::yield_now();
+        }
+        broker.clear_permissions(USER, VHOST)?;
+        revoked.store(true, Ordering::SeqCst);
+        for thread in threads {
+            thread.join().map_err(|_| "a publisher saw a publish go through after the revocation")?;
+        }
+    }
+    Ok(())
+}

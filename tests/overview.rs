@@ -143,7 +143,7 @@ fn the_overview_is_exported_through_the_metrics_facade() {
         .collect();
     assert!(
         found.iter().any(|(name, labels, value)| name == "interoffice_queue_messages_ready"
-            && labels == &["queue=jobs".to_owned()]
+            && labels == &["vhost=/".to_owned(), "queue=jobs".to_owned()]
             && *value == DebugValue::Gauge(1.0.into())),
         "{found:?}"
     );
