@@ -1,10 +1,15 @@
 //! Connections: a client's handle on the broker, and what closes with it.
+//!
+//! - [`calls`]: request/reply (`call`, `call_async`, typed calls).
+//! - [`publisher`]: `Publisher`, a handle on one resolved exchange.
+
+mod calls;
+mod publisher;
+
+pub use publisher::Publisher;
+use publisher::WhenBlocked;
 
 use std::fmt;
-use std::time::Duration;
-
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crossbeam_channel::unbounded;
 
@@ -19,7 +24,7 @@ use crate::field::FieldTable;
 use crate::flow::FlowEvent;
 use crate::message::Message;
 use crate::queue::{QueueOptions, QueueStats};
-use crate::rpc::{self, Call, CallError, ReplyEndpoint, RpcStats};
+use crate::rpc::ReplyEndpoint;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak};
 use crate::vhost::Vhost;
 use crate::vhost::publish::{PublishOptions, Routed};
@@ -638,135 +643,6 @@ impl Connection {
         self.shared.will.lock().take().map(|w| w.message)
     }
 
-    /// Calls a service: publishes `request` to `exchange` with `routing_key`
-    /// and waits, blocking, at most `timeout` for the reply. The request
-    /// gets a fresh `correlation_id` and a `reply_to` naming this
-    /// connection's direct reply-to address (no queue to declare); any the
-    /// request had are replaced. Many calls may be in flight at once, from
-    /// many threads, over one connection: each reply reaches its own caller.
-    ///
-    /// Fails at once with [`CallError::NoRoute`] if the request reached no
-    /// queue; with [`CallError::Timeout`] when the broker's clock passes the
-    /// timeout (a reply arriving later is dropped and counted in
-    /// [`rpc_stats`](Self::rpc_stats)); with [`CallError::ConnectionClosed`]
-    /// if the connection closes meanwhile.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use interoffice::{Broker, Message, QueueOptions, WorkerOptions};
-    /// let broker = Broker::new();
-    /// let server = broker.connect();
-    /// server.declare_queue("rates", QueueOptions::default())?;
-    /// let _service = server.serve("rates", WorkerOptions::default(), |request| {
-    ///     let currency = String::from_utf8_lossy(request.body()).into_owned();
-    ///     Ok::<_, std::convert::Infallible>(Message::new(format!("1 {currency} = 1.08 USD")))
-    /// })?;
-    ///
-    /// let client = broker.connect();
-    /// let reply = client.call("", "rates", Message::new("EUR"), Duration::from_secs(5))?;
-    /// assert_eq!(reply.body().as_ref(), b"1 EUR = 1.08 USD");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`CallError`]: the request did not encode or was refused, it reached no queue (`NoRoute`), no reply came in time, the reply did not decode, or the connection closed.
-    pub fn call(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        request: Message,
-        timeout: Duration,
-    ) -> Result<Delivery, CallError> {
-        let call = self.start_call(exchange, routing_key, request, timeout)?;
-        rpc::wait(&call)
-    }
-
-    /// The async form of [`call`](Self::call): the request is published
-    /// now, and the returned future resolves to the reply. Works under any
-    /// executor; the timeout runs on the broker's clock. Dropping the future
-    /// gives up the call.
-    pub fn call_async(&self, exchange: &str, routing_key: &str, request: Message, timeout: Duration) -> Call {
-        match self.start_call(exchange, routing_key, request, timeout) {
-            Ok(call) => Call::waiting(call),
-            Err(error) => Call::failed(error),
-        }
-    }
-
-    /// A typed call: the request is encoded with bincode, the reply decoded
-    /// by its content type.
-    ///
-    /// # Errors
-    ///
-    /// [`CallError`]: the request did not encode or was refused, it reached no queue (`NoRoute`), no reply came in time, the reply did not decode, or the connection closed.
-    pub fn call_typed<Req, Resp>(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        request: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, CallError>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        self.typed::<crate::Bincode>().call(exchange, routing_key, request, timeout)
-    }
-
-    /// The async form of [`call_typed`](Self::call_typed).
-    ///
-    /// # Errors
-    ///
-    /// [`CallError`]: the request did not encode or was refused, it reached no queue (`NoRoute`), no reply came in time, the reply did not decode, or the connection closed.
-    pub async fn call_typed_async<Req, Resp>(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        request: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, CallError>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        self.typed::<crate::Bincode>().call_async(exchange, routing_key, request, timeout).await
-    }
-
-    /// This connection's direct reply-to address: the `reply_to` its calls
-    /// set. A reply published to the default exchange with it as the
-    /// routing key reaches the waiting call with the same `correlation_id`.
-    ///
-    /// # Errors
-    ///
-    /// [`CallError`]: the request did not encode or was refused, it reached no queue (`NoRoute`), no reply came in time, the reply did not decode, or the connection closed.
-    pub fn reply_to_address(&self) -> Result<String, CallError> {
-        Ok(self.reply_endpoint()?.name.to_string())
-    }
-
-    /// Figures of this connection's calls.
-    pub fn rpc_stats(&self) -> RpcStats {
-        self.shared.replies.lock().as_ref().map(|e| e.stats()).unwrap_or_default()
-    }
-
-    fn reply_endpoint(&self) -> Result<Arc<ReplyEndpoint>, CallError> {
-        let mut slot = self.shared.replies.lock();
-        if self.is_closed() {
-            return Err(CallError::ConnectionClosed);
-        }
-        Ok(Arc::clone(slot.get_or_insert_with(|| ReplyEndpoint::register(&self.vhost))))
-    }
-
-    fn start_call(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        request: Message,
-        timeout: Duration,
-    ) -> Result<Arc<rpc::PendingCall>, CallError> {
-        let endpoint = self.reply_endpoint()?;
-        endpoint.start(&self.vhost, &*self.grant, exchange, routing_key, request, timeout)
-    }
-
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire) || self.vhost.is_deleted()
@@ -779,7 +655,7 @@ impl Connection {
     /// Closes the connection: cancels its consumers (a `recv` blocked on
     /// another thread returns [`RecvError::ConnectionClosed`](crate::RecvError::ConnectionClosed)), requeues every
     /// delivery it holds unsettled, flagged redelivered, fails its waiting
-    /// calls with [`CallError::ConnectionClosed`], and deletes its exclusive
+    /// calls with [`CallError::ConnectionClosed`](crate::CallError::ConnectionClosed), and deletes its exclusive
     /// queues. A clean close does not publish the last will. Closing twice
     /// does nothing; dropping closes too (publishing the will first).
     pub fn close(&self) {
@@ -838,106 +714,6 @@ impl Connection {
         }
         self.shared.gets.close();
         self.vhost.delete_exclusive_queues(self.shared.id);
-    }
-}
-
-/// A publisher bound to one exchange: see [`Connection::publisher`].
-/// Cheap to clone; `Send + Sync`.
-#[derive(Clone)]
-pub struct Publisher {
-    exchange: Arc<crate::exchange::Exchange>,
-    connection: Arc<ConnectionShared>,
-    broker: Broker,
-    vhost: Arc<Vhost>,
-    grant: Arc<Grant>,
-}
-
-impl fmt::Debug for Publisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Publisher").field("exchange", &self.exchange.name).finish_non_exhaustive()
-    }
-}
-
-impl Publisher {
-    /// The exchange it publishes to.
-    pub fn exchange(&self) -> &str {
-        &self.exchange.name
-    }
-
-    /// Publishes `message` with `routing_key`, as
-    /// [`Connection::publish`] does.
-    ///
-    /// # Errors
-    ///
-    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
-    pub fn publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
-        self.publish_with(routing_key, message, PublishOptions::default())
-    }
-
-    /// Publishes as [`Connection::try_publish`] does: fails with
-    /// [`PublishError::Blocked`] rather than wait while the broker is over
-    /// its memory high watermark.
-    ///
-    /// # Errors
-    ///
-    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
-    pub fn try_publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
-        self.publish_when(routing_key, message, PublishOptions::default(), WhenBlocked::Fail)
-    }
-
-    /// Publishes with options, as [`Connection::publish_with`] does.
-    ///
-    /// # Errors
-    ///
-    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
-    pub fn publish_with(
-        &self,
-        routing_key: &str,
-        message: Message,
-        options: PublishOptions,
-    ) -> Result<Routed, PublishError> {
-        self.publish_when(routing_key, message, options, WhenBlocked::Wait)
-    }
-
-    fn publish_when(
-        &self,
-        routing_key: &str,
-        message: Message,
-        options: PublishOptions,
-        when_blocked: WhenBlocked,
-    ) -> Result<Routed, PublishError> {
-        if self.connection.closed.load(Ordering::Acquire) {
-            return Err(PublishError::ConnectionClosed { message: Box::new(message) });
-        }
-        let message = when_blocked.apply(&self.broker, message)?;
-        if self.exchange.is_deleted() {
-            // Deleted since the publisher was made, and maybe declared
-            // again: publish by name, as `Connection::publish` would.
-            return self.vhost.publish(&*self.grant, &self.exchange.name, routing_key, message, options);
-        }
-        self.vhost.publish_resolved(&*self.grant, &self.exchange, routing_key, message, options)
-    }
-}
-
-/// What a publish does while the memory alarm is on.
-#[derive(Debug, Clone, Copy)]
-enum WhenBlocked {
-    /// Wait for it to clear (`publish`), as RabbitMQ blocks a connection.
-    Wait,
-    /// Fail with `PublishError::Blocked`, handing the message back (`try_publish`).
-    Fail,
-}
-
-impl WhenBlocked {
-    fn apply(self, broker: &Broker, message: Message) -> Result<Message, PublishError> {
-        match self {
-            WhenBlocked::Wait => broker.inner.core.wait_while_blocked(),
-            WhenBlocked::Fail if broker.inner.core.is_blocked() => {
-                return Err(PublishError::Blocked { message: Box::new(message) });
-            }
-            WhenBlocked::Fail => {}
-        }
-        Ok(message)
     }
 }
 

@@ -1,0 +1,113 @@
+//! Publishing through a resolved exchange, and what a publish does while
+//! the memory alarm is on.
+
+use std::fmt;
+
+use super::ConnectionShared;
+use crate::access::grant::Grant;
+use crate::broker::Broker;
+use crate::error::PublishError;
+use crate::message::Message;
+use crate::sync::{Arc, Ordering};
+use crate::vhost::Vhost;
+use crate::vhost::publish::{PublishOptions, Routed};
+
+/// A publisher bound to one exchange: see [`Connection::publisher`](crate::Connection::publisher).
+/// Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Publisher {
+    pub(super) exchange: Arc<crate::exchange::Exchange>,
+    pub(super) connection: Arc<ConnectionShared>,
+    pub(super) broker: Broker,
+    pub(super) vhost: Arc<Vhost>,
+    pub(super) grant: Arc<Grant>,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher").field("exchange", &self.exchange.name).finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// The exchange it publishes to.
+    pub fn exchange(&self) -> &str {
+        &self.exchange.name
+    }
+
+    /// Publishes `message` with `routing_key`, as
+    /// [`Connection::publish`](crate::Connection::publish) does.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
+    pub fn publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
+        self.publish_with(routing_key, message, PublishOptions::default())
+    }
+
+    /// Publishes as [`Connection::try_publish`](crate::Connection::try_publish) does: fails with
+    /// [`PublishError::Blocked`] rather than wait while the broker is over
+    /// its memory high watermark.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
+    pub fn try_publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
+        self.publish_when(routing_key, message, PublishOptions::default(), WhenBlocked::Fail)
+    }
+
+    /// Publishes with options, as [`Connection::publish_with`](crate::Connection::publish_with) does.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
+    pub fn publish_with(
+        &self,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        self.publish_when(routing_key, message, options, WhenBlocked::Wait)
+    }
+
+    fn publish_when(
+        &self,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+        when_blocked: WhenBlocked,
+    ) -> Result<Routed, PublishError> {
+        if self.connection.closed.load(Ordering::Acquire) {
+            return Err(PublishError::ConnectionClosed { message: Box::new(message) });
+        }
+        let message = when_blocked.apply(&self.broker, message)?;
+        if self.exchange.is_deleted() {
+            // Deleted since the publisher was made, and maybe declared
+            // again: publish by name, as `Connection::publish` would.
+            return self.vhost.publish(&*self.grant, &self.exchange.name, routing_key, message, options);
+        }
+        self.vhost.publish_resolved(&*self.grant, &self.exchange, routing_key, message, options)
+    }
+}
+
+/// What a publish does while the memory alarm is on.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum WhenBlocked {
+    /// Wait for it to clear (`publish`), as RabbitMQ blocks a connection.
+    Wait,
+    /// Fail with `PublishError::Blocked`, handing the message back (`try_publish`).
+    Fail,
+}
+
+impl WhenBlocked {
+    pub(super) fn apply(self, broker: &Broker, message: Message) -> Result<Message, PublishError> {
+        match self {
+            WhenBlocked::Wait => broker.inner.core.wait_while_blocked(),
+            WhenBlocked::Fail if broker.inner.core.is_blocked() => {
+                return Err(PublishError::Blocked { message: Box::new(message) });
+            }
+            WhenBlocked::Fail => {}
+        }
+        Ok(message)
+    }
+}
