@@ -75,7 +75,7 @@ impl JsonValue {
     }
 }
 
-fn to_table(map: &BTreeMap<String, JsonValue>) -> FieldTable {
+pub(crate) fn to_table(map: &BTreeMap<String, JsonValue>) -> FieldTable {
     let mut table = FieldTable::new();
     for (key, value) in map {
         table.insert(key.as_str(), value.to_field());

@@ -68,6 +68,9 @@
 #![warn(missing_docs)]
 
 mod access;
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub mod bridge;
 mod broker;
 mod clock;
 mod codec;

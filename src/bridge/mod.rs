@@ -1,0 +1,335 @@
+//! A bridge to a real RabbitMQ, for the day a module outgrows the process
+//! (feature `amqp`, built on [`lapin`]): the same topology declared on
+//! RabbitMQ from the same definitions. The bridge runs its AMQP connection
+//! on a small tokio runtime of its own, so the application needs none; its
+//! methods block the calling thread (do not call them from inside an async
+//! task of a tokio runtime).
+//!
+//! Why lapin: the maintained, pure-Rust AMQP 0-9-1 client, with publisher
+//! confirms, `basic.return` and RabbitMQ's extensions (exchange-to-exchange
+//! bindings), on any of several runtimes.
+
+mod convert;
+
+use std::fmt;
+use std::future::Future;
+
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::{Channel, Connection, ConnectionProperties};
+
+pub use convert::{ConvertError, from_amqp_message, from_amqp_table, to_amqp_properties, to_amqp_table};
+
+use crate::definitions::{BindingDefinition, Definitions, ExchangeDefinition, QueueDefinition};
+use crate::field::FieldTable;
+
+/// An AMQP URL with its password hidden, for `Debug`, errors and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl(String);
+
+impl AmqpUrl {
+    /// `url` (`amqp://user:password@host:port/vhost`).
+    pub fn new(url: impl Into<String>) -> Self {
+        AmqpUrl(url.into())
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.clone() };
+        let authority_end = url[scheme_end..].find('/').map_or(url.len(), |i| scheme_end + i);
+        match url[scheme_end..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &url[scheme_end..scheme_end + at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                let hidden = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+                format!("{}{hidden}{}", &url[..scheme_end], &url[scheme_end + at..])
+            }
+            None => url.clone(),
+        }
+    }
+
+    fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({:?})", self.redacted())
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Why the bridge failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BridgeError {
+    /// RabbitMQ could not be reached, or refused the login.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// Where (password hidden).
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The bridge's own runtime could not start.
+    #[error("the bridge's runtime could not start: {0}")]
+    Runtime(String),
+    /// An AMQP operation failed.
+    #[error("{operation}: {reason}")]
+    Amqp {
+        /// What was being done.
+        operation: String,
+        /// RabbitMQ's or the client's reason.
+        reason: String,
+    },
+}
+
+/// What carrying a topology over did: how many of each were declared, and
+/// what RabbitMQ refused, one by one, with its reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CarryOver {
+    /// Exchanges declared (or found equivalent).
+    pub exchanges: usize,
+    /// Queues declared (or found equivalent).
+    pub queues: usize,
+    /// Bindings made.
+    pub bindings: usize,
+    /// What was refused, with why.
+    pub refused: Vec<String>,
+}
+
+/// A connection to a real RabbitMQ: see the module docs.
+pub struct Bridge {
+    runtime: tokio::runtime::Runtime,
+    connection: Connection,
+    url: AmqpUrl,
+}
+
+impl fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bridge")
+            .field("url", &self.url)
+            .field("connected", &self.connection.status().connected())
+            .finish()
+    }
+}
+
+impl Bridge {
+    /// Connects to RabbitMQ at `url` (`amqp://guest:guest@127.0.0.1:5672/%2f`).
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::Connect`] if RabbitMQ is unreachable or refuses the
+    /// login; [`BridgeError::Runtime`] if the runtime cannot start.
+    pub fn connect(url: impl Into<String>) -> Result<Bridge, BridgeError> {
+        let url = AmqpUrl::new(url);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("interoffice-amqp")
+            .enable_all()
+            .build()
+            .map_err(|e| BridgeError::Runtime(e.to_string()))?;
+        let connection =
+            runtime.block_on(Connection::connect(url.secret(), ConnectionProperties::default())).map_err(
+                |e| BridgeError::Connect { url: url.redacted(), reason: redact(&e.to_string(), &url) },
+            )?;
+        Ok(Bridge { runtime, connection, url })
+    }
+
+    /// Where it is connected (password hidden).
+    pub fn url(&self) -> &AmqpUrl {
+        &self.url
+    }
+
+    /// Runs `future` on the bridge's runtime, blocking this thread.
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    fn channel(&self) -> Result<Channel, BridgeError> {
+        self.block_on(self.connection.create_channel()).map_err(|e| self.amqp("channel.open", &e))
+    }
+
+    fn amqp(&self, operation: &str, error: &lapin::Error) -> BridgeError {
+        BridgeError::Amqp { operation: operation.into(), reason: redact(&error.to_string(), &self.url) }
+    }
+
+    /// Declares on RabbitMQ, in the connection's virtual host, the
+    /// exchanges, queues and bindings of `definitions` that belong to local
+    /// virtual host `vhost` — as RabbitMQ's own import would: exchanges,
+    /// then queues (with their options as `x-` arguments), then bindings.
+    /// What RabbitMQ refuses (an inequivalent existing object, an argument
+    /// it does not know) is listed in the report, one by one; the rest is
+    /// declared. Exclusive queues are not in definitions, so never carried.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError`] if no channel can be opened at all (the connection is gone).
+    pub fn declare_definitions(
+        &self,
+        definitions: &Definitions,
+        vhost: &str,
+    ) -> Result<CarryOver, BridgeError> {
+        let mut report = CarryOver::default();
+        let mut channel = self.channel()?;
+        for exchange in definitions.exchanges.iter().filter(|e| e.vhost == vhost) {
+            let outcome = self.declare_exchange(&channel, exchange);
+            self.tally(
+                &mut channel,
+                &mut report.refused,
+                format!("exchange '{}'", exchange.name),
+                outcome,
+                &mut report.exchanges,
+            )?;
+        }
+        for queue in definitions.queues.iter().filter(|q| q.vhost == vhost) {
+            let outcome = self.declare_queue(&channel, queue);
+            self.tally(
+                &mut channel,
+                &mut report.refused,
+                format!("queue '{}'", queue.name),
+                outcome,
+                &mut report.queues,
+            )?;
+        }
+        for binding in definitions.bindings.iter().filter(|b| b.vhost == vhost) {
+            let what =
+                format!("binding '{}' → '{}' [{}]", binding.source, binding.destination, binding.routing_key);
+            let outcome = self.bind(&channel, binding);
+            self.tally(&mut channel, &mut report.refused, what, outcome, &mut report.bindings)?;
+        }
+        let _closing = self.block_on(channel.close(200, "carried over".into()));
+        Ok(report)
+    }
+
+    /// Counts a success, or records a refusal and reopens the channel
+    /// (RabbitMQ closes a channel on any refused declaration).
+    fn tally(
+        &self,
+        channel: &mut Channel,
+        refused: &mut Vec<String>,
+        what: String,
+        outcome: Result<(), String>,
+        count: &mut usize,
+    ) -> Result<(), BridgeError> {
+        match outcome {
+            Ok(()) => *count += 1,
+            Err(reason) => {
+                refused.push(format!("{what}: {reason}"));
+                if !channel.status().connected() {
+                    *channel = self.channel()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn declare_exchange(&self, channel: &Channel, exchange: &ExchangeDefinition) -> Result<(), String> {
+        let arguments = table_of(&exchange.arguments)?;
+        let kind = match exchange.kind.as_str() {
+            "direct" => lapin::ExchangeKind::Direct,
+            "fanout" => lapin::ExchangeKind::Fanout,
+            "topic" => lapin::ExchangeKind::Topic,
+            "headers" => lapin::ExchangeKind::Headers,
+            other => lapin::ExchangeKind::Custom(other.into()),
+        };
+        let options = ExchangeDeclareOptions {
+            durable: exchange.durable,
+            auto_delete: exchange.auto_delete,
+            internal: exchange.internal,
+            ..Default::default()
+        };
+        self.block_on(channel.exchange_declare(exchange.name.as_str().into(), kind, options, arguments))
+            .map_err(|e| redact(&e.to_string(), &self.url))
+    }
+
+    fn declare_queue(&self, channel: &Channel, queue: &QueueDefinition) -> Result<(), String> {
+        let mut arguments = queue.arguments.clone();
+        if let Some(kind) = &queue.kind
+            && kind != "classic"
+        {
+            arguments
+                .entry("x-queue-type".into())
+                .or_insert_with(|| crate::definitions::JsonValue::String(kind.clone()));
+        }
+        let arguments = table_of(&arguments)?;
+        let options = QueueDeclareOptions {
+            durable: queue.durable,
+            auto_delete: queue.auto_delete,
+            ..Default::default()
+        };
+        self.block_on(channel.queue_declare(queue.name.as_str().into(), options, arguments))
+            .map(drop)
+            .map_err(|e| redact(&e.to_string(), &self.url))
+    }
+
+    fn bind(&self, channel: &Channel, binding: &BindingDefinition) -> Result<(), String> {
+        let arguments = table_of(&binding.arguments)?;
+        let (destination, source, key) = (
+            binding.destination.as_str().into(),
+            binding.source.as_str().into(),
+            binding.routing_key.as_str().into(),
+        );
+        let bound = match binding.destination_type.as_str() {
+            "queue" => self.block_on(channel.queue_bind(
+                destination,
+                source,
+                key,
+                QueueBindOptions::default(),
+                arguments,
+            )),
+            "exchange" => self.block_on(channel.exchange_bind(
+                destination,
+                source,
+                key,
+                ExchangeBindOptions::default(),
+                arguments,
+            )),
+            other => return Err(format!("unknown destination type '{other}'")),
+        };
+        bound.map_err(|e| redact(&e.to_string(), &self.url))
+    }
+}
+
+/// Definitions arguments as an AMQP table.
+fn table_of(
+    arguments: &std::collections::BTreeMap<String, crate::definitions::JsonValue>,
+) -> Result<lapin::types::FieldTable, String> {
+    let table: FieldTable = crate::definitions::to_table(arguments);
+    to_amqp_table(&table).map_err(|e| e.to_string())
+}
+
+/// `text` with the URL's password taken out, should a client error quote it.
+fn redact(text: &str, url: &AmqpUrl) -> String {
+    text.replace(url.secret(), &url.redacted())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        let url = AmqpUrl::new("amqp://app:s3cret@rabbit.internal:5672/%2f");
+        assert_eq!(url.redacted(), "amqp://app:***@rabbit.internal:5672/%2f");
+        assert!(!format!("{url:?} {url}").contains("s3cret"));
+        assert_eq!(AmqpUrl::new("amqp://127.0.0.1:5672").redacted(), "amqp://127.0.0.1:5672");
+        assert_eq!(AmqpUrl::new("amqp://app@host/v").redacted(), "amqp://app@host/v");
+        assert_eq!(AmqpUrl::new("not a url").redacted(), "not a url");
+    }
+
+    #[test]
+    fn an_unreachable_rabbitmq_is_a_typed_error_without_the_password() {
+        // Port 1 on loopback: nothing listens there.
+        let error = Bridge::connect("amqp://app:s3cret@127.0.0.1:1/%2f").unwrap_err();
+        assert!(matches!(error, BridgeError::Connect { .. }), "{error}");
+        assert!(!format!("{error} {error:?}").contains("s3cret"), "{error}");
+    }
+}
