@@ -290,15 +290,16 @@ impl TopologyView {
         };
         let mut seen_queues = HashSet::new();
         let mut misses = Vec::new();
-        let keys = std::iter::once(routing_key.to_owned()).chain(extra_keys);
-        for key in keys {
-            let mut seen_exchanges = HashSet::from([exchange.to_owned()]);
-            let mut pending: Vec<(String, Vec<Hop>)> = vec![(exchange.to_owned(), Vec::new())];
-            while let Some((name, path)) = pending.pop() {
-                let Some(facts) = self.exchanges.get(&name) else { continue };
-                let mut matched = false;
-                if name.is_empty() {
-                    if self.queues.contains(&key) {
+        // All the keys at once at every exchange, as routing walks them.
+        let keys: Vec<String> = std::iter::once(routing_key.to_owned()).chain(extra_keys).collect();
+        let mut seen_exchanges = HashSet::from([exchange.to_owned()]);
+        let mut pending: Vec<(String, Vec<Hop>)> = vec![(exchange.to_owned(), Vec::new())];
+        while let Some((name, path)) = pending.pop() {
+            let Some(facts) = self.exchanges.get(&name) else { continue };
+            let mut matched = false;
+            if name.is_empty() {
+                for key in &keys {
+                    if self.queues.contains(key) {
                         matched = true;
                         let hop = Hop { from: name.clone(), via: Via::DefaultExchange, to: key.clone() };
                         if seen_queues.insert(key.clone()) {
@@ -310,9 +311,18 @@ impl TopologyView {
                             });
                         }
                     }
+                }
+            } else {
+                // Fanout and headers exchanges do not read the key: once.
+                let keys_read = if matches!(facts.kind, ExchangeKind::Direct | ExchangeKind::Topic) {
+                    &keys[..]
                 } else {
-                    for binding in self.bindings.get(&name).into_iter().flatten() {
-                        match check(facts.kind, binding, &key, headers) {
+                    &keys[..1]
+                };
+                for binding in self.bindings.get(&name).into_iter().flatten() {
+                    let mut first_miss = None;
+                    for key in keys_read {
+                        match check(facts.kind, binding, key, headers) {
                             Ok(via) => {
                                 matched = true;
                                 let hop = Hop { from: name.clone(), via, to: binding.destination.clone() };
@@ -325,25 +335,32 @@ impl TopologyView {
                                     let queue = binding.destination.clone();
                                     explanation.routes.push(Route { queue, routing_key: key.clone(), path });
                                 }
+                                first_miss = None;
+                                break;
                             }
-                            Err(why) => misses.push(NearMiss {
-                                exchange: name.clone(),
-                                destination: binding.destination.clone(),
-                                binding_key: binding.routing_key.clone(),
-                                arguments: binding.arguments.clone(),
-                                why,
-                            }),
+                            Err(why) => {
+                                first_miss.get_or_insert(why);
+                            }
                         }
                     }
+                    if let Some(why) = first_miss {
+                        misses.push(NearMiss {
+                            exchange: name.clone(),
+                            destination: binding.destination.clone(),
+                            binding_key: binding.routing_key.clone(),
+                            arguments: binding.arguments.clone(),
+                            why,
+                        });
+                    }
                 }
-                if !matched
-                    && let Some(alternate) = &facts.alternate
-                    && self.exchanges.contains_key(alternate)
-                    && seen_exchanges.insert(alternate.clone())
-                {
-                    let hop = Hop { from: name.clone(), via: Via::AlternateExchange, to: alternate.clone() };
-                    pending.push((alternate.clone(), [path, vec![hop]].concat()));
-                }
+            }
+            if !matched
+                && let Some(alternate) = &facts.alternate
+                && self.exchanges.contains_key(alternate)
+                && seen_exchanges.insert(alternate.clone())
+            {
+                let hop = Hop { from: name.clone(), via: Via::AlternateExchange, to: alternate.clone() };
+                pending.push((alternate.clone(), [path, vec![hop]].concat()));
             }
         }
         if explanation.routes.is_empty() {

@@ -19,6 +19,8 @@ pub(crate) struct RoutingPass<'a> {
     /// The envelope's routing key, kept as the publisher's `&str`: reading
     /// it back from the envelope would re-check its UTF-8 at every exchange.
     pub(crate) routing_key: &'a str,
+    /// The other keys it is routed with, all at once (`CC`/`BCC`).
+    pub(crate) extra_keys: &'a [String],
     pub(crate) timing: PublishTiming<'a>,
     /// Queues a dead letter must not reach (a cycle).
     pub(crate) forbidden: &'a [String],
@@ -52,6 +54,7 @@ impl<'a> RoutingPass<'a> {
         RoutingPass {
             envelope,
             routing_key,
+            extra_keys: &[],
             timing,
             forbidden,
             seen_queues: SeenSet::new(),

@@ -221,10 +221,33 @@ fn run_locally(conn: &Connection, scenario: &Scenario) -> BTreeMap<String, Outco
     outcomes
 }
 
+/// A fresh channel with publisher confirms. After RabbitMQ refused a
+/// publish (closing its channel), lapin may report that error on the
+/// connection's next request: then the connection is opened afresh.
+async fn confirm_channel(connection: &mut lapin::Connection, url: &str) -> lapin::Channel {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match connection.create_channel().await {
+            Ok(channel) => match channel.confirm_select(ConfirmSelectOptions::default()).await {
+                Ok(()) => return channel,
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        *connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .expect("lapin reconnects to RabbitMQ");
+    }
+    panic!("no channel on RabbitMQ after three tries: {last}");
+}
+
 /// The same on RabbitMQ, through lapin.
-async fn run_on_rabbitmq(connection: &lapin::Connection, scenario: &Scenario) -> BTreeMap<String, Outcome> {
-    let mut channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+async fn run_on_rabbitmq(
+    connection: &mut lapin::Connection,
+    url: &str,
+    scenario: &Scenario,
+) -> BTreeMap<String, Outcome> {
+    let mut channel = confirm_channel(connection, url).await;
     let mut outcomes = BTreeMap::new();
     for (exchange, key, message) in &scenario.messages {
         let id = message.properties().message_id.clone().unwrap();
@@ -243,10 +266,10 @@ async fn run_on_rabbitmq(connection: &lapin::Connection, scenario: &Scenario) ->
                 _ => Outcome::Refused,
             },
         };
-        if outcome == Outcome::Refused && !channel.status().connected() {
+        if outcome == Outcome::Refused {
             // RabbitMQ closes the channel on a refused publish (an internal exchange).
-            channel = connection.create_channel().await.unwrap();
-            channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+            let _already_closed = channel.close(200, "refused".into()).await;
+            channel = confirm_channel(connection, url).await;
         }
         outcomes.insert(id, outcome);
     }
@@ -266,6 +289,8 @@ async fn run_on_rabbitmq(connection: &lapin::Connection, scenario: &Scenario) ->
     for exchange in &scenario.exchanges {
         channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
     }
+    // Closed, or thousands of scenarios would run out of channels.
+    let _closed = channel.close(200, "scenario done".into()).await;
     outcomes
 }
 
@@ -274,7 +299,7 @@ fn routing_matches_rabbitmq_on_random_topologies() {
     let Some(url) = rabbitmq_url() else { return };
     let bridge = Bridge::connect(url.clone()).expect("the bridge connects to RabbitMQ");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let connection = runtime
+    let mut connection = runtime
         .block_on(lapin::Connection::connect(&url, lapin::ConnectionProperties::default()))
         .expect("lapin connects to RabbitMQ");
     let (mut messages, mut routed, mut returned, mut refused) = (0, 0, 0, 0);
@@ -289,7 +314,7 @@ fn routing_matches_rabbitmq_on_random_topologies() {
             carried.refused
         );
         let local = run_locally(&conn, &scenario);
-        let remote = runtime.block_on(run_on_rabbitmq(&connection, &scenario));
+        let remote = runtime.block_on(run_on_rabbitmq(&mut connection, &url, &scenario));
         for (exchange, key, message) in &scenario.messages {
             let id = message.properties().message_id.clone().unwrap();
             assert_eq!(

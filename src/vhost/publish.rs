@@ -15,11 +15,11 @@ use crate::access::PublishGate;
 use crate::clock::MAX_DURATION;
 use crate::dead_letter::Letter;
 use crate::error::PublishError;
-use crate::exchange::{Dest, Exchange};
+use crate::exchange::{Dest, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::observe::{Event, PublishOutcome};
 use crate::queue::{Envelope, PublishTiming, Queue, QueueOwner};
-use crate::routing::{RoutingPass, SeenSet, has_sender_selected_keys, sender_selected_keys};
+use crate::routing::{RoutingPass, has_sender_selected_keys, sender_selected_keys};
 use crate::sync::{Arc, Weak};
 
 use super::{DIRECT_REPLY_TO, ExchangeMap, Vhost};
@@ -324,10 +324,12 @@ impl QueueOwner for Vhost {
 }
 
 impl Vhost {
-    /// Routes the pass's own key, then each of `extra_keys` (sender-selected
-    /// distribution: a publish's `CC`/`BCC`, a dead letter's `CC`), as if the
-    /// message were published with each; a queue reached by several keys
-    /// gets it once, and each key walks the exchanges afresh.
+    /// Routes with the pass's own key and `extra_keys` (sender-selected
+    /// distribution: a publish's `CC`/`BCC`, a dead letter's `CC`) together,
+    /// as RabbitMQ does: every exchange on the way matches all the keys at
+    /// once, hands the message to each destination once, and uses its
+    /// alternate exchange only if no key matched any of its bindings; an
+    /// exchange reached through a binding routes with all the keys too.
     fn route_keys<'a>(
         &self,
         exchanges: Option<&ExchangeMap>,
@@ -335,12 +337,8 @@ impl Vhost {
         pass: &mut RoutingPass<'a>,
         extra_keys: &'a [String],
     ) {
+        pass.extra_keys = extra_keys;
         self.route(exchanges, start, pass);
-        for key in extra_keys {
-            pass.routing_key = key;
-            pass.seen_exchanges = SeenSet::new();
-            self.route(exchanges, start, pass);
-        }
     }
 
     /// Walks the exchange graph from `start`, enqueueing in every queue
@@ -361,14 +359,34 @@ impl Vhost {
         }
     }
 
-    /// One exchange's step of a routing pass.
+    /// One exchange's step of a routing pass: its bindings matched against
+    /// every key of the pass (once, for kinds that do not read the key).
     fn route_through(
         &self,
         exchanges: Option<&ExchangeMap>,
         exchange: &Exchange,
         pass: &mut RoutingPass<'_>,
     ) {
-        let key = pass.routing_key;
+        let mut matched = self.route_key(exchange, pass, pass.routing_key);
+        if !pass.extra_keys.is_empty() && matches!(exchange.kind, ExchangeKind::Direct | ExchangeKind::Topic)
+        {
+            for key in pass.extra_keys {
+                matched |= self.route_key(exchange, pass, key);
+            }
+        }
+        if !matched && let Some(name) = exchange.options.alternate_exchange.as_deref() {
+            let alternate = match exchanges {
+                Some(map) => map.get(name).cloned(),
+                None => self.exchanges.load().get(name).cloned(),
+            };
+            if let Some(alternate) = alternate {
+                pass.visit(&alternate);
+            }
+        }
+    }
+
+    /// `exchange`'s bindings matched against `key`; whether any matched.
+    fn route_key(&self, exchange: &Exchange, pass: &mut RoutingPass<'_>, key: &str) -> bool {
         let mut matched = false;
         if exchange.is_default() {
             if let Some(queue) = self.queues.load().get(key) {
@@ -391,15 +409,7 @@ impl Vhost {
                 }
             });
         }
-        if !matched && let Some(name) = exchange.options.alternate_exchange.as_deref() {
-            let alternate = match exchanges {
-                Some(map) => map.get(name).cloned(),
-                None => self.exchanges.load().get(name).cloned(),
-            };
-            if let Some(alternate) = alternate {
-                pass.visit(&alternate);
-            }
-        }
+        matched
     }
 }
 
