@@ -10,6 +10,7 @@
 //! bindings), on any of several runtimes.
 
 mod convert;
+mod link;
 
 use std::fmt;
 use std::future::Future;
@@ -18,6 +19,7 @@ use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptio
 use lapin::{Channel, Connection, ConnectionProperties};
 
 pub use convert::{ConvertError, from_amqp_message, from_amqp_table, to_amqp_properties, to_amqp_table};
+pub use link::{Link, LinkOptions, LinkState, LinkStats, REDELIVERED_HEADER};
 
 use crate::definitions::{BindingDefinition, Definitions, ExchangeDefinition, QueueDefinition};
 use crate::field::FieldTable;
@@ -159,6 +161,48 @@ impl Bridge {
 
     fn amqp(&self, operation: &str, error: &lapin::Error) -> BridgeError {
         BridgeError::Amqp { operation: operation.into(), reason: redact(&error.to_string(), &self.url) }
+    }
+
+    /// Starts an outbound link: messages from local `queue` (consumed
+    /// through `local`) are published to RabbitMQ's `exchange` — with their
+    /// own routing key, or `routing_key` — with publisher confirms; each
+    /// local delivery is acknowledged only when RabbitMQ confirmed it,
+    /// requeued on a negative confirm or a lost connection. The link has
+    /// its own AMQP connection and reconnects by itself.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumeError`](crate::ConsumeError): `local` may not consume `queue`.
+    pub fn link_outbound(
+        &self,
+        local: &crate::Connection,
+        queue: &str,
+        exchange: &str,
+        routing_key: Option<&str>,
+        options: LinkOptions,
+    ) -> Result<Link, crate::ConsumeError> {
+        self.spawn(options).outbound(local, queue, exchange, routing_key)
+    }
+
+    /// Starts an inbound link: messages from RabbitMQ's `queue` are
+    /// published into local `exchange` through `local` — with their own
+    /// routing key, or `routing_key` — and acknowledged on RabbitMQ only
+    /// after the local publish succeeded; `options.prefetch` bounds how many
+    /// RabbitMQ hands over unacknowledged (backpressure). The link has its
+    /// own AMQP connection and reconnects by itself.
+    pub fn link_inbound(
+        &self,
+        local: &crate::Connection,
+        queue: &str,
+        exchange: &str,
+        routing_key: Option<&str>,
+        options: LinkOptions,
+    ) -> Link {
+        self.spawn(options).inbound(local, queue, exchange, routing_key)
+    }
+
+    fn spawn(&self, options: LinkOptions) -> link::Spawn<'_> {
+        link::Spawn { runtime: &self.runtime, url: self.url.clone(), options }
     }
 
     /// Declares on RabbitMQ, in the connection's virtual host, the

@@ -1,0 +1,472 @@
+//! Links, like RabbitMQ's shovels: a local queue forwarded to a RabbitMQ
+//! exchange (outbound), or a RabbitMQ queue forwarded into a local exchange
+//! (inbound), each on its own AMQP connection, run as a task on the
+//! bridge's runtime, reconnecting with exponential backoff and jitter.
+//!
+//! Nothing is lost: outbound, a local delivery is acknowledged only once
+//! RabbitMQ confirmed the publish, and requeued (flagged redelivered) on a
+//! negative confirm or a lost connection; inbound, a RabbitMQ delivery is
+//! acknowledged only after the local publish succeeded. Duplicates come
+//! only from redelivery and say so, carrying the header
+//! [`REDELIVERED_HEADER`] on the side they arrive at (outbound, RabbitMQ's;
+//! inbound, the local one).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_core::Stream;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable as AmqpTable;
+use lapin::{Confirmation, PublisherConfirm};
+use parking_lot::Mutex;
+
+use super::convert::{from_amqp_message, to_amqp_properties};
+use super::{AmqpUrl, redact};
+use crate::connection::Connection;
+use crate::consumer::ConsumeOptions;
+use crate::delivery::Delivery;
+use crate::error::PublishError;
+use crate::field::FieldValue;
+use crate::sync::Arc;
+
+/// The header a link sets on a message it forwards again after its first
+/// try may have arrived (a redelivery on the side it comes from): the
+/// consumer on the other side can tell a possible duplicate, as it could
+/// from `redelivered` on its own broker.
+pub const REDELIVERED_HEADER: &str = "x-interoffice-redelivered";
+
+/// How a link behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkOptions {
+    /// Messages in flight at once: outbound, local deliveries awaiting
+    /// RabbitMQ's confirm; inbound, RabbitMQ's `basic.qos` prefetch.
+    pub prefetch: u16,
+    /// The first reconnect delay (before jitter); it doubles per failed try.
+    pub reconnect_initial: Duration,
+    /// The longest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+impl Default for LinkOptions {
+    /// Prefetch 256; reconnect after 100 ms, doubling to at most 30 s.
+    fn default() -> Self {
+        LinkOptions {
+            prefetch: 256,
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a link stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkState {
+    /// Opening its AMQP connection.
+    Connecting,
+    /// Forwarding.
+    Running,
+    /// Waiting to reconnect after a failure.
+    Backoff,
+    /// Stopped.
+    Stopped,
+}
+
+/// A link's figures so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LinkStats {
+    /// Where it stands now.
+    pub state: LinkState,
+    /// Messages forwarded and settled on both sides.
+    pub forwarded: u64,
+    /// Outbound: publishes RabbitMQ nacked (the local delivery requeued).
+    /// Inbound: local publishes that failed (the RabbitMQ delivery requeued).
+    pub requeued: u64,
+    /// Messages the other side cannot take as they are (a header AMQP cannot
+    /// carry, unroutable on RabbitMQ's side): rejected locally without
+    /// requeue, so they go to the queue's dead-letter exchange if it has one.
+    pub dead_lettered: u64,
+    /// Connections opened after the first.
+    pub reconnects: u64,
+    /// The last failure, if any (passwords taken out).
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    state: AtomicU8,
+    forwarded: AtomicU64,
+    requeued: AtomicU64,
+    dead_lettered: AtomicU64,
+    connections: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn set_state(&self, state: LinkState) {
+        let code = match state {
+            LinkState::Connecting => 0,
+            LinkState::Running => 1,
+            LinkState::Backoff => 2,
+            LinkState::Stopped => 3,
+        };
+        self.state.store(code, Ordering::Release);
+    }
+
+    fn failed(&self, error: String) {
+        *self.last_error.lock() = Some(error);
+    }
+}
+
+/// A running link: see the module docs. Stopped when dropped (what it held
+/// unsettled goes back to its queue).
+pub struct Link {
+    name: String,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link").field("name", &self.name).field("stats", &self.stats()).finish()
+    }
+}
+
+impl Link {
+    /// What it is called (`outbound local → remote`, `inbound remote → local`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its figures so far.
+    pub fn stats(&self) -> LinkStats {
+        let c = &self.counters;
+        let state = match c.state.load(Ordering::Acquire) {
+            0 => LinkState::Connecting,
+            1 => LinkState::Running,
+            2 => LinkState::Backoff,
+            _ => LinkState::Stopped,
+        };
+        LinkStats {
+            state,
+            forwarded: c.forwarded.load(Ordering::Relaxed),
+            requeued: c.requeued.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            reconnects: c.connections.load(Ordering::Relaxed).saturating_sub(1),
+            last_error: c.last_error.lock().clone(),
+        }
+    }
+
+    /// Stops the link; what it held unsettled goes back to its queue.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.task.abort();
+        self.counters.set_state(LinkState::Stopped);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The delay before reconnect attempt `attempt`: exponential, capped, with
+/// ±50% jitter so that links do not reconnect in step.
+fn backoff(options: &LinkOptions, attempt: u32) -> Duration {
+    let base = options.reconnect_initial.saturating_mul(1_u32 << attempt.min(20)).min(options.reconnect_max);
+    let jitter = {
+        use std::hash::BuildHasher;
+        let seed = std::collections::hash_map::RandomState::new().hash_one(attempt);
+        0.5 + (seed % 1000) as f64 / 1000.0
+    };
+    base.mul_f64(jitter).min(crate::clock::MAX_DURATION)
+}
+
+pub(super) struct Spawn<'a> {
+    pub(super) runtime: &'a tokio::runtime::Runtime,
+    pub(super) url: AmqpUrl,
+    pub(super) options: LinkOptions,
+}
+
+impl Spawn<'_> {
+    fn start<F>(
+        self,
+        name: String,
+        run: impl FnOnce(AmqpUrl, LinkOptions, Arc<Counters>, Arc<AtomicBool>) -> F,
+    ) -> Link
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let future = run(self.url, self.options, Arc::clone(&counters), Arc::clone(&stop));
+        let task = self.runtime.spawn(future);
+        Link { name, counters, stop, task }
+    }
+
+    /// Outbound: local `queue` → RabbitMQ `exchange`, with each message's
+    /// own routing key unless `routing_key` is given.
+    pub(super) fn outbound(
+        self,
+        local: &Connection,
+        queue: &str,
+        exchange: &str,
+        routing_key: Option<&str>,
+    ) -> Result<Link, crate::error::ConsumeError> {
+        let consumer = local.consume(
+            queue,
+            ConsumeOptions { prefetch: u32::from(self.options.prefetch.max(1)), ..Default::default() },
+        )?;
+        let name = format!("outbound {queue} → {exchange}");
+        let (exchange, routing_key) = (exchange.to_owned(), routing_key.map(str::to_owned));
+        Ok(self.start(name, move |url, options, counters, stop| async move {
+            let mut attempt = 0;
+            loop {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                counters.set_state(LinkState::Connecting);
+                match open_confirm_channel(&url).await {
+                    Ok((connection, channel)) => {
+                        counters.connections.fetch_add(1, Ordering::Relaxed);
+                        counters.set_state(LinkState::Running);
+                        attempt = 0;
+                        let error = pump_out(
+                            &consumer,
+                            &channel,
+                            &exchange,
+                            routing_key.as_deref(),
+                            &options,
+                            &counters,
+                        )
+                        .await;
+                        counters.failed(redact(&error, &url));
+                        let _closing = connection.close(200, "link reconnecting".into()).await;
+                    }
+                    Err(error) => counters.failed(error),
+                }
+                counters.set_state(LinkState::Backoff);
+                tokio::time::sleep(backoff(&options, attempt)).await;
+                attempt = attempt.saturating_add(1);
+            }
+        }))
+    }
+
+    /// Inbound: RabbitMQ `queue` → local `exchange`, with each message's
+    /// own routing key unless `routing_key` is given.
+    pub(super) fn inbound(
+        self,
+        local: &Connection,
+        queue: &str,
+        exchange: &str,
+        routing_key: Option<&str>,
+    ) -> Link {
+        let local = local.hold();
+        let name = format!("inbound {queue} → {exchange}");
+        let (queue, exchange, routing_key) =
+            (queue.to_owned(), exchange.to_owned(), routing_key.map(str::to_owned));
+        self.start(name, move |url, options, counters, stop| async move {
+            let mut attempt = 0;
+            loop {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                counters.set_state(LinkState::Connecting);
+                match open_consumer(&url, &queue, options.prefetch).await {
+                    Ok((connection, consumer)) => {
+                        counters.connections.fetch_add(1, Ordering::Relaxed);
+                        counters.set_state(LinkState::Running);
+                        attempt = 0;
+                        let error =
+                            pump_in(consumer, &local, &exchange, routing_key.as_deref(), &counters).await;
+                        counters.failed(redact(&error, &url));
+                        let _closing = connection.close(200, "link reconnecting".into()).await;
+                    }
+                    Err(error) => counters.failed(error),
+                }
+                counters.set_state(LinkState::Backoff);
+                tokio::time::sleep(backoff(&options, attempt)).await;
+                attempt = attempt.saturating_add(1);
+            }
+        })
+    }
+}
+
+async fn open_confirm_channel(url: &AmqpUrl) -> Result<(lapin::Connection, lapin::Channel), String> {
+    let connection = lapin::Connection::connect(url.secret(), lapin::ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {}", redact(&e.to_string(), url)))?;
+    let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
+    Ok((connection, channel))
+}
+
+async fn open_consumer(
+    url: &AmqpUrl,
+    queue: &str,
+    prefetch: u16,
+) -> Result<(lapin::Connection, lapin::Consumer), String> {
+    let connection = lapin::Connection::connect(url.secret(), lapin::ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {}", redact(&e.to_string(), url)))?;
+    let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
+    channel.basic_qos(prefetch.max(1), BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
+    let consumer = channel
+        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), AmqpTable::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((connection, consumer))
+}
+
+/// Forwards local deliveries until the AMQP connection fails; returns why.
+/// Up to `prefetch` publishes await their confirms at once; the local
+/// delivery of each is settled by its confirm, in order.
+async fn pump_out(
+    consumer: &crate::consumer::Consumer,
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: Option<&str>,
+    options: &LinkOptions,
+    counters: &Counters,
+) -> String {
+    let window = usize::from(options.prefetch.max(1));
+    let mut in_flight: VecDeque<(Delivery, PublisherConfirm)> = VecDeque::new();
+    loop {
+        // Take what is ready without waiting while the window has room;
+        // wait for a delivery only when nothing is in flight.
+        let next = if in_flight.is_empty() {
+            match consumer.recv_async().await {
+                Ok(delivery) => Some(delivery),
+                Err(error) => return format!("the local consumer ended: {error}"),
+            }
+        } else if in_flight.len() < window {
+            consumer.try_recv().ok()
+        } else {
+            None
+        };
+        match next {
+            Some(delivery) => {
+                let mut message = delivery.message().clone();
+                if delivery.redelivered() {
+                    message = message.with_header(REDELIVERED_HEADER, FieldValue::Bool(true));
+                }
+                let properties = match to_amqp_properties(message.properties()) {
+                    Ok(properties) => properties,
+                    Err(error) => {
+                        counters.failed(error.to_string());
+                        counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        let _settled = delivery.reject(false);
+                        continue;
+                    }
+                };
+                let key = routing_key.unwrap_or(delivery.routing_key()).to_owned();
+                let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+                match channel
+                    .basic_publish(exchange.into(), key.as_str().into(), options, message.body(), properties)
+                    .await
+                {
+                    Ok(confirm) => in_flight.push_back((delivery, confirm)),
+                    // Dropped unsettled, the delivery goes back to its queue.
+                    Err(error) => return format!("publish failed: {error}"),
+                }
+            }
+            None => {
+                let Some((delivery, confirm)) = in_flight.pop_front() else { continue };
+                match confirm.await {
+                    Ok(Confirmation::Ack(None)) => {
+                        if delivery.ack().is_ok() {
+                            counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Confirmation::Ack(Some(_returned))) => {
+                        // Unroutable on RabbitMQ's side: the local dead-letter
+                        // exchange takes it, as a local unroutable message would
+                        // be refused rather than lost.
+                        counters.failed(format!("unroutable on RabbitMQ: exchange '{exchange}'"));
+                        counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        let _settled = delivery.reject(false);
+                    }
+                    Ok(_) => {
+                        counters.requeued.fetch_add(1, Ordering::Relaxed);
+                        let _settled = delivery.nack(true);
+                    }
+                    Err(error) => return format!("confirm lost: {error}"),
+                }
+            }
+        }
+    }
+}
+
+/// Forwards RabbitMQ deliveries into the local exchange until the AMQP
+/// connection fails; returns why.
+async fn pump_in(
+    mut consumer: lapin::Consumer,
+    local: &Connection,
+    exchange: &str,
+    routing_key: Option<&str>,
+    counters: &Counters,
+) -> String {
+    loop {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
+        let delivery = match next {
+            None => return "RabbitMQ cancelled the consumer".into(),
+            Some(Err(error)) => return format!("consume failed: {error}"),
+            Some(Ok(delivery)) => delivery,
+        };
+        let mut message = match from_amqp_message(&delivery.data, &delivery.properties) {
+            Ok(message) => message,
+            Err(error) => {
+                counters.failed(error.to_string());
+                counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                let reject = BasicNackOptions { requeue: false, ..Default::default() };
+                if let Err(error) = delivery.nack(reject).await {
+                    return format!("nack failed: {error}");
+                }
+                continue;
+            }
+        };
+        if delivery.redelivered {
+            // RabbitMQ delivered it before (its ack lost with a connection):
+            // it may be here already.
+            message = message.with_header(REDELIVERED_HEADER, FieldValue::Bool(true));
+        }
+        let key = routing_key.unwrap_or(delivery.routing_key.as_str()).to_owned();
+        loop {
+            match local.try_publish(exchange, &key, message) {
+                Ok(_) => {
+                    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                        return format!("ack failed: {error}");
+                    }
+                    counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(PublishError::Blocked { message: back }) => {
+                    // The local memory alarm: hold the delivery (RabbitMQ's
+                    // prefetch stops the flow) until it clears.
+                    message = *back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => {
+                    counters.failed(error.to_string());
+                    counters.requeued.fetch_add(1, Ordering::Relaxed);
+                    let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                    if let Err(error) = delivery.nack(requeue).await {
+                        return format!("nack failed: {error}");
+                    }
+                    // Not a hot loop against a local refusal.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
