@@ -321,3 +321,122 @@ fn closing_the_inbound_connection_from_rabbitmqs_side_loses_nothing() {
     drop(link);
     Peer::connect(&url).delete_queue("io-link-chaos-in");
 }
+
+/// The next message of a lapin consumer, waiting at most `timeout`.
+async fn next_delivery(
+    consumer: &mut lapin::Consumer,
+    timeout: Duration,
+) -> Option<lapin::message::Delivery> {
+    use futures_core::Stream;
+    let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *consumer).poll_next(cx));
+    tokio::time::timeout(timeout, next).await.ok().flatten().and_then(Result::ok)
+}
+
+#[test]
+fn a_local_call_is_answered_by_a_service_on_rabbitmqs_side() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(url) = rabbitmq_url() else { return };
+    let peer = Peer::connect(&url);
+    peer.fresh_queue("io-rpc-remote");
+    // The remote service: answers "rate EUR" with "1.08", by reply_to and
+    // correlation id, as any RabbitMQ RPC server does.
+    let channel = peer.channel.clone();
+    let service = peer.runtime.spawn(async move {
+        let mut requests = channel
+            .basic_consume(
+                "io-rpc-remote".into(),
+                "".into(),
+                lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        while let Some(request) = next_delivery(&mut requests, Duration::from_secs(30)).await {
+            let reply_to = request.properties.reply_to().clone().unwrap();
+            let mut properties = lapin::BasicProperties::default();
+            if let Some(id) = request.properties.correlation_id() {
+                properties = properties.with_correlation_id(id.clone());
+            }
+            let answer = format!("{} = 1.08", String::from_utf8_lossy(&request.data));
+            channel
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    answer.as_bytes(),
+                    properties,
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let bridge = Bridge::connect(url.clone()).unwrap();
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("rates", QueueOptions::default()).unwrap();
+    let _links =
+        bridge.call_remote_service(&conn, "rates", "", "io-rpc-remote", LinkOptions::default()).unwrap();
+    for currency in ["EUR", "GBP", "CHF"] {
+        let reply = conn.call("", "rates", Message::new(currency), Duration::from_secs(30)).unwrap();
+        assert_eq!(reply.body().as_ref(), format!("{currency} = 1.08").as_bytes());
+    }
+    service.abort();
+    peer.delete_queue("io-rpc-remote");
+}
+
+#[test]
+fn a_caller_on_rabbitmqs_side_is_answered_by_a_local_service() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(url) = rabbitmq_url() else { return };
+    let peer = Peer::connect(&url);
+    peer.fresh_queue("io-rpc-in");
+    let bridge = Bridge::connect(url.clone()).unwrap();
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("prices", QueueOptions::default()).unwrap();
+    let _service = conn
+        .serve("prices", interoffice::WorkerOptions::default(), |request| {
+            let item = String::from_utf8_lossy(request.body()).into_owned();
+            Ok::<_, std::convert::Infallible>(Message::new(format!("{item}: 12.50")))
+        })
+        .unwrap();
+    let _links = bridge.serve_remote_callers(&conn, "io-rpc-in", "prices", LinkOptions::default()).unwrap();
+    // The remote caller uses RabbitMQ's own direct reply-to.
+    let answers = peer.runtime.block_on(async {
+        let mut replies = peer
+            .channel
+            .basic_consume(
+                "amq.rabbitmq.reply-to".into(),
+                "".into(),
+                lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let mut answers = Vec::new();
+        for (n, item) in ["teapot", "kettle"].into_iter().enumerate() {
+            let properties = lapin::BasicProperties::default()
+                .with_reply_to("amq.rabbitmq.reply-to".into())
+                .with_correlation_id(format!("remote-{n}").into());
+            peer.channel
+                .basic_publish(
+                    "".into(),
+                    "io-rpc-in".into(),
+                    BasicPublishOptions::default(),
+                    item.as_bytes(),
+                    properties,
+                )
+                .await
+                .unwrap();
+            let reply = next_delivery(&mut replies, Duration::from_secs(30)).await.expect("a reply in time");
+            assert_eq!(
+                reply.properties.correlation_id().as_ref().map(|c| c.as_str().to_owned()),
+                Some(format!("remote-{n}"))
+            );
+            answers.push(String::from_utf8_lossy(&reply.data).into_owned());
+        }
+        answers
+    });
+    assert_eq!(answers, ["teapot: 12.50", "kettle: 12.50"]);
+    peer.delete_queue("io-rpc-in");
+}

@@ -191,6 +191,116 @@ fn backoff(options: &LinkOptions, attempt: u32) -> Duration {
     base.mul_f64(jitter).min(crate::clock::MAX_DURATION)
 }
 
+/// Where a forwarded message goes on the other side, by routing key.
+#[derive(Debug, Clone)]
+pub(super) enum KeyRule {
+    /// Its own routing key.
+    Own,
+    /// This one.
+    Fixed(String),
+    /// A reply coming home to a local call: the call's direct reply-to
+    /// address, read from its correlation id (`<address>.<n>`, as
+    /// [`Connection::call`](crate::Connection::call) makes them).
+    LocalCall,
+    /// A local service's reply going back to a remote caller: the
+    /// `reply_to` its request had, remembered by correlation id.
+    Remembered(Arc<Replies>),
+}
+
+/// What a link does to a forwarded message's `reply_to`.
+#[derive(Debug, Clone)]
+pub(super) enum ReplyRule {
+    /// Nothing.
+    Keep,
+    /// Outbound: a local call's direct reply-to address becomes this
+    /// RabbitMQ queue, which a replies link brings home.
+    LocalCallsTo(String),
+    /// Inbound: the remote caller's `reply_to` is remembered under the
+    /// correlation id, and the request's `reply_to` becomes this local
+    /// queue, which an outbound link takes back.
+    Remember(String, Arc<Replies>),
+}
+
+/// Remote callers' `reply_to`, by correlation id, while their requests are
+/// served locally. Bounded: past [`MAX_REMEMBERED`] the oldest half goes.
+#[derive(Debug, Default)]
+pub(super) struct Replies {
+    by_correlation: Mutex<std::collections::HashMap<String, (u64, String)>>,
+    next: AtomicU64,
+}
+
+/// The most replies remembered at once.
+const MAX_REMEMBERED: usize = 100_000;
+
+impl Replies {
+    fn remember(&self, correlation_id: &str, reply_to: &str) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.by_correlation.lock();
+        if map.len() >= MAX_REMEMBERED {
+            let cut = n.saturating_sub(MAX_REMEMBERED as u64 / 2);
+            map.retain(|_, (at, _)| *at >= cut);
+        }
+        map.insert(correlation_id.to_owned(), (n, reply_to.to_owned()));
+    }
+
+    fn take(&self, correlation_id: &str) -> Option<String> {
+        self.by_correlation.lock().remove(correlation_id).map(|(_, reply_to)| reply_to)
+    }
+}
+
+/// What a link forwards to: the exchange on the other side, and the rules
+/// for each message's routing key and `reply_to`.
+#[derive(Debug, Clone)]
+pub(super) struct Forward {
+    pub(super) exchange: String,
+    pub(super) key: KeyRule,
+    pub(super) reply: ReplyRule,
+}
+
+impl Forward {
+    /// The routing key for `message` (published with `own`), or why there is none.
+    fn key_for(&self, own: &str, message: &crate::message::Message) -> Result<String, String> {
+        let correlation = message.properties().correlation_id.as_deref();
+        match &self.key {
+            KeyRule::Own => Ok(own.to_owned()),
+            KeyRule::Fixed(key) => Ok(key.clone()),
+            KeyRule::LocalCall => correlation
+                .filter(|id| id.starts_with(crate::DIRECT_REPLY_TO))
+                .and_then(|id| id.rsplit_once('.'))
+                .map(|(address, _)| address.to_owned())
+                .ok_or_else(|| format!("a reply without a local call's correlation id ({correlation:?})")),
+            KeyRule::Remembered(replies) => correlation
+                .and_then(|id| replies.take(id))
+                .ok_or_else(|| format!("a reply to no remembered request (correlation id {correlation:?})")),
+        }
+    }
+
+    /// `message` with its `reply_to` rewritten by the rule.
+    fn rewrite_reply_to(&self, message: &mut crate::message::Message) {
+        match &self.reply {
+            ReplyRule::Keep => {}
+            ReplyRule::LocalCallsTo(queue) => {
+                if message
+                    .properties()
+                    .reply_to
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with(crate::DIRECT_REPLY_TO))
+                {
+                    message.properties_mut().reply_to = Some(queue.clone());
+                }
+            }
+            ReplyRule::Remember(outbox, replies) => {
+                let properties = message.properties();
+                if let (Some(reply_to), Some(id)) = (&properties.reply_to, &properties.correlation_id) {
+                    let (reply_to, id) = (reply_to.clone(), id.clone());
+                    replies.remember(&id, &reply_to);
+                    message.properties_mut().reply_to = Some(outbox.clone());
+                }
+            }
+        }
+    }
+}
+
 pub(super) struct Spawn<'a> {
     pub(super) runtime: &'a tokio::runtime::Runtime,
     pub(super) url: AmqpUrl,
@@ -212,22 +322,18 @@ impl Spawn<'_> {
         let task = self.runtime.spawn(future);
         Link { name, counters, stop, task }
     }
-
-    /// Outbound: local `queue` → RabbitMQ `exchange`, with each message's
-    /// own routing key unless `routing_key` is given.
+    /// Outbound: local `queue` → RabbitMQ, as `forward` says.
     pub(super) fn outbound(
         self,
         local: &Connection,
         queue: &str,
-        exchange: &str,
-        routing_key: Option<&str>,
+        forward: Forward,
     ) -> Result<Link, crate::error::ConsumeError> {
         let consumer = local.consume(
             queue,
             ConsumeOptions { prefetch: u32::from(self.options.prefetch.max(1)), ..Default::default() },
         )?;
-        let name = format!("outbound {queue} → {exchange}");
-        let (exchange, routing_key) = (exchange.to_owned(), routing_key.map(str::to_owned));
+        let name = format!("outbound {queue} → {}", forward.exchange);
         Ok(self.start(name, move |url, options, counters, stop| async move {
             let mut attempt = 0;
             loop {
@@ -240,15 +346,7 @@ impl Spawn<'_> {
                         counters.connections.fetch_add(1, Ordering::Relaxed);
                         counters.set_state(LinkState::Running);
                         attempt = 0;
-                        let error = pump_out(
-                            &consumer,
-                            &channel,
-                            &exchange,
-                            routing_key.as_deref(),
-                            &options,
-                            &counters,
-                        )
-                        .await;
+                        let error = pump_out(&consumer, &channel, &forward, &options, &counters).await;
                         counters.failed(redact(&error, &url));
                         let _closing = connection.close(200, "link reconnecting".into()).await;
                     }
@@ -260,20 +358,11 @@ impl Spawn<'_> {
             }
         }))
     }
-
-    /// Inbound: RabbitMQ `queue` → local `exchange`, with each message's
-    /// own routing key unless `routing_key` is given.
-    pub(super) fn inbound(
-        self,
-        local: &Connection,
-        queue: &str,
-        exchange: &str,
-        routing_key: Option<&str>,
-    ) -> Link {
+    /// Inbound: RabbitMQ `queue` → local, as `forward` says.
+    pub(super) fn inbound(self, local: &Connection, queue: &str, forward: Forward) -> Link {
         let local = local.hold();
-        let name = format!("inbound {queue} → {exchange}");
-        let (queue, exchange, routing_key) =
-            (queue.to_owned(), exchange.to_owned(), routing_key.map(str::to_owned));
+        let name = format!("inbound {queue} → {}", forward.exchange);
+        let queue = queue.to_owned();
         self.start(name, move |url, options, counters, stop| async move {
             let mut attempt = 0;
             loop {
@@ -286,8 +375,7 @@ impl Spawn<'_> {
                         counters.connections.fetch_add(1, Ordering::Relaxed);
                         counters.set_state(LinkState::Running);
                         attempt = 0;
-                        let error =
-                            pump_in(consumer, &local, &exchange, routing_key.as_deref(), &counters).await;
+                        let error = pump_in(consumer, &local, &forward, &counters).await;
                         counters.failed(redact(&error, &url));
                         let _closing = connection.close(200, "link reconnecting".into()).await;
                     }
@@ -333,11 +421,11 @@ async fn open_consumer(
 async fn pump_out(
     consumer: &crate::consumer::Consumer,
     channel: &lapin::Channel,
-    exchange: &str,
-    routing_key: Option<&str>,
+    forward: &Forward,
     options: &LinkOptions,
     counters: &Counters,
 ) -> String {
+    let exchange = forward.exchange.as_str();
     let window = usize::from(options.prefetch.max(1));
     let mut in_flight: VecDeque<(Delivery, PublisherConfirm)> = VecDeque::new();
     loop {
@@ -359,6 +447,16 @@ async fn pump_out(
                 if delivery.redelivered() {
                     message = message.with_header(REDELIVERED_HEADER, FieldValue::Bool(true));
                 }
+                let key = match forward.key_for(delivery.routing_key(), &message) {
+                    Ok(key) => key,
+                    Err(why) => {
+                        counters.failed(why);
+                        counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        let _settled = delivery.reject(false);
+                        continue;
+                    }
+                };
+                forward.rewrite_reply_to(&mut message);
                 let properties = match to_amqp_properties(message.properties()) {
                     Ok(properties) => properties,
                     Err(error) => {
@@ -368,7 +466,6 @@ async fn pump_out(
                         continue;
                     }
                 };
-                let key = routing_key.unwrap_or(delivery.routing_key()).to_owned();
                 let options = BasicPublishOptions { mandatory: true, ..Default::default() };
                 match channel
                     .basic_publish(exchange.into(), key.as_str().into(), options, message.body(), properties)
@@ -411,10 +508,10 @@ async fn pump_out(
 async fn pump_in(
     mut consumer: lapin::Consumer,
     local: &Connection,
-    exchange: &str,
-    routing_key: Option<&str>,
+    forward: &Forward,
     counters: &Counters,
 ) -> String {
+    let exchange = forward.exchange.as_str();
     loop {
         let next = std::future::poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)).await;
         let delivery = match next {
@@ -439,7 +536,19 @@ async fn pump_in(
             // it may be here already.
             message = message.with_header(REDELIVERED_HEADER, FieldValue::Bool(true));
         }
-        let key = routing_key.unwrap_or(delivery.routing_key.as_str()).to_owned();
+        let key = match forward.key_for(delivery.routing_key.as_str(), &message) {
+            Ok(key) => key,
+            Err(why) => {
+                counters.failed(why);
+                counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                let reject = BasicNackOptions { requeue: false, ..Default::default() };
+                if let Err(error) = delivery.nack(reject).await {
+                    return format!("nack failed: {error}");
+                }
+                continue;
+            }
+        };
+        forward.rewrite_reply_to(&mut message);
         loop {
             match local.try_publish(exchange, &key, message) {
                 Ok(_) => {

@@ -23,6 +23,7 @@ pub use link::{Link, LinkOptions, LinkState, LinkStats, REDELIVERED_HEADER};
 
 use crate::definitions::{BindingDefinition, Definitions, ExchangeDefinition, QueueDefinition};
 use crate::field::FieldTable;
+use crate::sync::Arc;
 
 /// An AMQP URL with its password hidden, for `Debug`, errors and logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -107,6 +108,23 @@ pub struct CarryOver {
     pub refused: Vec<String>,
 }
 
+/// The two links of request/reply across the bridge: requests one way,
+/// replies the other. Both stop when it is dropped.
+#[derive(Debug)]
+pub struct LinkPair {
+    /// The link that carries requests.
+    pub requests: Link,
+    /// The link that carries replies.
+    pub replies: Link,
+}
+
+/// A name suffix no other bridge of this or another process will make.
+fn unique_suffix() -> String {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("{seed:016x}")
+}
+
 /// A connection to a real RabbitMQ: see the module docs.
 pub struct Bridge {
     runtime: tokio::runtime::Runtime,
@@ -181,7 +199,9 @@ impl Bridge {
         routing_key: Option<&str>,
         options: LinkOptions,
     ) -> Result<Link, crate::ConsumeError> {
-        self.spawn(options).outbound(local, queue, exchange, routing_key)
+        let key = routing_key.map_or(link::KeyRule::Own, |k| link::KeyRule::Fixed(k.to_owned()));
+        let forward = link::Forward { exchange: exchange.to_owned(), key, reply: link::ReplyRule::Keep };
+        self.spawn(options).outbound(local, queue, forward)
     }
 
     /// Starts an inbound link: messages from RabbitMQ's `queue` are
@@ -198,7 +218,101 @@ impl Bridge {
         routing_key: Option<&str>,
         options: LinkOptions,
     ) -> Link {
-        self.spawn(options).inbound(local, queue, exchange, routing_key)
+        let key = routing_key.map_or(link::KeyRule::Own, |k| link::KeyRule::Fixed(k.to_owned()));
+        let forward = link::Forward { exchange: exchange.to_owned(), key, reply: link::ReplyRule::Keep };
+        self.spawn(options).inbound(local, queue, forward)
+    }
+
+    /// Lets local code call a service on RabbitMQ's side: requests
+    /// published to local `queue` (with [`Connection::call`](crate::Connection::call),
+    /// say) go to RabbitMQ's `exchange` with `routing_key`, their direct
+    /// reply-to address swapped for a reply queue of the bridge's own on
+    /// RabbitMQ (declared here, expiring a minute after its last use); the
+    /// service's replies come home to each call by its correlation id.
+    /// Both links run until the returned pair is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError`]: the reply queue could not be declared, or `local`
+    /// may not consume `queue`.
+    pub fn call_remote_service(
+        &self,
+        local: &crate::Connection,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        options: LinkOptions,
+    ) -> Result<LinkPair, BridgeError> {
+        let reply_queue = format!("interoffice.replies.{}", unique_suffix());
+        let channel = self.channel()?;
+        let mut arguments = lapin::types::FieldTable::default();
+        arguments.insert("x-expires".into(), lapin::types::AMQPValue::LongInt(60_000));
+        self.block_on(channel.queue_declare(
+            reply_queue.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            arguments,
+        ))
+        .map_err(|e| self.amqp("queue.declare (reply queue)", &e))?;
+        let _closing = self.block_on(channel.close(200, "reply queue declared".into()));
+        let requests = link::Forward {
+            exchange: exchange.to_owned(),
+            key: link::KeyRule::Fixed(routing_key.to_owned()),
+            reply: link::ReplyRule::LocalCallsTo(reply_queue.clone()),
+        };
+        let outbound = self.spawn(options).outbound(local, queue, requests).map_err(|e| {
+            BridgeError::Amqp { operation: format!("consume local '{queue}'"), reason: e.to_string() }
+        })?;
+        let replies = link::Forward {
+            exchange: String::new(),
+            key: link::KeyRule::LocalCall,
+            reply: link::ReplyRule::Keep,
+        };
+        let inbound = self.spawn(options).inbound(local, &reply_queue, replies);
+        Ok(LinkPair { requests: outbound, replies: inbound })
+    }
+
+    /// Lets callers on RabbitMQ's side call a local service: requests from
+    /// RabbitMQ's `queue` are published into local `local_queue` (where
+    /// [`Connection::serve`](crate::Connection::serve), say, answers them),
+    /// their `reply_to` remembered by correlation id and swapped for a
+    /// local reply queue of the bridge's own; the service's replies go back
+    /// to each caller's `reply_to` on RabbitMQ (a queue, or RabbitMQ's
+    /// direct reply-to). A reply whose request had no correlation id cannot
+    /// be routed back: it is rejected locally, the reason kept.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError`]: the local reply queue could not be declared.
+    pub fn serve_remote_callers(
+        &self,
+        local: &crate::Connection,
+        queue: &str,
+        local_queue: &str,
+        options: LinkOptions,
+    ) -> Result<LinkPair, BridgeError> {
+        let outbox = local
+            .declare_queue("", crate::QueueOptions { exclusive: true, ..Default::default() })
+            .map_err(|e| BridgeError::Amqp {
+            operation: "declare local reply queue".into(),
+            reason: e.to_string(),
+        })?;
+        let replies = Arc::new(link::Replies::default());
+        let requests = link::Forward {
+            exchange: String::new(),
+            key: link::KeyRule::Fixed(local_queue.to_owned()),
+            reply: link::ReplyRule::Remember(outbox.clone(), Arc::clone(&replies)),
+        };
+        let inbound = self.spawn(options).inbound(local, queue, requests);
+        let back = link::Forward {
+            exchange: String::new(),
+            key: link::KeyRule::Remembered(replies),
+            reply: link::ReplyRule::Keep,
+        };
+        let outbound = self.spawn(options).outbound(local, &outbox, back).map_err(|e| BridgeError::Amqp {
+            operation: "consume local reply queue".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(LinkPair { requests: inbound, replies: outbound })
     }
 
     fn spawn(&self, options: LinkOptions) -> link::Spawn<'_> {
