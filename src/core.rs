@@ -39,6 +39,11 @@ pub(crate) struct Startup {
     pub(crate) name_seed: Option<u64>,
 }
 
+/// What a link to RabbitMQ tells the overview (see `bridge::Link`).
+pub(crate) trait ReportsLink: Send + Sync {
+    fn overview(&self) -> crate::overview::LinkOverview;
+}
+
 /// The broker-wide services (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -60,6 +65,8 @@ pub(crate) struct Core {
     pub(crate) faults: Arc<Faults>,
     pub(crate) timers: Arc<Timers>,
     pub(crate) settings: Settings,
+    /// Links to RabbitMQ started on this broker's connections, while they live.
+    links: Mutex<Vec<Weak<dyn ReportsLink>>>,
 }
 
 impl Core {
@@ -80,6 +87,7 @@ impl Core {
             inline_workers: options.inline_workers.then(InlineWorkers::default),
             faults: Arc::default(),
             settings: options.settings,
+            links: Mutex::default(),
         }
     }
 
@@ -106,6 +114,22 @@ impl Core {
         name.push_str(prefix);
         name.extend((0..22).map(|i| ALPHABET[((bits >> (i * 6)) & 63) as usize] as char));
         name
+    }
+
+    /// Lists a link in the overview while it lives.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+    pub(crate) fn register_link(&self, link: Weak<dyn ReportsLink>) {
+        let mut links = self.links.lock();
+        links.retain(|l| l.strong_count() > 0);
+        links.push(link);
+    }
+
+    /// The live links' figures, by name.
+    pub(crate) fn link_overviews(&self) -> Vec<crate::overview::LinkOverview> {
+        let live: Vec<Arc<dyn ReportsLink>> = self.links.lock().iter().filter_map(Weak::upgrade).collect();
+        let mut out: Vec<_> = live.iter().map(|l| l.overview()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Whether the memory alarm is on (never without a watermark).

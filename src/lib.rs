@@ -149,7 +149,7 @@ pub use idempotency::{ProcessError, Processed, ProcessedIds};
 pub use lint::{LintFinding, Severity};
 pub use message::{DeliveryMode, Message, Properties};
 pub use observe::{Event, PublishOutcome, SettleOutcome, Tap};
-pub use overview::{ExchangeOverview, Overview, QueueOverview};
+pub use overview::{ExchangeOverview, LinkOverview, Overview, QueueOverview};
 pub use queue::{DeduplicationWindow, MessageStats, Overflow, QueueOptions, QueueStats, QueueType};
 pub use recorder::Recorder;
 pub use rpc::{Call, CallError, DIRECT_REPLY_TO, RpcStats};

@@ -114,6 +114,30 @@ pub struct Overview {
     /// while it was read (see [`Broker::settle`](crate::Broker::settle)).
     /// Each queue's own figures are always read under its lock.
     pub consistent: bool,
+    /// Links to RabbitMQ (feature `amqp`), by name: where each stands and
+    /// what it has forwarded.
+    pub links: Vec<LinkOverview>,
+}
+
+/// One link to RabbitMQ in the [`Overview`] (feature `amqp`: see
+/// `bridge::Link`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct LinkOverview {
+    /// The link (`outbound 'queue' → exchange 'x'`, `inbound 'queue' → exchange 'x'`).
+    pub name: String,
+    /// `connecting`, `running`, `backoff` or `stopped`.
+    pub state: &'static str,
+    /// Messages forwarded and settled on both sides.
+    pub forwarded: u64,
+    /// Messages requeued (a negative confirm, a failed local publish).
+    pub requeued: u64,
+    /// Messages the other side could not take, dead-lettered locally.
+    pub dead_lettered: u64,
+    /// Connections opened after the first.
+    pub reconnects: u64,
+    /// The last failure (passwords taken out).
+    pub last_error: Option<String>,
 }
 
 #[cfg(feature = "metrics")]
@@ -158,6 +182,13 @@ impl Overview {
             metrics::counter!("interoffice_exchange_published_total", &label).absolute(e.published);
             metrics::counter!("interoffice_exchange_routed_total", &label).absolute(e.routed);
             metrics::counter!("interoffice_exchange_unroutable_total", &label).absolute(e.unroutable);
+        }
+        for l in &self.links {
+            let label = [("link", l.name.clone())];
+            metrics::counter!("interoffice_link_forwarded_total", &label).absolute(l.forwarded);
+            metrics::counter!("interoffice_link_requeued_total", &label).absolute(l.requeued);
+            metrics::counter!("interoffice_link_dead_lettered_total", &label).absolute(l.dead_lettered);
+            metrics::counter!("interoffice_link_reconnects_total", &label).absolute(l.reconnects);
         }
     }
 }

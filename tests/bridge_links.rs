@@ -163,7 +163,13 @@ fn outbound_and_inbound_links_carry_every_message_with_its_properties() {
     }
     assert_eq!(inbound.stats().forwarded, N as u64);
     assert_eq!(inbound.stats().state, LinkState::Running);
+    // The broker's overview lists its links, with their state and figures.
+    let links = broker.overview().links;
+    let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["inbound 'io-link-in' → exchange ''", "outbound 'to-rabbit' → exchange ''"]);
+    assert!(links.iter().all(|l| l.state == "running" && l.forwarded == N as u64), "{links:?}");
     drop((outbound, inbound));
+    assert!(broker.overview().links.is_empty(), "a stopped link leaves the overview");
     peer.delete_queue("io-link-out");
     peer.delete_queue("io-link-in");
 }

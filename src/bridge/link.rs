@@ -130,6 +130,8 @@ impl Counters {
 pub struct Link {
     name: String,
     counters: Arc<Counters>,
+    /// What the broker's overview reads, while the link lives.
+    _report: Arc<Report>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -140,29 +142,59 @@ impl fmt::Debug for Link {
     }
 }
 
+/// A link as the broker's overview reads it.
+struct Report {
+    name: String,
+    counters: Arc<Counters>,
+}
+
+impl crate::core::ReportsLink for Report {
+    fn overview(&self) -> crate::overview::LinkOverview {
+        let stats = stats_of(&self.counters);
+        crate::overview::LinkOverview {
+            name: self.name.clone(),
+            state: match stats.state {
+                LinkState::Connecting => "connecting",
+                LinkState::Running => "running",
+                LinkState::Backoff => "backoff",
+                LinkState::Stopped => "stopped",
+            },
+            forwarded: stats.forwarded,
+            requeued: stats.requeued,
+            dead_lettered: stats.dead_lettered,
+            reconnects: stats.reconnects,
+            last_error: stats.last_error,
+        }
+    }
+}
+
+/// A link's figures, read from its counters.
+fn stats_of(c: &Counters) -> LinkStats {
+    let state = match c.state.load(Ordering::Acquire) {
+        0 => LinkState::Connecting,
+        1 => LinkState::Running,
+        2 => LinkState::Backoff,
+        _ => LinkState::Stopped,
+    };
+    LinkStats {
+        state,
+        forwarded: c.forwarded.load(Ordering::Relaxed),
+        requeued: c.requeued.load(Ordering::Relaxed),
+        dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        reconnects: c.connections.load(Ordering::Relaxed).saturating_sub(1),
+        last_error: c.last_error.lock().clone(),
+    }
+}
+
 impl Link {
-    /// What it is called (`outbound local → remote`, `inbound remote → local`).
+    /// What it is called (`outbound 'queue' → exchange 'x'`, `inbound 'queue' → exchange 'x'`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Its figures so far.
     pub fn stats(&self) -> LinkStats {
-        let c = &self.counters;
-        let state = match c.state.load(Ordering::Acquire) {
-            0 => LinkState::Connecting,
-            1 => LinkState::Running,
-            2 => LinkState::Backoff,
-            _ => LinkState::Stopped,
-        };
-        LinkStats {
-            state,
-            forwarded: c.forwarded.load(Ordering::Relaxed),
-            requeued: c.requeued.load(Ordering::Relaxed),
-            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-            reconnects: c.connections.load(Ordering::Relaxed).saturating_sub(1),
-            last_error: c.last_error.lock().clone(),
-        }
+        stats_of(&self.counters)
     }
 
     /// Stops the link; what it held unsettled goes back to its queue.
@@ -303,6 +335,8 @@ impl Forward {
 
 pub(super) struct Spawn<'a> {
     pub(super) runtime: &'a tokio::runtime::Runtime,
+    /// The local broker's services, where the link is listed.
+    pub(super) core: Arc<crate::core::Core>,
     pub(super) url: AmqpUrl,
     pub(super) options: LinkOptions,
 }
@@ -320,8 +354,13 @@ impl Spawn<'_> {
         let stop = Arc::new(AtomicBool::new(false));
         let future = run(self.url, self.options, Arc::clone(&counters), Arc::clone(&stop));
         let task = self.runtime.spawn(future);
-        Link { name, counters, stop, task }
+        let report = Arc::new(Report { name: name.clone(), counters: Arc::clone(&counters) });
+        let weak: crate::sync::Weak<dyn crate::core::ReportsLink> =
+            Arc::downgrade(&report) as crate::sync::Weak<dyn crate::core::ReportsLink>;
+        self.core.register_link(weak);
+        Link { name, counters, _report: report, stop, task }
     }
+
     /// Outbound: local `queue` → RabbitMQ, as `forward` says.
     pub(super) fn outbound(
         self,
@@ -333,7 +372,7 @@ impl Spawn<'_> {
             queue,
             ConsumeOptions { prefetch: u32::from(self.options.prefetch.max(1)), ..Default::default() },
         )?;
-        let name = format!("outbound {queue} → {}", forward.exchange);
+        let name = format!("outbound '{queue}' → exchange '{}'", forward.exchange);
         Ok(self.start(name, move |url, options, counters, stop| async move {
             let mut attempt = 0;
             loop {
@@ -361,7 +400,7 @@ impl Spawn<'_> {
     /// Inbound: RabbitMQ `queue` → local, as `forward` says.
     pub(super) fn inbound(self, local: &Connection, queue: &str, forward: Forward) -> Link {
         let local = local.hold();
-        let name = format!("inbound {queue} → {}", forward.exchange);
+        let name = format!("inbound '{queue}' → exchange '{}'", forward.exchange);
         let queue = queue.to_owned();
         self.start(name, move |url, options, counters, stop| async move {
             let mut attempt = 0;

@@ -201,7 +201,7 @@ impl Bridge {
     ) -> Result<Link, crate::ConsumeError> {
         let key = routing_key.map_or(link::KeyRule::Own, |k| link::KeyRule::Fixed(k.to_owned()));
         let forward = link::Forward { exchange: exchange.to_owned(), key, reply: link::ReplyRule::Keep };
-        self.spawn(options).outbound(local, queue, forward)
+        self.spawn(local, options).outbound(local, queue, forward)
     }
 
     /// Starts an inbound link: messages from RabbitMQ's `queue` are
@@ -220,7 +220,7 @@ impl Bridge {
     ) -> Link {
         let key = routing_key.map_or(link::KeyRule::Own, |k| link::KeyRule::Fixed(k.to_owned()));
         let forward = link::Forward { exchange: exchange.to_owned(), key, reply: link::ReplyRule::Keep };
-        self.spawn(options).inbound(local, queue, forward)
+        self.spawn(local, options).inbound(local, queue, forward)
     }
 
     /// Lets local code call a service on RabbitMQ's side: requests
@@ -259,7 +259,7 @@ impl Bridge {
             key: link::KeyRule::Fixed(routing_key.to_owned()),
             reply: link::ReplyRule::LocalCallsTo(reply_queue.clone()),
         };
-        let outbound = self.spawn(options).outbound(local, queue, requests).map_err(|e| {
+        let outbound = self.spawn(local, options).outbound(local, queue, requests).map_err(|e| {
             BridgeError::Amqp { operation: format!("consume local '{queue}'"), reason: e.to_string() }
         })?;
         let replies = link::Forward {
@@ -267,7 +267,7 @@ impl Bridge {
             key: link::KeyRule::LocalCall,
             reply: link::ReplyRule::Keep,
         };
-        let inbound = self.spawn(options).inbound(local, &reply_queue, replies);
+        let inbound = self.spawn(local, options).inbound(local, &reply_queue, replies);
         Ok(LinkPair { requests: outbound, replies: inbound })
     }
 
@@ -302,21 +302,21 @@ impl Bridge {
             key: link::KeyRule::Fixed(local_queue.to_owned()),
             reply: link::ReplyRule::Remember(outbox.clone(), Arc::clone(&replies)),
         };
-        let inbound = self.spawn(options).inbound(local, queue, requests);
+        let inbound = self.spawn(local, options).inbound(local, queue, requests);
         let back = link::Forward {
             exchange: String::new(),
             key: link::KeyRule::Remembered(replies),
             reply: link::ReplyRule::Keep,
         };
-        let outbound = self.spawn(options).outbound(local, &outbox, back).map_err(|e| BridgeError::Amqp {
-            operation: "consume local reply queue".into(),
-            reason: e.to_string(),
+        let outbound = self.spawn(local, options).outbound(local, &outbox, back).map_err(|e| {
+            BridgeError::Amqp { operation: "consume local reply queue".into(), reason: e.to_string() }
         })?;
         Ok(LinkPair { requests: inbound, replies: outbound })
     }
 
-    fn spawn(&self, options: LinkOptions) -> link::Spawn<'_> {
-        link::Spawn { runtime: &self.runtime, url: self.url.clone(), options }
+    fn spawn(&self, local: &crate::Connection, options: LinkOptions) -> link::Spawn<'_> {
+        let core = Arc::clone(&local.broker().inner.core);
+        link::Spawn { runtime: &self.runtime, core, url: self.url.clone(), options }
     }
 
     /// Declares on RabbitMQ, in the connection's virtual host, the

@@ -346,7 +346,8 @@ impl Broker {
                     })
                     .collect();
                 exchanges.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
-                return Overview { queues, exchanges, consistent: in_flight == 0 };
+                let links = self.inner.core.link_overviews();
+                return Overview { queues, exchanges, consistent: in_flight == 0, links };
             }
             std::thread::yield_now();
         }
