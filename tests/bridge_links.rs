@@ -446,3 +446,32 @@ fn a_caller_on_rabbitmqs_side_is_answered_by_a_local_service() {
     assert_eq!(answers, ["teapot: 12.50", "kettle: 12.50"]);
     peer.delete_queue("io-rpc-in");
 }
+
+#[test]
+fn a_link_to_an_unreachable_rabbitmq_backs_off_visibly_and_loses_nothing() {
+    // Needs no RabbitMQ: port 1 on loopback has nothing listening.
+    let bridge = Bridge::new("amqp://app:s3cret@127.0.0.1:1/%2f").unwrap();
+    let declared = bridge.declare_definitions(&interoffice::Definitions::default(), "/");
+    assert!(
+        matches!(declared, Err(interoffice::bridge::BridgeError::Connect { .. })),
+        "a typed error: {declared:?}"
+    );
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("to-rabbit", QueueOptions::default()).unwrap();
+    conn.publish("", "to-rabbit", Message::new("waiting")).unwrap();
+    let link = bridge.link_outbound(&conn, "to-rabbit", "", None, LinkOptions::default()).unwrap();
+    eventually("the link backs off", Duration::from_secs(10), || link.stats().last_error.is_some());
+    let overview = broker.overview();
+    let shown = &overview.links[0];
+    assert!(matches!(shown.state, "backoff" | "connecting"), "{shown:?}");
+    let error = shown.last_error.clone().unwrap();
+    assert!(error.contains("cannot connect") && !error.contains("s3cret"), "{error}");
+    assert!(!format!("{bridge:?} {link:?}").contains("s3cret"));
+    drop(link);
+    // Stopped, the link hands back what it held: nothing lost.
+    eventually("the message is back in its queue", Duration::from_secs(10), || {
+        let stats = broker.queue_stats("to-rabbit").unwrap();
+        (stats.messages_ready, stats.messages_unacknowledged) == (1, 0)
+    });
+}

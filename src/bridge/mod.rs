@@ -125,30 +125,31 @@ fn unique_suffix() -> String {
     format!("{seed:016x}")
 }
 
-/// A connection to a real RabbitMQ: see the module docs.
+/// A bridge to a real RabbitMQ: see the module docs. Its own AMQP
+/// connection (for carrying topology over) is opened on first use and
+/// again after it is lost; each link has its own.
 pub struct Bridge {
     runtime: tokio::runtime::Runtime,
-    connection: Connection,
+    connection: parking_lot::Mutex<Option<Arc<Connection>>>,
     url: AmqpUrl,
 }
 
 impl fmt::Debug for Bridge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bridge")
-            .field("url", &self.url)
-            .field("connected", &self.connection.status().connected())
-            .finish()
+        let connected = self.connection.lock().as_ref().is_some_and(|c| c.status().connected());
+        f.debug_struct("Bridge").field("url", &self.url).field("connected", &connected).finish()
     }
 }
 
 impl Bridge {
-    /// Connects to RabbitMQ at `url` (`amqp://guest:guest@127.0.0.1:5672/%2f`).
+    /// A bridge to RabbitMQ at `url` (`amqp://guest:guest@127.0.0.1:5672/%2f`),
+    /// not connected yet: links started on it keep trying (backing off,
+    /// visible in the broker's overview) until RabbitMQ is there.
     ///
     /// # Errors
     ///
-    /// [`BridgeError::Connect`] if RabbitMQ is unreachable or refuses the
-    /// login; [`BridgeError::Runtime`] if the runtime cannot start.
-    pub fn connect(url: impl Into<String>) -> Result<Bridge, BridgeError> {
+    /// [`BridgeError::Runtime`] if the bridge's runtime cannot start.
+    pub fn new(url: impl Into<String>) -> Result<Bridge, BridgeError> {
         let url = AmqpUrl::new(url);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -156,11 +157,34 @@ impl Bridge {
             .enable_all()
             .build()
             .map_err(|e| BridgeError::Runtime(e.to_string()))?;
-        let connection =
-            runtime.block_on(Connection::connect(url.secret(), ConnectionProperties::default())).map_err(
-                |e| BridgeError::Connect { url: url.redacted(), reason: redact(&e.to_string(), &url) },
-            )?;
-        Ok(Bridge { runtime, connection, url })
+        Ok(Bridge { runtime, connection: parking_lot::Mutex::new(None), url })
+    }
+
+    /// A bridge to RabbitMQ at `url`, connected now.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError::Connect`] if RabbitMQ is unreachable or refuses the
+    /// login; [`BridgeError::Runtime`] if the runtime cannot start.
+    pub fn connect(url: impl Into<String>) -> Result<Bridge, BridgeError> {
+        let bridge = Bridge::new(url)?;
+        bridge.connection()?;
+        Ok(bridge)
+    }
+
+    /// The bridge's own connection, opened if there is none or it was lost.
+    fn connection(&self) -> Result<Arc<Connection>, BridgeError> {
+        let mut slot = self.connection.lock();
+        if let Some(connection) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(Arc::clone(connection));
+        }
+        let url = &self.url;
+        let connection = self
+            .block_on(Connection::connect(url.secret(), ConnectionProperties::default()))
+            .map_err(|e| BridgeError::Connect { url: url.redacted(), reason: redact(&e.to_string(), url) })?;
+        let connection = Arc::new(connection);
+        *slot = Some(Arc::clone(&connection));
+        Ok(connection)
     }
 
     /// Where it is connected (password hidden).
@@ -174,7 +198,8 @@ impl Bridge {
     }
 
     fn channel(&self) -> Result<Channel, BridgeError> {
-        self.block_on(self.connection.create_channel()).map_err(|e| self.amqp("channel.open", &e))
+        let connection = self.connection()?;
+        self.block_on(connection.create_channel()).map_err(|e| self.amqp("channel.open", &e))
     }
 
     fn amqp(&self, operation: &str, error: &lapin::Error) -> BridgeError {
