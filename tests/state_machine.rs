@@ -251,6 +251,23 @@ impl Model {
         true
     }
 
+    /// Drop-head after a requeue, as RabbitMQ does: heads go while the
+    /// queue holds more than its limit.
+    fn drop_heads_over_limit(&mut self) {
+        let Some(max) = self.max_length else { return };
+        while self.held_count() > max {
+            let head = match self.ready.pop_first() {
+                Some((_, head)) => head,
+                None => match self.delayed.pop_first() {
+                    Some((_, d)) => d.msg,
+                    None => break,
+                },
+            };
+            // Expired or not, it leaves for the dead-letter queue.
+            self.dead.push(head.id);
+        }
+    }
+
     fn publish(&mut self, id: u64, ttl: Option<u64>, delay: Option<u64>) {
         let ttl = match (self.queue_ttl, ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -379,6 +396,7 @@ impl Model {
             }
             How::Requeue | How::Drop => {
                 self.restore(held.msg, true);
+                self.drop_heads_over_limit();
                 self.release(held.consumer);
                 self.dispatch();
             }
@@ -388,6 +406,7 @@ impl Model {
                 msg.redelivered = true;
                 if delay == 0 {
                     self.restore(msg, false);
+                    self.drop_heads_over_limit();
                 } else {
                     self.next_delayed += 1;
                     self.delayed.insert((self.now + delay, self.next_delayed), MDelayed { msg, ttl: None });
@@ -417,6 +436,7 @@ impl Model {
         for msg in pending {
             self.restore(msg, false);
         }
+        self.drop_heads_over_limit();
         self.dispatch();
     }
 
@@ -676,6 +696,7 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                         for msg in unsettled {
                             model.restore(msg, true);
                         }
+                        model.drop_heads_over_limit();
                         model.dispatch();
                     }
                 }
@@ -690,6 +711,7 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                 for msg in gets {
                     model.get_unacked -= 1;
                     model.restore(msg, true);
+                    model.drop_heads_over_limit();
                     model.dispatch();
                 }
                 model.generation += 1;

@@ -703,6 +703,14 @@ impl Queue {
                 if msg.expired(&mut timing.now) {
                     // TTL 0, or a TTL already passed: no consumer took it at once.
                     state.expire(self, msg);
+                } else if self.policy.overflow == Overflow::DropHead && self.policy.max_priority.is_some() {
+                    // RabbitMQ's order: in first, then the head goes while
+                    // over the limits — in a priority queue the head may be
+                    // the message just published. (In a FIFO queue the new
+                    // message is the tail, so making room first is the same,
+                    // and keeps a delayed message's place.)
+                    state.ready.insert(msg);
+                    self.drop_head_over_limit(state, &mut timing.now);
                 } else {
                     match self.make_room(state, &msg, &mut timing.now) {
                         Room::Made => state.ready.insert(msg),
@@ -772,6 +780,35 @@ impl Queue {
                     return Room::DroppedItself;
                 }
                 Room::Made
+            }
+        }
+    }
+
+    /// With drop-head, takes heads out (to be dead-lettered, `maxlen`)
+    /// while the queue is over its limits — as RabbitMQ does after a
+    /// requeue, which may take a queue past them (the reject-publish modes
+    /// leave it so until consumers drain it, as RabbitMQ does too).
+    fn drop_head_over_limit(&self, state: &mut QueueState, now: &mut Now<'_>) {
+        if self.policy.overflow != Overflow::DropHead {
+            return;
+        }
+        let (max_len, max_bytes) = (self.policy.max_length, self.policy.max_length_bytes);
+        let over = |state: &QueueState| {
+            max_len.is_some_and(|max| state.held() > max)
+                || max_bytes.is_some_and(|max| state.ready.bytes() + state.delayed.bytes() > max)
+        };
+        while over(state) {
+            let head = match state.ready.pop_first() {
+                Some(head) => head,
+                None => match state.delayed.pop_first() {
+                    Some(delayed) => delayed.msg,
+                    None => break,
+                },
+            };
+            if head.expired(now) {
+                state.expire(self, head);
+            } else {
+                state.letters.push((head, DeathReason::MaxLen));
             }
         }
     }
@@ -890,6 +927,7 @@ impl Queue {
             if consumer.credit.in_flight() > 0 && !state.detached.iter().any(|c| Arc::ptr_eq(c, consumer)) {
                 state.detached.push(Arc::clone(consumer));
             }
+            self.drop_head_over_limit(state, now);
             state.dispatch(self, now);
             removed.is_some()
                 && self.options.auto_delete
@@ -915,6 +953,7 @@ impl Queue {
                 count += 1;
                 state.restore(self, msg, returned, now);
             }
+            self.drop_head_over_limit(state, now);
             match consumer {
                 Some(c) => {
                     c.credit.give_back(count);
@@ -945,6 +984,7 @@ impl Queue {
             if !state.deleted && state.count_return(self, &mut msg) {
                 if delay.is_zero() {
                     state.restore(self, msg, false, now);
+                    self.drop_head_over_limit(state, now);
                 } else {
                     let due = later(now.get(), delay.min(MAX_DURATION));
                     state.delayed.insert(due, Delayed { msg, ttl: None });
