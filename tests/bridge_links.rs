@@ -475,3 +475,23 @@ fn a_link_to_an_unreachable_rabbitmq_backs_off_visibly_and_loses_nothing() {
         (stats.messages_ready, stats.messages_unacknowledged) == (1, 0)
     });
 }
+
+#[test]
+fn the_bridge_works_from_async_code_under_any_executor() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(url) = rabbitmq_url() else { return };
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("io-async-carried", QueueOptions::default()).unwrap();
+    // Not tokio: futures' own executor.
+    let bridge = futures::executor::block_on(async {
+        let bridge = Bridge::connect_async(url.clone()).await.unwrap();
+        let report = bridge.declare_definitions_async(broker.export_definitions(), "/").await.unwrap();
+        assert_eq!(report.queues, 1, "{report:?}");
+        bridge
+    });
+    // Dropped inside a tokio task, the bridge does not panic.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async move { drop(bridge) });
+    Peer::connect(&url).delete_queue("io-async-carried");
+}

@@ -128,16 +128,60 @@ fn unique_suffix() -> String {
 /// A bridge to a real RabbitMQ: see the module docs. Its own AMQP
 /// connection (for carrying topology over) is opened on first use and
 /// again after it is lost; each link has its own.
+///
+/// Dropping it shuts its runtime down without waiting, so it may be
+/// dropped anywhere, inside an async task too; its links stop with it.
 pub struct Bridge {
-    runtime: tokio::runtime::Runtime,
+    /// `None` only while being dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    endpoint: Arc<Endpoint>,
+}
+
+/// The bridge's own AMQP connection and where it goes: shared with the
+/// tasks of its async calls.
+struct Endpoint {
     connection: parking_lot::Mutex<Option<Arc<Connection>>>,
     url: AmqpUrl,
 }
 
 impl fmt::Debug for Bridge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let connected = self.connection.lock().as_ref().is_some_and(|c| c.status().connected());
-        f.debug_struct("Bridge").field("url", &self.url).field("connected", &connected).finish()
+        let connected = self.endpoint.connection.lock().as_ref().is_some_and(|c| c.status().connected());
+        f.debug_struct("Bridge").field("url", &self.endpoint.url).field("connected", &connected).finish()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Endpoint {
+    /// The connection, opened if there is none or it was lost. (Two calls
+    /// racing may both connect; the later one is kept.)
+    async fn connection(&self) -> Result<Arc<Connection>, BridgeError> {
+        if let Some(connection) = self.connection.lock().as_ref().filter(|c| c.status().connected()) {
+            return Ok(Arc::clone(connection));
+        }
+        let url = &self.url;
+        let connection = Connection::connect(url.secret(), ConnectionProperties::default())
+            .await
+            .map_err(|e| BridgeError::Connect { url: url.redacted(), reason: redact(&e.to_string(), url) })?;
+        let connection = Arc::new(connection);
+        *self.connection.lock() = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    async fn channel(&self) -> Result<Channel, BridgeError> {
+        let connection = self.connection().await?;
+        connection.create_channel().await.map_err(|e| self.amqp("channel.open", &e))
+    }
+
+    fn amqp(&self, operation: &str, error: &lapin::Error) -> BridgeError {
+        BridgeError::Amqp { operation: operation.into(), reason: redact(&error.to_string(), &self.url) }
     }
 }
 
@@ -157,7 +201,8 @@ impl Bridge {
             .enable_all()
             .build()
             .map_err(|e| BridgeError::Runtime(e.to_string()))?;
-        Ok(Bridge { runtime, connection: parking_lot::Mutex::new(None), url })
+        let endpoint = Arc::new(Endpoint { connection: parking_lot::Mutex::new(None), url });
+        Ok(Bridge { runtime: Some(runtime), endpoint })
     }
 
     /// A bridge to RabbitMQ at `url`, connected now.
@@ -168,42 +213,53 @@ impl Bridge {
     /// login; [`BridgeError::Runtime`] if the runtime cannot start.
     pub fn connect(url: impl Into<String>) -> Result<Bridge, BridgeError> {
         let bridge = Bridge::new(url)?;
-        bridge.connection()?;
+        bridge.block_on(bridge.endpoint.connection())?;
         Ok(bridge)
     }
 
-    /// The bridge's own connection, opened if there is none or it was lost.
-    fn connection(&self) -> Result<Arc<Connection>, BridgeError> {
-        let mut slot = self.connection.lock();
-        if let Some(connection) = slot.as_ref().filter(|c| c.status().connected()) {
-            return Ok(Arc::clone(connection));
-        }
-        let url = &self.url;
-        let connection = self
-            .block_on(Connection::connect(url.secret(), ConnectionProperties::default()))
-            .map_err(|e| BridgeError::Connect { url: url.redacted(), reason: redact(&e.to_string(), url) })?;
-        let connection = Arc::new(connection);
-        *slot = Some(Arc::clone(&connection));
-        Ok(connection)
+    /// [`connect`](Self::connect) for async code, under any executor: the
+    /// connection is opened on the bridge's own runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_async(url: impl Into<String>) -> Result<Bridge, BridgeError> {
+        let bridge = Bridge::new(url)?;
+        let endpoint = Arc::clone(&bridge.endpoint);
+        bridge.run(async move { endpoint.connection().await.map(drop) }).await?;
+        Ok(bridge)
     }
 
     /// Where it is connected (password hidden).
     pub fn url(&self) -> &AmqpUrl {
-        &self.url
+        &self.endpoint.url
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the runtime lives as long as the bridge")
     }
 
     /// Runs `future` on the bridge's runtime, blocking this thread.
     fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime.block_on(future)
+        self.runtime().block_on(future)
+    }
+
+    /// Runs `future` on the bridge's runtime; the returned future, awaited
+    /// under any executor, gives its output.
+    fn run<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, BridgeError>> + Send + 'static,
+    ) -> impl Future<Output = Result<T, BridgeError>> + Send + 'static {
+        let task = self.runtime().spawn(future);
+        async move { task.await.map_err(|e| BridgeError::Runtime(e.to_string()))? }
     }
 
     fn channel(&self) -> Result<Channel, BridgeError> {
-        let connection = self.connection()?;
-        self.block_on(connection.create_channel()).map_err(|e| self.amqp("channel.open", &e))
+        self.block_on(self.endpoint.channel())
     }
 
     fn amqp(&self, operation: &str, error: &lapin::Error) -> BridgeError {
-        BridgeError::Amqp { operation: operation.into(), reason: redact(&error.to_string(), &self.url) }
+        self.endpoint.amqp(operation, error)
     }
 
     /// Starts an outbound link: messages from local `queue` (consumed
@@ -341,7 +397,7 @@ impl Bridge {
 
     fn spawn(&self, local: &crate::Connection, options: LinkOptions) -> link::Spawn<'_> {
         let core = Arc::clone(&local.broker().inner.core);
-        link::Spawn { runtime: &self.runtime, core, url: self.url.clone(), options }
+        link::Spawn { runtime: self.runtime(), core, url: self.endpoint.url.clone(), options }
     }
 
     /// Declares on RabbitMQ, in the connection's virtual host, the
@@ -360,125 +416,135 @@ impl Bridge {
         definitions: &Definitions,
         vhost: &str,
     ) -> Result<CarryOver, BridgeError> {
-        let mut report = CarryOver::default();
-        let mut channel = self.channel()?;
-        for exchange in definitions.exchanges.iter().filter(|e| e.vhost == vhost) {
-            let outcome = self.declare_exchange(&channel, exchange);
-            self.tally(
-                &mut channel,
-                &mut report.refused,
-                format!("exchange '{}'", exchange.name),
-                outcome,
-                &mut report.exchanges,
-            )?;
-        }
-        for queue in definitions.queues.iter().filter(|q| q.vhost == vhost) {
-            let outcome = self.declare_queue(&channel, queue);
-            self.tally(
-                &mut channel,
-                &mut report.refused,
-                format!("queue '{}'", queue.name),
-                outcome,
-                &mut report.queues,
-            )?;
-        }
-        for binding in definitions.bindings.iter().filter(|b| b.vhost == vhost) {
-            let what =
-                format!("binding '{}' → '{}' [{}]", binding.source, binding.destination, binding.routing_key);
-            let outcome = self.bind(&channel, binding);
-            self.tally(&mut channel, &mut report.refused, what, outcome, &mut report.bindings)?;
-        }
-        let _closing = self.block_on(channel.close(200, "carried over".into()));
-        Ok(report)
+        self.block_on(carry_over(&self.endpoint, definitions, vhost))
     }
 
-    /// Counts a success, or records a refusal and reopens the channel
-    /// (RabbitMQ closes a channel on any refused declaration).
-    fn tally(
+    /// [`declare_definitions`](Self::declare_definitions) for async code,
+    /// under any executor (the work runs on the bridge's own runtime).
+    ///
+    /// # Errors
+    ///
+    /// As [`declare_definitions`](Self::declare_definitions).
+    pub fn declare_definitions_async(
         &self,
-        channel: &mut Channel,
-        refused: &mut Vec<String>,
-        what: String,
-        outcome: Result<(), String>,
-        count: &mut usize,
-    ) -> Result<(), BridgeError> {
-        match outcome {
-            Ok(()) => *count += 1,
-            Err(reason) => {
-                refused.push(format!("{what}: {reason}"));
-                if !channel.status().connected() {
-                    *channel = self.channel()?;
-                }
+        definitions: Definitions,
+        vhost: &str,
+    ) -> impl Future<Output = Result<CarryOver, BridgeError>> + Send + 'static {
+        let (endpoint, vhost) = (Arc::clone(&self.endpoint), vhost.to_owned());
+        self.run(async move { carry_over(&endpoint, &definitions, &vhost).await })
+    }
+}
+
+/// Declares `definitions`' topology of local `vhost` on RabbitMQ: see
+/// [`Bridge::declare_definitions`].
+async fn carry_over(
+    endpoint: &Endpoint,
+    definitions: &Definitions,
+    vhost: &str,
+) -> Result<CarryOver, BridgeError> {
+    let mut report = CarryOver::default();
+    let mut channel = endpoint.channel().await?;
+    for exchange in definitions.exchanges.iter().filter(|e| e.vhost == vhost) {
+        let outcome = declare_exchange(&channel, exchange, &endpoint.url).await;
+        let what = format!("exchange '{}'", exchange.name);
+        tally(endpoint, &mut channel, &mut report.refused, what, outcome, &mut report.exchanges).await?;
+    }
+    for queue in definitions.queues.iter().filter(|q| q.vhost == vhost) {
+        let outcome = declare_queue(&channel, queue, &endpoint.url).await;
+        let what = format!("queue '{}'", queue.name);
+        tally(endpoint, &mut channel, &mut report.refused, what, outcome, &mut report.queues).await?;
+    }
+    for binding in definitions.bindings.iter().filter(|b| b.vhost == vhost) {
+        let what =
+            format!("binding '{}' → '{}' [{}]", binding.source, binding.destination, binding.routing_key);
+        let outcome = bind(&channel, binding, &endpoint.url).await;
+        tally(endpoint, &mut channel, &mut report.refused, what, outcome, &mut report.bindings).await?;
+    }
+    let _closing = channel.close(200, "carried over".into()).await;
+    Ok(report)
+}
+
+/// Counts a success, or records a refusal and reopens the channel
+/// (RabbitMQ closes a channel on any refused declaration).
+async fn tally(
+    endpoint: &Endpoint,
+    channel: &mut Channel,
+    refused: &mut Vec<String>,
+    what: String,
+    outcome: Result<(), String>,
+    count: &mut usize,
+) -> Result<(), BridgeError> {
+    match outcome {
+        Ok(()) => *count += 1,
+        Err(reason) => {
+            refused.push(format!("{what}: {reason}"));
+            if !channel.status().connected() {
+                *channel = endpoint.channel().await?;
             }
         }
-        Ok(())
     }
+    Ok(())
+}
 
-    fn declare_exchange(&self, channel: &Channel, exchange: &ExchangeDefinition) -> Result<(), String> {
-        let arguments = table_of(&exchange.arguments)?;
-        let kind = match exchange.kind.as_str() {
-            "direct" => lapin::ExchangeKind::Direct,
-            "fanout" => lapin::ExchangeKind::Fanout,
-            "topic" => lapin::ExchangeKind::Topic,
-            "headers" => lapin::ExchangeKind::Headers,
-            other => lapin::ExchangeKind::Custom(other.into()),
-        };
-        let options = ExchangeDeclareOptions {
-            durable: exchange.durable,
-            auto_delete: exchange.auto_delete,
-            internal: exchange.internal,
-            ..Default::default()
-        };
-        self.block_on(channel.exchange_declare(exchange.name.as_str().into(), kind, options, arguments))
-            .map_err(|e| redact(&e.to_string(), &self.url))
+async fn declare_exchange(
+    channel: &Channel,
+    exchange: &ExchangeDefinition,
+    url: &AmqpUrl,
+) -> Result<(), String> {
+    let arguments = table_of(&exchange.arguments)?;
+    let kind = match exchange.kind.as_str() {
+        "direct" => lapin::ExchangeKind::Direct,
+        "fanout" => lapin::ExchangeKind::Fanout,
+        "topic" => lapin::ExchangeKind::Topic,
+        "headers" => lapin::ExchangeKind::Headers,
+        other => lapin::ExchangeKind::Custom(other.into()),
+    };
+    let options = ExchangeDeclareOptions {
+        durable: exchange.durable,
+        auto_delete: exchange.auto_delete,
+        internal: exchange.internal,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(exchange.name.as_str().into(), kind, options, arguments)
+        .await
+        .map_err(|e| redact(&e.to_string(), url))
+}
+
+async fn declare_queue(channel: &Channel, queue: &QueueDefinition, url: &AmqpUrl) -> Result<(), String> {
+    let mut arguments = queue.arguments.clone();
+    if let Some(kind) = &queue.kind
+        && kind != "classic"
+    {
+        arguments
+            .entry("x-queue-type".into())
+            .or_insert_with(|| crate::definitions::JsonValue::String(kind.clone()));
     }
+    let arguments = table_of(&arguments)?;
+    let options =
+        QueueDeclareOptions { durable: queue.durable, auto_delete: queue.auto_delete, ..Default::default() };
+    channel
+        .queue_declare(queue.name.as_str().into(), options, arguments)
+        .await
+        .map(drop)
+        .map_err(|e| redact(&e.to_string(), url))
+}
 
-    fn declare_queue(&self, channel: &Channel, queue: &QueueDefinition) -> Result<(), String> {
-        let mut arguments = queue.arguments.clone();
-        if let Some(kind) = &queue.kind
-            && kind != "classic"
-        {
-            arguments
-                .entry("x-queue-type".into())
-                .or_insert_with(|| crate::definitions::JsonValue::String(kind.clone()));
+async fn bind(channel: &Channel, binding: &BindingDefinition, url: &AmqpUrl) -> Result<(), String> {
+    let arguments = table_of(&binding.arguments)?;
+    let (destination, source, key) = (
+        binding.destination.as_str().into(),
+        binding.source.as_str().into(),
+        binding.routing_key.as_str().into(),
+    );
+    let bound = match binding.destination_type.as_str() {
+        "queue" => channel.queue_bind(destination, source, key, QueueBindOptions::default(), arguments).await,
+        "exchange" => {
+            channel.exchange_bind(destination, source, key, ExchangeBindOptions::default(), arguments).await
         }
-        let arguments = table_of(&arguments)?;
-        let options = QueueDeclareOptions {
-            durable: queue.durable,
-            auto_delete: queue.auto_delete,
-            ..Default::default()
-        };
-        self.block_on(channel.queue_declare(queue.name.as_str().into(), options, arguments))
-            .map(drop)
-            .map_err(|e| redact(&e.to_string(), &self.url))
-    }
-
-    fn bind(&self, channel: &Channel, binding: &BindingDefinition) -> Result<(), String> {
-        let arguments = table_of(&binding.arguments)?;
-        let (destination, source, key) = (
-            binding.destination.as_str().into(),
-            binding.source.as_str().into(),
-            binding.routing_key.as_str().into(),
-        );
-        let bound = match binding.destination_type.as_str() {
-            "queue" => self.block_on(channel.queue_bind(
-                destination,
-                source,
-                key,
-                QueueBindOptions::default(),
-                arguments,
-            )),
-            "exchange" => self.block_on(channel.exchange_bind(
-                destination,
-                source,
-                key,
-                ExchangeBindOptions::default(),
-                arguments,
-            )),
-            other => return Err(format!("unknown destination type '{other}'")),
-        };
-        bound.map_err(|e| redact(&e.to_string(), &self.url))
-    }
+        other => return Err(format!("unknown destination type '{other}'")),
+    };
+    bound.map_err(|e| redact(&e.to_string(), url))
 }
 
 /// Definitions arguments as an AMQP table.
