@@ -263,7 +263,7 @@ async fn run_on_rabbitmq(connection: &lapin::Connection, case: &Case, queue: &st
     for g in held.into_iter().flatten() {
         g.delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
     }
-    let mut drain = async |name: &str| {
+    let drain = async |name: &str| {
         let mut out = Vec::new();
         while let Some(g) = channel.basic_get(name.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
             out.push(from_amqp_message(&g.delivery.data, &g.delivery.properties).unwrap());
