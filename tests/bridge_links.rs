@@ -495,3 +495,54 @@ fn the_bridge_works_from_async_code_under_any_executor() {
     runtime.block_on(async move { drop(bridge) });
     Peer::connect(&url).delete_queue("io-async-carried");
 }
+
+#[test]
+fn links_declared_as_shovels_in_a_definitions_file_start_and_forward() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(url) = rabbitmq_url() else { return };
+    let peer = Peer::connect(&url);
+    peer.fresh_queue("io-shovel-out");
+    peer.fresh_queue("io-shovel-in");
+    let file = format!(
+        r#"{{
+        "queues": [
+            {{"name": "to-rabbit", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {{}}}},
+            {{"name": "from-rabbit", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {{}}}}
+        ],
+        "parameters": [
+            {{"component": "shovel", "name": "out", "vhost": "/", "value": {{
+                "src-uri": "amqp://", "src-queue": "to-rabbit",
+                "dest-uri": "{url}", "dest-queue": "io-shovel-out", "ack-mode": "on-confirm", "prefetch-count": 16}}}},
+            {{"component": "shovel", "name": "in", "vhost": "/", "value": {{
+                "src-uri": "{url}", "src-queue": "io-shovel-in",
+                "dest-uri": "amqp://", "dest-exchange": "", "dest-exchange-key": "from-rabbit"}}}},
+            {{"component": "shovel", "name": "fire-and-forget", "vhost": "/", "value": {{
+                "src-uri": "amqp://", "src-queue": "to-rabbit",
+                "dest-uri": "{url}", "dest-queue": "x", "ack-mode": "no-ack"}}}}
+        ]
+    }}"#
+    );
+    let definitions: interoffice::Definitions = serde_json::from_str(&file).unwrap();
+    let broker = Broker::new();
+    let report = broker.load_definitions(&definitions);
+    assert!(report.refused.is_empty(), "{report:?}");
+    let conn = broker.connect();
+    let bridge = Bridge::new(url.clone()).unwrap();
+    let (links, refused) = bridge.start_links(&conn, &definitions);
+    assert_eq!(links.len(), 2);
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].contains("fire-and-forget") && refused[0].contains("ack-mode 'no-ack'"),
+        "{refused:?}"
+    );
+    conn.publish("", "to-rabbit", Message::new("out")).unwrap();
+    peer.publish("io-shovel-in", &Message::new("in"));
+    eventually("both shovelled", Duration::from_secs(30), || {
+        broker.queue_stats("from-rabbit").unwrap().messages_ready == 1
+            && links.iter().map(|l| l.stats().forwarded).sum::<u64>() == 2
+    });
+    assert_eq!(peer.drain("io-shovel-out").len(), 1);
+    drop(links);
+    peer.delete_queue("io-shovel-out");
+    peer.delete_queue("io-shovel-in");
+}

@@ -11,6 +11,7 @@
 
 mod convert;
 mod link;
+mod shovel;
 
 use std::fmt;
 use std::future::Future;
@@ -20,6 +21,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 pub use convert::{ConvertError, from_amqp_message, from_amqp_table, to_amqp_properties, to_amqp_table};
 pub use link::{Link, LinkOptions, LinkState, LinkStats, REDELIVERED_HEADER};
+pub use shovel::{LinkDefinition, LinkDirection};
 
 use crate::definitions::{BindingDefinition, Definitions, ExchangeDefinition, QueueDefinition};
 use crate::field::FieldTable;
@@ -51,7 +53,7 @@ impl AmqpUrl {
         }
     }
 
-    fn secret(&self) -> &str {
+    pub(crate) fn secret(&self) -> &str {
         &self.0
     }
 }
@@ -393,6 +395,55 @@ impl Bridge {
             BridgeError::Amqp { operation: "consume local reply queue".into(), reason: e.to_string() }
         })?;
         Ok(LinkPair { requests: inbound, replies: outbound })
+    }
+
+    /// Starts every link `definitions` declares (its shovels, see
+    /// [`LinkDefinition`]) whose local virtual host is `local`'s, each on
+    /// its own connection to the RabbitMQ its definition names. What cannot
+    /// be a link is refused, one by one, with why.
+    pub fn start_links(
+        &self,
+        local: &crate::Connection,
+        definitions: &Definitions,
+    ) -> (Vec<Link>, Vec<String>) {
+        let (mut links, mut refused) = (Vec::new(), Vec::new());
+        for parameter in &definitions.parameters {
+            let definition = match LinkDefinition::from_parameter(parameter) {
+                Ok(Some(definition)) if definition.vhost == local.vhost() => definition,
+                Ok(_) => continue,
+                Err(why) => {
+                    refused.push(why);
+                    continue;
+                }
+            };
+            let spawn = |url: &AmqpUrl| link::Spawn {
+                runtime: self.runtime(),
+                core: Arc::clone(&local.broker().inner.core),
+                url: url.clone(),
+                options: definition.options,
+            };
+            match &definition.direction {
+                LinkDirection::Outbound { local_queue, remote, remote_exchange, routing_key } => {
+                    let key = routing_key.clone().map_or(link::KeyRule::Own, link::KeyRule::Fixed);
+                    let forward = link::Forward {
+                        exchange: remote_exchange.clone(),
+                        key,
+                        reply: link::ReplyRule::Keep,
+                    };
+                    match spawn(remote).outbound(local, local_queue, forward) {
+                        Ok(link) => links.push(link),
+                        Err(error) => refused.push(format!("shovel '{}': {error}", definition.name)),
+                    }
+                }
+                LinkDirection::Inbound { remote, remote_queue, local_exchange, routing_key } => {
+                    let key = routing_key.clone().map_or(link::KeyRule::Own, link::KeyRule::Fixed);
+                    let forward =
+                        link::Forward { exchange: local_exchange.clone(), key, reply: link::ReplyRule::Keep };
+                    links.push(spawn(remote).inbound(local, remote_queue, forward));
+                }
+            }
+        }
+        (links, refused)
     }
 
     fn spawn(&self, local: &crate::Connection, options: LinkOptions) -> link::Spawn<'_> {
