@@ -128,18 +128,35 @@ fn message(id: usize, priority: Option<u8>) -> Message {
     }
 }
 
-/// The dead letters' (id, x-death reason, x-death count), in order.
+/// A dead letter's id and its `x-death` entry as RabbitMQ writes it:
+/// reason, count, queue, exchange, routing keys (the time aside).
 fn death_of(message: &Message) -> (String, String, i64) {
     let id = message.properties().message_id.clone().unwrap_or_default();
     let first = message.header("x-death").and_then(|d| match d {
         FieldValue::Array(entries) => entries.first().cloned(),
         _ => None,
     });
+    let text = |entry: &FieldTable, key: &str| {
+        entry.get(key).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    };
     let (reason, count) = match first {
-        Some(FieldValue::Table(entry)) => (
-            entry.get("reason").and_then(|r| r.as_str().map(str::to_owned)).unwrap_or_default(),
-            entry.get("count").and_then(FieldValue::as_i64).unwrap_or_default(),
-        ),
+        Some(FieldValue::Table(entry)) => {
+            let keys = match entry.get("routing-keys") {
+                Some(FieldValue::Array(keys)) => {
+                    keys.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect::<Vec<_>>().join(",")
+                }
+                _ => String::new(),
+            };
+            (
+                format!(
+                    "{} queue={} exchange={} keys={keys}",
+                    text(&entry, "reason"),
+                    text(&entry, "queue"),
+                    text(&entry, "exchange")
+                ),
+                entry.get("count").and_then(FieldValue::as_i64).unwrap_or_default(),
+            )
+        }
         _ => (String::new(), 0),
     };
     (id, reason, count)
