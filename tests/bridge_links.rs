@@ -5,8 +5,11 @@
 //! nothing is lost and duplicates say so.
 //!
 //! Needs `INTEROFFICE_RABBITMQ_URL` (`.ci/run` sets it); skipped, saying
-//! so, without it. The forced-disconnect test also needs `rabbitmqctl` on
-//! the machine (it is, where RabbitMQ runs locally); skipped without.
+//! so, without it. The forced-disconnect tests also need `rabbitmqctl` on
+//! the machine (it is, where RabbitMQ runs locally); skipped without. They
+//! close every connection the broker has: two test runs against one
+//! RabbitMQ at once would cut each other's (cargo runs test binaries one
+//! after another, and this file's tests one at a time).
 
 #![cfg(feature = "amqp")]
 

@@ -41,6 +41,10 @@ use crate::sync::Arc;
 /// from `redelivered` on its own broker.
 pub const REDELIVERED_HEADER: &str = "x-interoffice-redelivered";
 
+/// How many times an outbound link tries a message (each failed try
+/// returns it to its queue) before it gives up and dead-letters it locally.
+pub const MAX_FORWARD_ATTEMPTS: u32 = 16;
+
 /// How a link behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkOptions {
@@ -482,6 +486,18 @@ async fn pump_out(
         };
         match next {
             Some(delivery) => {
+                if delivery.delivery_count() >= MAX_FORWARD_ATTEMPTS {
+                    // Back in its queue every time its forwarding failed: a
+                    // message RabbitMQ refuses by closing the channel (over
+                    // its frame or size limits) would loop forever.
+                    counters.failed(format!(
+                        "message {:?} not taken by RabbitMQ after {MAX_FORWARD_ATTEMPTS} tries: dead-lettered locally",
+                        delivery.message().properties().message_id
+                    ));
+                    counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let _settled = delivery.reject(false);
+                    continue;
+                }
                 let mut message = delivery.message().clone();
                 if delivery.redelivered() {
                     message = message.with_header(REDELIVERED_HEADER, FieldValue::Bool(true));

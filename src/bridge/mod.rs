@@ -20,7 +20,7 @@ use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptio
 use lapin::{Channel, Connection, ConnectionProperties};
 
 pub use convert::{ConvertError, from_amqp_message, from_amqp_table, to_amqp_properties, to_amqp_table};
-pub use link::{Link, LinkOptions, LinkState, LinkStats, REDELIVERED_HEADER};
+pub use link::{Link, LinkOptions, LinkState, LinkStats, MAX_FORWARD_ATTEMPTS, REDELIVERED_HEADER};
 pub use shovel::{LinkDefinition, LinkDirection};
 
 use crate::definitions::{BindingDefinition, Definitions, ExchangeDefinition, QueueDefinition};
@@ -175,6 +175,10 @@ impl Endpoint {
         let connection = Arc::new(connection);
         *self.connection.lock() = Some(Arc::clone(&connection));
         Ok(connection)
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connection.lock().as_ref().is_some_and(|c| c.status().connected())
     }
 
     async fn channel(&self) -> Result<Channel, BridgeError> {
@@ -495,21 +499,30 @@ async fn carry_over(
 ) -> Result<CarryOver, BridgeError> {
     let mut report = CarryOver::default();
     let mut channel = endpoint.channel().await?;
+    // Each declaration is tried again once on a fresh connection if the
+    // connection (not the declaration) failed under it.
+    macro_rules! declare {
+        ($call:expr, $what:expr, $count:expr) => {{
+            let mut outcome = $call(&channel).await;
+            if outcome.is_err() && !endpoint.is_connected() {
+                channel = endpoint.channel().await?;
+                outcome = $call(&channel).await;
+            }
+            tally(endpoint, &mut channel, &mut report.refused, $what, outcome, $count).await?;
+        }};
+    }
     for exchange in definitions.exchanges.iter().filter(|e| e.vhost == vhost) {
-        let outcome = declare_exchange(&channel, exchange, &endpoint.url).await;
         let what = format!("exchange '{}'", exchange.name);
-        tally(endpoint, &mut channel, &mut report.refused, what, outcome, &mut report.exchanges).await?;
+        declare!(|c| declare_exchange(c, exchange, &endpoint.url), what, &mut report.exchanges);
     }
     for queue in definitions.queues.iter().filter(|q| q.vhost == vhost) {
-        let outcome = declare_queue(&channel, queue, &endpoint.url).await;
         let what = format!("queue '{}'", queue.name);
-        tally(endpoint, &mut channel, &mut report.refused, what, outcome, &mut report.queues).await?;
+        declare!(|c| declare_queue(c, queue, &endpoint.url), what, &mut report.queues);
     }
     for binding in definitions.bindings.iter().filter(|b| b.vhost == vhost) {
         let what =
             format!("binding '{}' → '{}' [{}]", binding.source, binding.destination, binding.routing_key);
-        let outcome = bind(&channel, binding, &endpoint.url).await;
-        tally(endpoint, &mut channel, &mut report.refused, what, outcome, &mut report.bindings).await?;
+        declare!(|c| bind(c, binding, &endpoint.url), what, &mut report.bindings);
     }
     let _closing = channel.close(200, "carried over".into()).await;
     Ok(report)
