@@ -50,19 +50,21 @@ fn latency_of(epoch: Instant, message: &Message) -> u64 {
     (epoch.elapsed().as_nanos() as u64).saturating_sub(sent)
 }
 
-/// In-process: one thread publishes, another consumes with manual acks.
-fn in_process(n: usize, epoch: Instant) -> Figures {
-    let broker = Broker::new();
-    let conn = broker.connect();
-    conn.declare_queue("bench", QueueOptions::default()).unwrap();
-    let consumer =
-        conn.consume("bench", ConsumeOptions { prefetch: u32::from(WINDOW), ..Default::default() }).unwrap();
+/// One thread publishes `n` messages to local queue `into`; this one
+/// receives them from `consumer`, acking each.
+fn run_local(
+    broker: &Broker,
+    into: &'static str,
+    consumer: &interoffice::Consumer,
+    n: usize,
+    epoch: Instant,
+) -> Figures {
     let start = Instant::now();
     let publisher = {
         let conn = broker.connect();
         std::thread::spawn(move || {
             for i in 0..n {
-                conn.publish("", "bench", stamp(epoch, i)).unwrap();
+                conn.publish("", into, stamp(epoch, i)).unwrap();
             }
         })
     };
@@ -74,6 +76,16 @@ fn in_process(n: usize, epoch: Instant) -> Figures {
     }
     publisher.join().unwrap();
     figures(n, start.elapsed(), latencies)
+}
+
+/// In-process: one thread publishes, another consumes with manual acks.
+fn in_process(n: usize, epoch: Instant) -> Figures {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("bench", QueueOptions::default()).unwrap();
+    let consumer =
+        conn.consume("bench", ConsumeOptions { prefetch: u32::from(WINDOW), ..Default::default() }).unwrap();
+    run_local(&broker, "bench", &consumer, n, epoch)
 }
 
 /// Through the bridge: out to RabbitMQ and back in.
@@ -88,23 +100,7 @@ fn through_bridge(url: &str, n: usize, epoch: Instant) -> Figures {
     let _in = bridge.link_inbound(&conn, "interoffice.bench", "", Some("in"), options);
     let consumer =
         conn.consume("in", ConsumeOptions { prefetch: u32::from(WINDOW), ..Default::default() }).unwrap();
-    let start = Instant::now();
-    let publisher = {
-        let conn = broker.connect();
-        std::thread::spawn(move || {
-            for i in 0..n {
-                conn.publish("", "out", stamp(epoch, i)).unwrap();
-            }
-        })
-    };
-    let mut latencies = Vec::with_capacity(n);
-    for _ in 0..n {
-        let delivery = consumer.recv().unwrap();
-        latencies.push(latency_of(epoch, delivery.message()));
-        delivery.ack().unwrap();
-    }
-    publisher.join().unwrap();
-    figures(n, start.elapsed(), latencies)
+    run_local(&broker, "out", &consumer, n, epoch)
 }
 
 /// Plain lapin: a publisher with pipelined confirms, a consumer acking.

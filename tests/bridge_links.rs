@@ -16,6 +16,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+#[path = "support/rabbitmq.rs"]
+mod rabbitmq;
+use rabbitmq::rabbitmq_url;
+
 use interoffice::bridge::{
     Bridge, LinkOptions, LinkState, REDELIVERED_HEADER, from_amqp_message, to_amqp_properties,
 };
@@ -25,16 +29,6 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, 
 /// The tests of this file run one at a time: two of them close every
 /// connection RabbitMQ has, which would cut the others' too.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rabbitmq_url() -> Option<String> {
-    match std::env::var("INTEROFFICE_RABBITMQ_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: INTEROFFICE_RABBITMQ_URL is not set (.ci/run sets it to the local RabbitMQ)");
-            None
-        }
-    }
-}
 
 /// A lapin connection and channel for the test's own view of RabbitMQ.
 struct Peer {

@@ -7,30 +7,13 @@
 
 use std::collections::BTreeSet;
 
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
+
 use interoffice::{
     Broker, Event, ExchangeKind, ExchangeOptions, FieldTable, FieldValue, Message, QueueOptions,
 };
-
-/// A small, seeded generator: a failing case is reproduced by its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 const KEYS: &[&str] = &["a", "b", "a.b", "a.b.c", "b.a", "", "q0", "q1", "a.c", "x.y.z"];
 const PATTERNS: &[&str] =
@@ -79,7 +62,7 @@ fn message_headers(rng: &mut Rng) -> Option<FieldTable> {
 
 /// One random topology, then messages: explained, published, compared.
 fn check_topology(seed: u64) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::for_case(seed);
     let broker = Broker::new();
     let conn = broker.connect();
     let kinds = [ExchangeKind::Direct, ExchangeKind::Fanout, ExchangeKind::Topic, ExchangeKind::Headers];

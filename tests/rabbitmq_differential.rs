@@ -17,6 +17,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
+
+#[path = "support/rabbitmq.rs"]
+mod rabbitmq;
+use rabbitmq::rabbitmq_url;
+
 use interoffice::bridge::{Bridge, to_amqp_properties};
 use interoffice::{
     Broker, Connection, ExchangeKind, ExchangeOptions, FieldTable, FieldValue, Message, PublishError,
@@ -26,39 +34,8 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 
-fn rabbitmq_url() -> Option<String> {
-    match std::env::var("INTEROFFICE_RABBITMQ_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: INTEROFFICE_RABBITMQ_URL is not set (.ci/run sets it to the local RabbitMQ)");
-            None
-        }
-    }
-}
-
 fn cases() -> u64 {
     std::env::var("INTEROFFICE_DIFFERENTIAL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
-}
-
-/// A small, seeded generator: a failing case is reproduced by its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
 }
 
 const KEYS: &[&str] =
@@ -142,7 +119,7 @@ struct Scenario {
 
 /// One random topology on `broker`, and the messages to publish.
 fn build(seed: u64, conn: &Connection) -> Scenario {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::for_case(seed);
     let prefix = format!("io-diff-{seed}");
     let kinds = [ExchangeKind::Direct, ExchangeKind::Fanout, ExchangeKind::Topic, ExchangeKind::Headers];
     let exchanges: Vec<String> = (0..1 + rng.below(5)).map(|i| format!("{prefix}.e{i}")).collect();

@@ -15,6 +15,14 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
+
+#[path = "support/rabbitmq.rs"]
+mod rabbitmq;
+use rabbitmq::rabbitmq_url;
+
 use interoffice::bridge::{from_amqp_message, to_amqp_properties, to_amqp_table};
 use interoffice::{Broker, Delivery, FieldTable, FieldValue, Message, PublishOptions, QueueOptions};
 use lapin::options::{
@@ -22,35 +30,8 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 
-fn rabbitmq_url() -> Option<String> {
-    match std::env::var("INTEROFFICE_RABBITMQ_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: INTEROFFICE_RABBITMQ_URL is not set (.ci/run sets it to the local RabbitMQ)");
-            None
-        }
-    }
-}
-
 fn cases() -> u64 {
     std::env::var("INTEROFFICE_POLICY_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +59,7 @@ struct Case {
 }
 
 fn random_case(seed: u64) -> Case {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::for_case(seed);
     let mut arguments = FieldTable::new();
     if rng.chance(70) {
         arguments.insert("x-max-length", FieldValue::I64(1 + rng.below(4) as i64));

@@ -234,16 +234,7 @@ impl Model {
     /// cannot fit (then it is dead-lettered in place of the head).
     fn make_room(&mut self, msg: &MMsg) -> bool {
         let Some(max) = self.max_length else { return true };
-        while self.held_count() + 1 > max {
-            let head = match self.ready.pop_first() {
-                Some((_, head)) => head,
-                None => match self.delayed.pop_first() {
-                    Some((_, d)) => d.msg,
-                    None => break,
-                },
-            };
-            self.dead.push(head.id);
-        }
+        while self.held_count() + 1 > max && self.drop_head() {}
         if self.held_count() + 1 > max {
             self.dead.push(msg.id);
             return false;
@@ -255,17 +246,21 @@ impl Model {
     /// queue holds more than its limit.
     fn drop_heads_over_limit(&mut self) {
         let Some(max) = self.max_length else { return };
-        while self.held_count() > max {
-            let head = match self.ready.pop_first() {
-                Some((_, head)) => head,
-                None => match self.delayed.pop_first() {
-                    Some((_, d)) => d.msg,
-                    None => break,
-                },
-            };
-            // Expired or not, it leaves for the dead-letter queue.
-            self.dead.push(head.id);
-        }
+        while self.held_count() > max && self.drop_head() {}
+    }
+
+    /// The head (first ready, else first delayed) leaves for the
+    /// dead-letter queue, expired or not; false if there is none.
+    fn drop_head(&mut self) -> bool {
+        let head = match self.ready.pop_first() {
+            Some((_, head)) => head,
+            None => match self.delayed.pop_first() {
+                Some((_, d)) => d.msg,
+                None => return false,
+            },
+        };
+        self.dead.push(head.id);
+        true
     }
 
     fn publish(&mut self, id: u64, ttl: Option<u64>, delay: Option<u64>) {

@@ -759,20 +759,7 @@ impl Queue {
                 Room::Refused
             }
             Overflow::DropHead => {
-                while full(state) {
-                    let head = match state.ready.pop_first() {
-                        Some(head) => head,
-                        None => match state.delayed.pop_first() {
-                            Some(delayed) => delayed.msg,
-                            None => break,
-                        },
-                    };
-                    if head.expired(now) {
-                        state.expire(self, head);
-                    } else {
-                        state.letters.push((head, DeathReason::MaxLen));
-                    }
-                }
+                while full(state) && self.drop_head(state, now) {}
                 if full(state) {
                     // Too big for the queue even when empty: the new message
                     // is the head to drop.
@@ -797,20 +784,26 @@ impl Queue {
             max_len.is_some_and(|max| state.held() > max)
                 || max_bytes.is_some_and(|max| state.ready.bytes() + state.delayed.bytes() > max)
         };
-        while over(state) {
-            let head = match state.ready.pop_first() {
-                Some(head) => head,
-                None => match state.delayed.pop_first() {
-                    Some(delayed) => delayed.msg,
-                    None => break,
-                },
-            };
-            if head.expired(now) {
-                state.expire(self, head);
-            } else {
-                state.letters.push((head, DeathReason::MaxLen));
-            }
+        while over(state) && self.drop_head(state, now) {}
+    }
+
+    /// Takes the head out for a length limit — the first ready message, or
+    /// else the first delayed one — to be dead-lettered `maxlen` (or
+    /// expired, if its time has passed); false if the queue holds nothing.
+    fn drop_head(&self, state: &mut QueueState, now: &mut Now<'_>) -> bool {
+        let head = match state.ready.pop_first() {
+            Some(head) => head,
+            None => match state.delayed.pop_first() {
+                Some(delayed) => delayed.msg,
+                None => return false,
+            },
+        };
+        if head.expired(now) {
+            state.expire(self, head);
+        } else {
+            state.letters.push((head, DeathReason::MaxLen));
         }
+        true
     }
 
     /// Runs `f` on the locked state, then dead-letters what it left behind
