@@ -134,6 +134,11 @@ fn outbound_and_inbound_links_carry_every_message_with_its_properties() {
     let outbound =
         bridge.link_outbound(&conn, "to-rabbit", "", Some("io-link-out"), LinkOptions::default()).unwrap();
     let inbound = bridge.link_inbound(&conn, "io-link-in", "", Some("from-rabbit"), LinkOptions::default());
+    // A link made in code can be written into a definitions file too.
+    let shovel = outbound.definition().expect("an outbound link is a shovel").to_parameter();
+    let written = serde_json::to_value(&shovel).unwrap();
+    assert_eq!(written["value"]["src-queue"], "to-rabbit");
+    assert_eq!(written["value"]["dest-exchange-key"], "io-link-out");
     const N: usize = 500;
     for n in 0..N {
         conn.publish("", "to-rabbit", rich_message(n)).unwrap();
@@ -539,6 +544,13 @@ fn links_declared_as_shovels_in_a_definitions_file_start_and_forward() {
             && links.iter().map(|l| l.stats().forwarded).sum::<u64>() == 2
     });
     assert_eq!(peer.drain("io-shovel-out").len(), 1);
+    // Each link answers for the shovel it came from, which writes back.
+    for (link, name) in links.iter().zip(["out", "in"]) {
+        let definition = link.definition().expect("a shovel");
+        assert_eq!(definition.name, name);
+        let again = interoffice::bridge::LinkDefinition::from_parameter(&definition.to_parameter()).unwrap();
+        assert_eq!(again.as_ref(), Some(definition));
+    }
     drop(links);
     peer.delete_queue("io-shovel-out");
     peer.delete_queue("io-shovel-in");

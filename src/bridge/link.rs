@@ -136,6 +136,8 @@ pub struct Link {
     counters: Arc<Counters>,
     /// What the broker's overview reads, while the link lives.
     _report: Arc<Report>,
+    /// The link as a definitions file would declare it, if it can be one.
+    definition: Option<super::LinkDefinition>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -194,6 +196,21 @@ impl Link {
     /// What it is called (`outbound 'queue' → exchange 'x'`, `inbound 'queue' → exchange 'x'`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The link as a definitions file declares it (a shovel: write it with
+    /// [`LinkDefinition::to_parameter`](super::LinkDefinition::to_parameter)
+    /// into `Definitions::parameters`); `None` for the links of
+    /// request/reply, which a shovel cannot express.
+    pub fn definition(&self) -> Option<&super::LinkDefinition> {
+        self.definition.as_ref()
+    }
+
+    /// The link with `definition` as the one it answers for (a link
+    /// started from a definitions file keeps the shovel's own).
+    pub(super) fn defined_as(mut self, definition: super::LinkDefinition) -> Link {
+        self.definition = Some(definition);
+        self
     }
 
     /// Its figures so far.
@@ -294,6 +311,17 @@ pub(super) struct Forward {
 }
 
 impl Forward {
+    /// The routing key a shovel definition would give this link (`None`
+    /// inside: the message's own), or `None` outside if a shovel cannot
+    /// say what it does (the request/reply links).
+    fn shovel_key(&self) -> Option<Option<String>> {
+        match (&self.key, &self.reply) {
+            (KeyRule::Own, ReplyRule::Keep) => Some(None),
+            (KeyRule::Fixed(key), ReplyRule::Keep) => Some(Some(key.clone())),
+            _ => None,
+        }
+    }
+
     /// The routing key for `message` (published with `own`), or why there is none.
     fn key_for(&self, own: &str, message: &crate::message::Message) -> Result<String, String> {
         let correlation = message.properties().correlation_id.as_deref();
@@ -349,6 +377,7 @@ impl Spawn<'_> {
     fn start<F>(
         self,
         name: String,
+        definition: Option<super::LinkDefinition>,
         run: impl FnOnce(AmqpUrl, LinkOptions, Arc<Counters>, Arc<AtomicBool>) -> F,
     ) -> Link
     where
@@ -362,7 +391,7 @@ impl Spawn<'_> {
         let weak: crate::sync::Weak<dyn crate::core::ReportsLink> =
             Arc::downgrade(&report) as crate::sync::Weak<dyn crate::core::ReportsLink>;
         self.core.register_link(weak);
-        Link { name, counters, _report: report, stop, task }
+        Link { name, counters, _report: report, definition, stop, task }
     }
 
     /// Outbound: local `queue` → RabbitMQ, as `forward` says.
@@ -377,7 +406,18 @@ impl Spawn<'_> {
             ConsumeOptions { prefetch: u32::from(self.options.prefetch.max(1)), ..Default::default() },
         )?;
         let name = format!("outbound '{queue}' → exchange '{}'", forward.exchange);
-        Ok(self.start(name, move |url, options, counters, stop| async move {
+        let definition = forward.shovel_key().map(|routing_key| super::LinkDefinition {
+            name: name.clone(),
+            vhost: local.vhost().to_owned(),
+            direction: super::LinkDirection::Outbound {
+                local_queue: queue.to_owned(),
+                remote: self.url.clone(),
+                remote_exchange: forward.exchange.clone(),
+                routing_key,
+            },
+            options: self.options,
+        });
+        Ok(self.start(name, definition, move |url, options, counters, stop| async move {
             let mut attempt = 0;
             loop {
                 if stop.load(Ordering::Acquire) {
@@ -405,8 +445,19 @@ impl Spawn<'_> {
     pub(super) fn inbound(self, local: &Connection, queue: &str, forward: Forward) -> Link {
         let local = local.hold();
         let name = format!("inbound '{queue}' → exchange '{}'", forward.exchange);
+        let definition = forward.shovel_key().map(|routing_key| super::LinkDefinition {
+            name: name.clone(),
+            vhost: local.vhost().to_owned(),
+            direction: super::LinkDirection::Inbound {
+                remote: self.url.clone(),
+                remote_queue: queue.to_owned(),
+                local_exchange: forward.exchange.clone(),
+                routing_key,
+            },
+            options: self.options,
+        });
         let queue = queue.to_owned();
-        self.start(name, move |url, options, counters, stop| async move {
+        self.start(name, definition, move |url, options, counters, stop| async move {
             let mut attempt = 0;
             loop {
                 if stop.load(Ordering::Acquire) {

@@ -435,7 +435,7 @@ impl Bridge {
                         reply: link::ReplyRule::Keep,
                     };
                     match spawn(remote).outbound(local, local_queue, forward) {
-                        Ok(link) => links.push(link),
+                        Ok(link) => links.push(link.defined_as(definition.clone())),
                         Err(error) => refused.push(format!("shovel '{}': {error}", definition.name)),
                     }
                 }
@@ -443,7 +443,9 @@ impl Bridge {
                     let key = routing_key.clone().map_or(link::KeyRule::Own, link::KeyRule::Fixed);
                     let forward =
                         link::Forward { exchange: local_exchange.clone(), key, reply: link::ReplyRule::Keep };
-                    links.push(spawn(remote).inbound(local, remote_queue, forward));
+                    links.push(
+                        spawn(remote).inbound(local, remote_queue, forward).defined_as(definition.clone()),
+                    );
                 }
             }
         }
