@@ -311,6 +311,13 @@ pub(super) struct Forward {
 }
 
 impl Forward {
+    /// To `exchange`, with each message's own routing key unless
+    /// `routing_key` is given, `reply_to` untouched: a shovel's forwarding.
+    pub(super) fn plain(exchange: &str, routing_key: Option<&str>) -> Forward {
+        let key = routing_key.map_or(KeyRule::Own, |k| KeyRule::Fixed(k.to_owned()));
+        Forward { exchange: exchange.to_owned(), key, reply: ReplyRule::Keep }
+    }
+
     /// The routing key a shovel definition would give this link (`None`
     /// inside: the message's own), or `None` outside if a shovel cannot
     /// say what it does (the request/reply links).

@@ -286,9 +286,7 @@ impl Bridge {
         routing_key: Option<&str>,
         options: LinkOptions,
     ) -> Result<Link, crate::ConsumeError> {
-        let key = routing_key.map_or(link::KeyRule::Own, |k| link::KeyRule::Fixed(k.to_owned()));
-        let forward = link::Forward { exchange: exchange.to_owned(), key, reply: link::ReplyRule::Keep };
-        self.spawn(local, options).outbound(local, queue, forward)
+        self.spawn(local, options).outbound(local, queue, link::Forward::plain(exchange, routing_key))
     }
 
     /// Starts an inbound link: messages from RabbitMQ's `queue` are
@@ -305,9 +303,7 @@ impl Bridge {
         routing_key: Option<&str>,
         options: LinkOptions,
     ) -> Link {
-        let key = routing_key.map_or(link::KeyRule::Own, |k| link::KeyRule::Fixed(k.to_owned()));
-        let forward = link::Forward { exchange: exchange.to_owned(), key, reply: link::ReplyRule::Keep };
-        self.spawn(local, options).inbound(local, queue, forward)
+        self.spawn(local, options).inbound(local, queue, link::Forward::plain(exchange, routing_key))
     }
 
     /// Lets local code call a service on RabbitMQ's side: requests
@@ -420,32 +416,26 @@ impl Bridge {
                     continue;
                 }
             };
-            let spawn = |url: &AmqpUrl| link::Spawn {
-                runtime: self.runtime(),
-                core: Arc::clone(&local.broker().inner.core),
-                url: url.clone(),
-                options: definition.options,
-            };
             match &definition.direction {
                 LinkDirection::Outbound { local_queue, remote, remote_exchange, routing_key } => {
-                    let key = routing_key.clone().map_or(link::KeyRule::Own, link::KeyRule::Fixed);
-                    let forward = link::Forward {
-                        exchange: remote_exchange.clone(),
-                        key,
-                        reply: link::ReplyRule::Keep,
-                    };
-                    match spawn(remote).outbound(local, local_queue, forward) {
+                    let forward = link::Forward::plain(remote_exchange, routing_key.as_deref());
+                    match self.spawn_to(local, remote, definition.options).outbound(
+                        local,
+                        local_queue,
+                        forward,
+                    ) {
                         Ok(link) => links.push(link.defined_as(definition.clone())),
                         Err(error) => refused.push(format!("shovel '{}': {error}", definition.name)),
                     }
                 }
                 LinkDirection::Inbound { remote, remote_queue, local_exchange, routing_key } => {
-                    let key = routing_key.clone().map_or(link::KeyRule::Own, link::KeyRule::Fixed);
-                    let forward =
-                        link::Forward { exchange: local_exchange.clone(), key, reply: link::ReplyRule::Keep };
-                    links.push(
-                        spawn(remote).inbound(local, remote_queue, forward).defined_as(definition.clone()),
+                    let forward = link::Forward::plain(local_exchange, routing_key.as_deref());
+                    let link = self.spawn_to(local, remote, definition.options).inbound(
+                        local,
+                        remote_queue,
+                        forward,
                     );
+                    links.push(link.defined_as(definition.clone()));
                 }
             }
         }
@@ -453,8 +443,13 @@ impl Bridge {
     }
 
     fn spawn(&self, local: &crate::Connection, options: LinkOptions) -> link::Spawn<'_> {
+        self.spawn_to(local, &self.endpoint.url, options)
+    }
+
+    /// A link's start, to RabbitMQ at `url`, listed in `local`'s broker.
+    fn spawn_to(&self, local: &crate::Connection, url: &AmqpUrl, options: LinkOptions) -> link::Spawn<'_> {
         let core = Arc::clone(&local.broker().inner.core);
-        link::Spawn { runtime: self.runtime(), core, url: self.endpoint.url.clone(), options }
+        link::Spawn { runtime: self.runtime(), core, url: url.clone(), options }
     }
 
     /// Declares on RabbitMQ, in the connection's virtual host, the
