@@ -7,6 +7,7 @@
 //! `Arc<Core>`, and nothing here knows about virtual hosts, connections or
 //! access control.
 
+use crate::durable::StoreError;
 use std::hash::BuildHasher;
 
 use crate::clock::Clock;
@@ -37,6 +38,33 @@ pub(crate) struct Startup {
     pub(crate) memory_high_watermark: Option<usize>,
     pub(crate) inline_workers: bool,
     pub(crate) name_seed: Option<u64>,
+    /// The data directory's store, for a broker opened on one.
+    pub(crate) store: Option<Arc<crate::durable::Store>>,
+    /// Where the durable topology goes, with a store.
+    pub(crate) topology_journal: Option<Arc<dyn TopologyJournal>>,
+}
+
+/// Where the durable topology is recorded, for a broker with a data
+/// directory: the topology layer tells it every change, under its registry
+/// lock and before the change is visible, so that nothing can be routed to
+/// a durable queue the store does not know. Implemented by the broker (which
+/// writes RabbitMQ definitions); the store itself knows only opaque entries.
+pub(crate) trait TopologyJournal: Send + Sync + std::fmt::Debug {
+    fn exchange_declared(&self, vhost: &str, exchange: &crate::exchange::Exchange) -> Result<(), StoreError>;
+    fn exchange_deleted(&self, vhost: &str, name: &str);
+    /// The queue's handle on the store if it is durable (exclusive queues
+    /// never are); a queue the store recovered gets its old id back.
+    fn queue_declared(
+        &self,
+        vhost: &str,
+        name: &str,
+        options: &crate::queue::QueueOptions,
+        policy: &crate::queue::QueuePolicy,
+    ) -> Result<Option<Arc<crate::durable::QueueJournal>>, StoreError>;
+    fn queue_deleted(&self, vhost: &str, name: &str);
+    /// Records the binding if both its ends are durable.
+    fn bound(&self, vhost: &str, binding: &crate::exchange::BindingInfo) -> Result<(), StoreError>;
+    fn unbound(&self, vhost: &str, binding: &crate::exchange::BindingInfo);
 }
 
 /// What a link to RabbitMQ tells the overview (see `bridge::Link`).
@@ -67,6 +95,10 @@ pub(crate) struct Core {
     pub(crate) settings: Settings,
     /// Links to RabbitMQ started on this broker's connections, while they live.
     links: Mutex<Vec<Weak<dyn ReportsLink>>>,
+    /// The data directory's store (durable queues' persistent messages and
+    /// the durable topology), for a broker opened on one.
+    pub(crate) store: Option<Arc<crate::durable::Store>>,
+    pub(crate) topology_journal: Option<Arc<dyn TopologyJournal>>,
 }
 
 impl Core {
@@ -88,6 +120,8 @@ impl Core {
             faults: Arc::default(),
             settings: options.settings,
             links: Mutex::default(),
+            store: options.store,
+            topology_journal: options.topology_journal,
         }
     }
 
@@ -209,6 +243,8 @@ mod tests {
             memory_high_watermark: None,
             inline_workers: false,
             name_seed: None,
+            store: None,
+            topology_journal: None,
         });
         let a = core.generate_name("amq.gen-");
         let b = core.generate_name("amq.gen-");

@@ -413,6 +413,17 @@ impl Broker {
     /// Loading is an administrator's act: the topology is declared without
     /// the permission checks a connection's user would get.
     pub fn load_definitions(&self, definitions: &Definitions) -> LoadReport {
+        self.load_definitions_with(definitions, &|_, _| {})
+    }
+
+    /// [`load_definitions`](Self::load_definitions), letting `adjust` add
+    /// to each queue's options what a definitions file cannot say (a
+    /// restart's deduplication windows).
+    pub(crate) fn load_definitions_with(
+        &self,
+        definitions: &Definitions,
+        adjust: &dyn Fn(&QueueDefinition, &mut QueueOptions),
+    ) -> LoadReport {
         let mut report = LoadReport::default();
         for vhost in &definitions.vhosts {
             match self.add_vhost(&vhost.name) {
@@ -522,12 +533,13 @@ impl Broker {
             {
                 arguments.entry("x-queue-type".into()).or_insert_with(|| JsonValue::String(kind.clone()));
             }
-            let options = QueueOptions {
+            let mut options = QueueOptions {
                 durable: queue.durable,
                 auto_delete: queue.auto_delete,
                 arguments: to_table(&arguments),
                 ..Default::default()
             };
+            adjust(queue, &mut options);
             match conn.declare_queue(&queue.name, options) {
                 Ok(_) => report.queues += 1,
                 Err(e) => report.refused.push(format!("queue '{}': {e}", queue.name)),
@@ -591,69 +603,14 @@ fn export_vhost(vhost: &Vhost) -> (Vec<ExchangeDefinition>, Vec<QueueDefinition>
         .exchanges_snapshot()
         .into_iter()
         .filter(|e| !e.name.is_empty() && !e.name.starts_with("amq."))
-        .map(|e| {
-            let mut arguments = from_table(&e.options.arguments);
-            if let Some(alternate) = &e.options.alternate_exchange {
-                arguments.insert("alternate-exchange".into(), JsonValue::String(alternate.clone()));
-            }
-            if e.options.delayed {
-                arguments.insert("x-delayed-type".into(), JsonValue::String(e.kind.as_str().into()));
-            }
-            ExchangeDefinition {
-                arguments,
-                auto_delete: e.options.auto_delete,
-                durable: e.options.durable,
-                internal: e.options.internal,
-                name: e.name.to_string(),
-                kind: if e.options.delayed { "x-delayed-message".into() } else { e.kind.as_str().into() },
-                vhost: vhost.name().into(),
-            }
-        })
+        .map(|e| exchange_definition(vhost.name(), &e))
         .collect();
     exchanges.sort_by(|a, b| a.name.cmp(&b.name));
     let mut queues: Vec<QueueDefinition> = vhost
         .queues_snapshot()
         .into_iter()
         .filter(|q| !q.options.exclusive)
-        .map(|q| {
-            let policy = &q.policy;
-            let mut arguments = from_table(&policy.other_arguments);
-            let mut put = |key: &str, value: Option<JsonValue>| {
-                if let Some(value) = value {
-                    arguments.insert(key.into(), value);
-                }
-            };
-            let millis =
-                |d: std::time::Duration| JsonValue::Int(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            let int = |n: usize| JsonValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
-            put("x-message-ttl", policy.message_ttl.map(millis));
-            put("x-expires", policy.expires.map(millis));
-            put("x-max-length", policy.max_length.map(int));
-            put("x-max-length-bytes", policy.max_length_bytes.map(int));
-            if policy.max_length.is_some() || policy.max_length_bytes.is_some() {
-                put("x-overflow", Some(JsonValue::String(policy.overflow.as_str().into())));
-            }
-            put("x-dead-letter-exchange", policy.dead_letter_exchange.clone().map(JsonValue::String));
-            put("x-dead-letter-routing-key", policy.dead_letter_routing_key.clone().map(JsonValue::String));
-            put("x-max-priority", policy.max_priority.map(|p| JsonValue::Int(i64::from(p))));
-            put("x-delivery-limit", policy.delivery_limit.map(|n| JsonValue::Int(i64::from(n))));
-            put("x-single-active-consumer", policy.single_active_consumer.then_some(JsonValue::Bool(true)));
-            let kind = match policy.queue_type {
-                crate::queue::QueueType::Quorum => {
-                    put("x-queue-type", Some(JsonValue::String("quorum".into())));
-                    "quorum"
-                }
-                _ => "classic",
-            };
-            QueueDefinition {
-                arguments,
-                auto_delete: q.options.auto_delete,
-                durable: q.options.durable,
-                name: q.name.to_string(),
-                kind: Some(kind.into()),
-                vhost: vhost.name().into(),
-            }
-        })
+        .map(|q| queue_definition(vhost.name(), &q.name, &q.options, &q.policy))
         .collect();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
     let exported: std::collections::HashSet<&str> = queues.iter().map(|q| q.name.as_str()).collect();
@@ -661,14 +618,83 @@ fn export_vhost(vhost: &Vhost) -> (Vec<ExchangeDefinition>, Vec<QueueDefinition>
         .bindings()
         .into_iter()
         .filter(|b| b.destination_is_exchange || exported.contains(b.destination.as_str()))
-        .map(|b| BindingDefinition {
-            arguments: from_table(&b.arguments),
-            destination: b.destination,
-            destination_type: if b.destination_is_exchange { "exchange" } else { "queue" }.into(),
-            routing_key: b.routing_key,
-            source: b.source,
-            vhost: vhost.name().into(),
-        })
+        .map(|b| binding_definition(vhost.name(), &b))
         .collect();
     (exchanges, queues, bindings)
+}
+
+/// An exchange as a definitions file writes it.
+pub(crate) fn exchange_definition(vhost: &str, e: &crate::exchange::Exchange) -> ExchangeDefinition {
+    let mut arguments = from_table(&e.options.arguments);
+    if let Some(alternate) = &e.options.alternate_exchange {
+        arguments.insert("alternate-exchange".into(), JsonValue::String(alternate.clone()));
+    }
+    if e.options.delayed {
+        arguments.insert("x-delayed-type".into(), JsonValue::String(e.kind.as_str().into()));
+    }
+    ExchangeDefinition {
+        arguments,
+        auto_delete: e.options.auto_delete,
+        durable: e.options.durable,
+        internal: e.options.internal,
+        name: e.name.to_string(),
+        kind: if e.options.delayed { "x-delayed-message".into() } else { e.kind.as_str().into() },
+        vhost: vhost.into(),
+    }
+}
+
+/// A queue as a definitions file writes it: its policy as `x-` arguments.
+pub(crate) fn queue_definition(
+    vhost: &str,
+    name: &str,
+    options: &QueueOptions,
+    policy: &crate::queue::QueuePolicy,
+) -> QueueDefinition {
+    let mut arguments = from_table(&policy.other_arguments);
+    let mut put = |key: &str, value: Option<JsonValue>| {
+        if let Some(value) = value {
+            arguments.insert(key.into(), value);
+        }
+    };
+    let millis = |d: std::time::Duration| JsonValue::Int(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let int = |n: usize| JsonValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    put("x-message-ttl", policy.message_ttl.map(millis));
+    put("x-expires", policy.expires.map(millis));
+    put("x-max-length", policy.max_length.map(int));
+    put("x-max-length-bytes", policy.max_length_bytes.map(int));
+    if policy.max_length.is_some() || policy.max_length_bytes.is_some() {
+        put("x-overflow", Some(JsonValue::String(policy.overflow.as_str().into())));
+    }
+    put("x-dead-letter-exchange", policy.dead_letter_exchange.clone().map(JsonValue::String));
+    put("x-dead-letter-routing-key", policy.dead_letter_routing_key.clone().map(JsonValue::String));
+    put("x-max-priority", policy.max_priority.map(|p| JsonValue::Int(i64::from(p))));
+    put("x-delivery-limit", policy.delivery_limit.map(|n| JsonValue::Int(i64::from(n))));
+    put("x-single-active-consumer", policy.single_active_consumer.then_some(JsonValue::Bool(true)));
+    let kind = match policy.queue_type {
+        crate::queue::QueueType::Quorum => {
+            put("x-queue-type", Some(JsonValue::String("quorum".into())));
+            "quorum"
+        }
+        _ => "classic",
+    };
+    QueueDefinition {
+        arguments,
+        auto_delete: options.auto_delete,
+        durable: options.durable,
+        name: name.to_owned(),
+        kind: Some(kind.into()),
+        vhost: vhost.into(),
+    }
+}
+
+/// A binding as a definitions file writes it.
+pub(crate) fn binding_definition(vhost: &str, b: &crate::BindingInfo) -> BindingDefinition {
+    BindingDefinition {
+        arguments: from_table(&b.arguments),
+        destination: b.destination.clone(),
+        destination_type: if b.destination_is_exchange { "exchange" } else { "queue" }.into(),
+        routing_key: b.routing_key.clone(),
+        source: b.source.clone(),
+        vhost: vhost.into(),
+    }
 }

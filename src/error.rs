@@ -112,6 +112,10 @@ pub enum DeclareError {
     /// (see [`Permission`](crate::Permission)).
     #[error(transparent)]
     NotPermitted(#[from] AccessRefused),
+    /// The broker's data directory could not record the change (a full
+    /// disk, an I/O error): nothing was changed.
+    #[error("RESOURCE_ERROR - the store could not record it: {0}")]
+    StoreFailed(crate::StoreError),
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed,
@@ -147,6 +151,10 @@ pub enum BindError {
     /// (see [`Permission`](crate::Permission)).
     #[error(transparent)]
     NotPermitted(#[from] AccessRefused),
+    /// The broker's data directory could not record the binding (a full
+    /// disk, an I/O error): nothing was changed.
+    #[error("RESOURCE_ERROR - the store could not record it: {0}")]
+    StoreFailed(crate::StoreError),
     /// The connection is closed.
     #[error("the connection is closed")]
     ConnectionClosed,
@@ -290,6 +298,26 @@ pub enum PublishError {
         /// The message, handed back.
         message: Box<Message>,
     },
+    /// Durable queues could not write the persistent message to their
+    /// store (a full disk, an I/O error), or the store could not sync it
+    /// per its [`SyncPolicy`](crate::SyncPolicy). The message is handed
+    /// back. Other queues it was routed to may have taken it: `routed`
+    /// counts them. When the sync failed (`queues` empty), the message was
+    /// written and may still be delivered from memory, but it is not
+    /// durable: treat it as RabbitMQ's negative confirm.
+    #[error(
+        "RESOURCE_ERROR - store could not take the message for queue(s) {queues:?} ({error}; taken by {routed} other queue(s))"
+    )]
+    StoreFailed {
+        /// The durable queues that refused it (empty if the sync failed).
+        queues: Vec<String>,
+        /// How many queues took it nonetheless.
+        routed: usize,
+        /// What the store said.
+        error: crate::StoreError,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
     /// The `expiration` property is not a non-negative integer of
     /// milliseconds, or exceeds [`MAX_DURATION`](crate::MAX_DURATION).
     #[error("PRECONDITION_FAILED - invalid expiration '{value}': {}", expiration_reason(value))]
@@ -356,6 +384,7 @@ impl PublishError {
             | PublishError::InvalidRoutingKey { message, .. }
             | PublishError::TooLarge { message, .. }
             | PublishError::Rejected { message, .. }
+            | PublishError::StoreFailed { message, .. }
             | PublishError::InvalidExpiration { message, .. }
             | PublishError::InvalidHeader { message, .. }
             | PublishError::NotPermitted { message, .. }
@@ -374,6 +403,7 @@ impl PublishError {
             | PublishError::InvalidRoutingKey { message, .. }
             | PublishError::TooLarge { message, .. }
             | PublishError::Rejected { message, .. }
+            | PublishError::StoreFailed { message, .. }
             | PublishError::InvalidExpiration { message, .. }
             | PublishError::InvalidHeader { message, .. }
             | PublishError::NotPermitted { message, .. }
@@ -391,7 +421,9 @@ impl PublishError {
             PublishError::Unroutable { .. } => ErrorKind::NoRoute,
             PublishError::InvalidRoutingKey { .. } => ErrorKind::InvalidName,
             PublishError::TooLarge { .. } => ErrorKind::ContentTooLarge,
-            PublishError::Rejected { .. } | PublishError::Blocked { .. } => ErrorKind::ResourceError,
+            PublishError::Rejected { .. }
+            | PublishError::StoreFailed { .. }
+            | PublishError::Blocked { .. } => ErrorKind::ResourceError,
             PublishError::InvalidExpiration { .. }
             | PublishError::InvalidHeader { .. }
             | PublishError::UserIdMismatch { .. } => ErrorKind::PreconditionFailed,
@@ -471,11 +503,13 @@ kinds!(DeclareError {
     InvalidName { .. } => InvalidName, AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
     PreconditionFailed(_) => PreconditionFailed, ResourceLocked { .. } => ResourceLocked,
     NotPermitted(_) => AccessRefused, ConnectionClosed => ConnectionClosed,
+    StoreFailed(_) => ResourceError,
 });
 kinds!(BindError {
     InvalidName(_) => InvalidName, AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,
     PreconditionFailed(_) => PreconditionFailed, ResourceLocked { .. } => ResourceLocked,
     NotPermitted(_) => AccessRefused, ConnectionClosed => ConnectionClosed,
+    StoreFailed(_) => ResourceError,
 });
 kinds!(DeleteError {
     AccessRefused(_) => AccessRefused, NotFound(_) => NotFound,

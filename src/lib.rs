@@ -84,6 +84,7 @@ mod death;
 mod definitions;
 mod delivery;
 mod draw;
+mod durable;
 mod error;
 mod exchange;
 mod explain;
@@ -124,7 +125,7 @@ pub use codec::Json;
 #[cfg_attr(docsrs, doc(cfg(feature = "msgpack")))]
 pub use codec::MsgPack;
 pub use codec::{Bincode, Codec, DecodeError, EncodeError, TypedPublishError};
-pub use connection::{Connection, DeleteExchangeOptions, DeleteQueueOptions, Publisher};
+pub use connection::{Confirm, Connection, DeleteExchangeOptions, DeleteQueueOptions, Publisher};
 pub use consumer::{ConsumeOptions, Consumer, Deliveries, IntoDeliveries, Recv};
 pub use conversation::{
     CONVERSATION_ID_HEADER, Conversation, ConversationScope, INITIATOR_ID_HEADER, TRACEPARENT_HEADER,
@@ -136,6 +137,7 @@ pub use definitions::{
     QueueDefinition, TopicPermissionDefinition, UserDefinition, VhostDefinition,
 };
 pub use delivery::Delivery;
+pub use durable::{OpenError, RecoveryReport, StoreError, StoreOptions, StoreStats, SyncPolicy, Truncation};
 pub use error::{
     AckError, BindError, ConnectError, ConsumeError, DeclareError, DeleteError, ErrorKind, PublishError,
     RecvError, RecvTimeoutError, TryRecvError,

@@ -31,6 +31,8 @@ pub(crate) struct RoutingPass<'a> {
     pub(crate) duplicates: usize,
     /// Queues that refused the message because they are full.
     pub(crate) rejected: Vec<String>,
+    /// Durable queues whose store could not take the message.
+    pub(crate) store_failed: Vec<String>,
     /// Messages the enqueues made leave their queues, to dead-letter.
     pub(crate) letters: Vec<Letter>,
     /// The names of the queues reached, kept only for observers.
@@ -63,6 +65,7 @@ impl<'a> RoutingPass<'a> {
             enqueued: 0,
             duplicates: 0,
             rejected: Vec::new(),
+            store_failed: Vec::new(),
             letters: Vec::new(),
             names: None,
         }
@@ -88,13 +91,14 @@ impl<'a> RoutingPass<'a> {
             Enqueued::Accepted => self.enqueued += 1,
             Enqueued::Duplicate => self.duplicates += 1,
             Enqueued::Rejected => self.rejected.push(queue.name.to_string()),
+            Enqueued::StoreFailed => self.store_failed.push(queue.name.to_string()),
             Enqueued::Gone => {}
         }
         if let Some(names) = &mut self.names {
             match outcome {
                 Enqueued::Accepted => names.enqueued.push(queue.name.to_string()),
                 Enqueued::Duplicate => names.duplicates.push(queue.name.to_string()),
-                Enqueued::Rejected | Enqueued::Gone => {}
+                Enqueued::Rejected | Enqueued::Gone | Enqueued::StoreFailed => {}
             }
         }
     }

@@ -7,6 +7,7 @@
 //! - [`tenancy`]: virtual hosts, users, permissions.
 //! - [`observing`]: the window into the running bus.
 
+mod durability;
 mod observing;
 mod tenancy;
 
@@ -85,6 +86,9 @@ pub struct BrokerOptions {
     /// [`Broker::add_user`](crate::Broker::add_user) and
     /// [`Broker::set_permissions`](crate::Broker::set_permissions) edit.
     pub auth_backend: Option<Arc<dyn AuthBackend>>,
+    /// The data directory's settings, for [`Broker::open`] (ignored by a
+    /// broker without one): the sync policy and the segment size.
+    pub store: crate::StoreOptions,
 }
 
 impl std::fmt::Debug for BrokerOptions {
@@ -97,6 +101,7 @@ impl std::fmt::Debug for BrokerOptions {
             .field("inline_workers", &self.inline_workers)
             .field("name_seed", &self.name_seed)
             .field("auth_backend", &self.auth_backend.as_ref().map(|_| "custom"))
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -111,6 +116,7 @@ impl PartialEq for BrokerOptions {
             && self.memory_high_watermark == other.memory_high_watermark
             && self.inline_workers == other.inline_workers
             && self.name_seed == other.name_seed
+            && self.store == other.store
             && match (&self.auth_backend, &other.auth_backend) {
                 (None, None) => true,
                 (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
@@ -131,6 +137,7 @@ impl Default for BrokerOptions {
             inline_workers: false,
             name_seed: None,
             auth_backend: None,
+            store: crate::StoreOptions::default(),
         }
     }
 }
@@ -268,6 +275,15 @@ impl Broker {
 
     /// A broker with `options`.
     pub fn with_options(options: BrokerOptions) -> Self {
+        Broker::build(options, None, None)
+    }
+
+    /// A broker with `options`, and a data directory's store if it has one.
+    fn build(
+        options: BrokerOptions,
+        store: Option<Arc<crate::durable::Store>>,
+        topology_journal: Option<Arc<dyn crate::core::TopologyJournal>>,
+    ) -> Self {
         let users = UserStore::new();
         let _fresh =
             users.add_user(DEFAULT_USER, Some(&Credentials::password(DEFAULT_USER)), &["administrator"]);
@@ -286,6 +302,8 @@ impl Broker {
             memory_high_watermark: options.memory_high_watermark,
             inline_workers: options.inline_workers,
             name_seed: options.name_seed,
+            store,
+            topology_journal,
         }));
         let default_vhost = Vhost::new(DEFAULT_VHOST, Arc::clone(&core));
         let mut vhosts = VhostMap::new();
@@ -297,6 +315,7 @@ impl Broker {
             vhosts_writer: Mutex::new(()),
             users,
             backend,
+            recovery: Mutex::new(None),
         });
         Broker { inner }
     }
@@ -382,6 +401,11 @@ impl Broker {
     pub(crate) fn vhosts(&self) -> Vec<Arc<Vhost>> {
         self.inner.vhosts.load().values().cloned().collect()
     }
+
+    /// The virtual host `name`, if it exists.
+    pub(crate) fn vhost_arc(&self, name: &str) -> Option<Arc<Vhost>> {
+        self.inner.vhosts.load().get(name).cloned()
+    }
 }
 
 /// The broker's shared state.
@@ -393,6 +417,19 @@ pub(crate) struct BrokerInner {
     vhosts_writer: Mutex<()>,
     pub(crate) users: UserStore,
     backend: Arc<dyn AuthBackend>,
+    /// What opening the data directory did, for a broker on one.
+    recovery: Mutex<Option<crate::RecoveryReport>>,
+}
+
+impl Drop for BrokerInner {
+    /// The queues' messages are dropped next: with a store, that is a
+    /// shutdown, not their removal. The store is synced and its directory
+    /// released.
+    fn drop(&mut self) {
+        if let Some(store) = &self.core.store {
+            store.close();
+        }
+    }
 }
 
 impl BrokerInner {

@@ -4,8 +4,10 @@
 //! - [`publisher`]: `Publisher`, a handle on one resolved exchange.
 
 mod calls;
+mod confirm;
 mod publisher;
 
+pub use confirm::Confirm;
 pub use publisher::Publisher;
 use publisher::WhenBlocked;
 
@@ -447,6 +449,57 @@ impl Connection {
         }
         let message = when_blocked.apply(&self.broker, message)?;
         self.vhost.publish(&*self.grant, exchange, routing_key, message, options)
+    }
+
+    /// Publishes as [`publish_with`](Self::publish_with) does — routed now,
+    /// in order with this connection's other publishes — but returns before
+    /// the message is durable: the [`Confirm`] resolves once it is, per the
+    /// broker's [`SyncPolicy`](crate::SyncPolicy) (RabbitMQ's asynchronous
+    /// publisher confirms). Many publishes in flight share each sync. With
+    /// nothing to wait for it resolves at once.
+    ///
+    /// ```
+    /// # use interoffice::{Broker, BrokerOptions, DeliveryMode, Message, PublishOptions, QueueOptions};
+    /// # let dir = std::env::temp_dir().join(format!("interoffice-confirm-doc-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let broker = Broker::open(&dir, BrokerOptions::default())?;
+    /// let conn = broker.connect();
+    /// conn.declare_queue("jobs", QueueOptions { durable: true, ..Default::default() })?;
+    /// let confirms: Vec<_> = (0..100)
+    ///     .map(|i| {
+    ///         let job = Message::new(format!("job {i}")).with_delivery_mode(DeliveryMode::Persistent);
+    ///         conn.publish_confirmed("", "jobs", job, PublishOptions::default())
+    ///     })
+    ///     .collect();
+    /// for confirm in confirms {
+    ///     futures::executor::block_on(confirm)?; // or confirm.wait()
+    /// }
+    /// # drop(conn); drop(broker); std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Confirm {
+        if self.is_closed() {
+            return Confirm::done(Err(PublishError::ConnectionClosed { message: Box::new(message) }));
+        }
+        let message = match WhenBlocked::Wait.apply(&self.broker, message) {
+            Ok(message) => message,
+            Err(e) => return Confirm::done(Err(e)),
+        };
+        match self.vhost.publish_deferred(&*self.grant, exchange, routing_key, message, options) {
+            Err(e) => Confirm::done(Err(e)),
+            Ok(published) => match (published.durable, &self.broker.inner.core.store) {
+                (Some((lsn, message)), Some(store)) => {
+                    Confirm::waiting(Arc::clone(store), lsn, published.routed, message)
+                }
+                _ => Confirm::done(Ok(published.routed)),
+            },
+        }
     }
 
     /// Publishes as [`publish`](Self::publish) does, but never waits: while

@@ -33,6 +33,7 @@ use crate::consumer::ConsumerShared;
 use crate::conversation::ConversationToken;
 use crate::dead_letter::Letter;
 use crate::death::{DeathReason, ReasonCounts};
+use crate::durable::{MessageState, Persisted, Placement, QueueJournal, RecoveredMessage, StoreError};
 use crate::error::{ConsumeError, RecvError};
 use crate::field::{FieldTable, FieldValue};
 use crate::flow::{FLOW_GRANULE, Flow, MESSAGE_OVERHEAD};
@@ -163,6 +164,10 @@ pub(crate) struct Envelope {
     /// The conversation a test is waiting on, if the message belongs to
     /// one: the message counts as pending in it while this envelope lives.
     conversation: Option<ConversationToken>,
+    /// A persistent message in a durable queue: its place in the store,
+    /// removed from it when the last envelope sharing it is dropped. (A
+    /// durable queue's envelope is its own, never shared with other queues.)
+    durable: Option<Arc<Persisted>>,
 }
 
 /// Bytes of names stored inside the envelope; longer ones go to the heap.
@@ -217,7 +222,7 @@ impl Names {
 impl Envelope {
     pub(crate) fn new(exchange: &str, routing_key: &str, message: Message) -> Self {
         debug_assert!(exchange.len() <= usize::from(u8::MAX), "exchange names are checked at declare");
-        Envelope { names: Names::new([exchange, routing_key]), message, conversation: None }
+        Envelope { names: Names::new([exchange, routing_key]), message, conversation: None, durable: None }
     }
 
     /// The envelope, counted in a tracked conversation while it lives.
@@ -242,7 +247,27 @@ impl Envelope {
             .headers
             .get_or_insert_with(FieldTable::new)
             .insert("x-delivery-count", FieldValue::I64(i64::from(count)));
-        Arc::new(Envelope { names: self.names.clone(), message, conversation: self.conversation.clone() })
+        Arc::new(Envelope {
+            names: self.names.clone(),
+            message,
+            conversation: self.conversation.clone(),
+            durable: self.durable.clone(),
+        })
+    }
+
+    /// This queue's own copy, tied to its place in the store.
+    fn persisted(&self, durable: Persisted) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            names: self.names.clone(),
+            message: self.message.clone(),
+            conversation: self.conversation.clone(),
+            durable: Some(Arc::new(durable)),
+        })
+    }
+
+    /// Its place in the store, if it is a persistent message in a durable queue.
+    pub(crate) fn durable(&self) -> Option<&Persisted> {
+        self.durable.as_deref()
     }
 }
 
@@ -287,11 +312,22 @@ pub(crate) struct PublishTiming<'a> {
     pub(crate) ttl: Option<Duration>,
     /// How long it stays invisible.
     pub(crate) delay: Option<Duration>,
+    /// The furthest store position a durable queue wrote this message to:
+    /// what the publisher waits to be synced (0: none).
+    pub(crate) durable_lsn: u64,
+    /// Why a durable queue's store refused it, if one did.
+    pub(crate) store_error: Option<StoreError>,
 }
 
 impl<'a> PublishTiming<'a> {
     pub(crate) fn new(clock: &'a Clock, ttl: Option<Duration>, delay: Option<Duration>) -> Self {
-        PublishTiming { now: Now::new(clock), ttl, delay: delay.filter(|d| !d.is_zero()) }
+        PublishTiming {
+            now: Now::new(clock),
+            ttl,
+            delay: delay.filter(|d| !d.is_zero()),
+            durable_lsn: 0,
+            store_error: None,
+        }
     }
 }
 
@@ -322,6 +358,9 @@ pub(crate) enum Enqueued {
     Rejected,
     /// The queue was deleted after the routing snapshot was taken.
     Gone,
+    /// A durable queue's store could not take the persistent message (the
+    /// error is left in the [`PublishTiming`]).
+    StoreFailed,
 }
 
 /// A consumer as the queue sees it: where to send, and its credit.
@@ -447,6 +486,9 @@ pub(crate) struct QueueContext {
     pub(crate) observers: Arc<Observers>,
     /// The broker's fault rules (off unless a test injects some).
     pub(crate) faults: Arc<crate::faults::Faults>,
+    /// A durable queue's handle on the broker's store, if it has a data
+    /// directory: its persistent messages are written there.
+    pub(crate) journal: Option<Arc<QueueJournal>>,
 }
 
 /// Reports a settle to the observers of `queue`, if any.
@@ -674,6 +716,17 @@ impl Queue {
             match self.make_room(state, &msg, &mut timing.now) {
                 Room::Made => {
                     let due = later(timing.now.get(), delay);
+                    if let Some(journal) = self.persistent(&msg) {
+                        let now = timing.now.get();
+                        let placement = Placement::Delayed {
+                            due_ms: crate::durable::to_wall_ms(due, now),
+                            ttl_ms: ttl.map(millis),
+                        };
+                        if let Err(e) = self.write_publish(journal, &mut msg, placement, timing) {
+                            timing.store_error = Some(e);
+                            return Enqueued::StoreFailed;
+                        }
+                    }
                     state.delayed.insert(due, Delayed { msg, ttl });
                 }
                 Room::Refused => return Enqueued::Rejected,
@@ -681,8 +734,16 @@ impl Queue {
             }
         } else {
             msg.seq = state.next_seq;
-            state.next_seq += 1;
             msg.expires_at = ttl.map(|ttl| later(timing.now.get(), ttl));
+            if let Some(journal) = self.persistent(&msg) {
+                let expires_ms = msg.expires_at.map(|at| crate::durable::to_wall_ms(at, timing.now.get()));
+                let placement = Placement::Ready { seq: msg.seq, expires_ms };
+                if let Err(e) = self.write_publish(journal, &mut msg, placement, timing) {
+                    timing.store_error = Some(e);
+                    return Enqueued::StoreFailed;
+                }
+            }
+            state.next_seq += 1;
             // Everything ready has already been offered to every consumer
             // with credit, so a new message can go straight to one if the
             // store is empty.
@@ -721,6 +782,84 @@ impl Queue {
         }
         self.reschedule(state);
         Enqueued::Accepted
+    }
+
+    /// The queue's store, if `msg` is persistent and the queue durable.
+    fn persistent(&self, msg: &QueuedMessage) -> Option<&Arc<QueueJournal>> {
+        let journal = self.context.journal.as_ref()?;
+        (msg.envelope.message.properties().delivery_mode == Some(crate::DeliveryMode::Persistent))
+            .then_some(journal)
+    }
+
+    /// Writes `msg`'s Publish record and gives it this queue's own envelope,
+    /// tied to the record.
+    fn write_publish(
+        &self,
+        journal: &Arc<QueueJournal>,
+        msg: &mut QueuedMessage,
+        placement: Placement,
+        timing: &mut PublishTiming<'_>,
+    ) -> Result<(), StoreError> {
+        let envelope = &msg.envelope;
+        let state = MessageState { placement, deliveries: msg.deliveries, redelivered: msg.redelivered };
+        let (persisted, lsn) = journal.publish(
+            state,
+            envelope.exchange(),
+            envelope.routing_key(),
+            envelope.message.properties(),
+            envelope.message.body(),
+        )?;
+        msg.envelope = envelope.persisted(persisted);
+        timing.durable_lsn = timing.durable_lsn.max(lsn);
+        Ok(())
+    }
+
+    /// Puts back the persistent messages the store recovered for this
+    /// queue, in their order, with their delivery counts; the ids of
+    /// messages it accepted go back in its deduplication window.
+    pub(crate) fn recover(&self, messages: Vec<RecoveredMessage>, ids: &[String]) {
+        let Some(journal) = self.context.journal.clone() else { return };
+        self.with_state(|state, now| {
+            let at = now.get();
+            if let Some(recent) = &mut state.recent_ids {
+                for id in ids {
+                    recent.record(id, Some(at));
+                }
+            }
+            for recovered in messages {
+                let message = Message::with_properties(recovered.body, recovered.properties);
+                let mut envelope = Envelope::new(&recovered.exchange, &recovered.routing_key, message);
+                envelope.durable = Some(Arc::new(Persisted::recovered(&journal, recovered.pid)));
+                let mut envelope = Arc::new(envelope);
+                let deliveries = recovered.state.deliveries;
+                if self.policy.delivery_limit.is_some() || self.policy.queue_type == QueueType::Quorum {
+                    envelope = envelope.with_delivery_count(deliveries);
+                }
+                let rank = self.rank(&envelope.message);
+                let mut msg = QueuedMessage {
+                    seq: 0,
+                    envelope,
+                    redelivered: recovered.state.redelivered,
+                    deliveries,
+                    expires_at: None,
+                    rank,
+                };
+                match recovered.state.placement {
+                    Placement::Ready { seq, expires_ms } => {
+                        msg.seq = seq;
+                        msg.expires_at = expires_ms.map(|ms| crate::durable::from_wall_ms(ms, at));
+                        state.next_seq = state.next_seq.max(seq + 1);
+                        state.ready.insert(msg);
+                    }
+                    Placement::Delayed { due_ms, ttl_ms } => {
+                        let due = crate::durable::from_wall_ms(due_ms, at);
+                        state.delayed.insert(due, Delayed { msg, ttl: ttl_ms.map(Duration::from_millis) });
+                    }
+                }
+            }
+            state.catch_up(self, now);
+            state.dispatch(self, now);
+        });
     }
 
     /// Runs `f` on the locked state, then dead-letters what it left behind
@@ -896,7 +1035,12 @@ impl Queue {
                     state.restore(self, msg, false, now);
                     self.drop_head_over_limit(state, now);
                 } else {
-                    let due = later(now.get(), delay.min(MAX_DURATION));
+                    let at = now.get();
+                    let due = later(at, delay.min(MAX_DURATION));
+                    if let Some(durable) = msg.envelope.durable() {
+                        let due_ms = crate::durable::to_wall_ms(due, at);
+                        durable.place(Placement::Delayed { due_ms, ttl_ms: None });
+                    }
                     state.delayed.insert(due, Delayed { msg, ttl: None });
                 }
             } else {
@@ -1001,6 +1145,9 @@ impl Queue {
             if msg.is_some() && track {
                 state.get_unacked += 1;
             }
+            if let Some(durable) = msg.as_ref().and_then(|m| m.envelope.durable()) {
+                durable.delivered();
+            }
             if let (Some(counts), Some(msg)) = (&mut state.counts, &msg) {
                 counts.fetched += 1;
                 counts.redelivered += u64::from(msg.redelivered);
@@ -1060,6 +1207,9 @@ impl Queue {
                 return Err(DeleteRefused::NotIdle);
             }
             state.deleted = true;
+            if let Some(journal) = &self.context.journal {
+                journal.mark_deleted();
+            }
             // The pending wake-up goes too: a deleted queue keeps nothing.
             if state.timer_at.take().is_some() {
                 self.context.timers.cancel(self.id);
@@ -1298,6 +1448,11 @@ impl QueueState {
     /// always under its lock, so credit never overshoots the prefetch limit.
     fn send_to(&mut self, index: usize, msg: QueuedMessage) -> Result<(), QueuedMessage> {
         let slot = &self.consumers[index];
+        if let Some(durable) = msg.envelope.durable() {
+            // Before the consumer can see it: a crash after it did brings
+            // it back flagged redelivered.
+            durable.delivered();
+        }
         slot.consumer.credit.take();
         let redelivered = msg.redelivered;
         match slot.inbox.send(msg) {
@@ -1354,6 +1509,9 @@ impl QueueState {
     /// A message past its expiry or delivery limit leaves instead; in a
     /// deleted queue it is dropped.
     fn restore(&mut self, queue: &Queue, mut msg: QueuedMessage, returned: bool, now: &mut Now<'_>) {
+        if !returned && let Some(durable) = msg.envelope.durable() {
+            durable.undelivered();
+        }
         if self.deleted || (returned && !self.count_return(queue, &mut msg)) {
             self.graveyard.push(msg);
             return;
@@ -1366,6 +1524,11 @@ impl QueueState {
             // A quorum queue returns a message to its back, not its place.
             msg.seq = self.next_seq;
             self.next_seq += 1;
+            if let Some(durable) = msg.envelope.durable() {
+                let at = now.get();
+                let expires_ms = msg.expires_at.map(|e| crate::durable::to_wall_ms(e, at));
+                durable.place(Placement::Ready { seq: msg.seq, expires_ms });
+            }
         }
         self.ready.insert(msg);
     }
@@ -1395,6 +1558,10 @@ impl QueueState {
             if let Some(ttl) = ttl {
                 msg.expires_at = Some(later(at, ttl));
             }
+            if let Some(durable) = msg.envelope.durable() {
+                let expires_ms = msg.expires_at.map(|e| crate::durable::to_wall_ms(e, at));
+                durable.place(Placement::Ready { seq: msg.seq, expires_ms });
+            }
             if msg.expired(now) {
                 self.expire(queue, msg);
             } else {
@@ -1419,6 +1586,11 @@ impl QueueState {
     }
 }
 
+/// Milliseconds of a duration, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1434,6 +1606,7 @@ mod tests {
             activity: Arc::default(),
             observers: Arc::default(),
             faults: Arc::default(),
+            journal: None,
         }
     }
 
@@ -1477,12 +1650,12 @@ mod tests {
         assert_eq!(order, [("a".into(), true), ("b".into(), true), ("c".into(), false)]);
     }
 
-    /// The per-message memory budget (≤ 160 bytes beyond body and headers)
+    /// The per-message memory budget (≤ 176 bytes beyond body and headers)
     /// rests on these sizes: an envelope allocation and a store entry.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_queued_message_stays_small() {
-        assert!(std::mem::size_of::<Envelope>() <= 88, "{}", std::mem::size_of::<Envelope>());
+        assert!(std::mem::size_of::<Envelope>() <= 96, "{}", std::mem::size_of::<Envelope>());
         assert!(std::mem::size_of::<QueuedMessage>() <= 40, "{}", std::mem::size_of::<QueuedMessage>());
     }
 

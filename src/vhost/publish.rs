@@ -75,6 +75,23 @@ impl Vhost {
         let start = exchanges.get(exchange);
         let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
         let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
+        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)?.confirmed(self)
+    }
+
+    /// [`publish`](Self::publish), returning before the message is durable:
+    /// the caller waits on what [`Published::durable`] holds.
+    pub(crate) fn publish_deferred<G: PublishGate + ?Sized>(
+        &self,
+        gate: &G,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Published, PublishError> {
+        let exchanges = self.exchanges.load();
+        let start = exchanges.get(exchange);
+        let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
+        let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
         self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)
     }
 
@@ -91,7 +108,7 @@ impl Vhost {
         if start.is_deleted() {
             return Err(self.not_found(&start.name, routing_key, message));
         }
-        self.publish_to(None, start, routing_key, message, ttl, options)
+        self.publish_to(None, start, routing_key, message, ttl, options)?.confirmed(self)
     }
 
     /// What every publish passes first: the message's own checks (its TTL
@@ -180,7 +197,7 @@ impl Vhost {
         mut message: Message,
         ttl: Option<Duration>,
         options: PublishOptions,
-    ) -> Result<Routed, PublishError> {
+    ) -> Result<Published, PublishError> {
         // In flight for `settle` from before the first enqueue to after the
         // last (a publish refused before routing enqueues nothing).
         let busy = self.core.activity.busy();
@@ -231,7 +248,7 @@ impl Vhost {
             self.core.observers.next_seq()
         });
         self.route_keys(exchanges, start, &mut pass, &extra_keys);
-        let RoutingPass { enqueued, duplicates, rejected, letters, names, .. } = pass;
+        let RoutingPass { enqueued, duplicates, rejected, store_failed, letters, names, timing, .. } = pass;
         if self.core.settings.statistics {
             start.counters.count(busy.index(), enqueued > 0 || duplicates > 0);
         }
@@ -239,8 +256,8 @@ impl Vhost {
             crate::trace::unroutable(&start.name, routing_key, options.mandatory, &envelope.message);
         }
         if let (Some(seq), Some(names)) = (seq, names) {
-            let outcome = if !rejected.is_empty() {
-                PublishOutcome::Rejected(rejected.clone())
+            let outcome = if !rejected.is_empty() || !store_failed.is_empty() {
+                PublishOutcome::Rejected(rejected.iter().chain(&store_failed).cloned().collect())
             } else if enqueued == 0 && duplicates == 0 && options.mandatory {
                 PublishOutcome::Returned
             } else {
@@ -264,6 +281,15 @@ impl Vhost {
         let take_back = |envelope: Arc<Envelope>| {
             Box::new(Arc::try_unwrap(envelope).map_or_else(|shared| shared.message.clone(), |e| e.message))
         };
+        if !store_failed.is_empty() {
+            let error = timing.store_error.unwrap_or(crate::StoreError::Io("unknown".into()));
+            return Err(PublishError::StoreFailed {
+                queues: store_failed,
+                routed: enqueued,
+                error,
+                message: take_back(envelope),
+            });
+        }
         if !rejected.is_empty() {
             return Err(PublishError::Rejected {
                 queues: rejected,
@@ -278,7 +304,33 @@ impl Vhost {
                 message: take_back(envelope),
             });
         }
-        Ok(Routed { queues: enqueued, duplicates })
+        let routed = Routed { queues: enqueued, duplicates };
+        let durable = (timing.durable_lsn > 0).then(|| (timing.durable_lsn, envelope.message.clone()));
+        Ok(Published { routed, durable })
+    }
+}
+
+/// A publish routed, and what it waits for to be durable.
+pub(crate) struct Published {
+    pub(crate) routed: Routed,
+    /// The store position its persistent copies reached, and the message
+    /// to hand back if the sync fails. `None`: nothing to wait for.
+    pub(crate) durable: Option<(u64, Message)>,
+}
+
+impl Published {
+    /// Waits (blocking) until the message is durable per the store's
+    /// policy.
+    pub(crate) fn confirmed(self, vhost: &Vhost) -> Result<Routed, PublishError> {
+        let Some((lsn, message)) = self.durable else { return Ok(self.routed) };
+        let Some(store) = vhost.core.store.as_ref() else { return Ok(self.routed) };
+        store.syncer.wait(store, lsn).map_err(|error| PublishError::StoreFailed {
+            queues: Vec::new(),
+            routed: self.routed.queues,
+            error,
+            message: Box::new(message),
+        })?;
+        Ok(self.routed)
     }
 }
 

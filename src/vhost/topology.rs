@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use crate::MAX_NAME_LEN;
 use crate::error::{BindError, ConsumeError, DeclareError, DeleteError};
-use crate::exchange::{Dest, Exchange, ExchangeKind, ExchangeOptions, Routes, compile_arguments};
+use crate::exchange::{
+    BindingInfo, Dest, Exchange, ExchangeKind, ExchangeOptions, Routes, compile_arguments,
+};
 use crate::field::FieldTable;
 use crate::queue::{DeleteRefused, Queue, QueueContext, QueueOptions, QueueOwner, Side, inequivalent_phrase};
 use crate::sync::{Arc, Weak};
@@ -110,6 +112,11 @@ impl Vhost {
             return Ok(());
         }
         let exchange = Arc::new(Exchange::new(name.into(), self.core.id(), kind, options));
+        if let Some(journal) = &self.core.topology_journal
+            && exchange.options.durable
+        {
+            journal.exchange_declared(&self.name, &exchange).map_err(DeclareError::StoreFailed)?;
+        }
         let mut map = (**self.exchanges.load()).clone();
         map.insert(Arc::clone(&exchange.name), exchange);
         self.exchanges.store(Arc::new(map));
@@ -149,6 +156,9 @@ impl Vhost {
         map.remove(&exchange.name);
         self.exchanges.store(Arc::new(map));
         exchange.mark_deleted();
+        if let Some(journal) = &self.core.topology_journal {
+            journal.exchange_deleted(&self.name, &exchange.name);
+        }
         let id = exchange.id;
         let keys: Vec<BindingKey> =
             registry.keys_from(id).chain(registry.keys_to(DestId::Exchange(id))).cloned().collect();
@@ -227,6 +237,12 @@ impl Vhost {
         }
         let owner = options.exclusive.then_some(conn);
         let options = QueueOptions { passive: false, ..options };
+        let journal = match &self.core.topology_journal {
+            Some(journal) => journal
+                .queue_declared(&self.name, &name, &options, &policy)
+                .map_err(DeclareError::StoreFailed)?,
+            None => None,
+        };
         let context = QueueContext {
             statistics: self.core.settings.statistics,
             clock: self.core.settings.clock.clone(),
@@ -236,6 +252,7 @@ impl Vhost {
             activity: Arc::clone(&self.core.activity),
             observers: Arc::clone(&self.core.observers),
             faults: Arc::clone(&self.core.faults),
+            journal,
         };
         let queue = Queue::new(name.as_str().into(), self.core.id(), options, policy, owner, context);
         if owner.is_some() {
@@ -312,6 +329,11 @@ impl Vhost {
         let dropped = queue.delete_if(if_unused, if_empty, expiring_at)?;
         map.remove(&queue.name);
         self.queues.store(Arc::new(map));
+        if let Some(journal) = &self.core.topology_journal
+            && queue.context.journal.is_some()
+        {
+            journal.queue_deleted(&self.name, &queue.name);
+        }
         let keys: Vec<BindingKey> = registry.keys_to(DestId::Queue(queue.id)).cloned().collect();
         self.remove_bindings(registry, keys);
         if let Some(owner) = queue.owner
@@ -396,10 +418,20 @@ impl Vhost {
         let (source, dest) = self.binding_ends(conn, destination, to_exchange, source, key)?;
         let matcher = compile_arguments(source.kind, &arguments).map_err(BindError::PreconditionFailed)?;
         let binding_key = BindingKey { source: source.id, dest: dest.id(), key: key.to_owned() };
-        let entry = registry.entry(binding_key, &source, &dest);
-        if entry.args.iter().any(|(a, _)| *a == arguments) {
+        if registry.bindings.get(&binding_key).is_some_and(|e| e.args.iter().any(|(a, _)| *a == arguments)) {
             return Ok(());
         }
+        if let Some(journal) = &self.core.topology_journal {
+            let info = BindingInfo {
+                source: source.name.to_string(),
+                destination: destination.into(),
+                destination_is_exchange: to_exchange,
+                routing_key: key.into(),
+                arguments: arguments.clone(),
+            };
+            journal.bound(&self.name, &info).map_err(BindError::StoreFailed)?;
+        }
+        let entry = registry.entry(binding_key, &source, &dest);
         entry.args.push((arguments, matcher.clone()));
         *registry.binding_count.entry(source.id).or_default() += 1;
         apply_edits(&source, [RouteEdit { key: key.to_owned(), matcher, dest, add: true }]);
@@ -425,9 +457,19 @@ impl Vhost {
         let binding_key = BindingKey { source: source.id, dest: dest.id(), key: key.to_owned() };
         let Some(entry) = registry.bindings.get_mut(&binding_key) else { return Ok(()) };
         let Some(index) = entry.args.iter().position(|(a, _)| a == arguments) else { return Ok(()) };
-        let (_, matcher) = entry.args.remove(index);
+        let (removed_args, matcher) = entry.args.remove(index);
         if entry.args.is_empty() {
             registry.take(&binding_key);
+        }
+        if let Some(journal) = &self.core.topology_journal {
+            let info = BindingInfo {
+                source: source.name.to_string(),
+                destination: destination.into(),
+                destination_is_exchange: to_exchange,
+                routing_key: key.into(),
+                arguments: removed_args,
+            };
+            journal.unbound(&self.name, &info);
         }
         apply_edits(&source, [RouteEdit { key: key.to_owned(), matcher, dest, add: false }]);
         self.forget_bindings(&mut registry, &[(source, 1)]);
