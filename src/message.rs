@@ -111,6 +111,11 @@ impl Message {
         Message { properties: Arc::new(properties), body: body.into(), delay: 0 }
     }
 
+    /// A message sharing `properties` with others (read back from a store).
+    pub(crate) fn from_shared(properties: Arc<Properties>, body: Bytes) -> Self {
+        Message { properties, body, delay: 0 }
+    }
+
     /// The body.
     pub fn body(&self) -> &Bytes {
         &self.body

@@ -88,7 +88,9 @@ impl Broker {
     /// Declares the stored topology again, then puts the recovered
     /// messages back.
     fn recover(&self, store: &Arc<Store>) {
-        let Some((mut report, mut messages, ids)) = store.take_recovered() else { return };
+        let Some(mut recovered) = store.take_recovered() else { return };
+        let mut report = std::mem::take(&mut recovered.report);
+        let mut messages = std::mem::take(&mut recovered.messages);
         let started = std::time::Instant::now();
         let mut definitions = Definitions::default();
         let mut windows: HashMap<(String, String), DeduplicationWindow> = HashMap::new();
@@ -139,16 +141,19 @@ impl Broker {
             }
         });
         report.refused = loaded.refused;
-        let mut ids_by_queue: HashMap<u64, Vec<String>> = HashMap::new();
-        for (queue, id) in ids {
-            ids_by_queue.entry(queue).or_default().push(id);
-        }
         for (vhost, name, id) in queue_ids {
             let queue = self.vhost_arc(&vhost).and_then(|v| v.queue(&name));
-            let recovered = messages.remove(&id).unwrap_or_default();
+            let kept = messages.remove(&id).unwrap_or_default();
             match queue {
-                Some(queue) => queue.recover(recovered, ids_by_queue.get(&id).map_or(&[], Vec::as_slice)),
-                None => report.orphaned += recovered.len() as u64,
+                Some(queue) => {
+                    let ids = if queue.policy.deduplication_window.is_some() {
+                        recovered.message_ids(id)
+                    } else {
+                        Vec::new()
+                    };
+                    queue.recover(kept, &ids);
+                }
+                None => report.orphaned += kept.len() as u64,
             }
         }
         report.orphaned += messages.values().map(|m| m.len() as u64).sum::<u64>();

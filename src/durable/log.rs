@@ -10,13 +10,15 @@
 //! the log holds what is queued plus at most about as much again, plus the
 //! active segment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::hash::FastHashMap;
 
 use super::record::{self, Content, Damage, MessageState, Placement, Record};
 
@@ -140,7 +142,7 @@ pub(crate) struct Writer {
     pub(crate) appended: u64,
     pub(crate) written: u64,
     pub(crate) segments: BTreeMap<u64, SegmentStats>,
-    pub(crate) index: HashMap<u64, Live>,
+    pub(crate) index: FastHashMap<u64, Live>,
     pub(crate) next_pid: u64,
     segment_bytes: u64,
     /// Removals waiting in `buf`, written with the next write or sync.
@@ -160,7 +162,7 @@ impl Writer {
         dir: &Path,
         number: u64,
         segments: BTreeMap<u64, SegmentStats>,
-        index: HashMap<u64, Live>,
+        index: FastHashMap<u64, Live>,
         next_pid: u64,
         segment_bytes: u64,
     ) -> std::io::Result<Writer> {

@@ -26,24 +26,24 @@
 
 pub(crate) mod log;
 pub(crate) mod record;
+pub(crate) mod recover;
 pub(crate) mod snapshot;
 pub(crate) mod syncer;
 
-use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::message::Properties;
 use std::sync::Arc;
 
-use log::{Live, SegmentStats, Writer};
-use record::{Content, Record};
+use log::Writer;
+use record::Content;
 pub(crate) use record::{MessageState, Placement};
+pub(crate) use recover::{Recovered, RecoveredMessage};
 pub(crate) use snapshot::{EntryKind, TopologyFile};
 use syncer::Syncer;
 
@@ -228,22 +228,6 @@ pub struct StoreStats {
     pub last_error: Option<String>,
 }
 
-/// What open read back, until the broker takes it: the report, the
-/// messages by durable queue id, and the message ids (queue id, id) of
-/// every Publish record still in the log, oldest first.
-pub(crate) type Recovered = (RecoveryReport, HashMap<u64, Vec<RecoveredMessage>>, Vec<(u64, String)>);
-
-/// A persistent message read back at open.
-#[derive(Debug)]
-pub(crate) struct RecoveredMessage {
-    pub(crate) pid: u64,
-    pub(crate) state: MessageState,
-    pub(crate) exchange: String,
-    pub(crate) routing_key: String,
-    pub(crate) properties: Properties,
-    pub(crate) body: Bytes,
-}
-
 const LOCK_FILE: &str = "LOCK";
 
 /// The data directory of one broker.
@@ -286,164 +270,16 @@ impl Store {
         }
         let topology =
             TopologyFile::load(dir).map_err(|reason| OpenError::Topology { path: dir.to_owned(), reason })?;
-        let mut report = RecoveryReport::default();
-        let known: HashMap<u64, ()> =
-            topology.entries.values().filter_map(|e| e.queue_id).map(|id| (id, ())).collect();
+        let known: std::collections::HashSet<u64> =
+            topology.entries.values().filter_map(|e| e.queue_id).collect();
         let numbers = log::list_segments(dir).map_err(io(dir))?;
-        // pid → (queue, state, marks, segment, offset, len, data, ranges)
-        struct Scanned {
-            live: Live,
-            data: Bytes,
-            frame: usize,
-            ranges: [std::ops::Range<usize>; 4],
-        }
-        let mut scanned: HashMap<u64, Scanned> = HashMap::new();
-        let mut seen_ids: Vec<(u64, u64, Bytes, std::ops::Range<usize>)> = Vec::new();
-        let mut segments: BTreeMap<u64, SegmentStats> = BTreeMap::new();
-        let mut max_pid = 0;
-        for &number in &numbers {
-            let path = log::segment_path(dir, number);
-            let data = log::read_segment(dir, number).map_err(io(&path))?;
-            report.segments += 1;
-            match log::check_header(&data) {
-                log::HeaderCheck::Ok => {}
-                log::HeaderCheck::Version(found) => {
-                    return Err(OpenError::UnsupportedVersion {
-                        path: dir.to_owned(),
-                        found,
-                        supported: log::FORMAT_VERSION,
-                    });
-                }
-                log::HeaderCheck::Damaged => {
-                    // Not even a header: nothing in it can be read.
-                    report.truncations.push(Truncation {
-                        segment: path.clone(),
-                        offset: 0,
-                        dropped_bytes: data.len() as u64,
-                        reason: "no segment header".into(),
-                    });
-                    std::fs::remove_file(&path).map_err(io(&path))?;
-                    continue;
-                }
-            }
-            let damage = log::frames(&data, |at, len, record| {
-                max_pid = max_pid.max(record.pid());
-                match record {
-                    Record::Publish { queue, pid, state, exchange, routing_key, properties, body } => {
-                        if !known.contains_key(&queue) {
-                            return;
-                        }
-                        seen_ids.push((queue, pid, data.clone(), at + properties.start..at + properties.end));
-                        let live = Live {
-                            queue,
-                            segment: number,
-                            offset: at as u64,
-                            len: len as u32,
-                            state,
-                            marks: 0,
-                        };
-                        scanned.insert(
-                            pid,
-                            Scanned {
-                                live,
-                                data: data.clone(),
-                                frame: at,
-                                ranges: [exchange, routing_key, properties, body],
-                            },
-                        );
-                    }
-                    Record::Place { pid, placement, .. } => {
-                        if let Some(s) = scanned.get_mut(&pid) {
-                            s.live.state.placement = placement;
-                        }
-                    }
-                    Record::Delivered { pid, .. } => {
-                        if let Some(s) = scanned.get_mut(&pid) {
-                            s.live.marks = s.live.marks.saturating_add(1);
-                        }
-                    }
-                    Record::Remove { pid, .. } => {
-                        scanned.remove(&pid);
-                    }
-                    Record::Undelivered { pid, .. } => {
-                        if let Some(s) = scanned.get_mut(&pid) {
-                            s.live.marks = s.live.marks.saturating_sub(1);
-                        }
-                    }
-                }
-            });
-            let mut total = data.len() as u64;
-            if let Some((offset, damage)) = damage {
-                let file = File::options().write(true).open(&path).map_err(io(&path))?;
-                file.set_len(offset as u64).map_err(io(&path))?;
-                file.sync_all().map_err(io(&path))?;
-                report.truncations.push(Truncation {
-                    segment: path.clone(),
-                    offset: offset as u64,
-                    dropped_bytes: data.len() as u64 - offset as u64,
-                    reason: format!("{damage:?}").to_lowercase(),
-                });
-                total = offset as u64;
-            }
-            segments.insert(number, SegmentStats { total, live: 0 });
-        }
-        // Records of queues deleted before the crash were skipped above;
-        // count what remains per queue, and the log's live bytes.
-        let mut by_queue: HashMap<u64, Vec<RecoveredMessage>> = HashMap::new();
-        let mut index = HashMap::with_capacity(scanned.len());
-        for (pid, s) in scanned {
-            let [exchange, routing_key, properties, body] = s.ranges;
-            let frame = s.frame;
-            let slice = |r: &std::ops::Range<usize>| s.data.slice(frame + r.start..frame + r.end);
-            let properties = match bincode::serde::decode_from_slice::<Properties, _>(
-                &slice(&properties),
-                bincode::config::standard(),
-            ) {
-                Ok((p, _)) => p,
-                Err(_) => {
-                    report.orphaned += 1;
-                    continue;
-                }
-            };
-            let text = |r: &std::ops::Range<usize>| String::from_utf8_lossy(&slice(r)).into_owned();
-            let state = s.live.restart_state();
-            report.messages += 1;
-            report.redelivered += u64::from(s.live.marks > 0);
-            if let Some(stats) = segments.get_mut(&s.live.segment) {
-                stats.live += u64::from(s.live.len);
-            }
-            by_queue.entry(s.live.queue).or_default().push(RecoveredMessage {
-                pid,
-                state,
-                exchange: text(&exchange),
-                routing_key: text(&routing_key),
-                properties,
-                body: slice(&body),
-            });
-            index.insert(pid, s.live);
-        }
-        for list in by_queue.values_mut() {
-            list.sort_unstable_by_key(|m| m.pid);
-        }
-        // Message ids of every Publish still in the log, oldest first, for
-        // deduplication windows.
-        seen_ids.sort_unstable_by_key(|(_, pid, ..)| *pid);
-        let ids: Vec<(u64, String)> = seen_ids
-            .into_iter()
-            .filter_map(|(queue, _, data, range)| {
-                let (p, _) = bincode::serde::decode_from_slice::<Properties, _>(
-                    &data[range],
-                    bincode::config::standard(),
-                )
-                .ok()?;
-                Some((queue, p.message_id?))
-            })
-            .collect();
+        let (mut recovered, segments, index, max_pid) =
+            recover::recover(dir, &numbers, &|q| known.contains(&q))?;
         let next = numbers.last().map_or(1, |n| n + 1);
         let mut writer = Writer::create(dir, next, segments, index, max_pid + 1, options.segment_bytes)
             .map_err(io(dir))?;
         writer.compact().map_err(io(dir))?;
-        report.elapsed = started.elapsed();
+        recovered.report.elapsed = started.elapsed();
         let syncer = Syncer::new(options.sync);
         let store = Arc::new(Store {
             dir: dir.to_owned(),
@@ -452,7 +288,7 @@ impl Store {
             closing: AtomicBool::new(false),
             topology: Mutex::new(topology),
             lock: Mutex::new(Some(lock)),
-            recovery: Mutex::new(Some((report, by_queue, ids))),
+            recovery: Mutex::new(Some(recovered)),
         });
         store.syncer.start(&store);
         Ok(store)
@@ -514,6 +350,11 @@ impl Store {
         Ok(writer.written)
     }
 
+    /// The log position appended so far.
+    pub(crate) fn appended(&self) -> u64 {
+        self.writer.lock().appended
+    }
+
     /// The handle of the active segment, to sync.
     pub(crate) fn sync_handle(&self) -> Arc<File> {
         self.writer.lock().sync_handle()
@@ -558,7 +399,6 @@ impl QueueJournal {
             .lock()
             .publish(self.id, state, &content)
             .map_err(|e| StoreError::from_io(&e))?;
-        self.store.syncer.appended.fetch_max(lsn, Ordering::AcqRel);
         Ok((Persisted { queue: Arc::clone(self), pid }, lsn))
     }
 

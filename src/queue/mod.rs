@@ -827,8 +827,8 @@ impl Queue {
                 }
             }
             for recovered in messages {
-                let message = Message::with_properties(recovered.body, recovered.properties);
-                let mut envelope = Envelope::new(&recovered.exchange, &recovered.routing_key, message);
+                let message = Message::from_shared(Arc::clone(&recovered.properties), recovered.body());
+                let mut envelope = Envelope::new(recovered.exchange(), recovered.routing_key(), message);
                 envelope.durable = Some(Arc::new(Persisted::recovered(&journal, recovered.pid)));
                 let mut envelope = Arc::new(envelope);
                 let deliveries = recovered.state.deliveries;

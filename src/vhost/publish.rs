@@ -201,6 +201,9 @@ impl Vhost {
         // In flight for `settle` from before the first enqueue to after the
         // last (a publish refused before routing enqueues nothing).
         let busy = self.core.activity.busy();
+        // With a data directory: on its way to waiting for a sync, which a
+        // group commit's leader waits for.
+        let _publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
         if start.options.internal {
             let error = PublishError::InternalExchange {
                 exchange: start.name.to_string(),
