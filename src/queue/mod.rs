@@ -316,7 +316,7 @@ pub(crate) struct PublishTiming<'a> {
     /// what the publisher waits to be synced (0: none).
     pub(crate) durable_lsn: u64,
     /// Why a durable queue's store refused it, if one did.
-    pub(crate) store_error: Option<StoreError>,
+    pub(crate) store_error: Option<Box<StoreError>>,
 }
 
 impl<'a> PublishTiming<'a> {
@@ -370,6 +370,10 @@ struct Slot {
 }
 
 struct QueueState {
+    /// Whether the queue is durable in a broker with a data directory:
+    /// only then can a message carry a place in the store, and the paths
+    /// below look at its envelope for one.
+    durable: bool,
     ready: ReadyStore,
     delayed: DelayedStore,
     next_seq: u64,
@@ -571,6 +575,7 @@ impl Queue {
         let last_used = policy.expires.map(|_| context.clock.now());
         let statistics = context.statistics;
         let recent_ids = policy.deduplication_window.map(RecentIds::new);
+        let durable = context.journal.is_some();
         let queue = Arc::new_cyclic(|me| Queue {
             name,
             id,
@@ -581,6 +586,7 @@ impl Queue {
             me: Weak::clone(me),
             figures: Figures::default(),
             state: Mutex::new(QueueState {
+                durable,
                 ready: ReadyStore::default(),
                 delayed: DelayedStore::default(),
                 next_seq: 0,
@@ -716,16 +722,8 @@ impl Queue {
             match self.make_room(state, &msg, &mut timing.now) {
                 Room::Made => {
                     let due = later(timing.now.get(), delay);
-                    if let Some(journal) = self.persistent(&msg) {
-                        let now = timing.now.get();
-                        let placement = Placement::Delayed {
-                            due_ms: crate::durable::to_wall_ms(due, now),
-                            ttl_ms: ttl.map(millis),
-                        };
-                        if let Err(e) = self.write_publish(journal, &mut msg, placement, timing) {
-                            timing.store_error = Some(e);
-                            return Enqueued::StoreFailed;
-                        }
+                    if state.durable && !self.persist(&mut msg, timing, Some((due, ttl))) {
+                        return Enqueued::StoreFailed;
                     }
                     state.delayed.insert(due, Delayed { msg, ttl });
                 }
@@ -735,13 +733,8 @@ impl Queue {
         } else {
             msg.seq = state.next_seq;
             msg.expires_at = ttl.map(|ttl| later(timing.now.get(), ttl));
-            if let Some(journal) = self.persistent(&msg) {
-                let expires_ms = msg.expires_at.map(|at| crate::durable::to_wall_ms(at, timing.now.get()));
-                let placement = Placement::Ready { seq: msg.seq, expires_ms };
-                if let Err(e) = self.write_publish(journal, &mut msg, placement, timing) {
-                    timing.store_error = Some(e);
-                    return Enqueued::StoreFailed;
-                }
+            if state.durable && !self.persist(&mut msg, timing, None) {
+                return Enqueued::StoreFailed;
             }
             state.next_seq += 1;
             // Everything ready has already been offered to every consumer
@@ -784,11 +777,39 @@ impl Queue {
         Enqueued::Accepted
     }
 
-    /// The queue's store, if `msg` is persistent and the queue durable.
-    fn persistent(&self, msg: &QueuedMessage) -> Option<&Arc<QueueJournal>> {
-        let journal = self.context.journal.as_ref()?;
-        (msg.envelope.message.properties().delivery_mode == Some(crate::DeliveryMode::Persistent))
-            .then_some(journal)
+    /// A durable queue's enqueue, out of the memory-only path: writes a
+    /// persistent message's Publish record (ready, or delayed until `due`
+    /// with its TTL still to start). False if the store refused it (the
+    /// error is left in `timing`).
+    #[cold]
+    #[inline(never)]
+    fn persist(
+        &self,
+        msg: &mut QueuedMessage,
+        timing: &mut PublishTiming<'_>,
+        delayed: Option<(Instant, Option<Duration>)>,
+    ) -> bool {
+        let Some(journal) = self.context.journal.as_ref() else { return true };
+        if msg.envelope.message.properties().delivery_mode != Some(crate::DeliveryMode::Persistent) {
+            return true;
+        }
+        let now = timing.now.get();
+        let placement = match delayed {
+            Some((due, ttl)) => {
+                Placement::Delayed { due_ms: crate::durable::to_wall_ms(due, now), ttl_ms: ttl.map(millis) }
+            }
+            None => Placement::Ready {
+                seq: msg.seq,
+                expires_ms: msg.expires_at.map(|at| crate::durable::to_wall_ms(at, now)),
+            },
+        };
+        match self.write_publish(journal, msg, placement, timing) {
+            Ok(()) => true,
+            Err(e) => {
+                timing.store_error = Some(Box::new(e));
+                false
+            }
+        }
     }
 
     /// Writes `msg`'s Publish record and gives it this queue's own envelope,
@@ -1037,7 +1058,9 @@ impl Queue {
                 } else {
                     let at = now.get();
                     let due = later(at, delay.min(MAX_DURATION));
-                    if let Some(durable) = msg.envelope.durable() {
+                    if state.durable
+                        && let Some(durable) = msg.envelope.durable()
+                    {
                         let due_ms = crate::durable::to_wall_ms(due, at);
                         durable.place(Placement::Delayed { due_ms, ttl_ms: None });
                     }
@@ -1145,7 +1168,9 @@ impl Queue {
             if msg.is_some() && track {
                 state.get_unacked += 1;
             }
-            if let Some(durable) = msg.as_ref().and_then(|m| m.envelope.durable()) {
+            if state.durable
+                && let Some(durable) = msg.as_ref().and_then(|m| m.envelope.durable())
+            {
                 durable.delivered();
             }
             if let (Some(counts), Some(msg)) = (&mut state.counts, &msg) {
@@ -1448,7 +1473,9 @@ impl QueueState {
     /// always under its lock, so credit never overshoots the prefetch limit.
     fn send_to(&mut self, index: usize, msg: QueuedMessage) -> Result<(), QueuedMessage> {
         let slot = &self.consumers[index];
-        if let Some(durable) = msg.envelope.durable() {
+        if self.durable
+            && let Some(durable) = msg.envelope.durable()
+        {
             // Before the consumer can see it: a crash after it did brings
             // it back flagged redelivered.
             durable.delivered();
@@ -1509,7 +1536,10 @@ impl QueueState {
     /// A message past its expiry or delivery limit leaves instead; in a
     /// deleted queue it is dropped.
     fn restore(&mut self, queue: &Queue, mut msg: QueuedMessage, returned: bool, now: &mut Now<'_>) {
-        if !returned && let Some(durable) = msg.envelope.durable() {
+        if self.durable
+            && !returned
+            && let Some(durable) = msg.envelope.durable()
+        {
             durable.undelivered();
         }
         if self.deleted || (returned && !self.count_return(queue, &mut msg)) {
@@ -1524,7 +1554,9 @@ impl QueueState {
             // A quorum queue returns a message to its back, not its place.
             msg.seq = self.next_seq;
             self.next_seq += 1;
-            if let Some(durable) = msg.envelope.durable() {
+            if self.durable
+                && let Some(durable) = msg.envelope.durable()
+            {
                 let at = now.get();
                 let expires_ms = msg.expires_at.map(|e| crate::durable::to_wall_ms(e, at));
                 durable.place(Placement::Ready { seq: msg.seq, expires_ms });
@@ -1558,7 +1590,9 @@ impl QueueState {
             if let Some(ttl) = ttl {
                 msg.expires_at = Some(later(at, ttl));
             }
-            if let Some(durable) = msg.envelope.durable() {
+            if self.durable
+                && let Some(durable) = msg.envelope.durable()
+            {
                 let expires_ms = msg.expires_at.map(|e| crate::durable::to_wall_ms(e, at));
                 durable.place(Placement::Ready { seq: msg.seq, expires_ms });
             }

@@ -75,7 +75,28 @@ impl Vhost {
         let start = exchanges.get(exchange);
         let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
         let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
-        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)?.confirmed(self)
+        let mut durable = None;
+        let routed =
+            self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options, &mut durable)?;
+        match durable {
+            None => Ok(routed),
+            Some(durable) => self.confirm(routed, durable),
+        }
+    }
+
+    /// Waits (blocking) until a publish's persistent copies are durable
+    /// per the store's policy; a failed sync hands the message back.
+    #[cold]
+    #[inline(never)]
+    fn confirm(&self, routed: Routed, (lsn, message): (u64, Message)) -> Result<Routed, PublishError> {
+        let Some(store) = self.core.store.as_ref() else { return Ok(routed) };
+        store.syncer.wait(store, lsn).map_err(|error| PublishError::StoreFailed {
+            queues: Vec::new(),
+            routed: routed.queues,
+            error,
+            message: Box::new(message),
+        })?;
+        Ok(routed)
     }
 
     /// [`publish`](Self::publish), returning before the message is durable:
@@ -92,7 +113,10 @@ impl Vhost {
         let start = exchanges.get(exchange);
         let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
         let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
-        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options)
+        let mut durable = None;
+        let routed =
+            self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options, &mut durable)?;
+        Ok(Published { routed, durable })
     }
 
     /// Publishes through a pre-resolved exchange (a `Publisher`).
@@ -108,7 +132,12 @@ impl Vhost {
         if start.is_deleted() {
             return Err(self.not_found(&start.name, routing_key, message));
         }
-        self.publish_to(None, start, routing_key, message, ttl, options)?.confirmed(self)
+        let mut durable = None;
+        let routed = self.publish_to(None, start, routing_key, message, ttl, options, &mut durable)?;
+        match durable {
+            None => Ok(routed),
+            Some(durable) => self.confirm(routed, durable),
+        }
     }
 
     /// What every publish passes first: the message's own checks (its TTL
@@ -189,6 +218,9 @@ impl Vhost {
 
     /// Routes and enqueues from exchange `start`. Lock-free up to each
     /// queue's own lock.
+    /// Routes; `durable` gets the store position a durable queue's copy
+    /// reached (and the message, to hand back if the sync fails).
+    #[allow(clippy::too_many_arguments)]
     fn publish_to(
         &self,
         exchanges: Option<&ExchangeMap>,
@@ -197,7 +229,8 @@ impl Vhost {
         mut message: Message,
         ttl: Option<Duration>,
         options: PublishOptions,
-    ) -> Result<Published, PublishError> {
+        durable: &mut Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
         // In flight for `settle` from before the first enqueue to after the
         // last (a publish refused before routing enqueues nothing).
         let busy = self.core.activity.busy();
@@ -285,7 +318,7 @@ impl Vhost {
             Box::new(Arc::try_unwrap(envelope).map_or_else(|shared| shared.message.clone(), |e| e.message))
         };
         if !store_failed.is_empty() {
-            let error = timing.store_error.unwrap_or(crate::StoreError::Io("unknown".into()));
+            let error = timing.store_error.map_or(crate::StoreError::Io("unknown".into()), |e| *e);
             return Err(PublishError::StoreFailed {
                 queues: store_failed,
                 routed: enqueued,
@@ -307,9 +340,10 @@ impl Vhost {
                 message: take_back(envelope),
             });
         }
-        let routed = Routed { queues: enqueued, duplicates };
-        let durable = (timing.durable_lsn > 0).then(|| (timing.durable_lsn, envelope.message.clone()));
-        Ok(Published { routed, durable })
+        if timing.durable_lsn > 0 {
+            *durable = Some((timing.durable_lsn, envelope.message.clone()));
+        }
+        Ok(Routed { queues: enqueued, duplicates })
     }
 }
 
@@ -319,22 +353,6 @@ pub(crate) struct Published {
     /// The store position its persistent copies reached, and the message
     /// to hand back if the sync fails. `None`: nothing to wait for.
     pub(crate) durable: Option<(u64, Message)>,
-}
-
-impl Published {
-    /// Waits (blocking) until the message is durable per the store's
-    /// policy.
-    pub(crate) fn confirmed(self, vhost: &Vhost) -> Result<Routed, PublishError> {
-        let Some((lsn, message)) = self.durable else { return Ok(self.routed) };
-        let Some(store) = vhost.core.store.as_ref() else { return Ok(self.routed) };
-        store.syncer.wait(store, lsn).map_err(|error| PublishError::StoreFailed {
-            queues: Vec::new(),
-            routed: self.routed.queues,
-            error,
-            message: Box::new(message),
-        })?;
-        Ok(self.routed)
-    }
 }
 
 /// What a queue may ask of its virtual host (see [`QueueOwner`]): to route
