@@ -43,6 +43,7 @@
 //! | delayed-message plugin (`x-delay`) | [`Message::with_delay`], [`ExchangeOptions::delayed`], [`Delivery::nack_with_delay`] |
 //! | (extensions) time, deduplication | [`Clock`], [`ManualClock`], [`QueueOptions::deduplication_window`], [`ProcessedIds`] |
 //! | RPC with `reply_to` / `correlation_id`, direct reply-to | [`Connection::call`], [`Connection::call_async`], [`Connection::call_typed`], [`Connection::serve`] |
+//! | durable queues, persistent messages, publisher confirms | [`Broker::open`], [`StoreOptions`], [`SyncPolicy`], [`Connection::publish_confirmed`], [`Confirm`], [`Broker::recovery`] |
 //! | (extensions) async, workers, typed payloads, last will | [`Consumer::recv_async`], [`Consumer::stream`], [`Connection::worker`], [`Connection::worker_async`], [`Codec`], [`Delivery::decode`], [`Connection::set_will`] |
 //!
 //! # Guarantees
@@ -54,7 +55,12 @@
 //!   delivery limit) is dead-lettered or counted in the queue's figures.
 //! - Nothing is duplicated: a message reaches a queue once per publish, and a
 //!   delivery is settled once (settling takes it by value).
-//! - Publishing takes no broker-wide lock and never blocks.
+//! - Publishing takes no broker-wide lock and never blocks (on a broker with
+//!   a data directory, a publish to a durable queue waits for its sync, per
+//!   the [`SyncPolicy`]).
+//! - With [`Broker::open`], durable queues and their persistent messages
+//!   survive a crash of the process: nothing confirmed is lost, and a
+//!   message delivered again after a crash is flagged redelivered.
 //! - Bad input is an error, never a panic; a message that is not published
 //!   comes back inside the [`PublishError`].
 //!

@@ -64,6 +64,7 @@ fn lower_layers_never_name_higher_ones() {
         ("explain", &["recorder", "broker", "vhost"]),
         ("lint", &["recorder", "broker", "vhost"]),
         ("settle", &["broker", "vhost", "connection"]),
+        ("durable", &["queue", "vhost", "broker", "connection", "access", "exchange", "core", "definitions"]),
     ];
     let mut violations = Vec::new();
     for (module, higher) in forbidden {
