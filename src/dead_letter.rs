@@ -55,7 +55,13 @@ impl Drop for Letter {
 /// Dead-letters every letter, and those they cause, in order.
 pub(crate) fn bury(letters: Vec<Letter>) {
     let mut work: VecDeque<Letter> = letters.into();
-    while let Some(letter) = work.pop_front() {
+    while let Some(mut letter) = work.pop_front() {
+        if !letter.msg.page_in() {
+            // A paged-out body that cannot be read back (counted by the
+            // store): nothing to dead-letter.
+            letter.queue.count_dead_letter(letter.reason, false, true);
+            continue;
+        }
         let queue = &letter.queue;
         let reason = letter.reason;
         let observers = &queue.context.observers;

@@ -111,6 +111,12 @@ impl Message {
         Message { properties: Arc::new(properties), body: body.into(), delay: 0 }
     }
 
+    /// The same message (properties shared) with another body: a durable
+    /// queue's message paged out (empty) or back in.
+    pub(crate) fn with_body(&self, body: Bytes) -> Self {
+        Message { properties: Arc::clone(&self.properties), body, delay: self.delay }
+    }
+
     /// A message sharing `properties` with others (read back from a store).
     pub(crate) fn from_shared(properties: Arc<Properties>, body: Bytes) -> Self {
         Message { properties, body, delay: 0 }

@@ -7,7 +7,8 @@
 //!
 //! Small segments (4 KiB) and 400-byte bodies make the store seal, delete
 //! and copy segments forward between restarts, so compaction is exercised
-//! too. Cases: `INTEROFFICE_DURABLE_MODEL_CASES` (default 64).
+//! too; half the cases give the queues a memory budget of two bodies, so
+//! most messages are paged out and read back. Cases: `INTEROFFICE_DURABLE_MODEL_CASES` (default 64).
 
 #[path = "support/data_dir.rs"]
 mod data_dir;
@@ -90,9 +91,12 @@ impl Model {
     }
 }
 
-fn options() -> BrokerOptions {
+/// With `paging`, a memory budget of two bodies: most messages are paged
+/// out and read back from disk when they leave their queue.
+fn options(paging: bool) -> BrokerOptions {
+    let queue_memory_budget = if paging { 1000 } else { usize::MAX };
     BrokerOptions {
-        store: StoreOptions { segment_bytes: 4096, sync: SyncPolicy::OsBuffered },
+        store: StoreOptions { segment_bytes: 4096, sync: SyncPolicy::OsBuffered, queue_memory_budget },
         ..Default::default()
     }
 }
@@ -105,10 +109,10 @@ fn check_delivery(d: &Delivery, m: &Modelled, step: usize) -> Result<(), TestCas
     Ok(())
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(ops: &[Op], paging: bool) -> Result<(), TestCaseError> {
     let dir = data_dir::DataDir::new("durable-model");
     let mut model = Model::default();
-    let mut broker = Some(Broker::open(dir.path(), options()).unwrap());
+    let mut broker = Some(Broker::open(dir.path(), options(paging)).unwrap());
     let mut conn = Some(broker.as_ref().unwrap().connect());
     for name in QUEUES {
         conn.as_ref()
@@ -186,7 +190,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 // The old broker goes (and releases its directory) first.
                 drop(conn.take());
                 drop(broker.take());
-                broker = Some(Broker::open(dir.path(), options()).unwrap());
+                broker = Some(Broker::open(dir.path(), options(paging)).unwrap());
                 conn = Some(broker.as_ref().unwrap().connect());
                 model.restart();
                 // After a restart the queues number afresh from their
@@ -211,7 +215,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let broker = {
         drop(conn);
         drop(broker);
-        Broker::open(dir.path(), options()).unwrap()
+        Broker::open(dir.path(), options(paging)).unwrap()
     };
     let c = broker.connect();
     for (q, name) in QUEUES.iter().enumerate() {
@@ -232,5 +236,6 @@ fn durable_queues_match_the_model_across_restarts() {
     let cases =
         std::env::var("INTEROFFICE_DURABLE_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let mut runner = proptest::test_runner::TestRunner::new(Config { cases, ..Config::default() });
-    runner.run(&proptest::collection::vec(op(), 1..120), |ops| run(&ops)).unwrap();
+    let case = (proptest::collection::vec(op(), 1..120), any::<bool>());
+    runner.run(&case, |(ops, paging)| run(&ops, paging)).unwrap();
 }

@@ -151,6 +151,10 @@ pub(crate) struct Writer {
     pub(crate) copied_records: u64,
     /// The last failure to seal or compact, if any.
     pub(crate) last_error: Option<String>,
+    /// Read handles on segments, opened when a paged-out body is read.
+    readers: FastHashMap<u64, File>,
+    pub(crate) paged_in: u64,
+    pub(crate) unreadable: u64,
 }
 
 /// Buffered removals are written once this many bytes wait.
@@ -186,6 +190,9 @@ impl Writer {
             compacted_segments: 0,
             copied_records: 0,
             last_error: None,
+            readers: FastHashMap::default(),
+            paged_in: 0,
+            unreadable: 0,
         })
     }
 
@@ -356,6 +363,7 @@ impl Writer {
             if oldest == self.number || stats.live > 0 {
                 return;
             }
+            self.readers.remove(&oldest);
             if std::fs::remove_file(segment_path(&self.dir, oldest)).is_err() {
                 return;
             }
@@ -427,6 +435,33 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Reads live message `pid`'s body from its segment (a paged-out
+    /// message being delivered), checking its record's CRC. Under the
+    /// store's lock, so compaction cannot move it meanwhile.
+    pub(crate) fn read_body(&mut self, pid: u64) -> std::io::Result<Bytes> {
+        use std::io::{Read, Seek, SeekFrom};
+        let live = self.index.get(&pid).ok_or_else(|| std::io::Error::other("not in the store"))?;
+        let (segment, offset, len) = (live.segment, live.offset, live.len as usize);
+        // A frame may still wait in the buffer only during compaction,
+        // which flushes before it lets go of the lock.
+        self.write_through()?;
+        let file = match self.readers.entry(segment) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(File::open(segment_path(&self.dir, segment))?)
+            }
+        };
+        let mut frame = vec![0; len];
+        let mut reader: &File = file;
+        reader.seek(SeekFrom::Start(offset))?;
+        reader.read_exact(&mut frame)?;
+        match record::decode(&frame) {
+            Ok((Record::Publish { body, .. }, _)) => Ok(Bytes::from(frame).slice(body)),
+            Ok(_) => Err(std::io::Error::other("not a publish record")),
+            Err(damage) => Err(std::io::Error::other(format!("record damaged on disk: {damage:?}"))),
+        }
     }
 
     /// Bytes of all segment files.

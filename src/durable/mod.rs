@@ -98,11 +98,18 @@ pub struct StoreOptions {
     /// (default 64 MiB, at least 4 KiB). Smaller segments compact sooner
     /// and cost more files.
     pub segment_bytes: u64,
+    /// Body bytes of ready persistent messages a durable queue keeps in
+    /// memory (default 64 MiB). Past it, a persistent message joining the
+    /// queue keeps only its place in the store, its properties and its
+    /// names: its body is read back from disk when it is delivered (as
+    /// RabbitMQ's classic queues page bodies out). `usize::MAX` keeps every
+    /// body in memory.
+    pub queue_memory_budget: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { sync: SyncPolicy::default(), segment_bytes: 64 << 20 }
+        StoreOptions { sync: SyncPolicy::default(), segment_bytes: 64 << 20, queue_memory_budget: 64 << 20 }
     }
 }
 
@@ -224,6 +231,11 @@ pub struct StoreStats {
     pub copied_records: u64,
     /// Syncs done since open.
     pub syncs: u64,
+    /// Bodies read back from disk for delivery (paged in) since open.
+    pub paged_in: u64,
+    /// Paged-out messages whose body could not be read back (damaged
+    /// since written), dropped.
+    pub unreadable: u64,
     /// The last failure to seal or compact a segment, if any.
     pub last_error: Option<String>,
 }
@@ -234,6 +246,8 @@ const LOCK_FILE: &str = "LOCK";
 #[derive(Debug)]
 pub(crate) struct Store {
     dir: PathBuf,
+    /// See [`StoreOptions::queue_memory_budget`].
+    pub(crate) queue_memory_budget: usize,
     writer: Mutex<Writer>,
     pub(crate) syncer: Syncer,
     /// Set when the broker is dropped: the drops of its queued messages
@@ -283,6 +297,7 @@ impl Store {
         let syncer = Syncer::new(options.sync);
         let store = Arc::new(Store {
             dir: dir.to_owned(),
+            queue_memory_budget: options.queue_memory_budget,
             writer: Mutex::new(writer),
             syncer,
             closing: AtomicBool::new(false),
@@ -339,6 +354,8 @@ impl Store {
             compacted_segments: writer.compacted_segments,
             copied_records: writer.copied_records,
             syncs: self.syncer.syncs(),
+            paged_in: writer.paged_in,
+            unreadable: writer.unreadable,
             last_error: writer.last_error.clone(),
         }
     }
@@ -399,7 +416,13 @@ impl QueueJournal {
             .lock()
             .publish(self.id, state, &content)
             .map_err(|e| StoreError::from_io(&e))?;
-        Ok((Persisted { queue: Arc::clone(self), pid }, lsn))
+        let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        Ok((Persisted { queue: Arc::clone(self), pid, body_len }, lsn))
+    }
+
+    /// See [`StoreOptions::queue_memory_budget`].
+    pub(crate) fn memory_budget(&self) -> usize {
+        self.store.queue_memory_budget
     }
 
     /// Marks the queue deleted: its messages' drops record nothing, and the
@@ -417,12 +440,29 @@ impl QueueJournal {
 pub(crate) struct Persisted {
     queue: Arc<QueueJournal>,
     pub(crate) pid: u64,
+    /// The body's length, for a queue's byte limits while it is paged out.
+    pub(crate) body_len: u32,
 }
 
 impl Persisted {
     /// A token for a message read back at open.
-    pub(crate) fn recovered(queue: &Arc<QueueJournal>, pid: u64) -> Persisted {
-        Persisted { queue: Arc::clone(queue), pid }
+    pub(crate) fn recovered(queue: &Arc<QueueJournal>, pid: u64, body_len: usize) -> Persisted {
+        Persisted { queue: Arc::clone(queue), pid, body_len: u32::try_from(body_len).unwrap_or(u32::MAX) }
+    }
+
+    /// Reads the body back from the store (a paged-out message being
+    /// delivered). A failure is counted in the store's figures.
+    pub(crate) fn read_body(&self) -> Result<bytes::Bytes, StoreError> {
+        let mut writer = self.queue.store.writer.lock();
+        let outcome = writer.read_body(self.pid);
+        match &outcome {
+            Ok(_) => writer.paged_in += 1,
+            Err(e) => {
+                writer.unreadable += 1;
+                writer.last_error = Some(format!("paged-out message {} unreadable: {e}", self.pid));
+            }
+        }
+        outcome.map_err(|e| StoreError::from_io(&e))
     }
 
     /// Records a delivery. A failure to write is kept for the figures (the

@@ -40,6 +40,10 @@ impl RecoveredMessage {
         std::str::from_utf8(&self.frame[self.routing_key.clone()]).unwrap_or_default()
     }
 
+    pub(crate) fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
     pub(crate) fn body(&self) -> Bytes {
         self.frame.slice(self.body.clone())
     }
@@ -202,6 +206,13 @@ pub(crate) fn recover(
                     .map_err(|source| OpenError::Io { path: scan.path.clone(), source })?;
                 continue;
             }
+        }
+        if scan.frames.is_empty() && scan.damage.is_none() {
+            // Only a header (a broker that opened and closed without writing):
+            // nothing to keep, and no reason to keep the file.
+            std::fs::remove_file(&scan.path)
+                .map_err(|source| OpenError::Io { path: scan.path.clone(), source })?;
+            continue;
         }
         let index = datas.len() as u32;
         if scanned.capacity() == 0 {

@@ -255,6 +255,17 @@ impl Envelope {
         })
     }
 
+    /// The same envelope with another body: a paged-out message's (empty),
+    /// or its body read back.
+    fn with_body(&self, body: bytes::Bytes) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            names: self.names.clone(),
+            message: self.message.with_body(body),
+            conversation: self.conversation.clone(),
+            durable: self.durable.clone(),
+        })
+    }
+
     /// This queue's own copy, tied to its place in the store.
     fn persisted(&self, durable: Persisted) -> Arc<Envelope> {
         Arc::new(Envelope {
@@ -284,6 +295,9 @@ pub(crate) struct QueuedMessage {
     pub(crate) expires_at: Option<Instant>,
     /// Priority rank: 0 is served first.
     rank: u8,
+    /// Its body is not in memory (a durable queue past its memory budget):
+    /// read it back from the store before it leaves the queue.
+    pub(crate) paged: bool,
 }
 
 impl QueuedMessage {
@@ -291,8 +305,39 @@ impl QueuedMessage {
         (self.rank, self.seq)
     }
 
+    /// The body's length, in memory or paged out.
     fn body_len(&self) -> usize {
+        if self.paged {
+            return self.envelope.durable().map_or(0, |d| d.body_len as usize);
+        }
         self.envelope.message.body().len()
+    }
+
+    /// Leaves only its place in the store in memory, with its properties
+    /// and names.
+    fn page_out(&mut self) {
+        if !self.paged && self.envelope.durable().is_some() {
+            self.envelope = self.envelope.with_body(bytes::Bytes::new());
+            self.paged = true;
+        }
+    }
+
+    /// Reads its body back from the store if it was paged out; false if it
+    /// cannot be read (damaged on disk since: counted in the store's
+    /// figures).
+    pub(crate) fn page_in(&mut self) -> bool {
+        if !self.paged {
+            return true;
+        }
+        let Some(durable) = self.envelope.durable() else { return false };
+        match durable.read_body() {
+            Ok(body) => {
+                self.envelope = self.envelope.with_body(body);
+                self.paged = false;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn expired(&self, now: &mut Now<'_>) -> bool {
@@ -374,6 +419,9 @@ struct QueueState {
     /// only then can a message carry a place in the store, and the paths
     /// below look at its envelope for one.
     durable: bool,
+    /// Body bytes of ready messages kept in memory before new persistent
+    /// ones are paged out (`usize::MAX`: no paging; every non-durable queue).
+    memory_budget: usize,
     ready: ReadyStore,
     delayed: DelayedStore,
     next_seq: u64,
@@ -576,6 +624,7 @@ impl Queue {
         let statistics = context.statistics;
         let recent_ids = policy.deduplication_window.map(RecentIds::new);
         let durable = context.journal.is_some();
+        let memory_budget = context.journal.as_ref().map_or(usize::MAX, |j| j.memory_budget());
         let queue = Arc::new_cyclic(|me| Queue {
             name,
             id,
@@ -587,6 +636,7 @@ impl Queue {
             figures: Figures::default(),
             state: Mutex::new(QueueState {
                 durable,
+                memory_budget,
                 ready: ReadyStore::default(),
                 delayed: DelayedStore::default(),
                 next_seq: 0,
@@ -619,7 +669,7 @@ impl Queue {
     /// written rarely: see [`crate::flow`].
     fn account(&self, state: &mut QueueState) {
         let Some(flow) = &self.context.flow else { return };
-        let held = state.ready.bytes() + state.delayed.bytes() + state.held() * MESSAGE_OVERHEAD;
+        let held = state.ready.memory_bytes() + state.delayed.bytes() + state.held() * MESSAGE_OVERHEAD;
         let held = i64::try_from(held).unwrap_or(i64::MAX);
         let delta = held - state.reported_bytes;
         if delta.abs() >= FLOW_GRANULE || (held == 0 && delta != 0) {
@@ -715,8 +765,15 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let mut msg =
-            QueuedMessage { seq: 0, envelope, redelivered: false, deliveries: 0, expires_at: None, rank };
+        let mut msg = QueuedMessage {
+            seq: 0,
+            envelope,
+            redelivered: false,
+            deliveries: 0,
+            expires_at: None,
+            rank,
+            paged: false,
+        };
 
         if let Some(delay) = timing.delay {
             match self.make_room(state, &msg, &mut timing.now) {
@@ -755,11 +812,11 @@ impl Queue {
                     // the message just published. (In a FIFO queue the new
                     // message is the tail, so making room first is the same,
                     // and keeps a delayed message's place.)
-                    state.ready.insert(msg);
+                    state.insert_new(msg);
                     self.drop_head_over_limit(state, &mut timing.now);
                 } else {
                     match self.make_room(state, &msg, &mut timing.now) {
-                        Room::Made => state.ready.insert(msg),
+                        Room::Made => state.insert_new(msg),
                         Room::Refused => return Enqueued::Rejected,
                         Room::DroppedItself => {}
                     }
@@ -848,9 +905,16 @@ impl Queue {
                 }
             }
             for recovered in messages {
-                let message = Message::from_shared(Arc::clone(&recovered.properties), recovered.body());
+                let body_len = recovered.body_len();
+                // Past the memory budget, the body stays on disk: decided
+                // before the envelope is made, so it is made once.
+                let paged = matches!(recovered.state.placement, Placement::Ready { .. })
+                    && state.memory_budget < usize::MAX
+                    && state.ready.memory_bytes() + body_len > state.memory_budget;
+                let body = if paged { bytes::Bytes::new() } else { recovered.body() };
+                let message = Message::from_shared(Arc::clone(&recovered.properties), body);
                 let mut envelope = Envelope::new(recovered.exchange(), recovered.routing_key(), message);
-                envelope.durable = Some(Arc::new(Persisted::recovered(&journal, recovered.pid)));
+                envelope.durable = Some(Arc::new(Persisted::recovered(&journal, recovered.pid, body_len)));
                 let mut envelope = Arc::new(envelope);
                 let deliveries = recovered.state.deliveries;
                 if self.policy.delivery_limit.is_some() || self.policy.queue_type == QueueType::Quorum {
@@ -864,6 +928,7 @@ impl Queue {
                     deliveries,
                     expires_at: None,
                     rank,
+                    paged,
                 };
                 match recovered.state.placement {
                     Placement::Ready { seq, expires_ms } => {
@@ -1164,7 +1229,14 @@ impl Queue {
             // Messages just released go to consumers with credit first, as
             // they would have had the timer fired a moment earlier.
             state.dispatch(self, now);
-            let msg = state.ready.pop_first();
+            let msg = loop {
+                let Some(mut msg) = state.ready.pop_first() else { break None };
+                if msg.page_in() {
+                    break Some(msg);
+                }
+                // Unreadable (counted by the store): gone.
+                state.graveyard.push(msg);
+            };
             if msg.is_some() && track {
                 state.get_unacked += 1;
             }
@@ -1420,9 +1492,13 @@ impl QueueState {
         let single = queue.policy.single_active_consumer;
         while !self.ready.is_empty() {
             let Some(index) = self.next_with_credit(single) else { return };
-            let Some(msg) = self.ready.pop_first() else { return };
+            let Some(mut msg) = self.ready.pop_first() else { return };
             if msg.expired(now) {
                 self.expire(queue, msg);
+                continue;
+            }
+            if !msg.page_in() {
+                self.graveyard.push(msg);
                 continue;
             }
             if let Err(returned) = self.send_to(index, msg) {
@@ -1439,6 +1515,17 @@ impl QueueState {
             Some(index) => self.send_to(index, msg).err(),
             None => Some(msg),
         }
+    }
+
+    /// Puts a message that just joined the queue in the ready store; a
+    /// durable queue past its memory budget keeps only its place in the
+    /// store (its body is read back when it leaves).
+    fn insert_new(&mut self, mut msg: QueuedMessage) {
+        if self.memory_budget < usize::MAX && self.ready.memory_bytes() + msg.body_len() > self.memory_budget
+        {
+            msg.page_out();
+        }
+        self.ready.insert(msg);
     }
 
     /// Recomputes whether consumer priorities matter.

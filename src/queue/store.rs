@@ -37,6 +37,8 @@ pub(super) struct ReadyStore {
     /// Deadlines of the messages that have one.
     expiry: BTreeSet<(Instant, ReadyKey)>,
     bytes: usize,
+    /// Of `bytes`, those of paged-out messages (on disk, not in memory).
+    paged_bytes: usize,
 }
 
 impl ReadyStore {
@@ -48,9 +50,14 @@ impl ReadyStore {
         self.sorted.is_empty() && self.tail.is_empty()
     }
 
-    /// Body bytes held.
+    /// Body bytes held (paged out or not: what byte limits count).
     pub(super) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Body bytes held in memory.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.bytes - self.paged_bytes
     }
 
     pub(super) fn insert(&mut self, msg: QueuedMessage) {
@@ -59,6 +66,9 @@ impl ReadyStore {
             self.expiry.insert((at, key));
         }
         self.bytes += msg.body_len();
+        if msg.paged {
+            self.paged_bytes += msg.body_len();
+        }
         // Every key in `sorted` is below every key in `tail`, so the largest
         // key is the tail's last, or `sorted`'s only when the tail is empty:
         // the common publish never looks into the B-tree.
@@ -101,6 +111,9 @@ impl ReadyStore {
             self.expiry.remove(&(at, msg.key()));
         }
         self.bytes -= msg.body_len();
+        if msg.paged {
+            self.paged_bytes -= msg.body_len();
+        }
     }
 
     /// The earliest expiry deadline of a ready message.
@@ -124,6 +137,9 @@ impl ReadyStore {
             }
         };
         self.bytes -= msg.body_len();
+        if msg.paged {
+            self.paged_bytes -= msg.body_len();
+        }
         Some(msg)
     }
 }
@@ -187,7 +203,7 @@ mod tests {
 
     fn msg(rank: u8, seq: u64, expires_at: Option<Instant>) -> QueuedMessage {
         let envelope = Arc::new(Envelope::new("", "q", Message::new(seq.to_string())));
-        QueuedMessage { seq, envelope, redelivered: false, deliveries: 0, expires_at, rank }
+        QueuedMessage { seq, envelope, redelivered: false, deliveries: 0, expires_at, rank, paged: false }
     }
 
     fn order(store: &mut ReadyStore) -> Vec<(u8, u64)> {
