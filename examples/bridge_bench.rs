@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_core::Stream;
 use interoffice::bridge::{Bridge, LinkOptions};
@@ -26,17 +26,9 @@ use lapin::options::{
 
 const WINDOW: u16 = 256;
 
-struct Figures {
-    per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn figures(n: usize, elapsed: Duration, mut latencies: Vec<u64>) -> Figures {
-    latencies.sort_unstable();
-    let at = |q: f64| Duration::from_nanos(latencies[((latencies.len() - 1) as f64 * q) as usize]);
-    Figures { per_sec: n as f64 / elapsed.as_secs_f64(), p50: at(0.50), p99: at(0.99) }
-}
+#[path = "support/figures.rs"]
+mod support;
+use support::{Figures, figures};
 
 fn stamp(epoch: Instant, n: usize) -> Message {
     let body = vec![0_u8; 64];

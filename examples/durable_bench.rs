@@ -26,18 +26,9 @@ const WINDOW: usize = 256;
 /// Blocking publishers per run: one, a few, many sharing each sync.
 const PUBLISHERS: [usize; 3] = [1, 4, 16];
 
-#[derive(Clone, Copy)]
-struct Figures {
-    per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn figures(n: usize, elapsed: Duration, mut latencies: Vec<u64>) -> Figures {
-    latencies.sort_unstable();
-    let at = |q: f64| Duration::from_nanos(latencies[((latencies.len() - 1) as f64 * q) as usize]);
-    Figures { per_sec: n as f64 / elapsed.as_secs_f64(), p50: at(0.50), p99: at(0.99) }
-}
+#[path = "support/figures.rs"]
+mod support;
+use support::{Figures, figures};
 
 fn bench_dir(name: &str) -> PathBuf {
     let base = std::env::var_os("INTEROFFICE_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);

@@ -469,33 +469,27 @@ impl Persisted {
     /// message is delivered all the same: after a crash it would come back
     /// not flagged).
     pub(crate) fn delivered(&self) {
-        if self.queue.store.closing.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut writer = self.queue.store.writer.lock();
-        if let Err(e) = writer.delivered(self.queue.id, self.pid) {
-            writer.last_error = Some(e.to_string());
-        }
+        self.record(|writer, queue, pid| writer.delivered(queue, pid));
     }
 
     /// Takes back a delivery that never reached the application.
     pub(crate) fn undelivered(&self) {
-        if self.queue.store.closing.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut writer = self.queue.store.writer.lock();
-        if let Err(e) = writer.undelivered(self.queue.id, self.pid) {
-            writer.last_error = Some(e.to_string());
-        }
+        self.record(|writer, queue, pid| writer.undelivered(queue, pid));
     }
 
     /// Records a move.
     pub(crate) fn place(&self, placement: Placement) {
+        self.record(|writer, queue, pid| writer.place(queue, pid, placement).map(|_| ()));
+    }
+
+    /// Writes one record about this message, unless the store is closing;
+    /// a failure is kept for the figures.
+    fn record(&self, write: impl FnOnce(&mut Writer, u64, u64) -> std::io::Result<()>) {
         if self.queue.store.closing.load(Ordering::Relaxed) {
             return;
         }
         let mut writer = self.queue.store.writer.lock();
-        if let Err(e) = writer.place(self.queue.id, self.pid, placement) {
+        if let Err(e) = write(&mut writer, self.queue.id, self.pid) {
             writer.last_error = Some(e.to_string());
         }
     }

@@ -71,17 +71,31 @@ impl Vhost {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let exchanges = self.exchanges.load();
-        let start = exchanges.get(exchange);
-        let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
-        let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
         let mut durable = None;
-        let routed =
-            self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options, &mut durable)?;
+        let routed = self.look_up_and_route(gate, exchange, routing_key, message, options, &mut durable)?;
         match durable {
             None => Ok(routed),
             Some(durable) => self.confirm(routed, durable),
         }
+    }
+
+    /// The lookup and the routing of [`publish`](Self::publish) and
+    /// [`publish_deferred`](Self::publish_deferred).
+    #[inline]
+    fn look_up_and_route<G: PublishGate + ?Sized>(
+        &self,
+        gate: &G,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+        durable: &mut Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
+        let exchanges = self.exchanges.load();
+        let start = exchanges.get(exchange);
+        let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
+        let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
+        self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options, durable)
     }
 
     /// Waits (blocking) until a publish's persistent copies are durable
@@ -109,13 +123,8 @@ impl Vhost {
         message: Message,
         options: PublishOptions,
     ) -> Result<Published, PublishError> {
-        let exchanges = self.exchanges.load();
-        let start = exchanges.get(exchange);
-        let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
-        let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
         let mut durable = None;
-        let routed =
-            self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options, &mut durable)?;
+        let routed = self.look_up_and_route(gate, exchange, routing_key, message, options, &mut durable)?;
         Ok(Published { routed, durable })
     }
 

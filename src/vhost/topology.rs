@@ -422,13 +422,7 @@ impl Vhost {
             return Ok(());
         }
         if let Some(journal) = &self.core.topology_journal {
-            let info = BindingInfo {
-                source: source.name.to_string(),
-                destination: destination.into(),
-                destination_is_exchange: to_exchange,
-                routing_key: key.into(),
-                arguments: arguments.clone(),
-            };
+            let info = binding_info(&source, destination, to_exchange, key, arguments.clone());
             journal.bound(&self.name, &info).map_err(BindError::StoreFailed)?;
         }
         let entry = registry.entry(binding_key, &source, &dest);
@@ -462,14 +456,7 @@ impl Vhost {
             registry.take(&binding_key);
         }
         if let Some(journal) = &self.core.topology_journal {
-            let info = BindingInfo {
-                source: source.name.to_string(),
-                destination: destination.into(),
-                destination_is_exchange: to_exchange,
-                routing_key: key.into(),
-                arguments: removed_args,
-            };
-            journal.unbound(&self.name, &info);
+            journal.unbound(&self.name, &binding_info(&source, destination, to_exchange, key, removed_args));
         }
         apply_edits(&source, [RouteEdit { key: key.to_owned(), matcher, dest, add: false }]);
         self.forget_bindings(&mut registry, &[(source, 1)]);
@@ -513,5 +500,22 @@ impl Vhost {
                 self.remove_exchange(registry, source);
             }
         }
+    }
+}
+
+/// A binding as the topology journal is told of it.
+fn binding_info(
+    source: &Exchange,
+    destination: &str,
+    to_exchange: bool,
+    key: &str,
+    arguments: FieldTable,
+) -> BindingInfo {
+    BindingInfo {
+        source: source.name.to_string(),
+        destination: destination.into(),
+        destination_is_exchange: to_exchange,
+        routing_key: key.into(),
+        arguments,
     }
 }
