@@ -65,6 +65,9 @@ pub(crate) trait TopologyJournal: Send + Sync + std::fmt::Debug {
     /// Records the binding if both its ends are durable.
     fn bound(&self, vhost: &str, binding: &crate::exchange::BindingInfo) -> Result<(), StoreError>;
     fn unbound(&self, vhost: &str, binding: &crate::exchange::BindingInfo);
+    /// A virtual host was added (kept even while it holds nothing durable).
+    fn vhost_added(&self, vhost: &str) -> Result<(), StoreError>;
+    fn vhost_deleted(&self, vhost: &str);
 }
 
 /// What a link to RabbitMQ tells the overview (see `bridge::Link`).

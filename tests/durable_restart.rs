@@ -445,3 +445,32 @@ fn bodies_past_the_memory_budget_are_paged_out_and_read_back() {
     assert!(conn.get("q", false).unwrap().is_none());
     assert!(broker.store_stats().unwrap().paged_in >= 80);
 }
+
+#[test]
+fn virtual_hosts_survive_and_a_deleted_one_stays_deleted() {
+    let dir = DataDir::new("vhosts");
+    {
+        let broker = open(&dir);
+        broker.add_vhost("empty").unwrap();
+        broker.add_vhost("billing").unwrap();
+        broker.add_vhost("gone").unwrap();
+        let admin = |vhost: &str| {
+            let credentials = interoffice::Credentials::password("guest");
+            broker.connect_with(interoffice::ConnectOptions::new(vhost, "guest", credentials)).unwrap()
+        };
+        broker.set_permissions("guest", "billing", &interoffice::Permissions::full()).unwrap();
+        broker.set_permissions("guest", "gone", &interoffice::Permissions::full()).unwrap();
+        let billing = admin("billing");
+        billing.declare_queue("invoices", durable()).unwrap();
+        billing.publish("", "invoices", persistent("in billing")).unwrap();
+        admin("gone").declare_queue("invoices", durable()).unwrap();
+        broker.delete_vhost("gone").unwrap();
+    }
+    let broker = open(&dir);
+    let mut names = broker.vhost_names();
+    names.sort();
+    assert_eq!(names, ["/", "billing", "empty"]);
+    let billing = broker.vhost("billing").unwrap();
+    assert_eq!(billing.queue_stats("invoices").unwrap().messages_ready, 1);
+    assert!(broker.queue_stats("invoices").is_err(), "queues stay in their own vhost");
+}

@@ -104,6 +104,10 @@ pub enum UserError {
         /// Why.
         reason: String,
     },
+    /// The broker's data directory could not record the new virtual host
+    /// (a full disk, an I/O error): nothing was changed.
+    #[error("the store could not record it: {0}")]
+    StoreFailed(crate::StoreError),
 }
 
 /// Checks a user or virtual host name: 1 to 255 bytes.

@@ -26,7 +26,7 @@ impl Broker {
     /// data directory `dir` (created if missing) — across a crash of the
     /// process and a restart, as RabbitMQ's do.
     ///
-    /// What persists, as in RabbitMQ: durable exchanges; durable queues
+    /// What persists, as in RabbitMQ: virtual hosts; durable exchanges; durable queues
     /// (never exclusive ones); bindings whose both ends are durable; and the
     /// messages published with [`DeliveryMode::Persistent`] to durable
     /// queues, with their order, redelivered flag, delivery count, TTL
@@ -127,7 +127,11 @@ impl Broker {
                             definitions.bindings.push(def);
                         }
                     }
-                    EntryKind::Vhost => {}
+                    EntryKind::Vhost => {
+                        if let Some(name) = entry.key.first() {
+                            vhosts.insert(name.clone());
+                        }
+                    }
                 }
             }
         }
@@ -334,6 +338,23 @@ impl TopologyJournal for DurableTopology {
                     .insert((EntryKind::Binding, k.clone()), entry(EntryKind::Binding, k, None, definition));
             }
         })
+    }
+
+    fn vhost_added(&self, vhost: &str) -> Result<(), StoreError> {
+        let k = key(&[vhost]);
+        self.change(|t| {
+            t.entries.insert(
+                (EntryKind::Vhost, k.clone()),
+                entry(EntryKind::Vhost, k, None, serde_json::json!({ "name": vhost })),
+            );
+        })
+    }
+
+    fn vhost_deleted(&self, vhost: &str) {
+        // Its queues, exchanges and bindings went before it, each recorded.
+        self.change_anyway(|t| {
+            t.entries.retain(|(_, k), _| k.first().is_none_or(|v| v != vhost));
+        });
     }
 
     fn unbound(&self, vhost: &str, binding: &BindingInfo) {

@@ -23,6 +23,9 @@ impl Broker {
         if map.contains_key(name) {
             return Err(UserError::VhostExists(name.into()));
         }
+        if let Some(journal) = &self.inner.core.topology_journal {
+            journal.vhost_added(name).map_err(UserError::StoreFailed)?;
+        }
         map.insert(name.into(), Vhost::new(name, Arc::clone(&self.inner.core)));
         self.inner.vhosts.store(Arc::new(map));
         Ok(())
@@ -49,6 +52,9 @@ impl Broker {
             removed
         };
         removed.delete();
+        if let Some(journal) = &self.inner.core.topology_journal {
+            journal.vhost_deleted(name);
+        }
         self.inner.users.forget_vhost(name);
         Ok(())
     }
