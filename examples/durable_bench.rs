@@ -140,8 +140,27 @@ fn restart(n: usize) -> (Duration, Duration, Duration, f64, u64) {
     }
     let first = opens.remove(0);
     opens.sort();
+    // What an opened store keeps in memory: with the default budget (64 MiB
+    // of bodies per queue) and with every body kept.
+    for (name, budget) in [("default budget", None), ("no budget", Some(usize::MAX))] {
+        let store = StoreOptions {
+            queue_memory_budget: budget.unwrap_or(StoreOptions::default().queue_memory_budget),
+            ..Default::default()
+        };
+        let broker = Broker::open(&dir, BrokerOptions { store, ..Default::default() }).unwrap();
+        println!("  resident memory after opening ({name}): {}", rss());
+        drop(broker);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     (fill, first, opens[1], bytes_per_message, ready)
+}
+
+/// The process's resident set (Linux), for the restart's memory.
+fn rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l[6..].trim().to_owned()))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 #[cfg(feature = "amqp")]
