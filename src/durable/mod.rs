@@ -288,7 +288,7 @@ impl Store {
             topology.entries.values().filter_map(|e| e.queue_id).collect();
         let numbers = log::list_segments(dir).map_err(io(dir))?;
         let (mut recovered, segments, index, max_pid) =
-            recover::recover(dir, &numbers, &|q| known.contains(&q))?;
+            recover::recover(dir, &numbers, &|q| known.contains(&q), options.queue_memory_budget)?;
         let next = numbers.last().map_or(1, |n| n + 1);
         let mut writer = Writer::create(dir, next, segments, index, max_pid + 1, options.segment_bytes)
             .map_err(io(dir))?;

@@ -908,10 +908,13 @@ impl Queue {
                 let body_len = recovered.body_len();
                 // Past the memory budget, the body stays on disk: decided
                 // before the envelope is made, so it is made once.
-                let paged = matches!(recovered.state.placement, Placement::Ready { .. })
-                    && state.memory_budget < usize::MAX
-                    && state.ready.memory_bytes() + body_len > state.memory_budget;
-                let body = if paged { bytes::Bytes::new() } else { recovered.body() };
+                let body = recovered.body().filter(|_| {
+                    !matches!(recovered.state.placement, Placement::Ready { .. })
+                        || state.memory_budget == usize::MAX
+                        || state.ready.memory_bytes() + body_len <= state.memory_budget
+                });
+                let paged = body.is_none();
+                let body = body.unwrap_or_default();
                 let message = Message::from_shared(Arc::clone(&recovered.properties), body);
                 let mut envelope = Envelope::new(recovered.exchange(), recovered.routing_key(), message);
                 envelope.durable = Some(Arc::new(Persisted::recovered(&journal, recovered.pid, body_len)));
