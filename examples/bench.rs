@@ -100,6 +100,11 @@ use serde_json::{Value, json};
 /// vocabulary, the topic patterns and the naive router.
 #[path = "../benches/common/workload.rs"]
 mod workload;
+
+/// `bench peers`: the bus beside crossbeam-channel, flume, kanal, tokio and
+/// messagebus (see its module docs).
+#[path = "support/peers.rs"]
+mod peers;
 use workload::{NaiveRouter, XorShift, topic_patterns, vocabulary};
 
 const USAGE: &str = "\
@@ -2401,7 +2406,12 @@ fn fill_drain_once(side: Side, n: u64, pool: &[Sample]) -> FillDrain {
 // ---------------------------------------------------------------------------
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "peers") {
+        peers::main(&args[1..]);
+        return ExitCode::SUCCESS;
+    }
+    let config = match parse_args(args) {
         Ok(Cli::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -1,0 +1,639 @@
+//! `bench peers`: interoffice beside what a Rust user would pick instead —
+//! crossbeam-channel, flume, kanal, tokio's mpsc and broadcast, and
+//! messagebus — on four scenarios, contenders interleaved in one run, every
+//! delivery counted at the receiving end:
+//!
+//! - **A** 1→1: one producer, one consumer;
+//! - **B** 1→10 fanout: every message to ten consumers (deliveries/s);
+//! - **C** 4 producers → 1 queue → 4 competing consumers;
+//! - **D** request/reply, one caller (calls/s and the round trip's p50).
+//!
+//! Every contender carries the same values: clones of 1,024 pooled
+//! `interoffice::Message`s (a 64-byte body and two headers). A contender
+//! that has no form of a scenario (tokio's mpsc has one consumer, its
+//! broadcast no competing consumers; messagebus has no fanout of one type
+//! to several handlers, and its request/reply is not wired here yet) shows
+//! `—`. The last column is interoffice ÷ the best peer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use interoffice::{Broker, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldValue, Message, QueueOptions};
+
+const POOL: usize = 1024;
+
+fn pool() -> Vec<Message> {
+    (0..POOL)
+        .map(|i| {
+            Message::new(vec![i as u8; 64])
+                .with_header("tenant", FieldValue::from("acme"))
+                .with_header("n", FieldValue::I64(i as i64))
+        })
+        .collect()
+}
+
+/// One measured run: units per second, and a latency if it has one.
+#[derive(Clone, Copy)]
+struct Run {
+    per_sec: f64,
+    p50: Option<Duration>,
+}
+
+fn rate(n: u64, elapsed: Duration) -> Run {
+    Run { per_sec: n as f64 / elapsed.as_secs_f64(), p50: None }
+}
+
+fn check(what: &str, got: u64, want: u64) {
+    assert_eq!(got, want, "{what}: {got} of {want} delivered");
+}
+
+// ---------------------------------------------------------------------------
+// Channels with a blocking API (crossbeam, flume, kanal): one macro, three
+// crates, the same code.
+
+macro_rules! blocking_channel {
+    ($name:ident, $krate:ident) => {
+        mod $name {
+            use super::*;
+
+            pub(super) fn a(pool: &[Message], n: u64) -> Run {
+                let (tx, rx) = $krate::unbounded();
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        for i in 0..n {
+                            tx.send(pool[i as usize % POOL].clone()).unwrap();
+                        }
+                    });
+                    let mut got = 0;
+                    while got < n {
+                        let _m: Message = rx.recv().unwrap();
+                        got += 1;
+                    }
+                });
+                rate(n, start.elapsed())
+            }
+
+            pub(super) fn b(pool: &[Message], n: u64, fan: usize) -> Run {
+                let (txs, rxs): (Vec<_>, Vec<_>) = (0..fan).map(|_| $krate::unbounded()).unzip();
+                let start = Instant::now();
+                let got = AtomicU64::new(0);
+                std::thread::scope(|s| {
+                    for rx in rxs {
+                        let got = &got;
+                        s.spawn(move || {
+                            for _ in 0..n {
+                                let _m: Message = rx.recv().unwrap();
+                            }
+                            got.fetch_add(n, Ordering::Relaxed);
+                        });
+                    }
+                    for i in 0..n {
+                        let m = &pool[i as usize % POOL];
+                        for tx in &txs {
+                            tx.send(m.clone()).unwrap();
+                        }
+                    }
+                });
+                check(stringify!($name), got.into_inner(), n * fan as u64);
+                rate(n * fan as u64, start.elapsed())
+            }
+
+            pub(super) fn c(pool: &[Message], n: u64, producers: usize, consumers: usize) -> Run {
+                let (tx, rx) = $krate::unbounded::<Message>();
+                let got = AtomicU64::new(0);
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for p in 0..producers {
+                        let tx = tx.clone();
+                        s.spawn(move || {
+                            for i in (p as u64..n).step_by(producers) {
+                                tx.send(pool[i as usize % POOL].clone()).unwrap();
+                            }
+                        });
+                    }
+                    drop(tx);
+                    for _ in 0..consumers {
+                        let rx = rx.clone();
+                        let got = &got;
+                        s.spawn(move || {
+                            let mut mine = 0;
+                            while rx.recv().is_ok() {
+                                mine += 1;
+                            }
+                            got.fetch_add(mine, Ordering::Relaxed);
+                        });
+                    }
+                });
+                check(stringify!($name), got.into_inner(), n);
+                rate(n, start.elapsed())
+            }
+
+            pub(super) fn d(pool: &[Message], calls: u64) -> Run {
+                let (tx, rx) = $krate::unbounded::<(Message, $krate::Sender<Message>)>();
+                let mut latencies = Vec::with_capacity(calls as usize);
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    s.spawn(move || {
+                        while let Ok((request, reply)) = rx.recv() {
+                            let _ = reply.send(request);
+                        }
+                    });
+                    for i in 0..calls {
+                        let (reply_tx, reply_rx) = $krate::bounded(1);
+                        let t = Instant::now();
+                        tx.send((pool[i as usize % POOL].clone(), reply_tx)).unwrap();
+                        let _m: Message = reply_rx.recv().unwrap();
+                        latencies.push(t.elapsed());
+                    }
+                    drop(tx);
+                });
+                latencies.sort_unstable();
+                Run {
+                    per_sec: calls as f64 / start.elapsed().as_secs_f64(),
+                    p50: Some(latencies[latencies.len() / 2]),
+                }
+            }
+        }
+    };
+}
+
+blocking_channel!(crossbeam, crossbeam_channel);
+blocking_channel!(flume_channel, flume);
+blocking_channel!(kanal_channel, kanal);
+
+// ---------------------------------------------------------------------------
+// tokio: the producers on plain threads (unbounded and broadcast sends do
+// not block), the receivers as tasks on a runtime of two workers.
+
+mod tokio_channels {
+    use super::*;
+    use tokio::sync::{broadcast, mpsc, oneshot};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    }
+
+    pub(super) fn mpsc_a(pool: &[Message], n: u64) -> Run {
+        let runtime = runtime();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let start = Instant::now();
+        let consumer = runtime.spawn(async move {
+            let mut got = 0;
+            while got < n {
+                rx.recv().await.unwrap();
+                got += 1;
+            }
+            got
+        });
+        for i in 0..n {
+            tx.send(pool[i as usize % POOL].clone()).unwrap();
+        }
+        let got = runtime.block_on(consumer).unwrap();
+        check("tokio mpsc", got, n);
+        rate(n, start.elapsed())
+    }
+
+    pub(super) fn mpsc_b(pool: &[Message], n: u64, fan: usize) -> Run {
+        let runtime = runtime();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..fan).map(|_| mpsc::unbounded_channel::<Message>()).unzip();
+        let start = Instant::now();
+        let consumers: Vec<_> = rxs
+            .into_iter()
+            .map(|mut rx| {
+                runtime.spawn(async move {
+                    for _ in 0..n {
+                        rx.recv().await.unwrap();
+                    }
+                    n
+                })
+            })
+            .collect();
+        for i in 0..n {
+            let m = &pool[i as usize % POOL];
+            for tx in &txs {
+                tx.send(m.clone()).unwrap();
+            }
+        }
+        let got: u64 = consumers.into_iter().map(|c| runtime.block_on(c).unwrap()).sum();
+        check("tokio mpsc fanout", got, n * fan as u64);
+        rate(got, start.elapsed())
+    }
+
+    /// Broadcast with room for the whole run, so no receiver lags.
+    fn broadcast_fan(pool: &[Message], n: u64, fan: usize) -> Run {
+        let runtime = runtime();
+        let (tx, _) = broadcast::channel::<Message>(n as usize);
+        let rxs: Vec<_> = (0..fan).map(|_| tx.subscribe()).collect();
+        let start = Instant::now();
+        let consumers: Vec<_> = rxs
+            .into_iter()
+            .map(|mut rx| {
+                runtime.spawn(async move {
+                    for _ in 0..n {
+                        rx.recv().await.unwrap();
+                    }
+                    n
+                })
+            })
+            .collect();
+        for i in 0..n {
+            tx.send(pool[i as usize % POOL].clone()).unwrap();
+        }
+        let got: u64 = consumers.into_iter().map(|c| runtime.block_on(c).unwrap()).sum();
+        check("tokio broadcast", got, n * fan as u64);
+        rate(got, start.elapsed())
+    }
+
+    pub(super) fn broadcast_a(pool: &[Message], n: u64) -> Run {
+        broadcast_fan(pool, n, 1)
+    }
+
+    pub(super) fn broadcast_b(pool: &[Message], n: u64, fan: usize) -> Run {
+        broadcast_fan(pool, n, fan)
+    }
+
+    pub(super) fn oneshot_d(pool: &[Message], calls: u64) -> Run {
+        let runtime = runtime();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Message, oneshot::Sender<Message>)>();
+        runtime.spawn(async move {
+            while let Some((request, reply)) = rx.recv().await {
+                let _ = reply.send(request);
+            }
+        });
+        let pool = pool.to_vec();
+        runtime.block_on(async move {
+            let mut latencies = Vec::with_capacity(calls as usize);
+            let start = Instant::now();
+            for i in 0..calls {
+                let (reply_tx, reply_rx) = oneshot::channel();
+                let t = Instant::now();
+                tx.send((pool[i as usize % POOL].clone(), reply_tx)).unwrap();
+                reply_rx.await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies.sort_unstable();
+            Run {
+                per_sec: calls as f64 / start.elapsed().as_secs_f64(),
+                p50: Some(latencies[latencies.len() / 2]),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// messagebus 0.15: a handler per message type, on tokio.
+
+mod bus_crate {
+    use super::*;
+    use messagebus::{Bus, Context, DefaultBuilder, Handler, IntoMessages, VoidError};
+
+    #[derive(Debug, Clone)]
+    struct Letter(#[allow(dead_code)] Message);
+    impl messagebus::Message for Letter {}
+
+    struct Count(Arc<AtomicU64>);
+
+    impl Handler<Letter> for Count {
+        type Result = ();
+        type Error = VoidError;
+
+        async fn handle(
+            &mut self,
+            _msg: Letter,
+            _ctx: Context,
+            _bus: Bus,
+        ) -> Result<impl IntoMessages<Self::Result, Self::Error>, Self::Error> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+
+        async fn handle_error(
+            &mut self,
+            _err: messagebus::Error,
+            _ctx: Context,
+            _bus: Bus,
+        ) -> Result<impl IntoMessages<Self::Result, Self::Error> + Send + '_, Self::Error> {
+            Ok(None)
+        }
+
+        async fn finalize(self, _bus: Bus) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    /// `producers` tasks send `n` messages in all to one handler type run
+    /// by `tasks` tasks; waits until every one was handled.
+    fn run(pool: &[Message], n: u64, producers: usize, tasks: u32) -> Run {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let pool = pool.to_vec();
+        runtime.block_on(async move {
+            let bus = Bus::new();
+            let count = Arc::new(AtomicU64::new(0));
+            let handled = Arc::clone(&count);
+            let builder = DefaultBuilder::<Letter, _, _, _>::new(1024, move |_, _| {
+                let handled = Arc::clone(&handled);
+                async move { Ok(Count(handled)) }
+            })
+            .tasks(tasks);
+            bus.register(builder).await;
+            let pool = Arc::new(pool);
+            let start = Instant::now();
+            let senders: Vec<_> = (0..producers)
+                .map(|p| {
+                    let bus = bus.clone();
+                    let pool = Arc::clone(&pool);
+                    tokio::spawn(async move {
+                        for i in (p as u64..n).step_by(producers) {
+                            bus.send(Letter(pool[i as usize % POOL].clone())).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for sender in senders {
+                sender.await.unwrap();
+            }
+            while count.load(Ordering::Relaxed) < n {
+                tokio::task::yield_now().await;
+            }
+            let elapsed = start.elapsed();
+            bus.close().await;
+            check("messagebus", count.load(Ordering::Relaxed), n);
+            rate(n, elapsed)
+        })
+    }
+
+    pub(super) fn a(pool: &[Message], n: u64) -> Run {
+        run(pool, n, 1, 1)
+    }
+
+    pub(super) fn c(pool: &[Message], n: u64, producers: usize, consumers: usize) -> Run {
+        run(pool, n, producers, consumers as u32)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// interoffice.
+
+mod bus {
+    use super::*;
+
+    pub(super) fn a(pool: &[Message], n: u64) -> Run {
+        let broker = Broker::new();
+        let conn = broker.connect();
+        conn.declare_queue("a", QueueOptions::default()).unwrap();
+        let consumer = conn.consume("a", ConsumeOptions { auto_ack: true, ..Default::default() }).unwrap();
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            let publisher = broker.connect();
+            s.spawn(move || {
+                let publisher = publisher.publisher("").unwrap();
+                for i in 0..n {
+                    publisher.publish("a", pool[i as usize % POOL].clone()).unwrap();
+                }
+            });
+            for _ in 0..n {
+                consumer.recv().unwrap();
+            }
+        });
+        rate(n, start.elapsed())
+    }
+
+    pub(super) fn b(pool: &[Message], n: u64, fan: usize) -> Run {
+        let broker = Broker::new();
+        let conn = broker.connect();
+        conn.declare_exchange("fan", ExchangeKind::Fanout, ExchangeOptions::default()).unwrap();
+        let consumers: Vec<_> = (0..fan)
+            .map(|q| {
+                let name = format!("b{q}");
+                conn.declare_queue(&name, QueueOptions::default()).unwrap();
+                conn.bind_queue(&name, "fan", "", None).unwrap();
+                conn.consume(&name, ConsumeOptions { auto_ack: true, ..Default::default() }).unwrap()
+            })
+            .collect();
+        let got = AtomicU64::new(0);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for consumer in &consumers {
+                let got = &got;
+                s.spawn(move || {
+                    for _ in 0..n {
+                        consumer.recv().unwrap();
+                    }
+                    got.fetch_add(n, Ordering::Relaxed);
+                });
+            }
+            let publisher = conn.publisher("fan").unwrap();
+            for i in 0..n {
+                publisher.publish("", pool[i as usize % POOL].clone()).unwrap();
+            }
+        });
+        check("interoffice fanout", got.into_inner(), n * fan as u64);
+        rate(n * fan as u64, start.elapsed())
+    }
+
+    pub(super) fn c(pool: &[Message], n: u64, producers: usize, consumers: usize) -> Run {
+        let broker = Broker::new();
+        let conn = broker.connect();
+        conn.declare_queue("c", QueueOptions::default()).unwrap();
+        let subs: Vec<_> = (0..consumers)
+            .map(|_| conn.consume("c", ConsumeOptions { auto_ack: true, ..Default::default() }).unwrap())
+            .collect();
+        let got = AtomicU64::new(0);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for p in 0..producers {
+                let publisher = broker.connect();
+                s.spawn(move || {
+                    let publisher = publisher.publisher("").unwrap();
+                    for i in (p as u64..n).step_by(producers) {
+                        publisher.publish("c", pool[i as usize % POOL].clone()).unwrap();
+                    }
+                });
+            }
+            for sub in &subs {
+                let got = &got;
+                // A queue is never "disconnected": each consumer counts in
+                // batches and, once the queue is idle a moment, adds what it
+                // has and stops when every message is counted.
+                s.spawn(move || {
+                    let mut mine = 0;
+                    loop {
+                        match sub.recv_timeout(Duration::from_millis(1)) {
+                            Ok(_) => {
+                                mine += 1;
+                                if mine == 256 {
+                                    got.fetch_add(mine, Ordering::Relaxed);
+                                    mine = 0;
+                                }
+                            }
+                            Err(_) => {
+                                got.fetch_add(mine, Ordering::Relaxed);
+                                mine = 0;
+                                if got.load(Ordering::Relaxed) >= n {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        check("interoffice competing", got.into_inner(), n);
+        rate(n, start.elapsed())
+    }
+
+    pub(super) fn d(pool: &[Message], calls: u64) -> Run {
+        let broker = Broker::new();
+        let server = broker.connect();
+        server.declare_queue("d", QueueOptions::default()).unwrap();
+        let _worker = server
+            .serve("d", Default::default(), |request| Ok::<_, String>(request.message().clone()))
+            .unwrap();
+        let caller = broker.connect();
+        let mut latencies = Vec::with_capacity(calls as usize);
+        let start = Instant::now();
+        for i in 0..calls {
+            let t = Instant::now();
+            caller.call("", "d", pool[i as usize % POOL].clone(), Duration::from_secs(10)).unwrap();
+            latencies.push(t.elapsed());
+        }
+        latencies.sort_unstable();
+        Run {
+            per_sec: calls as f64 / start.elapsed().as_secs_f64(),
+            p50: Some(latencies[latencies.len() / 2]),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+type Contender<'a> = (&'static str, Box<dyn Fn() -> Option<Run> + 'a>);
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn fmt_rate(v: f64) -> String {
+    if v >= 1e6 { format!("{:.2} M", v / 1e6) } else { format!("{:.0} k", v / 1e3) }
+}
+
+/// Runs every contender `reps` times, interleaved, and prints the medians
+/// and interoffice ÷ the best peer.
+fn scenario(title: &str, unit: &str, reps: usize, contenders: Vec<Contender<'_>>) {
+    let mut runs: Vec<Vec<Run>> = contenders.iter().map(|_| Vec::new()).collect();
+    for rep in 0..reps {
+        for (i, (name, run)) in contenders.iter().enumerate() {
+            eprint!("\r{title}: rep {}/{reps}, {name}                    ", rep + 1);
+            if let Some(r) = run() {
+                runs[i].push(r);
+            }
+        }
+    }
+    eprint!("\r{:80}\r", "");
+    println!("\n{title} ({unit}, median of {reps})");
+    let medians: Vec<Option<(f64, Option<Duration>)>> = runs
+        .iter()
+        .map(|rs| {
+            (!rs.is_empty()).then(|| {
+                let p50 = rs.iter().filter_map(|r| r.p50).map(|d| d.as_nanos() as f64).collect::<Vec<_>>();
+                let p50 = (!p50.is_empty()).then(|| Duration::from_nanos(median(p50) as u64));
+                (median(rs.iter().map(|r| r.per_sec).collect()), p50)
+            })
+        })
+        .collect();
+    let ours = medians[0].map(|(v, _)| v).unwrap_or_default();
+    let best = medians[1..].iter().flatten().map(|(v, _)| *v).fold(0.0, f64::max);
+    for ((name, _), m) in contenders.iter().zip(&medians) {
+        match m {
+            Some((v, p50)) => {
+                let p50 = p50.map_or(String::new(), |d| format!("  p50 {d:.1?}"));
+                println!("  {name:<22} {:>10}{p50}", fmt_rate(*v));
+            }
+            None => println!("  {name:<22} {:>10}", "—"),
+        }
+    }
+    println!("  interoffice ÷ best peer: {:.2}", ours / best);
+}
+
+/// `bench peers [--messages N] [--reps R]`.
+pub fn main(args: &[String]) {
+    let mut n: u64 = 1_000_000;
+    let mut reps = 5;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--messages" => n = it.next().and_then(|v| v.parse().ok()).unwrap_or(n),
+            "--reps" => reps = it.next().and_then(|v| v.parse().ok()).unwrap_or(reps),
+            other => eprintln!("peers: ignoring '{other}'"),
+        }
+    }
+    let pool = pool();
+    let pool = pool.as_slice();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!(
+        "peers: {n} messages (64-byte body + 2 headers, {POOL} pooled), {reps} reps interleaved, {cores} cores"
+    );
+    let fan = 10;
+    let nb = n / 5;
+    let calls = (n / 10).max(1000);
+    scenario(
+        "A 1→1",
+        "msg/s",
+        reps,
+        vec![
+            ("interoffice", Box::new(|| Some(bus::a(pool, n)))),
+            ("crossbeam-channel", Box::new(|| Some(crossbeam::a(pool, n)))),
+            ("flume", Box::new(|| Some(flume_channel::a(pool, n)))),
+            ("kanal", Box::new(|| Some(kanal_channel::a(pool, n)))),
+            ("tokio mpsc", Box::new(|| Some(tokio_channels::mpsc_a(pool, n)))),
+            ("tokio broadcast", Box::new(|| Some(tokio_channels::broadcast_a(pool, n)))),
+            ("messagebus", Box::new(|| Some(bus_crate::a(pool, n)))),
+        ],
+    );
+    scenario(
+        "B 1→10 fanout",
+        "deliveries/s",
+        reps,
+        vec![
+            ("interoffice", Box::new(|| Some(bus::b(pool, nb, fan)))),
+            ("crossbeam-channel", Box::new(|| Some(crossbeam::b(pool, nb, fan)))),
+            ("flume", Box::new(|| Some(flume_channel::b(pool, nb, fan)))),
+            ("kanal", Box::new(|| Some(kanal_channel::b(pool, nb, fan)))),
+            ("tokio mpsc", Box::new(|| Some(tokio_channels::mpsc_b(pool, nb, fan)))),
+            ("tokio broadcast", Box::new(|| Some(tokio_channels::broadcast_b(pool, nb, fan)))),
+            ("messagebus", Box::new(|| None)),
+        ],
+    );
+    scenario(
+        "C 4 producers → 1 queue → 4 consumers",
+        "msg/s",
+        reps,
+        vec![
+            ("interoffice", Box::new(|| Some(bus::c(pool, n, 4, 4)))),
+            ("crossbeam-channel", Box::new(|| Some(crossbeam::c(pool, n, 4, 4)))),
+            ("flume", Box::new(|| Some(flume_channel::c(pool, n, 4, 4)))),
+            ("kanal", Box::new(|| Some(kanal_channel::c(pool, n, 4, 4)))),
+            ("tokio mpsc", Box::new(|| None)),
+            ("tokio broadcast", Box::new(|| None)),
+            ("messagebus", Box::new(|| Some(bus_crate::c(pool, n, 4, 4)))),
+        ],
+    );
+    scenario(
+        "D request/reply, 1 caller",
+        "calls/s",
+        reps,
+        vec![
+            ("interoffice", Box::new(|| Some(bus::d(pool, calls)))),
+            ("crossbeam-channel", Box::new(|| Some(crossbeam::d(pool, calls)))),
+            ("flume", Box::new(|| Some(flume_channel::d(pool, calls)))),
+            ("kanal", Box::new(|| Some(kanal_channel::d(pool, calls)))),
+            ("tokio mpsc+oneshot", Box::new(|| Some(tokio_channels::oneshot_d(pool, calls)))),
+            ("tokio broadcast", Box::new(|| None)),
+            ("messagebus", Box::new(|| None)),
+        ],
+    );
+}
