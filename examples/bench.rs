@@ -131,6 +131,11 @@ scenarios (default: all of them, in this order):
   fill-drain      fill one queue with N messages (default 1,000,000), then drain it:
                   memory per queued message
 
+  peers           (alone, first) the bus beside crossbeam-channel, flume, kanal, tokio
+                  mpsc/broadcast and messagebus on 1->1, 1->10 fanout, 4->1->4 competing
+                  consumers and request/reply; options --messages N (default 1,000,000),
+                  --reps R (default 5)
+
 options:
   --messages N    messages per run (default 200,000; rpc 20,000; fill-drain 1,000,000)
   --producers P   publisher threads (default 1; two-publishers 2, and at least 2)
