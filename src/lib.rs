@@ -143,7 +143,9 @@ pub use definitions::{
     QueueDefinition, TopicPermissionDefinition, UserDefinition, VhostDefinition,
 };
 pub use delivery::Delivery;
-pub use durable::{OpenError, RecoveryReport, StoreError, StoreOptions, StoreStats, SyncPolicy, Truncation};
+pub use durable::{
+    MAX_GROUP_DELAY, OpenError, RecoveryReport, StoreError, StoreOptions, StoreStats, SyncPolicy, Truncation,
+};
 pub use error::{
     AckError, BindError, ConnectError, ConsumeError, DeclareError, DeleteError, ErrorKind, PublishError,
     RecvError, RecvTimeoutError, TryRecvError,

@@ -474,3 +474,45 @@ fn virtual_hosts_survive_and_a_deleted_one_stays_deleted() {
     assert_eq!(billing.queue_stats("invoices").unwrap().messages_ready, 1);
     assert!(broker.queue_stats("invoices").is_err(), "queues stay in their own vhost");
 }
+
+#[test]
+fn hostile_store_options_and_paths_are_refused_never_a_panic_or_a_hang() {
+    let dir = DataDir::new("hostile");
+    let refused = |store: StoreOptions| {
+        let options = BrokerOptions { store, ..Default::default() };
+        match Broker::open(dir.path(), options) {
+            Err(e @ OpenError::InvalidOptions(_)) => e.to_string(),
+            other => panic!("expected InvalidOptions, got {:?}", other.map(|_| ())),
+        }
+    };
+    let forever = SyncPolicy::Grouped { max_delay: Duration::MAX, max_messages: usize::MAX };
+    assert!(refused(StoreOptions { sync: forever, ..Default::default() }).contains("max_delay"));
+    let none = SyncPolicy::Grouped { max_delay: Duration::from_millis(1), max_messages: 0 };
+    assert!(refused(StoreOptions { sync: none, ..Default::default() }).contains("max_messages"));
+    assert!(refused(StoreOptions { segment_bytes: 0, ..Default::default() }).contains("segment_bytes"));
+    assert!(
+        refused(StoreOptions { segment_bytes: u64::MAX, ..Default::default() }).contains("segment_bytes")
+    );
+    // The longest delay allowed, and a budget of nothing: both work.
+    let slow = SyncPolicy::Grouped { max_delay: interoffice::MAX_GROUP_DELAY, max_messages: usize::MAX };
+    let options = BrokerOptions {
+        store: StoreOptions { sync: slow, queue_memory_budget: 0, ..Default::default() },
+        ..Default::default()
+    };
+    {
+        let broker = Broker::open(dir.path(), options.clone()).unwrap();
+        let conn = broker.connect();
+        conn.declare_queue("q", durable()).unwrap();
+        conn.publish("", "q", persistent("paged at once")).unwrap();
+        let d = conn.get("q", false).unwrap().unwrap();
+        assert_eq!(d.message().body().as_ref(), b"paged at once");
+        d.ack().unwrap();
+    }
+    // A path that cannot be a directory.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    match Broker::open(file.join("store"), BrokerOptions::default()) {
+        Err(e @ OpenError::Io { .. }) => assert!(e.to_string().contains("a-file"), "{e}"),
+        other => panic!("expected an I/O error, got {:?}", other.map(|_| ())),
+    }
+}

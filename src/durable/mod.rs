@@ -74,13 +74,41 @@ pub enum SyncPolicy {
     /// starts once appends stop arriving for a moment, or `max_messages`
     /// publishes wait, or the first has waited `max_delay`.
     Grouped {
-        /// The longest a publish waits for others to join its sync.
+        /// The longest a publish waits for others to join its sync (at
+        /// most [`MAX_GROUP_DELAY`]).
         max_delay: Duration,
-        /// A sync starts at once when this many publishes wait.
+        /// A sync starts at once when this many publishes wait (at least 1).
         max_messages: usize,
     },
     /// No sync: a publish returns once written to the OS.
     OsBuffered,
+}
+
+/// The longest a group commit may wait for publishers to join it: a
+/// longer `max_delay` is refused at open (a publish would wait that long).
+pub const MAX_GROUP_DELAY: Duration = Duration::from_secs(1);
+
+impl StoreOptions {
+    /// Refuses options the store cannot honour.
+    fn check(&self) -> Result<(), OpenError> {
+        if let SyncPolicy::Grouped { max_delay, max_messages } = self.sync {
+            if max_delay > MAX_GROUP_DELAY {
+                return Err(OpenError::InvalidOptions(format!(
+                    "group commit max_delay {max_delay:?} is longer than {MAX_GROUP_DELAY:?}"
+                )));
+            }
+            if max_messages == 0 {
+                return Err(OpenError::InvalidOptions("group commit max_messages is 0".into()));
+            }
+        }
+        if !(4096..=1 << 30).contains(&self.segment_bytes) {
+            return Err(OpenError::InvalidOptions(format!(
+                "segment_bytes {} is outside 4 KiB..=1 GiB",
+                self.segment_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for SyncPolicy {
@@ -95,7 +123,7 @@ pub struct StoreOptions {
     /// When a publish to a durable queue returns (default: group commit).
     pub sync: SyncPolicy,
     /// The size at which a segment file is sealed and a new one begun
-    /// (default 64 MiB, at least 4 KiB). Smaller segments compact sooner
+    /// (default 64 MiB; 4 KiB to 1 GiB). Smaller segments compact sooner
     /// and cost more files.
     pub segment_bytes: u64,
     /// Body bytes of ready persistent messages a durable queue keeps in
@@ -141,6 +169,11 @@ pub enum OpenError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The options cannot be honoured (said why): a group commit delay
+    /// past [`MAX_GROUP_DELAY`], no messages per group, a segment size
+    /// outside 4 KiB..=1 GiB.
+    #[error("invalid store options: {0}")]
+    InvalidOptions(String),
     /// A file operation failed.
     #[error("data directory '{path}': {source}")]
     Io {
@@ -269,6 +302,7 @@ impl Store {
     /// starts a new active segment.
     pub(crate) fn open(dir: &Path, options: StoreOptions) -> Result<Arc<Store>, OpenError> {
         let started = Instant::now();
+        options.check()?;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::options()
