@@ -280,6 +280,60 @@ impl ConsumerShared {
     }
 
     /// Reports an auto-ack delivery to the observers.
+    /// Turns inbox entries into deliveries, as [`hand_out`](Self::hand_out)
+    /// does one by one, but paying once for what a batch shares: one
+    /// release of credit (so at most one dispatch under the queue lock) for
+    /// auto-ack consumers, one hold of the unsettled lock otherwise.
+    fn hand_out_batch(self: &Arc<Self>, msgs: Vec<QueuedMessage>) -> Result<Vec<Delivery>, RecvError> {
+        let n = msgs.len();
+        if self.auto_ack {
+            let deliveries: Vec<Delivery> = msgs
+                .into_iter()
+                .map(|msg| {
+                    self.report_delivery(&msg, 0);
+                    self.queue.count_auto_ack();
+                    Delivery::new(msg.envelope, 0, msg.redelivered, msg.deliveries, None)
+                })
+                .collect();
+            self.queue.release_credit(self, u32::try_from(n).unwrap_or(u32::MAX));
+            return Ok(deliveries);
+        }
+        let mut unsettled = self.unsettled.lock();
+        if unsettled.closed {
+            drop(unsettled);
+            self.queue.requeue(msgs, Some(self), false);
+            return Err(self.reason());
+        }
+        let mut deliveries = Vec::with_capacity(n);
+        for msg in msgs {
+            unsettled.next_tag += 1;
+            let tag = unsettled.next_tag;
+            let (envelope, redelivered, deliveries_before) =
+                (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
+            unsettled.entries.insert(tag, msg);
+            let holder = Some(Holder::Consumer(Arc::clone(self)));
+            deliveries.push(Delivery::new(envelope, tag, redelivered, deliveries_before, holder));
+        }
+        drop(unsettled);
+        for delivery in &deliveries {
+            self.queue.context.observers.emit_now(|| Event::Delivered {
+                queue: self.queue.name.to_string(),
+                consumer_tag: Some(self.tag.to_string()),
+                delivery_tag: delivery.delivery_tag(),
+                redelivered: delivery.redelivered(),
+                message: delivery.message().clone(),
+            });
+            crate::trace::delivered(
+                &self.queue.name,
+                &self.tag,
+                delivery.delivery_tag(),
+                delivery.redelivered(),
+                delivery.message(),
+            );
+        }
+        Ok(deliveries)
+    }
+
     fn report_delivery(&self, msg: &QueuedMessage, tag: u64) {
         crate::trace::delivered(&self.queue.name, &self.tag, tag, msg.redelivered, &msg.envelope.message);
         self.queue.context.observers.emit_now(|| Event::Delivered {
@@ -440,6 +494,79 @@ impl Consumer {
             Err(ChannelTryRecv::Empty) => Err(TryRecvError::Empty),
             Err(ChannelTryRecv::Disconnected) => Err(self.shared.reason().into()),
         }
+    }
+
+    /// Every delivery waiting, up to `max`, without blocking: one hold of
+    /// the consumer's bookkeeping for all of them (one credit release with
+    /// auto-ack, one lock of the unsettled deliveries otherwise), in order.
+    /// Prefetch bounds it as it bounds [`recv`](Self::recv): at most the
+    /// prefetch limit is ever waiting.
+    ///
+    /// ```
+    /// use interoffice::{Broker, ConsumeOptions, Message, QueueOptions};
+    /// let conn = Broker::new().connect();
+    /// conn.declare_queue("jobs", QueueOptions::default())?;
+    /// let consumer = conn.consume("jobs", ConsumeOptions { prefetch: 100, ..Default::default() })?;
+    /// for i in 0..10 {
+    ///     conn.publish("", "jobs", Message::new(format!("job {i}")))?;
+    /// }
+    /// let batch = consumer.try_recv_batch(64)?;
+    /// assert_eq!(batch.len(), 10);
+    /// for delivery in batch {
+    ///     delivery.ack()?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] when nothing is waiting; [`TryRecvError::Closed`] when the consumer has ended.
+    pub fn try_recv_batch(&self, max: usize) -> Result<Vec<Delivery>, TryRecvError> {
+        let mut msgs = Vec::new();
+        while msgs.len() < max {
+            match self.shared.inbox.try_recv() {
+                Ok(msg) => msgs.push(msg),
+                Err(ChannelTryRecv::Empty) => break,
+                Err(ChannelTryRecv::Disconnected) if msgs.is_empty() => {
+                    return Err(self.shared.reason().into());
+                }
+                Err(ChannelTryRecv::Disconnected) => break,
+            }
+        }
+        if msgs.is_empty() {
+            return Err(TryRecvError::Empty);
+        }
+        Ok(self.shared.hand_out_batch(msgs)?)
+    }
+
+    /// Blocks until a delivery is waiting, then takes it and whatever else
+    /// is waiting, up to `max` (at least one): the batch form of
+    /// [`recv`](Self::recv), with the bookkeeping of
+    /// [`try_recv_batch`](Self::try_recv_batch).
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError`] once the consumer has ended and nothing is left.
+    pub fn recv_batch(&self, max: usize) -> Result<Vec<Delivery>, RecvError> {
+        let first = {
+            let spun = spin_wait(RECV_SPIN, || match self.shared.inbox.try_recv() {
+                Ok(msg) => Some(Ok(msg)),
+                Err(ChannelTryRecv::Disconnected) => Some(Err(self.shared.reason())),
+                Err(ChannelTryRecv::Empty) => None,
+            });
+            match spun {
+                Some(first) => first?,
+                None => self.shared.inbox.recv().map_err(|_| self.shared.reason())?,
+            }
+        };
+        let mut msgs = vec![first];
+        while msgs.len() < max {
+            match self.shared.inbox.try_recv() {
+                Ok(msg) => msgs.push(msg),
+                Err(_) => break,
+            }
+        }
+        self.shared.hand_out_batch(msgs)
     }
 
     /// Waits for the next delivery without blocking a thread: the async form
