@@ -11,9 +11,10 @@
 //! Every contender carries the same values: clones of 1,024 pooled
 //! `interoffice::Message`s (a 64-byte body and two headers). A contender
 //! that has no form of a scenario (tokio's mpsc has one consumer, its
-//! broadcast no competing consumers; messagebus has no fanout of one type
-//! to several handlers, and its request/reply is not wired here yet) shows
-//! `—`. The last column is interoffice ÷ the best peer.
+//! broadcast no competing consumers; messagebus has one handler per
+//! message type, so no fanout) shows `—`. messagebus's request/reply is
+//! its own way: the request's handler returns a reply message, which the
+//! bus routes to the reply's handler. The last column is interoffice ÷ the best peer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -369,6 +370,104 @@ mod bus_crate {
         run(pool, n, 1, 1)
     }
 
+    /// Request/reply the messagebus way: the request's handler returns a
+    /// reply message, which the bus routes to the reply's handler, which
+    /// hands it to the waiting caller.
+    #[derive(Debug, Clone)]
+    struct Request(Message);
+    impl messagebus::Message for Request {}
+
+    #[derive(Debug, Clone)]
+    struct Reply(Message);
+    impl messagebus::Message for Reply {}
+
+    struct Server;
+
+    impl Handler<Request> for Server {
+        type Result = Reply;
+        type Error = VoidError;
+
+        async fn handle(
+            &mut self,
+            msg: Request,
+            _ctx: Context,
+            _bus: Bus,
+        ) -> Result<impl IntoMessages<Self::Result, Self::Error>, Self::Error> {
+            Ok(Some(Reply(msg.0)))
+        }
+
+        async fn handle_error(
+            &mut self,
+            _err: messagebus::Error,
+            _ctx: Context,
+            _bus: Bus,
+        ) -> Result<impl IntoMessages<Self::Result, Self::Error> + Send + '_, Self::Error> {
+            Ok(None)
+        }
+
+        async fn finalize(self, _bus: Bus) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    struct Caller(tokio::sync::mpsc::UnboundedSender<Message>);
+
+    impl Handler<Reply> for Caller {
+        type Result = ();
+        type Error = VoidError;
+
+        async fn handle(
+            &mut self,
+            msg: Reply,
+            _ctx: Context,
+            _bus: Bus,
+        ) -> Result<impl IntoMessages<Self::Result, Self::Error>, Self::Error> {
+            let _ = self.0.send(msg.0);
+            Ok(())
+        }
+
+        async fn handle_error(
+            &mut self,
+            _err: messagebus::Error,
+            _ctx: Context,
+            _bus: Bus,
+        ) -> Result<impl IntoMessages<Self::Result, Self::Error> + Send + '_, Self::Error> {
+            Ok(None)
+        }
+
+        async fn finalize(self, _bus: Bus) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    pub(super) fn d(pool: &[Message], calls: u64) -> Run {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let pool = pool.to_vec();
+        runtime.block_on(async move {
+            let bus = Bus::new();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            bus.register(DefaultBuilder::<Request, _, _, _>::new(1024, |_, _| async { Ok(Server) })).await;
+            bus.register(DefaultBuilder::<Reply, _, _, _>::new(1024, move |_, _| {
+                let tx = tx.clone();
+                async move { Ok(Caller(tx)) }
+            }))
+            .await;
+            let mut latencies = Vec::with_capacity(calls as usize);
+            let start = Instant::now();
+            for i in 0..calls {
+                let t = Instant::now();
+                bus.send(Request(pool[i as usize % POOL].clone())).await.unwrap();
+                rx.recv().await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            let elapsed = start.elapsed();
+            bus.close().await;
+            latencies.sort_unstable();
+            Run { per_sec: calls as f64 / elapsed.as_secs_f64(), p50: Some(latencies[latencies.len() / 2]) }
+        })
+    }
+
     pub(super) fn c(pool: &[Message], n: u64, producers: usize, consumers: usize) -> Run {
         run(pool, n, producers, consumers as u32)
     }
@@ -663,7 +762,7 @@ pub fn main(args: &[String]) {
             ("kanal", Box::new(|| Some(kanal_channel::d(pool, calls)))),
             ("tokio mpsc+oneshot", Box::new(|| Some(tokio_channels::oneshot_d(pool, calls)))),
             ("tokio broadcast", Box::new(|| None)),
-            ("messagebus", Box::new(|| None)),
+            ("messagebus", Box::new(|| Some(bus_crate::d(pool, calls)))),
         ],
     );
 }
