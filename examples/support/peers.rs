@@ -164,6 +164,11 @@ blocking_channel!(crossbeam, crossbeam_channel);
 blocking_channel!(flume_channel, flume);
 blocking_channel!(kanal_channel, kanal);
 
+/// The runtime the tokio and messagebus contenders run on: two workers.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
 // ---------------------------------------------------------------------------
 // tokio: the producers on plain threads (unbounded and broadcast sends do
 // not block), the receivers as tasks on a runtime of two workers.
@@ -171,10 +176,6 @@ blocking_channel!(kanal_channel, kanal);
 mod tokio_channels {
     use super::*;
     use tokio::sync::{broadcast, mpsc, oneshot};
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-    }
 
     pub(super) fn mpsc_a(pool: &[Message], n: u64) -> Run {
         let runtime = runtime();
@@ -296,39 +297,48 @@ mod bus_crate {
 
     struct Count(Arc<AtomicU64>);
 
-    impl Handler<Letter> for Count {
-        type Result = ();
-        type Error = VoidError;
+    /// A messagebus handler: its message, what it returns, and what it
+    /// does; an error is answered with nothing, and finalizing does nothing.
+    macro_rules! handler {
+        ($handler:ty, $msg:ty => $result:ty, |$this:ident, $m:ident| $body:expr) => {
+            impl Handler<$msg> for $handler {
+                type Result = $result;
+                type Error = VoidError;
 
-        async fn handle(
-            &mut self,
-            _msg: Letter,
-            _ctx: Context,
-            _bus: Bus,
-        ) -> Result<impl IntoMessages<Self::Result, Self::Error>, Self::Error> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
+                async fn handle(
+                    &mut self,
+                    $m: $msg,
+                    _ctx: Context,
+                    _bus: Bus,
+                ) -> Result<impl IntoMessages<Self::Result, Self::Error>, Self::Error> {
+                    let $this = self;
+                    Ok($body)
+                }
 
-        async fn handle_error(
-            &mut self,
-            _err: messagebus::Error,
-            _ctx: Context,
-            _bus: Bus,
-        ) -> Result<impl IntoMessages<Self::Result, Self::Error> + Send + '_, Self::Error> {
-            Ok(None)
-        }
+                async fn handle_error(
+                    &mut self,
+                    _err: messagebus::Error,
+                    _ctx: Context,
+                    _bus: Bus,
+                ) -> Result<impl IntoMessages<Self::Result, Self::Error> + Send + '_, Self::Error> {
+                    Ok(None)
+                }
 
-        async fn finalize(self, _bus: Bus) -> Result<(), Self::Error> {
-            Ok(())
-        }
+                async fn finalize(self, _bus: Bus) -> Result<(), Self::Error> {
+                    Ok(())
+                }
+            }
+        };
     }
+
+    handler!(Count, Letter => (), |this, _msg| {
+        this.0.fetch_add(1, Ordering::Relaxed);
+    });
 
     /// `producers` tasks send `n` messages in all to one handler type run
     /// by `tasks` tasks; waits until every one was handled.
     fn run(pool: &[Message], n: u64, producers: usize, tasks: u32) -> Run {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = runtime();
         let pool = pool.to_vec();
         runtime.block_on(async move {
             let bus = Bus::new();
@@ -383,66 +393,16 @@ mod bus_crate {
 
     struct Server;
 
-    impl Handler<Request> for Server {
-        type Result = Reply;
-        type Error = VoidError;
-
-        async fn handle(
-            &mut self,
-            msg: Request,
-            _ctx: Context,
-            _bus: Bus,
-        ) -> Result<impl IntoMessages<Self::Result, Self::Error>, Self::Error> {
-            Ok(Some(Reply(msg.0)))
-        }
-
-        async fn handle_error(
-            &mut self,
-            _err: messagebus::Error,
-            _ctx: Context,
-            _bus: Bus,
-        ) -> Result<impl IntoMessages<Self::Result, Self::Error> + Send + '_, Self::Error> {
-            Ok(None)
-        }
-
-        async fn finalize(self, _bus: Bus) -> Result<(), Self::Error> {
-            Ok(())
-        }
-    }
+    handler!(Server, Request => Reply, |_this, msg| Some(Reply(msg.0)));
 
     struct Caller(tokio::sync::mpsc::UnboundedSender<Message>);
 
-    impl Handler<Reply> for Caller {
-        type Result = ();
-        type Error = VoidError;
-
-        async fn handle(
-            &mut self,
-            msg: Reply,
-            _ctx: Context,
-            _bus: Bus,
-        ) -> Result<impl IntoMessages<Self::Result, Self::Error>, Self::Error> {
-            let _ = self.0.send(msg.0);
-            Ok(())
-        }
-
-        async fn handle_error(
-            &mut self,
-            _err: messagebus::Error,
-            _ctx: Context,
-            _bus: Bus,
-        ) -> Result<impl IntoMessages<Self::Result, Self::Error> + Send + '_, Self::Error> {
-            Ok(None)
-        }
-
-        async fn finalize(self, _bus: Bus) -> Result<(), Self::Error> {
-            Ok(())
-        }
-    }
+    handler!(Caller, Reply => (), |this, msg| {
+        let _ = this.0.send(msg.0);
+    });
 
     pub(super) fn d(pool: &[Message], calls: u64) -> Run {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = runtime();
         let pool = pool.to_vec();
         runtime.block_on(async move {
             let bus = Bus::new();

@@ -73,10 +73,7 @@ impl Vhost {
     ) -> Result<Routed, PublishError> {
         let mut durable = None;
         let routed = self.look_up_and_route(gate, exchange, routing_key, message, options, &mut durable)?;
-        match durable {
-            None => Ok(routed),
-            Some(durable) => self.confirm(routed, durable),
-        }
+        self.confirmed(routed, durable)
     }
 
     /// The lookup and the routing of [`publish`](Self::publish) and
@@ -96,6 +93,15 @@ impl Vhost {
         let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
         let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
         self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options, durable)
+    }
+
+    /// A routed publish, once durable if it reached a durable queue.
+    #[inline]
+    fn confirmed(&self, routed: Routed, durable: Option<(u64, Message)>) -> Result<Routed, PublishError> {
+        match durable {
+            None => Ok(routed),
+            Some(durable) => self.confirm(routed, durable),
+        }
     }
 
     /// Waits (blocking) until a publish's persistent copies are durable
@@ -143,10 +149,7 @@ impl Vhost {
         }
         let mut durable = None;
         let routed = self.publish_to(None, start, routing_key, message, ttl, options, &mut durable)?;
-        match durable {
-            None => Ok(routed),
-            Some(durable) => self.confirm(routed, durable),
-        }
+        self.confirmed(routed, durable)
     }
 
     /// What every publish passes first: the message's own checks (its TTL
