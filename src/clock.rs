@@ -38,6 +38,36 @@ pub(crate) fn later(at: Instant, by: Duration) -> Instant {
     }
 }
 
+/// The instant every [`Deadline`] counts from: set by the first clock read
+/// in the process, so every instant a clock hands out is at or after it.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// An instant in 8 bytes rather than `Option<Instant>`'s 16: nanoseconds
+/// since [`epoch`], plus one so that `Option<Deadline>` is 8 bytes too. A
+/// queued message carries one (its expiry), so this is 8 bytes less for
+/// every message in every queue. Exact for every instant a clock gives
+/// (nanosecond resolution, 584 years of range; the bus's deadlines are at
+/// most [`MAX_DURATION`] ahead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Deadline(std::num::NonZeroU64);
+
+impl Deadline {
+    /// `at`, clamped to the representable range (instants before the epoch
+    /// cannot come from a clock).
+    pub(crate) fn at(at: Instant) -> Deadline {
+        let nanos = u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX);
+        Deadline(std::num::NonZeroU64::new(nanos.saturating_add(1)).unwrap_or(std::num::NonZeroU64::MAX))
+    }
+
+    /// The instant again.
+    pub(crate) fn instant(self) -> Instant {
+        later(epoch(), Duration::from_nanos(self.0.get() - 1))
+    }
+}
+
 /// The source of time of a broker, set in
 /// [`BrokerOptions::clock`](crate::BrokerOptions::clock).
 ///
@@ -65,7 +95,10 @@ impl Clock {
     /// The current instant, for deadlines.
     pub fn now(&self) -> Instant {
         match &self.manual {
-            None => Instant::now(),
+            None => {
+                epoch();
+                Instant::now()
+            }
             Some(manual) => manual.now(),
         }
     }
@@ -197,7 +230,10 @@ impl ManualClock {
     pub fn at(wall: SystemTime) -> Self {
         ManualClock {
             state: Arc::new(ManualState {
-                base: Instant::now(),
+                base: {
+                    epoch();
+                    Instant::now()
+                },
                 wall_base: wall,
                 offset_nanos: AtomicU64::new(0),
                 timers: Mutex::new(Vec::new()),
@@ -255,5 +291,33 @@ impl ManualClock {
 impl From<ManualClock> for Clock {
     fn from(clock: ManualClock) -> Self {
         clock.clock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_gives_back_the_instant_it_was_made_from() {
+        let clock = Clock::system();
+        let now = clock.now();
+        for by in [Duration::ZERO, Duration::from_nanos(1), Duration::from_millis(1500), MAX_DURATION] {
+            let at = later(now, by);
+            assert_eq!(Deadline::at(at).instant(), at);
+        }
+        assert!(Deadline::at(now) < Deadline::at(later(now, Duration::from_nanos(1))));
+        assert_eq!(std::mem::size_of::<Option<Deadline>>(), 8);
+    }
+
+    #[test]
+    fn a_manual_clock_s_instants_are_deadlines_too() {
+        let manual = ManualClock::new();
+        let clock = manual.clock();
+        let start = clock.now();
+        manual.advance(Duration::from_secs(3));
+        let at = clock.now();
+        assert_eq!(Deadline::at(at).instant(), at);
+        assert_eq!(Deadline::at(at).instant() - start, Duration::from_secs(3));
     }
 }

@@ -229,6 +229,36 @@ pub enum ConsumeError {
     ConnectionClosed,
 }
 
+/// Why some messages of a
+/// [`Connection::publish_batch`](crate::Connection::publish_batch) were not
+/// published. The others were: each message of a batch succeeds or fails
+/// on its own, as separate publishes would. Each failure hands its message
+/// back inside its [`PublishError`], with the message's index in the batch.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error(
+    "{} message{} of the batch {} not published ({} were); the first, at index {}: {}",
+    failed.len(),
+    if failed.len() == 1 { "" } else { "s" },
+    if failed.len() == 1 { "was" } else { "were" },
+    routed.messages(),
+    failed.first().map_or(0, |(index, _)| *index),
+    failed.first().map_or_else(String::new, |(_, error)| error.to_string()),
+)]
+pub struct PublishBatchError {
+    /// The messages not published, by their index in the batch, in order:
+    /// each error holds its message.
+    pub failed: Vec<(usize, PublishError)>,
+    /// What the published ones did.
+    pub routed: crate::BatchRouted,
+}
+
+impl PublishBatchError {
+    /// Takes the messages that were not published back, in batch order.
+    pub fn into_messages(self) -> Vec<Message> {
+        self.failed.into_iter().map(|(_, error)| error.into_message()).collect()
+    }
+}
+
 /// Why a publish failed. Every variant hands the message back: see
 /// [`PublishError::into_message`].
 ///

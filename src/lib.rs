@@ -147,8 +147,8 @@ pub use durable::{
     MAX_GROUP_DELAY, OpenError, RecoveryReport, StoreError, StoreOptions, StoreStats, SyncPolicy, Truncation,
 };
 pub use error::{
-    AckError, BindError, ConnectError, ConsumeError, DeclareError, DeleteError, ErrorKind, PublishError,
-    RecvError, RecvTimeoutError, TryRecvError,
+    AckError, BindError, ConnectError, ConsumeError, DeclareError, DeleteError, ErrorKind, PublishBatchError,
+    PublishError, RecvError, RecvTimeoutError, TryRecvError,
 };
 pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
 pub use explain::{Hop, NearMiss, Route, RouteExplanation, Via};
@@ -165,6 +165,7 @@ pub use recorder::Recorder;
 pub use rpc::{Call, CallError, DIRECT_REPLY_TO, RpcStats};
 pub use settle::{Pending, PendingQueue, SettleError};
 pub use typed::Typed;
+pub use vhost::batch::BatchRouted;
 pub use vhost::publish::{PublishOptions, Routed};
 pub use vhost::{DEFAULT_VHOST, VirtualHost};
 pub use worker::failure::{EXCEPTION_HANDLER_HEADER, EXCEPTION_HEADER, EXCEPTION_TYPE_HEADER};

@@ -37,6 +37,13 @@ pub(crate) struct RoutingPass<'a> {
     pub(crate) letters: Vec<Letter>,
     /// The names of the queues reached, kept only for observers.
     pub(crate) names: Option<ReachedNames>,
+    /// A batch's resolving walk: the queues the key reaches are collected
+    /// here instead of being enqueued in (see `vhost::batch`).
+    pub(crate) collected: Option<Vec<Arc<Queue>>>,
+    /// The walk met routing that reads more than the key (a headers
+    /// exchange, a direct reply-to address): what it collected holds for
+    /// this message only.
+    pub(crate) reads_message: bool,
 }
 
 /// Where a message went, by queue name, for observers.
@@ -68,6 +75,8 @@ impl<'a> RoutingPass<'a> {
             store_failed: Vec::new(),
             letters: Vec::new(),
             names: None,
+            collected: None,
+            reads_message: false,
         }
     }
 
@@ -77,6 +86,10 @@ impl<'a> RoutingPass<'a> {
             return;
         }
         if !self.forbidden.is_empty() && self.forbidden.iter().any(|q| **q == *queue.name) {
+            return;
+        }
+        if let Some(collected) = &mut self.collected {
+            collected.push(Arc::clone(queue));
             return;
         }
         let outcome = if queue.context.faults.is_active() {

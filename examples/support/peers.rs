@@ -484,6 +484,34 @@ mod bus {
         rate(n, start.elapsed())
     }
 
+    /// A in batches of 64 both ways: `publish_batch` and `recv_batch`.
+    pub(super) fn a_batches(pool: &[Message], n: u64) -> Run {
+        let broker = Broker::new();
+        let conn = broker.connect();
+        conn.declare_queue("a", QueueOptions::default()).unwrap();
+        let options = ConsumeOptions { auto_ack: true, prefetch: 1024, ..Default::default() };
+        let consumer = conn.consume("a", options).unwrap();
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            let publisher = broker.connect();
+            s.spawn(move || {
+                let publisher = publisher.publisher("").unwrap();
+                let mut i = 0;
+                while i < n {
+                    let end = (i + 64).min(n);
+                    let batch = (i..end).map(|i| ("a", pool[i as usize % POOL].clone()));
+                    publisher.publish_batch(batch, Default::default()).unwrap();
+                    i = end;
+                }
+            });
+            let mut got = 0;
+            while got < n {
+                got += consumer.recv_batch(64).unwrap().len() as u64;
+            }
+        });
+        rate(n, start.elapsed())
+    }
+
     pub(super) fn b(pool: &[Message], n: u64, fan: usize) -> Run {
         let broker = Broker::new();
         let conn = broker.connect();
@@ -675,6 +703,7 @@ pub fn main(args: &[String]) {
         vec![
             ("interoffice", Box::new(|| Some(bus::a(pool, n)))),
             ("interoffice recv_batch", Box::new(|| Some(bus::a_batch(pool, n)))),
+            ("interoffice batches", Box::new(|| Some(bus::a_batches(pool, n)))),
             ("crossbeam-channel", Box::new(|| Some(crossbeam::a(pool, n)))),
             ("flume", Box::new(|| Some(flume_channel::a(pool, n)))),
             ("kanal", Box::new(|| Some(kanal_channel::a(pool, n)))),

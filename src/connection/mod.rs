@@ -3,6 +3,7 @@
 //! - [`calls`]: request/reply (`call`, `call_async`, typed calls).
 //! - [`publisher`]: `Publisher`, a handle on one resolved exchange.
 
+mod batch;
 mod calls;
 mod confirm;
 mod publisher;

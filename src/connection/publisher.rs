@@ -70,6 +70,30 @@ impl Publisher {
         self.publish_when(routing_key, message, options, WhenBlocked::Wait)
     }
 
+    /// Publishes `messages` (routing key, message), in order, as
+    /// [`Connection::publish_batch`](crate::Connection::publish_batch) does.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishBatchError`](crate::PublishBatchError), listing by index the
+    /// messages that were not published, each with its error holding it.
+    pub fn publish_batch<K: AsRef<str>>(
+        &self,
+        messages: impl IntoIterator<Item = (K, Message)>,
+        options: PublishOptions,
+    ) -> Result<crate::BatchRouted, crate::PublishBatchError> {
+        let closed = self.connection.closed.load(Ordering::Acquire);
+        super::batch::publish_batch(
+            &self.broker,
+            closed,
+            &self.vhost,
+            &self.grant,
+            &self.exchange.name,
+            messages,
+            options,
+        )
+    }
+
     fn publish_when(
         &self,
         routing_key: &str,

@@ -64,7 +64,7 @@ impl Queue {
             }
             None => Placement::Ready {
                 seq: msg.seq,
-                expires_ms: msg.expires_at.map(|at| crate::durable::to_wall_ms(at, now)),
+                expires_ms: msg.expires_at().map(|at| crate::durable::to_wall_ms(at, now)),
             },
         };
         match self.write_publish(journal, msg, placement, timing) {
@@ -124,7 +124,7 @@ impl Queue {
                 let body = body.unwrap_or_default();
                 let message = Message::from_shared(Arc::clone(&recovered.properties), body);
                 let mut envelope = Envelope::new(recovered.exchange(), recovered.routing_key(), message);
-                envelope.durable = Some(Arc::new(Persisted::recovered(&journal, recovered.pid, body_len)));
+                envelope.set_durable(Arc::new(Persisted::recovered(&journal, recovered.pid, body_len)));
                 let mut envelope = Arc::new(envelope);
                 let deliveries = recovered.state.deliveries;
                 if self.policy.delivery_limit.is_some() || self.policy.queue_type == QueueType::Quorum {
@@ -136,14 +136,14 @@ impl Queue {
                     envelope,
                     redelivered: recovered.state.redelivered,
                     deliveries,
-                    expires_at: None,
+                    expires: None,
                     rank,
                     paged,
                 };
                 match recovered.state.placement {
                     Placement::Ready { seq, expires_ms } => {
                         msg.seq = seq;
-                        msg.expires_at = expires_ms.map(|ms| crate::durable::from_wall_ms(ms, at));
+                        msg.set_expires_at(expires_ms.map(|ms| crate::durable::from_wall_ms(ms, at)));
                         state.next_seq = state.next_seq.max(seq + 1);
                         state.ready.insert(msg);
                     }

@@ -29,7 +29,7 @@ pub(crate) use options::{InvalidArg, QueuePolicy, ToSide, describe, unknown_argu
 use self::dedup::RecentIds;
 use self::limits::Room;
 use self::store::{Delayed, DelayedStore, ReadyStore};
-use crate::clock::{Clock, MAX_DURATION, later};
+use crate::clock::{Clock, Deadline, MAX_DURATION, later};
 use crate::consumer::ConsumerShared;
 use crate::conversation::ConversationToken;
 use crate::dead_letter::Letter;
@@ -162,6 +162,17 @@ pub(crate) struct Envelope {
     /// `exchange` followed by `routing_key`.
     names: Names,
     pub(crate) message: Message,
+    /// What few envelopes carry (a followed conversation, a place in the
+    /// store), behind one pointer: boxed, they keep the envelope at 88
+    /// bytes, so its `Arc` allocation (104) falls in a smaller malloc size
+    /// class than two inline fields would (120): 16 bytes less for every
+    /// queued message.
+    extras: Option<Box<Extras>>,
+}
+
+/// The rare parts of an [`Envelope`].
+#[derive(Debug, Clone, Default)]
+struct Extras {
     /// The conversation a test is waiting on, if the message belongs to
     /// one: the message counts as pending in it while this envelope lives.
     conversation: Option<ConversationToken>,
@@ -223,12 +234,14 @@ impl Names {
 impl Envelope {
     pub(crate) fn new(exchange: &str, routing_key: &str, message: Message) -> Self {
         debug_assert!(exchange.len() <= usize::from(u8::MAX), "exchange names are checked at declare");
-        Envelope { names: Names::new([exchange, routing_key]), message, conversation: None, durable: None }
+        Envelope { names: Names::new([exchange, routing_key]), message, extras: None }
     }
 
     /// The envelope, counted in a tracked conversation while it lives.
     pub(crate) fn in_conversation(mut self, token: Option<ConversationToken>) -> Self {
-        self.conversation = token;
+        if let Some(token) = token {
+            self.extras.get_or_insert_default().conversation = Some(token);
+        }
         self
     }
 
@@ -248,12 +261,7 @@ impl Envelope {
             .headers
             .get_or_insert_with(FieldTable::new)
             .insert("x-delivery-count", FieldValue::I64(i64::from(count)));
-        Arc::new(Envelope {
-            names: self.names.clone(),
-            message,
-            conversation: self.conversation.clone(),
-            durable: self.durable.clone(),
-        })
+        Arc::new(Envelope { names: self.names.clone(), message, extras: self.extras.clone() })
     }
 
     /// The same envelope with another body: a paged-out message's (empty),
@@ -262,8 +270,7 @@ impl Envelope {
         Arc::new(Envelope {
             names: self.names.clone(),
             message: self.message.with_body(body),
-            conversation: self.conversation.clone(),
-            durable: self.durable.clone(),
+            extras: self.extras.clone(),
         })
     }
 
@@ -272,14 +279,21 @@ impl Envelope {
         Arc::new(Envelope {
             names: self.names.clone(),
             message: self.message.clone(),
-            conversation: self.conversation.clone(),
-            durable: Some(Arc::new(durable)),
+            extras: Some(Box::new(Extras {
+                conversation: self.extras.as_ref().and_then(|e| e.conversation.clone()),
+                durable: Some(Arc::new(durable)),
+            })),
         })
+    }
+
+    /// Ties a recovered envelope to its place in the store.
+    fn set_durable(&mut self, durable: Arc<Persisted>) {
+        self.extras.get_or_insert_default().durable = Some(durable);
     }
 
     /// Its place in the store, if it is a persistent message in a durable queue.
     pub(crate) fn durable(&self) -> Option<&Persisted> {
-        self.durable.as_deref()
+        self.extras.as_ref()?.durable.as_deref()
     }
 }
 
@@ -293,7 +307,8 @@ pub(crate) struct QueuedMessage {
     /// Times it was delivered and came back.
     pub(crate) deliveries: u32,
     /// When it expires, if it has a TTL. Kept across requeues.
-    pub(crate) expires_at: Option<Instant>,
+    /// (A `Deadline`, not an `Instant`: 8 bytes less per queued message.)
+    expires: Option<Deadline>,
     /// Priority rank: 0 is served first.
     rank: u8,
     /// Its body is not in memory (a durable queue past its memory budget):
@@ -306,6 +321,15 @@ impl QueuedMessage {
         (self.rank, self.seq)
     }
 
+    /// When it expires, if it has a TTL.
+    pub(crate) fn expires_at(&self) -> Option<Instant> {
+        self.expires.map(Deadline::instant)
+    }
+
+    pub(crate) fn set_expires_at(&mut self, at: Option<Instant>) {
+        self.expires = at.map(Deadline::at);
+    }
+
     /// The body's length, in memory or paged out.
     fn body_len(&self) -> usize {
         if self.paged {
@@ -315,7 +339,7 @@ impl QueuedMessage {
     }
 
     fn expired(&self, now: &mut Now<'_>) -> bool {
-        self.expires_at.is_some_and(|at| at <= now.get())
+        self.expires_at().is_some_and(|at| at <= now.get())
     }
 }
 
@@ -348,6 +372,15 @@ impl<'a> PublishTiming<'a> {
             store_error: None,
         }
     }
+}
+
+/// One message of a batch on its way into queues
+/// ([`Queue::enqueue_batch`]): its envelope and timing, and what the last
+/// queue offered it did with it.
+pub(crate) struct Offer<'a> {
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) timing: PublishTiming<'a>,
+    pub(crate) outcome: Enqueued,
 }
 
 /// The clock, read at most once per operation.
@@ -716,6 +749,30 @@ impl Queue {
         outcome
     }
 
+    /// Offers a batch's messages, in order, under one hold of the lock:
+    /// each as [`enqueue`](Self::enqueue) would, its outcome left in
+    /// [`Offer::outcome`].
+    pub(crate) fn enqueue_batch<'a, 'c: 'a>(
+        self: &Arc<Self>,
+        offers: impl Iterator<Item = &'a mut Offer<'c>>,
+        letters: &mut Vec<Letter>,
+    ) {
+        let mut state = self.state.lock();
+        for offer in offers {
+            offer.outcome = if state.deleted {
+                Enqueued::Gone
+            } else {
+                self.enqueue_locked(&mut state, &offer.envelope, &mut offer.timing)
+            };
+        }
+        if !state.letters.is_empty() {
+            // In flight from here, under the lock, until each is routed.
+            self.context.activity.begin(state.letters.len() as u64);
+            letters.extend(state.letters.drain(..).map(|(msg, reason)| Letter::new(self, msg, reason)));
+        }
+        self.unlock(state);
+    }
+
     fn enqueue_locked(
         &self,
         state: &mut QueueState,
@@ -744,7 +801,7 @@ impl Queue {
             envelope,
             redelivered: false,
             deliveries: 0,
-            expires_at: None,
+            expires: None,
             rank,
             paged: false,
         };
@@ -763,7 +820,7 @@ impl Queue {
             }
         } else {
             msg.seq = state.next_seq;
-            msg.expires_at = ttl.map(|ttl| later(timing.now.get(), ttl));
+            msg.set_expires_at(ttl.map(|ttl| later(timing.now.get(), ttl)));
             if state.durable && !self.persist(&mut msg, timing, None) {
                 return Enqueued::StoreFailed;
             }
@@ -1505,7 +1562,7 @@ impl QueueState {
                 && let Some(durable) = msg.envelope.durable()
             {
                 let at = now.get();
-                let expires_ms = msg.expires_at.map(|e| crate::durable::to_wall_ms(e, at));
+                let expires_ms = msg.expires_at().map(|e| crate::durable::to_wall_ms(e, at));
                 durable.place(Placement::Ready { seq: msg.seq, expires_ms });
             }
         }
@@ -1535,12 +1592,12 @@ impl QueueState {
             msg.seq = self.next_seq;
             self.next_seq += 1;
             if let Some(ttl) = ttl {
-                msg.expires_at = Some(later(at, ttl));
+                msg.set_expires_at(Some(later(at, ttl)));
             }
             if self.durable
                 && let Some(durable) = msg.envelope.durable()
             {
-                let expires_ms = msg.expires_at.map(|e| crate::durable::to_wall_ms(e, at));
+                let expires_ms = msg.expires_at().map(|e| crate::durable::to_wall_ms(e, at));
                 durable.place(Placement::Ready { seq: msg.seq, expires_ms });
             }
             if msg.expired(now) {
@@ -1631,8 +1688,8 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_queued_message_stays_small() {
-        assert!(std::mem::size_of::<Envelope>() <= 96, "{}", std::mem::size_of::<Envelope>());
-        assert!(std::mem::size_of::<QueuedMessage>() <= 40, "{}", std::mem::size_of::<QueuedMessage>());
+        assert!(std::mem::size_of::<Envelope>() <= 88, "{}", std::mem::size_of::<Envelope>());
+        assert!(std::mem::size_of::<QueuedMessage>() <= 32, "{}", std::mem::size_of::<QueuedMessage>());
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl ReadyStore {
 
     pub(super) fn insert(&mut self, msg: QueuedMessage) {
         let key = msg.key();
-        if let Some(at) = msg.expires_at {
+        if let Some(at) = msg.expires_at() {
             self.expiry.insert((at, key));
         }
         self.bytes += msg.body_len();
@@ -107,7 +107,7 @@ impl ReadyStore {
     }
 
     fn forget(&mut self, msg: &QueuedMessage) {
-        if let Some(at) = msg.expires_at {
+        if let Some(at) = msg.expires_at() {
             self.expiry.remove(&(at, msg.key()));
         }
         self.bytes -= msg.body_len();
@@ -203,7 +203,17 @@ mod tests {
 
     fn msg(rank: u8, seq: u64, expires_at: Option<Instant>) -> QueuedMessage {
         let envelope = Arc::new(Envelope::new("", "q", Message::new(seq.to_string())));
-        QueuedMessage { seq, envelope, redelivered: false, deliveries: 0, expires_at, rank, paged: false }
+        let mut msg = QueuedMessage {
+            seq,
+            envelope,
+            redelivered: false,
+            deliveries: 0,
+            expires: None,
+            rank,
+            paged: false,
+        };
+        msg.set_expires_at(expires_at);
+        msg
     }
 
     fn order(store: &mut ReadyStore) -> Vec<(u8, u64)> {

@@ -15,6 +15,7 @@
 //! Access control is not here: a connection asks [`crate::access`] before
 //! it calls in, so a virtual host never knows who is asking.
 
+pub(crate) mod batch;
 pub(crate) mod publish;
 mod registry;
 pub(crate) mod topology;

@@ -79,7 +79,7 @@ impl Vhost {
     /// The lookup and the routing of [`publish`](Self::publish) and
     /// [`publish_deferred`](Self::publish_deferred).
     #[inline]
-    fn look_up_and_route<G: PublishGate + ?Sized>(
+    pub(super) fn look_up_and_route<G: PublishGate + ?Sized>(
         &self,
         gate: &G,
         exchange: &str,
@@ -155,7 +155,7 @@ impl Vhost {
     /// What every publish passes first: the message's own checks (its TTL
     /// comes back), then the gate — in RabbitMQ's order, both before a
     /// missing exchange is reported.
-    fn admit<G: PublishGate + ?Sized>(
+    pub(super) fn admit<G: PublishGate + ?Sized>(
         &self,
         gate: &G,
         name: &str,
@@ -229,16 +229,16 @@ impl Vhost {
     }
 
     /// Routes and enqueues from exchange `start`. Lock-free up to each
-    /// queue's own lock.
-    /// Routes; `durable` gets the store position a durable queue's copy
-    /// reached (and the message, to hand back if the sync fails).
+    /// queue's own lock. `durable` gets the store position a durable
+    /// queue's copy reached (and the message, to hand back if the sync
+    /// fails).
     #[allow(clippy::too_many_arguments)]
     fn publish_to(
         &self,
         exchanges: Option<&ExchangeMap>,
         start: &Exchange,
         routing_key: &str,
-        mut message: Message,
+        message: Message,
         ttl: Option<Duration>,
         options: PublishOptions,
         durable: &mut Option<(u64, Message)>,
@@ -249,6 +249,21 @@ impl Vhost {
         // With a data directory: on its way to waiting for a sync, which a
         // group commit's leader waits for.
         let _publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
+        let prepared = self.prepare(start, routing_key, message, ttl)?;
+        self.route_prepared(exchanges, start, routing_key, prepared, options, busy.index(), durable)
+    }
+
+    /// What a message passes on its way into the routing walk, after the
+    /// checks and the gate: the exchange is not internal; the scope's
+    /// conversation is stamped on it; its delay (its own, or `x-delay` on a
+    /// delayed exchange) and its sender-selected keys are taken out.
+    pub(super) fn prepare(
+        &self,
+        start: &Exchange,
+        routing_key: &str,
+        mut message: Message,
+        ttl: Option<Duration>,
+    ) -> Result<Prepared, PublishError> {
         if start.options.internal {
             let error = PublishError::InternalExchange {
                 exchange: start.name.to_string(),
@@ -282,8 +297,30 @@ impl Vhost {
         } else {
             Vec::new()
         };
+        Ok(Prepared { message, ttl, delay, extra_keys })
+    }
+
+    /// Wraps a prepared message in its envelope, counted in its
+    /// conversation if a test follows it.
+    pub(super) fn envelope(&self, start: &Exchange, routing_key: &str, message: Message) -> Arc<Envelope> {
         let token = self.core.conversations.token_for(&message);
-        let envelope = Arc::new(Envelope::new(&start.name, routing_key, message).in_conversation(token));
+        Arc::new(Envelope::new(&start.name, routing_key, message).in_conversation(token))
+    }
+
+    /// The routing walk of one prepared message, then its outcome.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn route_prepared(
+        &self,
+        exchanges: Option<&ExchangeMap>,
+        start: &Exchange,
+        routing_key: &str,
+        prepared: Prepared,
+        options: PublishOptions,
+        stripe: usize,
+        durable: &mut Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
+        let Prepared { message, ttl, delay, extra_keys } = prepared;
+        let envelope = self.envelope(start, routing_key, message);
         let mut pass = RoutingPass::new(
             &envelope,
             routing_key,
@@ -297,16 +334,11 @@ impl Vhost {
         });
         self.route_keys(exchanges, start, &mut pass, &extra_keys);
         let RoutingPass { enqueued, duplicates, rejected, store_failed, letters, names, timing, .. } = pass;
-        if self.core.settings.statistics {
-            start.counters.count(busy.index(), enqueued > 0 || duplicates > 0);
-        }
-        if enqueued == 0 && duplicates == 0 {
-            crate::trace::unroutable(&start.name, routing_key, options.mandatory, &envelope.message);
-        }
+        let tally = Tally { enqueued, duplicates, rejected, store_failed };
         if let (Some(seq), Some(names)) = (seq, names) {
-            let outcome = if !rejected.is_empty() || !store_failed.is_empty() {
-                PublishOutcome::Rejected(rejected.iter().chain(&store_failed).cloned().collect())
-            } else if enqueued == 0 && duplicates == 0 && options.mandatory {
+            let outcome = if !tally.rejected.is_empty() || !tally.store_failed.is_empty() {
+                PublishOutcome::Rejected(tally.rejected.iter().chain(&tally.store_failed).cloned().collect())
+            } else if !tally.reached() && options.mandatory {
                 PublishOutcome::Returned
             } else {
                 PublishOutcome::Routed
@@ -326,11 +358,39 @@ impl Vhost {
         if !letters.is_empty() {
             crate::dead_letter::bury(letters);
         }
+        let stored = Stored { lsn: timing.durable_lsn, error: timing.store_error };
+        self.outcome(start, routing_key, envelope, tally, stored, options, stripe, durable)
+    }
+
+    /// What one routed message's publisher learns: counted on the
+    /// exchange, then an error handing the message back (a durable queue's
+    /// store failed, a full queue rejected it, or it was `mandatory` and
+    /// reached nothing) or what it reached. `durable` gets its store
+    /// position, if it has one to wait for.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn outcome(
+        &self,
+        start: &Exchange,
+        routing_key: &str,
+        envelope: Arc<Envelope>,
+        tally: Tally,
+        stored: Stored,
+        options: PublishOptions,
+        stripe: usize,
+        durable: &mut Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
+        let Tally { enqueued, duplicates, rejected, store_failed } = tally;
+        if self.core.settings.statistics {
+            start.counters.count(stripe, enqueued > 0 || duplicates > 0);
+        }
+        if enqueued == 0 && duplicates == 0 {
+            crate::trace::unroutable(&start.name, routing_key, options.mandatory, &envelope.message);
+        }
         let take_back = |envelope: Arc<Envelope>| {
             Box::new(Arc::try_unwrap(envelope).map_or_else(|shared| shared.message.clone(), |e| e.message))
         };
         if !store_failed.is_empty() {
-            let error = timing.store_error.map_or(crate::StoreError::Io("unknown".into()), |e| *e);
+            let error = stored.error.map_or(crate::StoreError::Io("unknown".into()), |e| *e);
             return Err(PublishError::StoreFailed {
                 queues: store_failed,
                 routed: enqueued,
@@ -352,10 +412,46 @@ impl Vhost {
                 message: take_back(envelope),
             });
         }
-        if timing.durable_lsn > 0 {
-            *durable = Some((timing.durable_lsn, envelope.message.clone()));
+        if stored.lsn > 0 {
+            *durable = Some((stored.lsn, envelope.message.clone()));
         }
         Ok(Routed { queues: enqueued, duplicates })
+    }
+}
+
+/// A message past its checks, ready for the routing walk.
+pub(super) struct Prepared {
+    pub(super) message: Message,
+    /// Its own TTL (`expiration`).
+    pub(super) ttl: Option<Duration>,
+    pub(super) delay: Option<Duration>,
+    /// Its sender-selected keys (`CC`, `BCC`), routed with its own.
+    pub(super) extra_keys: Vec<String>,
+}
+
+/// What the durable queues a message reached did with it.
+pub(super) struct Stored {
+    /// The furthest store position its records reached (0: none).
+    pub(super) lsn: u64,
+    /// Why a store refused it, if one did.
+    pub(super) error: Option<Box<crate::StoreError>>,
+}
+
+/// Where one message went: counts, and the queues that refused it.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) enqueued: usize,
+    pub(crate) duplicates: usize,
+    /// Queues that refused it because they are full.
+    pub(crate) rejected: Vec<String>,
+    /// Durable queues whose store could not take it.
+    pub(crate) store_failed: Vec<String>,
+}
+
+impl Tally {
+    /// Whether some queue has it (or already had it: a duplicate).
+    fn reached(&self) -> bool {
+        self.enqueued > 0 || self.duplicates > 0
     }
 }
 
@@ -415,7 +511,7 @@ impl Vhost {
     /// once, hands the message to each destination once, and uses its
     /// alternate exchange only if no key matched any of its bindings; an
     /// exchange reached through a binding routes with all the keys too.
-    fn route_keys<'a>(
+    pub(super) fn route_keys<'a>(
         &self,
         exchanges: Option<&ExchangeMap>,
         start: &Exchange,
@@ -482,10 +578,17 @@ impl Vhost {
             {
                 // A reply to a direct reply-to address: straight to the call.
                 matched = true;
-                endpoint.deliver(pass.envelope);
-                pass.enqueued += 1;
+                if pass.collected.is_some() {
+                    pass.reads_message = true;
+                } else {
+                    endpoint.deliver(pass.envelope);
+                    pass.enqueued += 1;
+                }
             }
         } else {
+            if exchange.kind == ExchangeKind::Headers {
+                pass.reads_message = true;
+            }
             exchange.routes.load().for_each_match(key, pass.envelope.message.headers(), |dest| {
                 matched = true;
                 match dest {

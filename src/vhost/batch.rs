@@ -1,0 +1,331 @@
+//! Publishing a batch: every message passes the checks a single publish
+//! passes, but the routing walk runs once per distinct routing key, and
+//! each queue reached takes its share of the batch under one hold of its
+//! lock, in batch order.
+//!
+//! Routing that reads more than the key (a headers exchange on the way, a
+//! direct reply-to address, `CC`/`BCC` headers) is walked per message, in
+//! its place in the batch: the messages before it are enqueued first, so
+//! every queue still sees the batch in order. With observers or fault rules
+//! active, each message takes the single-publish path (their events and
+//! decisions are per message).
+
+use crate::access::PublishGate;
+use crate::dead_letter::Letter;
+use crate::error::{PublishBatchError, PublishError};
+use crate::exchange::Exchange;
+use crate::hash::FastHashMap;
+use crate::message::Message;
+use crate::queue::{Enqueued, Offer, PublishTiming, Queue};
+use crate::routing::RoutingPass;
+use crate::sync::Arc;
+
+use super::publish::{Prepared, PublishOptions, Stored, Tally};
+use super::{ExchangeMap, Vhost};
+
+/// What [`Connection::publish_batch`](crate::Connection::publish_batch) did
+/// with the messages it published (those in
+/// [`PublishBatchError::failed`] are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchRouted {
+    messages: usize,
+    queues: usize,
+    duplicates: usize,
+    unroutable: usize,
+}
+
+impl BatchRouted {
+    /// How many messages were published (routed, or dropped as
+    /// unroutable without `mandatory`).
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
+    /// How many enqueues they made, over all messages and queues.
+    pub fn queues(&self) -> usize {
+        self.queues
+    }
+
+    /// How many times a queue refused one as a duplicate `message_id`
+    /// (see [`Routed::duplicates`](crate::Routed::duplicates)).
+    pub fn duplicates(&self) -> usize {
+        self.duplicates
+    }
+
+    /// How many reached no queue and were dropped (published without
+    /// `mandatory`).
+    pub fn unroutable(&self) -> usize {
+        self.unroutable
+    }
+
+    fn count(&mut self, routed: crate::Routed) {
+        self.messages += 1;
+        self.queues += routed.queues();
+        self.duplicates += routed.duplicates();
+        if routed.queues() == 0 && routed.duplicates() == 0 {
+            self.unroutable += 1;
+        }
+    }
+}
+
+/// A message of the batch waiting for its queues: its place in the batch,
+/// its key, and the destinations its key resolved to.
+struct Pending<'c> {
+    index: usize,
+    route: usize,
+    offer: Offer<'c>,
+    tally: Tally,
+}
+
+/// The batch's running state.
+struct Batch<'c> {
+    routed: BatchRouted,
+    failed: Vec<(usize, PublishError)>,
+    /// Messages that reached a durable queue: their store position and the
+    /// message, to hand back if the one sync at the end fails.
+    durable: Vec<(usize, u64, Message, usize)>,
+    letters: Vec<Letter>,
+    pending: Vec<Pending<'c>>,
+}
+
+impl<'c> Batch<'c> {
+    fn settle(
+        &mut self,
+        index: usize,
+        result: Result<crate::Routed, PublishError>,
+        durable: Option<(u64, Message)>,
+    ) {
+        match result {
+            Ok(routed) => {
+                self.routed.count(routed);
+                if let Some((lsn, message)) = durable {
+                    self.durable.push((index, lsn, message, routed.queues()));
+                }
+            }
+            Err(error) => self.failed.push((index, error)),
+        }
+    }
+}
+
+impl Vhost {
+    /// Publishes `items` (routing key, message) to `exchange`, in order.
+    pub(crate) fn publish_batch<G: PublishGate + ?Sized, K: AsRef<str>>(
+        &self,
+        gate: &G,
+        exchange: &str,
+        items: Vec<(K, Message)>,
+        options: PublishOptions,
+    ) -> Result<BatchRouted, PublishBatchError> {
+        let exchanges = self.exchanges.load();
+        let (keys, messages): (Vec<K>, Vec<Message>) = items.into_iter().unzip();
+        let mut batch = Batch {
+            routed: BatchRouted::default(),
+            failed: Vec::new(),
+            durable: Vec::new(),
+            letters: Vec::new(),
+            pending: Vec::with_capacity(messages.len()),
+        };
+        let per_message = self.core.observers.is_active() || self.core.faults.is_active();
+        match exchanges.get(exchange) {
+            Some(start) if !per_message => {
+                self.route_batch(gate, &exchanges, start, &keys, messages, options, &mut batch)
+            }
+            _ => {
+                for (index, (key, message)) in keys.iter().zip(messages).enumerate() {
+                    let mut durable = None;
+                    let result =
+                        self.look_up_and_route(gate, exchange, key.as_ref(), message, options, &mut durable);
+                    batch.settle(index, result, durable);
+                }
+            }
+        }
+        self.wait_durable(&mut batch);
+        let Batch { routed, mut failed, .. } = batch;
+        if failed.is_empty() {
+            return Ok(routed);
+        }
+        failed.sort_by_key(|(index, _)| *index);
+        Err(PublishBatchError { failed, routed })
+    }
+
+    /// The batch through exchange `start`: admitted one by one, routed once
+    /// per distinct key, enqueued a queue at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn route_batch<'c, G: PublishGate + ?Sized, K: AsRef<str>>(
+        &'c self,
+        gate: &G,
+        exchanges: &ExchangeMap,
+        start: &Exchange,
+        keys: &[K],
+        messages: Vec<Message>,
+        options: PublishOptions,
+        batch: &mut Batch<'c>,
+    ) {
+        let busy = self.core.activity.busy();
+        let _publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
+        // Each distinct key's destinations, or `None` where they depend on
+        // the message; resolved on the key's first message.
+        let mut routes: Vec<Vec<Arc<Queue>>> = Vec::new();
+        let mut resolved: FastHashMap<&str, Option<usize>> = FastHashMap::default();
+        for (index, (key, message)) in keys.iter().zip(messages).enumerate() {
+            let key_str = key.as_ref();
+            let prepared = match self.admit(gate, &start.name, Some(start), key_str, message) {
+                Ok((message, ttl)) => self.prepare(start, key_str, message, ttl),
+                Err(error) => Err(error),
+            };
+            let prepared = match prepared {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    batch.failed.push((index, error));
+                    continue;
+                }
+            };
+            let route = if prepared.extra_keys.is_empty() {
+                *resolved.entry(key_str).or_insert_with(|| {
+                    let queues = self.resolve(exchanges, start, key_str, &prepared)?;
+                    routes.push(queues);
+                    Some(routes.len() - 1)
+                })
+            } else {
+                None
+            };
+            match route {
+                Some(route) => {
+                    let Prepared { message, ttl, delay, .. } = prepared;
+                    batch.pending.push(Pending {
+                        index,
+                        route,
+                        offer: Offer {
+                            envelope: self.envelope(start, key_str, message),
+                            timing: PublishTiming::new(&self.core.settings.clock, ttl, delay),
+                            outcome: Enqueued::Gone,
+                        },
+                        tally: Tally::default(),
+                    });
+                }
+                None => {
+                    // Everything before it first, so that queues see the batch in order.
+                    self.enqueue_pending(start, keys, &routes, options, busy.index(), batch);
+                    let mut durable = None;
+                    let result = self.route_prepared(
+                        Some(exchanges),
+                        start,
+                        key_str,
+                        prepared,
+                        options,
+                        busy.index(),
+                        &mut durable,
+                    );
+                    batch.settle(index, result, durable);
+                }
+            }
+        }
+        self.enqueue_pending(start, keys, &routes, options, busy.index(), batch);
+    }
+
+    /// The queues `key` reaches from `start`, walked once with the batch's
+    /// first message of that key; `None` if the walk read more than the key.
+    fn resolve(
+        &self,
+        exchanges: &ExchangeMap,
+        start: &Exchange,
+        key: &str,
+        prepared: &Prepared,
+    ) -> Option<Vec<Arc<Queue>>> {
+        let probe = self.envelope(start, key, prepared.message.clone());
+        let mut pass =
+            RoutingPass::new(&probe, key, PublishTiming::new(&self.core.settings.clock, None, None), &[]);
+        pass.collected = Some(Vec::new());
+        self.route_keys(Some(exchanges), start, &mut pass, &[]);
+        if pass.reads_message { None } else { pass.collected.take() }
+    }
+
+    /// Enqueues the pending messages, a queue at a time (each under one
+    /// hold of its lock, in batch order), then settles each message.
+    fn enqueue_pending<K: AsRef<str>>(
+        &self,
+        start: &Exchange,
+        keys: &[K],
+        routes: &[Vec<Arc<Queue>>],
+        options: PublishOptions,
+        stripe: usize,
+        batch: &mut Batch<'_>,
+    ) {
+        if batch.pending.is_empty() {
+            return;
+        }
+        let pending = &mut batch.pending;
+        // Each queue once, in the order first reached, with the routes
+        // that lead to it.
+        let mut queues: Vec<(&Arc<Queue>, Vec<usize>)> = Vec::new();
+        let mut position: FastHashMap<u64, usize> = FastHashMap::default();
+        let mut seen_routes: Vec<bool> = vec![false; routes.len()];
+        for p in pending.iter() {
+            if std::mem::replace(&mut seen_routes[p.route], true) {
+                continue;
+            }
+            for queue in &routes[p.route] {
+                let at = *position.entry(queue.id).or_insert_with(|| {
+                    queues.push((queue, Vec::new()));
+                    queues.len() - 1
+                });
+                queues[at].1.push(p.route);
+            }
+        }
+        for (queue, via) in queues {
+            let all = via.len() == seen_routes.iter().filter(|s| **s).count();
+            let offers = pending.iter_mut().filter(|p| all || via.contains(&p.route));
+            let mut offers: Vec<&mut Pending<'_>> = offers.collect();
+            queue.enqueue_batch(offers.iter_mut().map(|p| &mut p.offer), &mut batch.letters);
+            for p in offers {
+                match p.offer.outcome {
+                    Enqueued::Accepted => p.tally.enqueued += 1,
+                    Enqueued::Duplicate => p.tally.duplicates += 1,
+                    Enqueued::Rejected => p.tally.rejected.push(queue.name.to_string()),
+                    Enqueued::StoreFailed => p.tally.store_failed.push(queue.name.to_string()),
+                    Enqueued::Gone => {}
+                }
+            }
+        }
+        if !batch.letters.is_empty() {
+            crate::dead_letter::bury(std::mem::take(&mut batch.letters));
+        }
+        for p in std::mem::take(pending) {
+            let Pending { index, offer, tally, .. } = p;
+            let stored = Stored { lsn: offer.timing.durable_lsn, error: offer.timing.store_error };
+            let mut durable = None;
+            let result = self.outcome(
+                start,
+                keys[index].as_ref(),
+                offer.envelope,
+                tally,
+                stored,
+                options,
+                stripe,
+                &mut durable,
+            );
+            batch.settle(index, result, durable);
+        }
+    }
+
+    /// One wait for the whole batch's persistent copies; a failed sync
+    /// hands each of them back.
+    fn wait_durable(&self, batch: &mut Batch<'_>) {
+        let Some(lsn) = batch.durable.iter().map(|(_, lsn, ..)| *lsn).max() else { return };
+        let Some(store) = self.core.store.as_ref() else { return };
+        if let Err(error) = store.syncer.wait(store, lsn) {
+            for (index, _, message, routed) in batch.durable.drain(..) {
+                batch.routed.messages -= 1;
+                batch.failed.push((
+                    index,
+                    PublishError::StoreFailed {
+                        queues: Vec::new(),
+                        routed,
+                        error: error.clone(),
+                        message: Box::new(message),
+                    },
+                ));
+            }
+        }
+    }
+}
