@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError as ChannelTimeout, TryRecvError as ChannelTryRecv};
+use crate::inbox::{Receiver, RecvTimeoutError as ChannelTimeout, TryRecvError as ChannelTryRecv};
 
 use crate::credit::Credit;
 use crate::delivery::{Delivery, Holder};

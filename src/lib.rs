@@ -99,6 +99,7 @@ mod field;
 mod flow;
 mod hash;
 mod idempotency;
+mod inbox;
 mod lint;
 mod message;
 mod observe;

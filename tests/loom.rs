@@ -5,8 +5,8 @@
 //! The protocol modules are compiled here from the crate's own source
 //! (`src/credit.rs`, `src/wake.rs`), against a `sync` module that maps the
 //! crate's facade names to loom's types — so what is checked is the code the
-//! bus runs, not a copy. What they protect (crossbeam's inbox channel, the
-//! queue's data) is modelled by loom types of the same ordering strength.
+//! bus runs, not a copy. What they protect (the consumer's inbox, whose
+//! message count is written before the sender's fence; the queue's data) is modelled by loom types of the same ordering strength.
 //!
 //! - `credit`: prefetch is never exceeded, and a ready message is never
 //!   stranded while its consumer has room (the settle / dispatch race).

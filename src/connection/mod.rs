@@ -14,8 +14,6 @@ use publisher::WhenBlocked;
 
 use std::fmt;
 
-use crossbeam_channel::unbounded;
-
 use crate::access::grant::Grant;
 use crate::access::{Permission, Resource};
 use crate::broker::Broker;
@@ -576,7 +574,7 @@ impl Connection {
             }
             None => self.broker.inner.core.generate_name("amq.ctag-").into(),
         };
-        let (sender, inbox) = unbounded();
+        let (sender, inbox) = crate::inbox::unbounded();
         let shared = Arc::new(ConsumerShared::new(tag, Arc::clone(&queue), &options, inbox));
         queue.add_consumer(Arc::clone(&shared), sender)?;
         consumers.list.push(Arc::downgrade(&shared));

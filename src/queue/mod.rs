@@ -20,7 +20,7 @@ mod store;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crate::inbox::{Receiver, Sender};
 use parking_lot::MutexGuard;
 
 pub use options::{DeduplicationWindow, Overflow, QueueOptions, QueueType};
@@ -967,7 +967,7 @@ impl Queue {
             }
             // Only the queue sends into the inbox, under this lock, and the
             // consumer is out of the ring: the inbox is complete.
-            let pending: Vec<QueuedMessage> = inbox.try_iter().collect();
+            let pending: Vec<QueuedMessage> = inbox.drain();
             let returned = u32::try_from(pending.len() + unsettled.len()).unwrap_or(u32::MAX);
             for msg in unsettled {
                 state.restore(self, msg, true, now);

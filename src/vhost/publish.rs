@@ -155,6 +155,7 @@ impl Vhost {
     /// What every publish passes first: the message's own checks (its TTL
     /// comes back), then the gate — in RabbitMQ's order, both before a
     /// missing exchange is reported.
+    #[inline]
     pub(super) fn admit<G: PublishGate + ?Sized>(
         &self,
         gate: &G,
@@ -202,6 +203,7 @@ impl Vhost {
     }
 
     /// The checks every publish starts with; the message's own TTL.
+    #[inline]
     fn check(
         &self,
         routing_key: &str,
@@ -233,6 +235,7 @@ impl Vhost {
     /// queue's copy reached (and the message, to hand back if the sync
     /// fails).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn publish_to(
         &self,
         exchanges: Option<&ExchangeMap>,
@@ -257,6 +260,7 @@ impl Vhost {
     /// checks and the gate: the exchange is not internal; the scope's
     /// conversation is stamped on it; its delay (its own, or `x-delay` on a
     /// delayed exchange) and its sender-selected keys are taken out.
+    #[inline]
     pub(super) fn prepare(
         &self,
         start: &Exchange,
@@ -302,6 +306,7 @@ impl Vhost {
 
     /// Wraps a prepared message in its envelope, counted in its
     /// conversation if a test follows it.
+    #[inline]
     pub(super) fn envelope(&self, start: &Exchange, routing_key: &str, message: Message) -> Arc<Envelope> {
         let token = self.core.conversations.token_for(&message);
         Arc::new(Envelope::new(&start.name, routing_key, message).in_conversation(token))
@@ -309,6 +314,7 @@ impl Vhost {
 
     /// The routing walk of one prepared message, then its outcome.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(super) fn route_prepared(
         &self,
         exchanges: Option<&ExchangeMap>,
@@ -368,6 +374,7 @@ impl Vhost {
     /// reached nothing) or what it reached. `durable` gets its store
     /// position, if it has one to wait for.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(super) fn outcome(
         &self,
         start: &Exchange,
@@ -511,6 +518,7 @@ impl Vhost {
     /// once, hands the message to each destination once, and uses its
     /// alternate exchange only if no key matched any of its bindings; an
     /// exchange reached through a binding routes with all the keys too.
+    #[inline]
     pub(super) fn route_keys<'a>(
         &self,
         exchanges: Option<&ExchangeMap>,
@@ -530,6 +538,7 @@ impl Vhost {
     /// `exchanges` is the snapshot the caller already holds, if any: the map
     /// is only read for an alternate exchange, so a publish through a
     /// `Publisher` does not load it.
+    #[inline]
     fn route(&self, exchanges: Option<&ExchangeMap>, start: &Exchange, pass: &mut RoutingPass<'_>) {
         pass.seen_exchanges.insert(start.id);
         self.route_through(exchanges, start, pass);
@@ -542,6 +551,7 @@ impl Vhost {
 
     /// One exchange's step of a routing pass: its bindings matched against
     /// every key of the pass (once, for kinds that do not read the key).
+    #[inline]
     fn route_through(
         &self,
         exchanges: Option<&ExchangeMap>,
@@ -567,6 +577,7 @@ impl Vhost {
     }
 
     /// `exchange`'s bindings matched against `key`; whether any matched.
+    #[inline]
     fn route_key(&self, exchange: &Exchange, pass: &mut RoutingPass<'_>, key: &str) -> bool {
         let mut matched = false;
         if exchange.is_default() {
