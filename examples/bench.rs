@@ -134,7 +134,7 @@ scenarios (default: all of them, in this order):
   peers           (alone, first) the bus beside crossbeam-channel, flume, kanal, tokio
                   mpsc/broadcast and messagebus on 1->1, 1->10 fanout, 4->1->4 competing
                   consumers and request/reply; options --messages N (default 1,000,000),
-                  --reps R (default 5)
+                  --reps R (default 5), --only ABCD (the scenarios to run, by letter)
 
 options:
   --messages N    messages per run (default 200,000; rpc 20,000; fill-drain 1,000,000)

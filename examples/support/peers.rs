@@ -675,15 +675,18 @@ fn scenario(title: &str, unit: &str, reps: usize, contenders: Vec<Contender<'_>>
     println!("  interoffice ÷ best peer: {:.2}", ours / best);
 }
 
-/// `bench peers [--messages N] [--reps R]`.
+/// `bench peers [--messages N] [--reps R] [--only ABCD]`.
 pub fn main(args: &[String]) {
     let mut n: u64 = 1_000_000;
     let mut reps = 5;
+    // `--only ABD`: the scenarios to run, by letter (default: all).
+    let mut only: Option<String> = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--messages" => n = it.next().and_then(|v| v.parse().ok()).unwrap_or(n),
             "--reps" => reps = it.next().and_then(|v| v.parse().ok()).unwrap_or(reps),
+            "--only" => only = it.next().cloned(),
             other => eprintln!("peers: ignoring '{other}'"),
         }
     }
@@ -696,62 +699,71 @@ pub fn main(args: &[String]) {
     let fan = 10;
     let nb = n / 5;
     let calls = (n / 10).max(1000);
-    scenario(
-        "A 1→1",
-        "msg/s",
-        reps,
-        vec![
-            ("interoffice", Box::new(|| Some(bus::a(pool, n)))),
-            ("interoffice recv_batch", Box::new(|| Some(bus::a_batch(pool, n)))),
-            ("interoffice batches", Box::new(|| Some(bus::a_batches(pool, n)))),
-            ("crossbeam-channel", Box::new(|| Some(crossbeam::a(pool, n)))),
-            ("flume", Box::new(|| Some(flume_channel::a(pool, n)))),
-            ("kanal", Box::new(|| Some(kanal_channel::a(pool, n)))),
-            ("tokio mpsc", Box::new(|| Some(tokio_channels::mpsc_a(pool, n)))),
-            ("tokio broadcast", Box::new(|| Some(tokio_channels::broadcast_a(pool, n)))),
-            ("messagebus", Box::new(|| Some(bus_crate::a(pool, n)))),
-        ],
-    );
-    scenario(
-        "B 1→10 fanout",
-        "deliveries/s",
-        reps,
-        vec![
-            ("interoffice", Box::new(|| Some(bus::b(pool, nb, fan)))),
-            ("crossbeam-channel", Box::new(|| Some(crossbeam::b(pool, nb, fan)))),
-            ("flume", Box::new(|| Some(flume_channel::b(pool, nb, fan)))),
-            ("kanal", Box::new(|| Some(kanal_channel::b(pool, nb, fan)))),
-            ("tokio mpsc", Box::new(|| Some(tokio_channels::mpsc_b(pool, nb, fan)))),
-            ("tokio broadcast", Box::new(|| Some(tokio_channels::broadcast_b(pool, nb, fan)))),
-            ("messagebus", Box::new(|| None)),
-        ],
-    );
-    scenario(
-        "C 4 producers → 1 queue → 4 consumers",
-        "msg/s",
-        reps,
-        vec![
-            ("interoffice", Box::new(|| Some(bus::c(pool, n, 4, 4)))),
-            ("crossbeam-channel", Box::new(|| Some(crossbeam::c(pool, n, 4, 4)))),
-            ("flume", Box::new(|| Some(flume_channel::c(pool, n, 4, 4)))),
-            ("kanal", Box::new(|| Some(kanal_channel::c(pool, n, 4, 4)))),
-            ("tokio mpsc", Box::new(|| None)),
-            ("tokio broadcast", Box::new(|| None)),
-            ("messagebus", Box::new(|| Some(bus_crate::c(pool, n, 4, 4)))),
-        ],
-    );
-    scenario(
-        "D request/reply, 1 caller",
-        "calls/s",
-        reps,
-        vec![
-            ("interoffice", Box::new(|| Some(bus::d(pool, calls)))),
-            ("crossbeam-channel", Box::new(|| Some(crossbeam::d(pool, calls)))),
-            ("flume", Box::new(|| Some(flume_channel::d(pool, calls)))),
-            ("kanal", Box::new(|| Some(kanal_channel::d(pool, calls)))),
-            ("tokio mpsc+oneshot", Box::new(|| Some(tokio_channels::oneshot_d(pool, calls)))),
-            ("tokio broadcast", Box::new(|| None)),
-            ("messagebus", Box::new(|| Some(bus_crate::d(pool, calls)))),
-        ],
-    );
+    let wanted = |letter: char| only.as_ref().is_none_or(|o| o.contains(letter));
+    if wanted('A') {
+        scenario(
+            "A 1→1",
+            "msg/s",
+            reps,
+            vec![
+                ("interoffice", Box::new(|| Some(bus::a(pool, n)))),
+                ("interoffice recv_batch", Box::new(|| Some(bus::a_batch(pool, n)))),
+                ("interoffice batches", Box::new(|| Some(bus::a_batches(pool, n)))),
+                ("crossbeam-channel", Box::new(|| Some(crossbeam::a(pool, n)))),
+                ("flume", Box::new(|| Some(flume_channel::a(pool, n)))),
+                ("kanal", Box::new(|| Some(kanal_channel::a(pool, n)))),
+                ("tokio mpsc", Box::new(|| Some(tokio_channels::mpsc_a(pool, n)))),
+                ("tokio broadcast", Box::new(|| Some(tokio_channels::broadcast_a(pool, n)))),
+                ("messagebus", Box::new(|| Some(bus_crate::a(pool, n)))),
+            ],
+        );
+    }
+    if wanted('B') {
+        scenario(
+            "B 1→10 fanout",
+            "deliveries/s",
+            reps,
+            vec![
+                ("interoffice", Box::new(|| Some(bus::b(pool, nb, fan)))),
+                ("crossbeam-channel", Box::new(|| Some(crossbeam::b(pool, nb, fan)))),
+                ("flume", Box::new(|| Some(flume_channel::b(pool, nb, fan)))),
+                ("kanal", Box::new(|| Some(kanal_channel::b(pool, nb, fan)))),
+                ("tokio mpsc", Box::new(|| Some(tokio_channels::mpsc_b(pool, nb, fan)))),
+                ("tokio broadcast", Box::new(|| Some(tokio_channels::broadcast_b(pool, nb, fan)))),
+                ("messagebus", Box::new(|| None)),
+            ],
+        );
+    }
+    if wanted('C') {
+        scenario(
+            "C 4 producers → 1 queue → 4 consumers",
+            "msg/s",
+            reps,
+            vec![
+                ("interoffice", Box::new(|| Some(bus::c(pool, n, 4, 4)))),
+                ("crossbeam-channel", Box::new(|| Some(crossbeam::c(pool, n, 4, 4)))),
+                ("flume", Box::new(|| Some(flume_channel::c(pool, n, 4, 4)))),
+                ("kanal", Box::new(|| Some(kanal_channel::c(pool, n, 4, 4)))),
+                ("tokio mpsc", Box::new(|| None)),
+                ("tokio broadcast", Box::new(|| None)),
+                ("messagebus", Box::new(|| Some(bus_crate::c(pool, n, 4, 4)))),
+            ],
+        );
+    }
+    if wanted('D') {
+        scenario(
+            "D request/reply, 1 caller",
+            "calls/s",
+            reps,
+            vec![
+                ("interoffice", Box::new(|| Some(bus::d(pool, calls)))),
+                ("crossbeam-channel", Box::new(|| Some(crossbeam::d(pool, calls)))),
+                ("flume", Box::new(|| Some(flume_channel::d(pool, calls)))),
+                ("kanal", Box::new(|| Some(kanal_channel::d(pool, calls)))),
+                ("tokio mpsc+oneshot", Box::new(|| Some(tokio_channels::oneshot_d(pool, calls)))),
+                ("tokio broadcast", Box::new(|| None)),
+                ("messagebus", Box::new(|| Some(bus_crate::d(pool, calls)))),
+            ],
+        );
+    }
 }

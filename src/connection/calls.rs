@@ -52,7 +52,7 @@ impl Connection {
         request: Message,
         timeout: Duration,
     ) -> Result<Delivery, CallError> {
-        let call = self.start_call(exchange, routing_key, request, timeout)?;
+        let call = self.start_call(exchange, routing_key, request, timeout, true)?;
         rpc::wait(&call)
     }
 
@@ -61,7 +61,7 @@ impl Connection {
     /// executor; the timeout runs on the broker's clock. Dropping the future
     /// gives up the call.
     pub fn call_async(&self, exchange: &str, routing_key: &str, request: Message, timeout: Duration) -> Call {
-        match self.start_call(exchange, routing_key, request, timeout) {
+        match self.start_call(exchange, routing_key, request, timeout, false) {
             Ok(call) => Call::waiting(call),
             Err(error) => Call::failed(error),
         }
@@ -136,8 +136,9 @@ impl Connection {
         routing_key: &str,
         request: Message,
         timeout: Duration,
+        blocking: bool,
     ) -> Result<Arc<rpc::PendingCall>, CallError> {
         let endpoint = self.reply_endpoint()?;
-        endpoint.start(&self.vhost, &*self.grant, exchange, routing_key, request, timeout)
+        endpoint.start(&self.vhost, &*self.grant, exchange, routing_key, request, timeout, blocking)
     }
 }
