@@ -476,6 +476,16 @@ impl Consumer {
     ///
     /// [`RecvTimeoutError`]: nothing arrived in time, or the consumer ended.
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Delivery, RecvTimeoutError> {
+        // Spin first, as `recv` does (at most until the deadline).
+        let spin = deadline.saturating_duration_since(Instant::now()).min(RECV_SPIN);
+        let spun = spin_wait(spin, || match self.shared.inbox.try_recv() {
+            Ok(msg) => Some(self.shared.hand_out(msg).map_err(RecvTimeoutError::from)),
+            Err(ChannelTryRecv::Disconnected) => Some(Err(self.shared.reason().into())),
+            Err(ChannelTryRecv::Empty) => None,
+        });
+        if let Some(received) = spun {
+            return received;
+        }
         match self.shared.inbox.recv_deadline(deadline) {
             Ok(msg) => Ok(self.shared.hand_out(msg)?),
             Err(ChannelTimeout::Timeout) => Err(RecvTimeoutError::Timeout),

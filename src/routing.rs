@@ -12,6 +12,7 @@ use crate::hash::FastHashSet;
 use crate::message::Message;
 use crate::queue::{Enqueued, Envelope, PublishTiming, Queue};
 use crate::sync::Arc;
+use smallvec::SmallVec;
 
 /// The state of routing one message: where it went and what is left.
 pub(crate) struct RoutingPass<'a> {
@@ -228,8 +229,10 @@ pub(crate) fn has_sender_selected_keys(headers: &crate::FieldTable) -> bool {
 /// while a topic key reaching ~20 queues spilled out of 16 into the hash
 /// set (8% of a topic publish).
 pub(crate) struct SeenSet<const N: usize> {
-    len: usize,
-    inline: [u64; N],
+    /// The ids, while at most `N`: inline, and never zeroed (a
+    /// `SmallVec` leaves its unused slots uninitialised), so making a set
+    /// costs a few stores, not `N`.
+    inline: SmallVec<[u64; N]>,
     /// Every id, once more than `N` were seen.
     spilled: Option<FastHashSet<u64>>,
 }
@@ -240,27 +243,28 @@ thread_local! {
 }
 
 impl<const N: usize> SeenSet<N> {
+    #[inline]
     pub(crate) fn new() -> Self {
-        SeenSet { len: 0, inline: [0; N], spilled: None }
+        SeenSet { inline: SmallVec::new(), spilled: None }
     }
 
     /// True if `id` was not in the set.
+    #[inline]
     pub(crate) fn insert(&mut self, id: u64) -> bool {
         if let Some(spilled) = &mut self.spilled {
             return spilled.insert(id);
         }
-        if self.inline[..self.len].contains(&id) {
+        if self.inline.contains(&id) {
             return false;
         }
-        if self.len == N {
+        if self.inline.len() == N {
             let mut spilled = SPARE_IDS.take().unwrap_or_default();
             spilled.clear();
-            spilled.extend(self.inline);
+            spilled.extend(self.inline.iter().copied());
             spilled.insert(id);
             self.spilled = Some(spilled);
         } else {
-            self.inline[self.len] = id;
-            self.len += 1;
+            self.inline.push(id);
         }
         true
     }

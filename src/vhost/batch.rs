@@ -169,17 +169,21 @@ impl Vhost {
         let mut resolved: FastHashMap<&str, Option<usize>> = FastHashMap::default();
         for (index, (key, message)) in keys.iter().zip(messages).enumerate() {
             let key_str = key.as_ref();
-            let prepared = match self.admit(gate, &start.name, Some(start), key_str, message) {
-                Ok((message, ttl)) => self.prepare(start, key_str, message, ttl),
-                Err(error) => Err(error),
-            };
-            let prepared = match prepared {
-                Ok(prepared) => prepared,
+            let (mut message, ttl) = match self.admit(gate, &start.name, Some(start), key_str, message) {
+                Ok(admitted) => admitted,
                 Err(error) => {
                     batch.failed.push((index, error));
                     continue;
                 }
             };
+            let (delay, extra_keys) = match self.prepare(start, &mut message) {
+                Ok(parts) => parts,
+                Err(refusal) => {
+                    batch.failed.push((index, self.refuse_prepared(start, key_str, refusal, message)));
+                    continue;
+                }
+            };
+            let prepared = Prepared { message, ttl, delay, extra_keys };
             let route = if prepared.extra_keys.is_empty() {
                 *resolved.entry(key_str).or_insert_with(|| {
                     let queues = self.resolve(exchanges, start, key_str, &prepared)?;

@@ -252,7 +252,12 @@ impl Vhost {
         // With a data directory: on its way to waiting for a sync, which a
         // group commit's leader waits for.
         let _publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
-        let prepared = self.prepare(start, routing_key, message, ttl)?;
+        let mut message = message;
+        let (delay, extra_keys) = match self.prepare(start, &mut message) {
+            Ok(parts) => parts,
+            Err(refusal) => return Err(self.refuse_prepared(start, routing_key, refusal, message)),
+        };
+        let prepared = Prepared { message, ttl, delay, extra_keys };
         self.route_prepared(exchanges, start, routing_key, prepared, options, busy.index(), durable)
     }
 
@@ -260,24 +265,21 @@ impl Vhost {
     /// checks and the gate: the exchange is not internal; the scope's
     /// conversation is stamped on it; its delay (its own, or `x-delay` on a
     /// delayed exchange) and its sender-selected keys are taken out.
+    ///
+    /// The message stays with the caller (a refusal comes back without
+    /// it; [`refuse_prepared`](Self::refuse_prepared) makes the error):
+    /// returning it inside a `Result` made every publish copy it through
+    /// misaligned stack slots, stalling on store forwarding.
     #[inline]
     pub(super) fn prepare(
         &self,
         start: &Exchange,
-        routing_key: &str,
-        mut message: Message,
-        ttl: Option<Duration>,
-    ) -> Result<Prepared, PublishError> {
+        message: &mut Message,
+    ) -> Result<(Option<Duration>, Vec<String>), Unprepared> {
         if start.options.internal {
-            let error = PublishError::InternalExchange {
-                exchange: start.name.to_string(),
-                vhost: self.name.to_string(),
-                message: Box::new(message),
-            };
-            self.report_refused(&start.name, routing_key, &error);
-            return Err(error);
+            return Err(Unprepared::Internal);
         }
-        crate::conversation::stamp(&mut message);
+        crate::conversation::stamp(message);
         let mut delay = message.take_delay();
         if start.options.delayed
             && let Some(ms) = message.header("x-delay").and_then(crate::FieldValue::as_i64)
@@ -290,18 +292,37 @@ impl Vhost {
         // Sender-selected distribution is rare: one pass over the header
         // names, comparing lengths first, before any string comparison.
         let extra_keys = if message.headers().is_some_and(has_sender_selected_keys) {
-            match sender_selected_keys(&mut message) {
-                Ok(keys) => keys,
-                Err((header, reason)) => {
-                    let error = PublishError::InvalidHeader { header, reason, message: Box::new(message) };
-                    self.report_refused(&start.name, routing_key, &error);
-                    return Err(error);
-                }
-            }
+            sender_selected_keys(message)
+                .map_err(|(header, reason)| Unprepared::InvalidHeader(Box::new((header, reason))))?
         } else {
             Vec::new()
         };
-        Ok(Prepared { message, ttl, delay, extra_keys })
+        Ok((delay, extra_keys))
+    }
+
+    /// The error of a message [`prepare`](Self::prepare) refused, holding
+    /// the message, reported.
+    #[cold]
+    pub(super) fn refuse_prepared(
+        &self,
+        start: &Exchange,
+        routing_key: &str,
+        refusal: Unprepared,
+        message: Message,
+    ) -> PublishError {
+        let error = match refusal {
+            Unprepared::Internal => PublishError::InternalExchange {
+                exchange: start.name.to_string(),
+                vhost: self.name.to_string(),
+                message: Box::new(message),
+            },
+            Unprepared::InvalidHeader(parts) => {
+                let (header, reason) = *parts;
+                PublishError::InvalidHeader { header, reason, message: Box::new(message) }
+            }
+        };
+        self.report_refused(&start.name, routing_key, &error);
+        error
     }
 
     /// Wraps a prepared message in its envelope, counted in its
@@ -309,7 +330,7 @@ impl Vhost {
     #[inline]
     pub(super) fn envelope(&self, start: &Exchange, routing_key: &str, message: Message) -> Arc<Envelope> {
         let token = self.core.conversations.token_for(&message);
-        Arc::new(Envelope::new(&start.name, routing_key, message).in_conversation(token))
+        Arc::new(Envelope::published(&start.name, routing_key, message, token))
     }
 
     /// The routing walk of one prepared message, then its outcome.
@@ -426,6 +447,14 @@ impl Vhost {
     }
 }
 
+/// Why [`Vhost::prepare`] refused a message.
+pub(super) enum Unprepared {
+    /// The exchange is internal: only exchange-to-exchange bindings reach it.
+    Internal,
+    /// A `CC` or `BCC` header that is not an array: the header and why.
+    InvalidHeader(Box<(String, String)>),
+}
+
 /// A message past its checks, ready for the routing walk.
 pub(super) struct Prepared {
     pub(super) message: Message,
@@ -490,7 +519,7 @@ impl QueueOwner for Vhost {
         let exchanges = self.exchanges.load();
         let Some(start) = exchanges.get(dlx) else { return false };
         let token = self.core.conversations.token_for(&message);
-        let envelope = Arc::new(Envelope::new(dlx, routing_key, message).in_conversation(token));
+        let envelope = Arc::new(Envelope::published(dlx, routing_key, message, token));
         let mut pass = RoutingPass::new(
             &envelope,
             routing_key,
