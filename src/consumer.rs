@@ -476,7 +476,13 @@ impl Consumer {
     ///
     /// [`RecvTimeoutError`]: nothing arrived in time, or the consumer ended.
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Delivery, RecvTimeoutError> {
-        // Spin first, as `recv` does (at most until the deadline).
+        // What is waiting first, without reading the clock; then spin, as
+        // `recv` does (at most until the deadline).
+        match self.shared.inbox.try_recv() {
+            Ok(msg) => return Ok(self.shared.hand_out(msg)?),
+            Err(ChannelTryRecv::Disconnected) => return Err(self.shared.reason().into()),
+            Err(ChannelTryRecv::Empty) => {}
+        }
         let spin = deadline.saturating_duration_since(Instant::now()).min(RECV_SPIN);
         let spun = spin_wait(spin, || match self.shared.inbox.try_recv() {
             Ok(msg) => Some(self.shared.hand_out(msg).map_err(RecvTimeoutError::from)),

@@ -35,6 +35,7 @@
 //! | `basic.publish` (+ `mandatory`, `basic.return`) | [`Connection::publish`], [`Connection::publish_with`], [`PublishError::Unroutable`] |
 //! | `basic.consume` (+ `basic.qos` prefetch) / `basic.cancel` | [`Connection::consume`], [`ConsumeOptions::prefetch`], [`Consumer::cancel`] |
 //! | `basic.get` | [`Connection::get`] |
+//! | (extensions) batches | [`Connection::publish_batch`], [`Consumer::recv_batch`], [`Consumer::try_recv_batch`] |
 //! | `basic.ack` / `nack` / `reject` | [`Delivery::ack`], [`Delivery::nack`], [`Delivery::reject`] |
 //! | field table | [`FieldTable`], [`FieldValue`] |
 //! | `x-message-ttl`, `x-expires`, `x-max-length(-bytes)`, `x-overflow` | [`QueueOptions::message_ttl`], [`QueueOptions::expires`], [`QueueOptions::max_length`], [`QueueOptions::max_length_bytes`], [`Overflow`] |
@@ -108,6 +109,7 @@ mod queue;
 mod recorder;
 mod routing;
 mod rpc;
+mod segmented;
 mod settle;
 mod similar;
 mod sync;

@@ -14,7 +14,6 @@ mod dedup;
 mod durable;
 mod limits;
 mod options;
-mod segmented;
 mod store;
 
 use std::task::Waker;
