@@ -109,7 +109,6 @@ mod queue;
 mod recorder;
 mod routing;
 mod rpc;
-mod segmented;
 mod settle;
 mod similar;
 mod sync;

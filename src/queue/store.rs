@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::QueuedMessage;
-use crate::segmented::Segmented;
+use super::segmented::Segmented;
 
 /// A ready message's place: priority rank first (0 is served first), then
 /// sequence number. A requeued message keeps its key, so it goes back to
@@ -256,7 +256,7 @@ mod tests {
     fn expired_messages_leave_a_tail_of_many_chunks_from_anywhere() {
         let now = Instant::now();
         let mut store = ReadyStore::default();
-        let n = 5 * crate::segmented::CHUNK as u64;
+        let n = 5 * super::super::segmented::CHUNK as u64;
         let expiring = |seq: u64| seq % 97 == 3;
         for seq in 0..n {
             store.insert(msg(0, seq, expiring(seq).then_some(now)));

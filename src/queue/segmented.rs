@@ -1,5 +1,5 @@
 //! A first-in first-out sequence kept in chunks that are never grown: the
-//! ready store's tail, and both buffers of a consumer's inbox.
+//! ready store's tail.
 //!
 //! A single growing `VecDeque` doubles its buffer whenever it is full and
 //! copies every element across: filling a queue with a million messages
@@ -20,7 +20,7 @@ use std::mem;
 /// `CHUNK`). A long queue allocates one chunk per `CHUNK` messages (20 KiB of
 /// 40-byte `QueuedMessage`s); a queue that never held 505 messages never
 /// holds one (see [`FIRST`]).
-pub(crate) const CHUNK: usize = 512;
+pub(super) const CHUNK: usize = 512;
 
 /// The first chunk, in slots: 320 bytes of 40-byte `QueuedMessage`s.
 ///
@@ -29,7 +29,7 @@ pub(crate) const CHUNK: usize = 512;
 /// [`CHUNK`]: 8, 16, .. 256, then 512s from the 505th message on: 7
 /// allocations to reach `CHUNK`, where a `VecDeque` makes 8 (4 slots, then
 /// doublings to 512), copying everything at each.
-pub(crate) const FIRST: usize = 8;
+pub(super) const FIRST: usize = 8;
 
 /// The most chunk headers an emptied deque of chunks keeps room for: a queue
 /// going between two and a dozen or so chunks does not free and regrow it each
@@ -79,7 +79,7 @@ const MIDDLE_KEPT: usize = 16;
 /// freeing is done just before, and the element moved into the chunk kept,
 /// or into a new chunk of `F` slots if none was small enough (the chunk the
 /// next push would allocate).
-pub(crate) struct Segmented<T, const C: usize = CHUNK, const F: usize = FIRST> {
+pub(super) struct Segmented<T, const C: usize = CHUNK, const F: usize = FIRST> {
     /// The chunk `pop_front` takes from, once there are two or more.
     front: VecDeque<T>,
     /// The chunks between `front` and `back`. This deque of chunks still
@@ -113,7 +113,7 @@ pub(crate) struct Segmented<T, const C: usize = CHUNK, const F: usize = FIRST> {
 /// Where an element is, as found by [`Segmented::find_by_key`]: valid until
 /// the sequence next changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Position {
+pub(super) struct Position {
     /// The chunk: 0 is `front`, then `middle`'s, then `back`.
     chunk: usize,
     /// The index in the chunk.
@@ -148,34 +148,34 @@ impl<T, const C: usize, const F: usize> Segmented<T, C, F> {
     const KEPT: usize = 2 * F;
 
     /// Elements held.
-    pub(crate) fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether no element is held.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// The first element.
-    pub(crate) fn front(&self) -> Option<&T> {
+    pub(super) fn front(&self) -> Option<&T> {
         let next = || self.middle.front().unwrap_or(&self.back).front();
         self.front.front().or_else(next)
     }
 
     /// The last element.
-    pub(crate) fn back(&self) -> Option<&T> {
+    pub(super) fn back(&self) -> Option<&T> {
         self.back.back()
     }
 
     /// The elements, first to last.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &T> {
         self.front.iter().chain(self.middle.iter().flatten()).chain(&self.back)
     }
 
     /// Appends `value` at the end.
     #[inline]
-    pub(crate) fn push_back(&mut self, value: T) {
+    pub(super) fn push_back(&mut self, value: T) {
         // The capacity, not a chunk size: a `back` never allocated has none,
         // and `VecDeque::push_back` would grow it.
         if self.back.len() < self.back.capacity() {
@@ -245,7 +245,7 @@ impl<T, const C: usize, const F: usize> Segmented<T, C, F> {
     /// the sequence lean before its last element goes, are done before, by
     /// [`Self::prepare_pop`].
     #[inline]
-    pub(crate) fn pop_front(&mut self) -> Option<T> {
+    pub(super) fn pop_front(&mut self) -> Option<T> {
         if self.front.is_empty() {
             // A sequence not grown since it was last empty has only `back`
             // (one test). A grown one may have a next chunk to move to, an
@@ -328,14 +328,14 @@ impl<T, const C: usize, const F: usize> Segmented<T, C, F> {
 
     /// Drops every element. As when the sequence drains, one small chunk is
     /// kept, if there is one, and the rest is freed.
-    pub(crate) fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.release();
     }
 
     /// Takes out every element, first to last. Like `VecDeque::drain(..)`,
     /// the sequence is empty once the iterator is dropped, even if it was not
     /// run to its end.
-    pub(crate) fn drain(&mut self) -> Drain<'_, T, C, F> {
+    pub(super) fn drain(&mut self) -> Drain<'_, T, C, F> {
         Drain { fifo: self }
     }
 
@@ -367,7 +367,7 @@ impl<T, const C: usize, const F: usize> Segmented<T, C, F> {
     ///
     /// A binary search for the chunk (by the key of its last element), then
     /// one within it: O(log n).
-    pub(crate) fn find_by_key<K: Ord>(&self, key: &K, mut f: impl FnMut(&T) -> K) -> Option<Position> {
+    pub(super) fn find_by_key<K: Ord>(&self, key: &K, mut f: impl FnMut(&T) -> K) -> Option<Position> {
         // An empty `front` would break the chunks' order: skip it.
         let (mut low, mut high) = (usize::from(self.front.is_empty()), self.chunk_count());
         while low < high {
@@ -389,7 +389,7 @@ impl<T, const C: usize, const F: usize> Segmented<T, C, F> {
     /// neighbour now fit in one of the two, moves one into the other (another
     /// chunk's worth at most) to keep the chunks from being left nearly
     /// empty.
-    pub(crate) fn remove(&mut self, at: Position) -> Option<T> {
+    pub(super) fn remove(&mut self, at: Position) -> Option<T> {
         let value = self.chunk_mut(at.chunk)?.remove(at.offset)?;
         self.len -= 1;
         if self.len == 0 {
@@ -465,7 +465,7 @@ impl<T, const C: usize, const F: usize> Segmented<T, C, F> {
 }
 
 /// The iterator of [`Segmented::drain`].
-pub(crate) struct Drain<'a, T, const C: usize, const F: usize> {
+pub(super) struct Drain<'a, T, const C: usize, const F: usize> {
     fifo: &'a mut Segmented<T, C, F>,
 }
 
