@@ -40,7 +40,8 @@ pub(crate) struct RoutingPass<'a> {
     pub(crate) names: Option<ReachedNames>,
     /// A batch's resolving walk: the queues the key reaches are collected
     /// here instead of being enqueued in (see `vhost::batch`).
-    pub(crate) collected: Option<Vec<Arc<Queue>>>,
+    /// (A borrowed `Vec`: one word to initialise on every publish.)
+    pub(crate) collected: Option<&'a mut Vec<Arc<Queue>>>,
     /// The walk met routing that reads more than the key (a headers
     /// exchange, a direct reply-to address): what it collected holds for
     /// this message only.
@@ -89,7 +90,7 @@ impl<'a> RoutingPass<'a> {
         if !self.forbidden.is_empty() && self.forbidden.iter().any(|q| **q == *queue.name) {
             return;
         }
-        if let Some(collected) = &mut self.collected {
+        if let Some(collected) = self.collected.as_deref_mut() {
             collected.push(Arc::clone(queue));
             return;
         }

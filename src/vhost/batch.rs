@@ -237,11 +237,14 @@ impl Vhost {
         prepared: &Prepared,
     ) -> Option<Vec<Arc<Queue>>> {
         let probe = self.envelope(start, key, prepared.message.clone());
+        let mut queues = Vec::new();
         let mut pass =
             RoutingPass::new(&probe, key, PublishTiming::new(&self.core.settings.clock, None, None), &[]);
-        pass.collected = Some(Vec::new());
+        pass.collected = Some(&mut queues);
         self.route_keys(Some(exchanges), start, &mut pass, &[]);
-        if pass.reads_message { None } else { pass.collected.take() }
+        let reads_message = pass.reads_message;
+        drop(pass);
+        if reads_message { None } else { Some(queues) }
     }
 
     /// Enqueues the pending messages, a queue at a time (each under one
