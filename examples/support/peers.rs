@@ -460,8 +460,9 @@ mod bus {
         rate(n, start.elapsed())
     }
 
-    /// A, the consumer taking what is waiting in batches of up to 64.
-    pub(super) fn a_batch(pool: &[Message], n: u64) -> Run {
+    /// A, the consumer taking what is waiting in batches of up to 64; with
+    /// `publish_batches`, the publisher sending batches of 64 too.
+    pub(super) fn a_batch(pool: &[Message], n: u64, publish_batches: bool) -> Run {
         let broker = Broker::new();
         let conn = broker.connect();
         conn.declare_queue("a", QueueOptions::default()).unwrap();
@@ -472,35 +473,16 @@ mod bus {
             let publisher = broker.connect();
             s.spawn(move || {
                 let publisher = publisher.publisher("").unwrap();
-                for i in 0..n {
-                    publisher.publish("a", pool[i as usize % POOL].clone()).unwrap();
-                }
-            });
-            let mut got = 0;
-            while got < n {
-                got += consumer.recv_batch(64).unwrap().len() as u64;
-            }
-        });
-        rate(n, start.elapsed())
-    }
-
-    /// A in batches of 64 both ways: `publish_batch` and `recv_batch`.
-    pub(super) fn a_batches(pool: &[Message], n: u64) -> Run {
-        let broker = Broker::new();
-        let conn = broker.connect();
-        conn.declare_queue("a", QueueOptions::default()).unwrap();
-        let options = ConsumeOptions { auto_ack: true, prefetch: 1024, ..Default::default() };
-        let consumer = conn.consume("a", options).unwrap();
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            let publisher = broker.connect();
-            s.spawn(move || {
-                let publisher = publisher.publisher("").unwrap();
+                let step = if publish_batches { 64 } else { 1 };
                 let mut i = 0;
                 while i < n {
-                    let end = (i + 64).min(n);
-                    let batch = (i..end).map(|i| ("a", pool[i as usize % POOL].clone()));
-                    publisher.publish_batch(batch, Default::default()).unwrap();
+                    let end = (i + step).min(n);
+                    if publish_batches {
+                        let batch = (i..end).map(|i| ("a", pool[i as usize % POOL].clone()));
+                        publisher.publish_batch(batch, Default::default()).unwrap();
+                    } else {
+                        publisher.publish("a", pool[i as usize % POOL].clone()).unwrap();
+                    }
                     i = end;
                 }
             });
@@ -707,8 +689,8 @@ pub fn main(args: &[String]) {
             reps,
             vec![
                 ("interoffice", Box::new(|| Some(bus::a(pool, n)))),
-                ("interoffice recv_batch", Box::new(|| Some(bus::a_batch(pool, n)))),
-                ("interoffice batches", Box::new(|| Some(bus::a_batches(pool, n)))),
+                ("interoffice recv_batch", Box::new(|| Some(bus::a_batch(pool, n, false)))),
+                ("interoffice batches", Box::new(|| Some(bus::a_batch(pool, n, true)))),
                 ("crossbeam-channel", Box::new(|| Some(crossbeam::a(pool, n)))),
                 ("flume", Box::new(|| Some(flume_channel::a(pool, n)))),
                 ("kanal", Box::new(|| Some(kanal_channel::a(pool, n)))),

@@ -131,15 +131,9 @@ impl Queue {
                     envelope = envelope.with_delivery_count(deliveries);
                 }
                 let rank = self.rank(&envelope.message);
-                let mut msg = QueuedMessage {
-                    seq: 0,
-                    envelope,
-                    redelivered: recovered.state.redelivered,
-                    deliveries,
-                    expires: None,
-                    rank,
-                    paged,
-                };
+                let mut msg = QueuedMessage::new(envelope, rank);
+                (msg.redelivered, msg.deliveries, msg.paged) =
+                    (recovered.state.redelivered, deliveries, paged);
                 match recovered.state.placement {
                     Placement::Ready { seq, expires_ms } => {
                         msg.seq = seq;

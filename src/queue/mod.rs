@@ -329,6 +329,20 @@ pub(crate) struct QueuedMessage {
 }
 
 impl QueuedMessage {
+    /// A message of rank `rank` not yet placed (sequence 0, no expiry),
+    /// never delivered.
+    pub(crate) fn new(envelope: Arc<Envelope>, rank: u8) -> Self {
+        QueuedMessage {
+            seq: 0,
+            envelope,
+            redelivered: false,
+            deliveries: 0,
+            expires: None,
+            rank,
+            paged: false,
+        }
+    }
+
     fn key(&self) -> store::ReadyKey {
         (self.rank, self.seq)
     }
@@ -809,15 +823,7 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let mut msg = QueuedMessage {
-            seq: 0,
-            envelope,
-            redelivered: false,
-            deliveries: 0,
-            expires: None,
-            rank,
-            paged: false,
-        };
+        let mut msg = QueuedMessage::new(envelope, rank);
 
         if let Some(delay) = timing.delay {
             match self.make_room(state, &msg, &mut timing.now) {

@@ -203,15 +203,8 @@ mod tests {
 
     fn msg(rank: u8, seq: u64, expires_at: Option<Instant>) -> QueuedMessage {
         let envelope = Arc::new(Envelope::new("", "q", Message::new(seq.to_string())));
-        let mut msg = QueuedMessage {
-            seq,
-            envelope,
-            redelivered: false,
-            deliveries: 0,
-            expires: None,
-            rank,
-            paged: false,
-        };
+        let mut msg = QueuedMessage::new(envelope, rank);
+        msg.seq = seq;
         msg.set_expires_at(expires_at);
         msg
     }
