@@ -279,8 +279,10 @@ impl Vhost {
                 queues[at].1.push(p.route);
             }
         }
+        let distinct_routes = seen_routes.iter().filter(|s| **s).count();
         for (queue, via) in queues {
-            let all = via.len() == seen_routes.iter().filter(|s| **s).count();
+            // Reached by every route of the batch: all of it, no filtering.
+            let all = via.len() == distinct_routes;
             let offers = pending.iter_mut().filter(|p| all || via.contains(&p.route));
             let mut offers: Vec<&mut Pending<'_>> = offers.collect();
             queue.enqueue_batch(offers.iter_mut().map(|p| &mut p.offer), &mut batch.letters);
