@@ -29,6 +29,7 @@ use crate::rpc::ReplyEndpoint;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, Weak};
 use crate::vhost::Vhost;
 use crate::vhost::publish::{PublishOptions, Routed};
+use crate::vhost::route_cache::{RouteCache, Target};
 
 /// Options of [`Connection::delete_queue`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub(crate) struct ConnectionShared {
     replies: Mutex<Option<Arc<ReplyEndpoint>>>,
     /// Published if the connection is dropped without `close`.
     will: Mutex<Option<Will>>,
+    /// The routes of its last few publishes by exchange name.
+    routes: RouteCache,
 }
 
 /// A last-will message: where to publish it and what.
@@ -146,6 +149,7 @@ impl Connection {
             gets: Arc::new(GetStore::default()),
             replies: Mutex::new(None),
             will: Mutex::new(None),
+            routes: RouteCache::default(),
         });
         Connection { shared, broker, vhost, grant: Arc::new(grant) }
     }
@@ -447,7 +451,8 @@ impl Connection {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
         }
         let message = when_blocked.apply(&self.broker, message)?;
-        self.vhost.publish(&*self.grant, exchange, routing_key, message, options)
+        let target = Target::Named(exchange);
+        self.vhost.publish_cached(&*self.grant, &self.shared.routes, target, routing_key, message, options)
     }
 
     /// Publishes as [`publish_with`](Self::publish_with) does — routed now,
@@ -648,6 +653,7 @@ impl Connection {
             broker: self.broker.clone(),
             vhost: Arc::clone(&self.vhost),
             grant: Arc::clone(&self.grant),
+            routes: RouteCache::default(),
         })
     }
 

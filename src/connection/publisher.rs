@@ -11,16 +11,37 @@ use crate::message::Message;
 use crate::sync::{Arc, Ordering};
 use crate::vhost::Vhost;
 use crate::vhost::publish::{PublishOptions, Routed};
+use crate::vhost::route_cache::{RouteCache, Target};
 
 /// A publisher bound to one exchange: see [`Connection::publisher`](crate::Connection::publisher).
 /// Cheap to clone; `Send + Sync`.
-#[derive(Clone)]
+///
+/// It remembers the routes of the last few routing keys it published with
+/// (until the topology changes), so a key used again skips the walk
+/// through the exchange graph; a clone starts with none. Give each
+/// publishing thread its own clone: two threads publishing through one
+/// `Publisher` at the same moment are both served, but only one of them
+/// from the cache.
 pub struct Publisher {
     pub(super) exchange: Arc<crate::exchange::Exchange>,
     pub(super) connection: Arc<ConnectionShared>,
     pub(super) broker: Broker,
     pub(super) vhost: Arc<Vhost>,
     pub(super) grant: Arc<Grant>,
+    pub(super) routes: RouteCache,
+}
+
+impl Clone for Publisher {
+    fn clone(&self) -> Self {
+        Publisher {
+            exchange: Arc::clone(&self.exchange),
+            connection: Arc::clone(&self.connection),
+            broker: self.broker.clone(),
+            vhost: Arc::clone(&self.vhost),
+            grant: Arc::clone(&self.grant),
+            routes: RouteCache::default(),
+        }
+    }
 }
 
 impl fmt::Debug for Publisher {
@@ -110,7 +131,8 @@ impl Publisher {
             // again: publish by name, as `Connection::publish` would.
             return self.vhost.publish(&*self.grant, &self.exchange.name, routing_key, message, options);
         }
-        self.vhost.publish_resolved(&*self.grant, &self.exchange, routing_key, message, options)
+        let target = Target::Resolved(&self.exchange);
+        self.vhost.publish_cached(&*self.grant, &self.routes, target, routing_key, message, options)
     }
 }
 

@@ -18,6 +18,7 @@
 pub(crate) mod batch;
 pub(crate) mod publish;
 mod registry;
+pub(crate) mod route_cache;
 pub(crate) mod topology;
 
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ use crate::hash::FastImblMap;
 use crate::lint::{LintFinding, QueueFacts};
 use crate::queue::Envelope;
 use crate::queue::{Queue, QueueStats};
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering, Weak};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, Weak};
 
 use registry::{BindingEntry, Registry};
 
@@ -68,6 +69,10 @@ pub(crate) struct Vhost {
     queues: ArcSwap<QueueMap>,
     replies: ArcSwap<ReplyMap>,
     registry: Mutex<Registry>,
+    /// Bumped after every store of the exchange map, the queue map or a
+    /// routing table: a cached route (see [`route_cache`]) holds while it
+    /// is unchanged.
+    topology_epoch: AtomicU64,
     /// Set once by `delete_vhost`: connections to it are closed.
     deleted: AtomicBool,
     pub(crate) core: Arc<Core>,
@@ -85,6 +90,7 @@ impl Vhost {
             queues: ArcSwap::from_pointee(QueueMap::default()),
             replies: ArcSwap::from_pointee(ReplyMap::default()),
             registry: Mutex::new(Registry::default()),
+            topology_epoch: AtomicU64::new(1),
             deleted: AtomicBool::new(false),
             core,
         });
@@ -103,6 +109,12 @@ impl Vhost {
         }
         vhost.exchanges.store(Arc::new(map));
         vhost
+    }
+
+    /// Records a change of what routing reads (after it is stored): every
+    /// cached route of this virtual host is stale from here.
+    pub(super) fn topology_changed(&self) {
+        self.topology_epoch.fetch_add(1, Ordering::Release);
     }
 
     /// The virtual host's name.

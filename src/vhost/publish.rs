@@ -97,7 +97,11 @@ impl Vhost {
 
     /// A routed publish, once durable if it reached a durable queue.
     #[inline]
-    fn confirmed(&self, routed: Routed, durable: Option<(u64, Message)>) -> Result<Routed, PublishError> {
+    pub(super) fn confirmed(
+        &self,
+        routed: Routed,
+        durable: Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
         match durable {
             None => Ok(routed),
             Some(durable) => self.confirm(routed, durable),
@@ -174,7 +178,7 @@ impl Vhost {
 
     /// No exchange `name` (any more): the error, reported, handing `message` back.
     #[cold]
-    fn not_found(&self, name: &str, routing_key: &str, message: Message) -> PublishError {
+    pub(super) fn not_found(&self, name: &str, routing_key: &str, message: Message) -> PublishError {
         let error = PublishError::ExchangeNotFound {
             exchange: name.into(),
             vhost: self.name.to_string(),
@@ -348,6 +352,24 @@ impl Vhost {
     ) -> Result<Routed, PublishError> {
         let Prepared { message, ttl, delay, extra_keys } = prepared;
         let envelope = self.envelope(start, routing_key, message);
+        let walk = Walk { envelope, ttl, delay, extra_keys: &extra_keys };
+        self.route_envelope(exchanges, start, routing_key, walk, options, stripe, durable)
+    }
+
+    /// The routing walk of one message in its envelope, then its outcome.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(super) fn route_envelope(
+        &self,
+        exchanges: Option<&ExchangeMap>,
+        start: &Exchange,
+        routing_key: &str,
+        walk: Walk<'_>,
+        options: PublishOptions,
+        stripe: usize,
+        durable: &mut Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
+        let Walk { envelope, ttl, delay, extra_keys } = walk;
         let mut pass = RoutingPass::new(
             &envelope,
             routing_key,
@@ -359,7 +381,7 @@ impl Vhost {
             pass.names = Some(Default::default());
             self.core.observers.next_seq()
         });
-        self.route_keys(exchanges, start, &mut pass, &extra_keys);
+        self.route_keys(exchanges, start, &mut pass, extra_keys);
         let RoutingPass { enqueued, duplicates, rejected, store_failed, letters, names, timing, .. } = pass;
         let tally = Tally { enqueued, duplicates, rejected, store_failed };
         if let (Some(seq), Some(names)) = (seq, names) {
@@ -463,6 +485,14 @@ pub(super) struct Prepared {
     pub(super) delay: Option<Duration>,
     /// Its sender-selected keys (`CC`, `BCC`), routed with its own.
     pub(super) extra_keys: Vec<String>,
+}
+
+/// A message in its envelope, on its way into the routing walk.
+pub(super) struct Walk<'k> {
+    pub(super) envelope: Arc<Envelope>,
+    pub(super) ttl: Option<Duration>,
+    pub(super) delay: Option<Duration>,
+    pub(super) extra_keys: &'k [String],
 }
 
 /// What the durable queues a message reached did with it.
@@ -613,14 +643,15 @@ impl Vhost {
             if let Some(queue) = self.queues.load().get(key) {
                 matched = true;
                 pass.enqueue(queue);
-            } else if key.starts_with(DIRECT_REPLY_TO)
-                && let Some(endpoint) = self.replies.load().get(key).and_then(Weak::upgrade)
-            {
-                // A reply to a direct reply-to address: straight to the call.
-                matched = true;
+            } else if key.starts_with(DIRECT_REPLY_TO) {
                 if pass.collected.is_some() {
+                    // An address's endpoint comes and goes with its
+                    // connection, not with the topology: never collected,
+                    // nor cached, even while nothing answers there.
                     pass.reads_message = true;
-                } else {
+                } else if let Some(endpoint) = self.replies.load().get(key).and_then(Weak::upgrade) {
+                    // A reply to a direct reply-to address: straight to the call.
+                    matched = true;
                     endpoint.deliver(pass.envelope);
                     pass.enqueued += 1;
                 }

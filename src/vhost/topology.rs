@@ -120,6 +120,7 @@ impl Vhost {
         let mut map = (**self.exchanges.load()).clone();
         map.insert(Arc::clone(&exchange.name), exchange);
         self.exchanges.store(Arc::new(map));
+        self.topology_changed();
         Ok(())
     }
 
@@ -155,6 +156,7 @@ impl Vhost {
         }
         map.remove(&exchange.name);
         self.exchanges.store(Arc::new(map));
+        self.topology_changed();
         exchange.mark_deleted();
         if let Some(journal) = &self.core.topology_journal {
             journal.exchange_deleted(&self.name, &exchange.name);
@@ -165,6 +167,7 @@ impl Vhost {
         self.remove_bindings(registry, keys);
         registry.binding_count.remove(&id);
         exchange.routes.store(Arc::new(Routes::empty(exchange.kind)));
+        self.topology_changed();
     }
 
     // ----- queues --------------------------------------------------------
@@ -261,6 +264,7 @@ impl Vhost {
         let mut map = (**queues).clone();
         map.insert(Arc::clone(&queue.name), queue);
         self.queues.store(Arc::new(map));
+        self.topology_changed();
         Ok(name)
     }
 
@@ -329,6 +333,7 @@ impl Vhost {
         let dropped = queue.delete_if(if_unused, if_empty, expiring_at)?;
         map.remove(&queue.name);
         self.queues.store(Arc::new(map));
+        self.topology_changed();
         if let Some(journal) = &self.core.topology_journal
             && queue.context.journal.is_some()
         {
@@ -429,6 +434,7 @@ impl Vhost {
         entry.args.push((arguments, matcher.clone()));
         *registry.binding_count.entry(source.id).or_default() += 1;
         apply_edits(&source, [RouteEdit { key: key.to_owned(), matcher, dest, add: true }]);
+        self.topology_changed();
         Ok(())
     }
 
@@ -459,6 +465,7 @@ impl Vhost {
             journal.unbound(&self.name, &binding_info(&source, destination, to_exchange, key, removed_args));
         }
         apply_edits(&source, [RouteEdit { key: key.to_owned(), matcher, dest, add: false }]);
+        self.topology_changed();
         self.forget_bindings(&mut registry, &[(source, 1)]);
         Ok(())
     }
@@ -485,6 +492,7 @@ impl Vhost {
         for (_, (source, list)) in edits {
             let n = list.len();
             apply_edits(&source, list);
+            self.topology_changed();
             removed.push((source, n));
         }
         self.forget_bindings(registry, &removed);

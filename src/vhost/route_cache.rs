@@ -1,0 +1,426 @@
+//! Cached routes: the queues a publisher's recent routing keys reached, so
+//! that a key published again skips the walk through the exchange graph
+//! (the name lookups, the routing tables, a topic trie, the sets that make
+//! each queue count once) and goes straight to the queues' enqueues.
+//!
+//! Each [`Publisher`](crate::Publisher) and each connection (for publishes
+//! by exchange name) has a [`RouteCache`] of a few (exchange, key) routes.
+//!
+//! **When a route holds.** A route is the list of distinct queues a walk
+//! reached, in the walk's order, recorded with the virtual host's topology
+//! epoch. Every store of what routing reads — the exchange map, the queue
+//! map, any exchange's routing table — bumps the epoch after the store, and
+//! a publish reads the epoch before it looks a route up (or, on a miss,
+//! before it walks). A publish that reads the old epoch while a change is
+//! being stored is ordered before that change, exactly as a walk that loaded
+//! the old snapshot is; one that reads the new epoch sees the new snapshots
+//! (acquire/release on the epoch). A queue deleted meanwhile refuses the
+//! enqueue under its lock ([`Enqueued::Gone`]), as it does for a walk.
+//!
+//! **What is never cached.** A route that reads more than the exchange and
+//! the key — a headers exchange on the way, a direct reply-to address,
+//! whose endpoint comes and goes with its connection — is recorded as
+//! "walk it": the message takes the full walk every time. A message with
+//! `CC`/`BCC` keys takes the full walk. With observers or fault rules
+//! active every publish takes the full walk (their events and decisions are
+//! per queue reached).
+//!
+//! **Thrashing.** A publisher with more keys than the cache holds would pay
+//! for recording routes it never reuses. A score follows the hit rate (a
+//! hit adds [`HIT_GAIN`], a miss with every slot current takes one off):
+//! below `-`[`THRASH`] — fewer than about one hit in five lookups — only
+//! one such miss in [`RETRY`] records its route. Recording costs a few
+//! reference counts per queue on top of the walk, so a cache hitting one
+//! lookup in five about pays for itself; past that it only gains.
+//!
+//! **Locking.** The cache's mutex is only ever *try*-locked: a publish
+//! that finds it held (the same publisher used from two threads at once, or
+//! from a waker that an enqueue ran) takes the full walk instead. So it is
+//! held across the enqueues — where wakers run and evicted queues may drop
+//! — without any thread ever waiting for it: it cannot block a publisher
+//! or deadlock. The sync a durable publish waits for comes after it is
+//! released.
+
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::access::PublishGate;
+use crate::error::PublishError;
+use crate::exchange::Exchange;
+use crate::message::Message;
+use crate::queue::{Enqueued, Envelope, PublishTiming, Queue};
+use crate::routing::RoutingPass;
+use crate::sync::{Arc, Ordering};
+
+use super::Vhost;
+use super::publish::{PublishOptions, Routed, Stored, Tally, Walk};
+
+/// Routes a cache holds: enough for a publisher that uses a handful of
+/// keys, few enough to scan on every publish.
+const WAYS: usize = 8;
+/// What a hit adds to the score (a full miss takes one off).
+const HIT_GAIN: i32 = 4;
+/// The score's bounds: it reacts to a change of pattern within a few
+/// dozen lookups.
+const SCORE_LIMIT: i32 = 64;
+/// Below `-THRASH` the cache records few routes.
+const THRASH: i32 = 16;
+/// While thrashing, one full miss in this many records its route.
+const RETRY: u32 = 64;
+
+/// A few recently used routes of one publisher (see the module docs).
+#[derive(Default)]
+pub(crate) struct RouteCache {
+    slots: Mutex<Slots>,
+}
+
+impl std::fmt::Debug for RouteCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteCache").finish_non_exhaustive()
+    }
+}
+
+/// The exchange a publish goes to.
+#[derive(Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// A [`Publisher`](crate::Publisher)'s exchange, resolved when it was made.
+    Resolved(&'a Arc<Exchange>),
+    /// An exchange by name (`Connection::publish`).
+    Named(&'a str),
+}
+
+impl Target<'_> {
+    fn is(self, exchange: &Arc<Exchange>) -> bool {
+        match self {
+            Target::Resolved(resolved) => Arc::ptr_eq(resolved, exchange),
+            Target::Named(name) => *exchange.name == *name,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slots {
+    slots: Vec<Slot>,
+    /// The slot the next eviction takes (round robin).
+    next: usize,
+    /// The hit-rate score (see the module docs).
+    score: i32,
+    /// Misses with every slot current, counted while thrashing.
+    full_misses: u32,
+}
+
+/// One cached route.
+struct Slot {
+    /// The topology epoch it was walked in; it holds while that is current.
+    epoch: u64,
+    exchange: Arc<Exchange>,
+    key: String,
+    /// The distinct queues reached, in the walk's order.
+    queues: Vec<Arc<Queue>>,
+    /// The route reads the message: walk it every time.
+    reads_message: bool,
+}
+
+impl Slots {
+    /// The slot holding `target`'s route for `key` in `epoch`.
+    #[inline]
+    fn find(&mut self, target: Target<'_>, key: &str, epoch: u64) -> Option<usize> {
+        let at =
+            self.slots.iter().position(|s| s.epoch == epoch && *s.key == *key && target.is(&s.exchange))?;
+        self.score = (self.score + HIT_GAIN).min(SCORE_LIMIT);
+        Some(at)
+    }
+
+    /// Where a route missed in `epoch` is recorded: a stale or empty slot
+    /// first, then round robin; `None` while thrashing.
+    fn victim(&mut self, epoch: u64) -> Option<usize> {
+        if let Some(stale) = self.slots.iter().position(|s| s.epoch != epoch) {
+            return Some(stale);
+        }
+        if self.slots.len() < WAYS {
+            return Some(self.slots.len());
+        }
+        self.score = (self.score - 1).max(-SCORE_LIMIT);
+        if self.score < -THRASH {
+            self.full_misses = self.full_misses.wrapping_add(1);
+            if !self.full_misses.is_multiple_of(RETRY) {
+                return None;
+            }
+        }
+        let at = self.next;
+        self.next = (at + 1) % WAYS;
+        Some(at)
+    }
+
+    /// The key and queue buffers of slot `at`, emptied for the route about
+    /// to replace it: recording a route allocates nothing once the cache
+    /// is warm.
+    fn recycle(&mut self, at: usize) -> (String, Vec<Arc<Queue>>) {
+        let Some(slot) = self.slots.get_mut(at) else { return Default::default() };
+        let (mut key, mut queues) = (std::mem::take(&mut slot.key), std::mem::take(&mut slot.queues));
+        key.clear();
+        queues.clear();
+        (key, queues)
+    }
+
+    fn install(&mut self, at: usize, slot: Slot) {
+        if at == self.slots.len() {
+            self.slots.push(slot);
+        } else {
+            self.slots[at] = slot;
+        }
+    }
+}
+
+impl Vhost {
+    /// Publishes through `cache`: a key whose route it holds goes straight
+    /// to its queues; any other walks the graph (and its route is recorded
+    /// where it can be). Observes exactly what [`publish`](Self::publish)
+    /// and [`publish_resolved`](Self::publish_resolved) do.
+    pub(crate) fn publish_cached<G: PublishGate + ?Sized>(
+        &self,
+        gate: &G,
+        cache: &RouteCache,
+        target: Target<'_>,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        let uncached = |message| match target {
+            Target::Resolved(exchange) => {
+                self.publish_resolved(gate, exchange, routing_key, message, options)
+            }
+            Target::Named(name) => self.publish(gate, name, routing_key, message, options),
+        };
+        if self.core.observers.is_active() || self.core.faults.is_active() {
+            return uncached(message);
+        }
+        let epoch = self.topology_epoch.load(Ordering::Acquire);
+        let Some(mut slots) = cache.slots.try_lock() else { return uncached(message) };
+        if let Some(at) = slots.find(target, routing_key, epoch) {
+            return self.publish_hit(gate, slots, at, routing_key, message, options);
+        }
+        let start = match target {
+            Target::Resolved(exchange) => Arc::clone(exchange),
+            Target::Named(name) => match self.exchanges.load().get(name) {
+                Some(exchange) => Arc::clone(exchange),
+                None => {
+                    drop(slots);
+                    return uncached(message);
+                }
+            },
+        };
+        let Some(at) = slots.victim(epoch) else {
+            drop(slots);
+            return self.publish_resolved(gate, &start, routing_key, message, options);
+        };
+        self.publish_miss(gate, slots, at, epoch, start, routing_key, message, options)
+    }
+
+    /// A publish whose route slot `at` holds.
+    fn publish_hit<G: PublishGate + ?Sized>(
+        &self,
+        gate: &G,
+        slots: MutexGuard<'_, Slots>,
+        at: usize,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        let slot = &slots.slots[at];
+        let start = &*slot.exchange;
+        let (mut message, ttl) = self.admit(gate, &start.name, Some(start), routing_key, message)?;
+        if start.is_deleted() {
+            return Err(self.not_found(&start.name, routing_key, message));
+        }
+        let mut durable = None;
+        let result = {
+            // As in `publish_to`: in flight for `settle`, and on its way to
+            // a sync, until the last enqueue.
+            let busy = self.core.activity.busy();
+            let _publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
+            let (delay, extra_keys) = match self.prepare(start, &mut message) {
+                Ok(parts) => parts,
+                Err(refusal) => return Err(self.refuse_prepared(start, routing_key, refusal, message)),
+            };
+            let envelope = self.envelope(start, routing_key, message);
+            if extra_keys.is_empty() && !slot.reads_message {
+                let arrival = Arrival { envelope, ttl, delay, options, stripe: busy.index() };
+                self.enqueue_cached(start, routing_key, &slot.queues, arrival, &mut durable)
+            } else {
+                let walk = Walk { envelope, ttl, delay, extra_keys: &extra_keys };
+                self.route_envelope(None, start, routing_key, walk, options, busy.index(), &mut durable)
+            }
+        };
+        drop(slots);
+        self.confirmed(result?, durable)
+    }
+
+    /// A publish whose route the cache does not hold: walked, and recorded
+    /// in slot `at` (collected first, then enqueued from the record) unless
+    /// this message's `CC`/`BCC` keys take it elsewhere.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_miss<G: PublishGate + ?Sized>(
+        &self,
+        gate: &G,
+        mut slots: MutexGuard<'_, Slots>,
+        at: usize,
+        epoch: u64,
+        start: Arc<Exchange>,
+        routing_key: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<Routed, PublishError> {
+        let (mut message, ttl) = self.admit(gate, &start.name, Some(&start), routing_key, message)?;
+        if start.is_deleted() {
+            return Err(self.not_found(&start.name, routing_key, message));
+        }
+        let mut durable = None;
+        let result = {
+            let busy = self.core.activity.busy();
+            let _publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
+            let (delay, extra_keys) = match self.prepare(&start, &mut message) {
+                Ok(parts) => parts,
+                Err(refusal) => return Err(self.refuse_prepared(&start, routing_key, refusal, message)),
+            };
+            let envelope = self.envelope(&start, routing_key, message);
+            let recorded = extra_keys.is_empty() && {
+                let (mut key, mut queues) = slots.recycle(at);
+                let reads_message = self.collect(&start, routing_key, &envelope, &mut queues);
+                key.push_str(routing_key);
+                let exchange = Arc::clone(&start);
+                slots.install(at, Slot { epoch, exchange, key, queues, reads_message });
+                !reads_message
+            };
+            if recorded {
+                let queues = &slots.slots[at].queues;
+                let arrival = Arrival { envelope, ttl, delay, options, stripe: busy.index() };
+                self.enqueue_cached(&start, routing_key, queues, arrival, &mut durable)
+            } else {
+                let walk = Walk { envelope, ttl, delay, extra_keys: &extra_keys };
+                self.route_envelope(None, &start, routing_key, walk, options, busy.index(), &mut durable)
+            }
+        };
+        drop(slots);
+        self.confirmed(result?, durable)
+    }
+
+    /// The distinct queues `key` reaches from `start`, in the walk's order,
+    /// into `queues`; true if the walk read more than the key (then they
+    /// hold for this message only).
+    fn collect(
+        &self,
+        start: &Exchange,
+        key: &str,
+        envelope: &Arc<Envelope>,
+        queues: &mut Vec<Arc<Queue>>,
+    ) -> bool {
+        let mut pass =
+            RoutingPass::new(envelope, key, PublishTiming::new(&self.core.settings.clock, None, None), &[]);
+        pass.collected = Some(queues);
+        self.route_keys(None, start, &mut pass, &[]);
+        pass.reads_message
+    }
+
+    /// Enqueues a message in the queues of its cached route, in order, then
+    /// its outcome: what a walk reaching those queues does.
+    fn enqueue_cached(
+        &self,
+        start: &Exchange,
+        routing_key: &str,
+        queues: &[Arc<Queue>],
+        arrival: Arrival,
+        durable: &mut Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
+        let Arrival { envelope, ttl, delay, options, stripe } = arrival;
+        let mut timing = PublishTiming::new(&self.core.settings.clock, ttl, delay);
+        let mut letters = Vec::new();
+        let mut tally = Tally::default();
+        for queue in queues {
+            match queue.enqueue(&envelope, &mut timing, &mut letters) {
+                Enqueued::Accepted => tally.enqueued += 1,
+                Enqueued::Duplicate => tally.duplicates += 1,
+                Enqueued::Rejected => tally.rejected.push(queue.name.to_string()),
+                Enqueued::StoreFailed => tally.store_failed.push(queue.name.to_string()),
+                Enqueued::Gone => {}
+            }
+        }
+        if !letters.is_empty() {
+            crate::dead_letter::bury(letters);
+        }
+        let stored = Stored { lsn: timing.durable_lsn, error: timing.store_error };
+        self.outcome(start, routing_key, envelope, tally, stored, options, stripe, durable)
+    }
+}
+
+/// A message in its envelope, with what its enqueues and outcome need.
+struct Arrival {
+    envelope: Arc<Envelope>,
+    ttl: Option<Duration>,
+    delay: Option<Duration>,
+    options: PublishOptions,
+    stripe: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{ExchangeKind, ExchangeOptions};
+
+    /// One lookup as a publish makes it: (hit, recorded).
+    fn lookup(slots: &mut Slots, exchange: &Arc<Exchange>, key: &str, epoch: u64) -> (bool, bool) {
+        if slots.find(Target::Resolved(exchange), key, epoch).is_some() {
+            return (true, false);
+        }
+        let Some(at) = slots.victim(epoch) else { return (false, false) };
+        let (mut buffer, queues) = slots.recycle(at);
+        buffer.push_str(key);
+        let slot = Slot { epoch, exchange: Arc::clone(exchange), key: buffer, queues, reads_message: false };
+        slots.install(at, slot);
+        (false, true)
+    }
+
+    fn exchange() -> Arc<Exchange> {
+        Arc::new(Exchange::new("x".into(), 1, ExchangeKind::Direct, ExchangeOptions::default()))
+    }
+
+    /// Hits and recordings over `rounds` cycles through `keys` keys.
+    fn cycle(keys: usize, rounds: usize) -> (usize, usize) {
+        let (mut slots, exchange) = (Slots::default(), exchange());
+        let names: Vec<String> = (0..keys).map(|k| format!("k{k}")).collect();
+        let (mut hits, mut recorded) = (0, 0);
+        for _ in 0..rounds {
+            for name in &names {
+                let (hit, new) = lookup(&mut slots, &exchange, name, 1);
+                hits += usize::from(hit);
+                recorded += usize::from(new);
+            }
+        }
+        (hits, recorded)
+    }
+
+    #[test]
+    fn as_many_keys_as_slots_are_recorded_once_and_then_always_hit() {
+        assert_eq!(cycle(WAYS, 100), (WAYS * 99, WAYS));
+        assert_eq!(cycle(1, 100), (99, 1));
+    }
+
+    #[test]
+    fn a_key_cycle_far_longer_than_the_cache_records_few_routes() {
+        let (_, recorded) = cycle(1024, 40);
+        // One in RETRY full misses, once thrashing is detected.
+        assert!(recorded < 40 * 1024 / RETRY as usize + 64, "{recorded} of {} recorded", 40 * 1024);
+    }
+
+    #[test]
+    fn a_topology_change_makes_every_route_stale() {
+        let (mut slots, first) = (Slots::default(), exchange());
+        assert_eq!(lookup(&mut slots, &first, "k", 1), (false, true));
+        assert_eq!(lookup(&mut slots, &first, "k", 1), (true, false));
+        assert_eq!(lookup(&mut slots, &first, "k", 2), (false, true));
+        assert_eq!(slots.slots.len(), 1, "the stale slot is reused");
+        let other = exchange();
+        assert_eq!(lookup(&mut slots, &other, "k", 2), (false, true), "another exchange, same name");
+    }
+}

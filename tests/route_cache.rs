@@ -1,0 +1,296 @@
+//! Cached routes (GUARANTEES.md, G42): a `Publisher` and a connection
+//! remember the queues their recent routing keys reached, and that never
+//! changes what a publish does. A proptest interleaves publishes with
+//! topology changes (binds, unbinds, deleted and redeclared queues and
+//! exchanges, an exchange-to-exchange binding into a headers exchange) on
+//! twin brokers: one publishes through the caches, the other has a
+//! recorder attached, which makes every publish walk the exchange graph.
+
+use std::sync::mpsc;
+
+use interoffice::{
+    Broker, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable, FieldValue, Message, PublishError,
+    PublishOptions, Publisher, QueueOptions,
+};
+use proptest::prelude::*;
+
+const QUEUES: [&str; 4] = ["q_a", "q_b", "q_red", "q_alt"];
+const KEYS: [&str; 8] = ["a.b", "a.c", "x.y", "h.z", "q_a", "q_b", "k", "none"];
+
+/// Topic `t` (alternate exchange `alt`), headers `h`, direct `d`.
+fn topology(broker: &Broker) {
+    let conn = broker.connect();
+    conn.declare_exchange("alt", ExchangeKind::Fanout, ExchangeOptions::default()).unwrap();
+    let t = ExchangeOptions { alternate_exchange: Some("alt".into()), ..Default::default() };
+    conn.declare_exchange("t", ExchangeKind::Topic, t).unwrap();
+    conn.declare_exchange("h", ExchangeKind::Headers, ExchangeOptions::default()).unwrap();
+    conn.declare_exchange("d", ExchangeKind::Direct, ExchangeOptions::default()).unwrap();
+    for q in QUEUES {
+        conn.declare_queue(q, QueueOptions::default()).unwrap();
+    }
+    conn.bind_queue("q_a", "t", "a.*", None).unwrap();
+    let red = FieldTable::from([("x-match", FieldValue::from("any")), ("color", FieldValue::from("red"))]);
+    conn.bind_queue("q_red", "h", "", red).unwrap();
+    conn.bind_queue("q_alt", "alt", "", None).unwrap();
+    conn.bind_queue("q_b", "d", "k", None).unwrap();
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Publish { exchange: &'static str, key: &'static str, through_publisher: bool, red: bool, cc: bool },
+    Bind { queue: &'static str, exchange: &'static str, key: &'static str },
+    Unbind { queue: &'static str, exchange: &'static str, key: &'static str },
+    BindHeaders,
+    UnbindHeaders,
+    RedeclareQueue(&'static str),
+    DeleteQueue(&'static str),
+    RedeclareDirect,
+    DeleteDirect,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let exchange = prop::sample::select(vec!["t", "d", ""]);
+    let key = prop::sample::select(KEYS.to_vec());
+    let queue = prop::sample::select(QUEUES.to_vec());
+    prop_oneof![
+        8 => (exchange.clone(), key.clone(), any::<bool>(), prop::bool::weighted(0.3), prop::bool::weighted(0.1))
+            .prop_map(|(exchange, key, through_publisher, red, cc)| Op::Publish { exchange, key, through_publisher, red, cc }),
+        1 => (queue.clone(), exchange.clone(), key.clone()).prop_map(|(queue, exchange, key)| Op::Bind { queue, exchange, key }),
+        1 => (queue.clone(), exchange, key).prop_map(|(queue, exchange, key)| Op::Unbind { queue, exchange, key }),
+        1 => Just(Op::BindHeaders),
+        1 => Just(Op::UnbindHeaders),
+        1 => queue.clone().prop_map(Op::RedeclareQueue),
+        1 => queue.prop_map(Op::DeleteQueue),
+        1 => Just(Op::RedeclareDirect),
+        1 => Just(Op::DeleteDirect),
+    ]
+}
+
+/// What an operation did, comparable across the twins.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Routed { queues: usize, duplicates: usize },
+    Failed(String),
+    Done,
+}
+
+fn outcome<T>(result: Result<T, impl std::fmt::Display>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Done,
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// One twin: a connection, and a publisher per exchange made at the start.
+struct Twin {
+    broker: Broker,
+    conn: interoffice::Connection,
+    publishers: Vec<(&'static str, Publisher)>,
+}
+
+impl Twin {
+    fn new(recorded: bool) -> (Twin, Option<interoffice::Recorder>) {
+        let broker = Broker::new();
+        let recorder = recorded.then(|| broker.record());
+        topology(&broker);
+        let conn = broker.connect();
+        let publishers = ["t", "d", ""].map(|e| (e, conn.publisher(e).unwrap())).to_vec();
+        (Twin { broker, conn, publishers }, recorder)
+    }
+
+    fn apply(&self, i: usize, op: &Op) -> Outcome {
+        let conn = &self.conn;
+        match *op {
+            Op::Publish { exchange, key, through_publisher, red, cc } => {
+                let mut m = Message::new(format!("m{i}"));
+                if red {
+                    m = m.with_header("color", "red");
+                }
+                if cc {
+                    m = m.with_header("CC", FieldValue::Array(vec![FieldValue::from("a.cc")]));
+                }
+                let options = PublishOptions { mandatory: i.is_multiple_of(3) };
+                let result = if through_publisher {
+                    let publisher = &self.publishers.iter().find(|(e, _)| *e == exchange).unwrap().1;
+                    publisher.publish_with(key, m, options)
+                } else {
+                    conn.publish_with(exchange, key, m, options)
+                };
+                match result {
+                    Ok(r) => Outcome::Routed { queues: r.queues(), duplicates: r.duplicates() },
+                    Err(e) => Outcome::Failed(e.to_string()),
+                }
+            }
+            Op::Bind { queue, exchange, key } => outcome(conn.bind_queue(queue, exchange, key, None)),
+            Op::Unbind { queue, exchange, key } => outcome(conn.unbind_queue(queue, exchange, key, None)),
+            Op::BindHeaders => outcome(conn.bind_exchange("h", "t", "h.*", None)),
+            Op::UnbindHeaders => outcome(conn.unbind_exchange("h", "t", "h.*", None)),
+            Op::RedeclareQueue(q) => match conn.delete_queue(q, Default::default()) {
+                Ok(_) => outcome(conn.declare_queue(q, QueueOptions::default())),
+                Err(e) => Outcome::Failed(e.to_string()),
+            },
+            Op::DeleteQueue(q) => outcome(conn.delete_queue(q, Default::default())),
+            Op::RedeclareDirect => {
+                let _ = conn.delete_exchange("d", Default::default());
+                let declared = outcome(conn.declare_exchange("d", ExchangeKind::Direct, Default::default()));
+                let _ = conn.bind_queue("q_b", "d", "k", None);
+                declared
+            }
+            Op::DeleteDirect => outcome(conn.delete_exchange("d", Default::default())),
+        }
+    }
+
+    fn contents(&self) -> Vec<(&'static str, Option<Vec<String>>)> {
+        QUEUES
+            .iter()
+            .map(|q| {
+                let mut bodies = Vec::new();
+                loop {
+                    match self.conn.get(q, true) {
+                        Ok(Some(d)) => bodies.push(String::from_utf8(d.body().to_vec()).unwrap()),
+                        Ok(None) => break (*q, Some(bodies)),
+                        Err(_) => break (*q, None),
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cached_routes_do_what_walking_the_graph_does(ops in prop::collection::vec(op(), 1..80)) {
+        let (cached, _) = Twin::new(false);
+        let (walked, recorder) = Twin::new(true);
+        for (i, op) in ops.iter().enumerate() {
+            let (got, want) = (cached.apply(i, op), walked.apply(i, op));
+            prop_assert_eq!(got, want, "op {}: {:?}", i, op);
+        }
+        prop_assert_eq!(cached.contents(), walked.contents());
+        // The reference really walked: it recorded every publish.
+        let publishes = ops.iter().filter(|op| matches!(op, Op::Publish { .. })).count();
+        let recorded = recorder.unwrap().events().iter()
+            .filter(|e| matches!(e, interoffice::Event::Published { .. })).count();
+        prop_assert_eq!(recorded, publishes);
+        drop(cached.broker);
+    }
+}
+
+#[test]
+fn a_binding_made_before_a_publish_starts_is_seen_by_a_cached_route() {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_exchange("x", ExchangeKind::Direct, Default::default()).unwrap();
+    conn.declare_queue("first", QueueOptions::default()).unwrap();
+    conn.bind_queue("first", "x", "k", None).unwrap();
+    let publisher = conn.publisher("x").unwrap();
+    let (cached_tx, cached_rx) = mpsc::channel::<()>();
+    let (bound_tx, bound_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<usize>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // The route of "k" is cached on another thread, then used again
+            // after the bind (ordered by the channels).
+            for _ in 0..100 {
+                assert_eq!(publisher.publish("k", Message::new("before")).unwrap().queues(), 1);
+            }
+            cached_tx.send(()).unwrap();
+            bound_rx.recv().unwrap();
+            done_tx.send(publisher.publish("k", Message::new("after")).unwrap().queues()).unwrap();
+        });
+        cached_rx.recv().unwrap();
+        conn.declare_queue("second", QueueOptions::default()).unwrap();
+        conn.bind_queue("second", "x", "k", None).unwrap();
+        bound_tx.send(()).unwrap();
+        assert_eq!(done_rx.recv().unwrap(), 2);
+    });
+    assert_eq!(conn.get("second", true).unwrap().unwrap().body().as_ref(), b"after");
+}
+
+#[test]
+fn a_queue_deleted_and_declared_again_gets_the_next_cached_publish() {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default()).unwrap();
+    let publisher = conn.publisher("").unwrap();
+    for via_connection in [false, true] {
+        let publish = |m: &str| match via_connection {
+            true => conn.publish("", "q", Message::new(m.to_owned())),
+            false => publisher.publish("q", Message::new(m.to_owned())),
+        };
+        assert_eq!(publish("old").unwrap().queues(), 1);
+        conn.delete_queue("q", Default::default()).unwrap();
+        assert_eq!(publish("lost").unwrap().queues(), 0);
+        conn.declare_queue("q", QueueOptions::default()).unwrap();
+        assert_eq!(publish("new").unwrap().queues(), 1);
+        assert_eq!(conn.get("q", true).unwrap().unwrap().body().as_ref(), b"new");
+    }
+}
+
+#[test]
+fn an_unbound_key_is_unroutable_at_once_and_mandatory_hands_it_back() {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_exchange("x", ExchangeKind::Direct, Default::default()).unwrap();
+    conn.declare_queue("q", QueueOptions::default()).unwrap();
+    conn.bind_queue("q", "x", "k", None).unwrap();
+    let publisher = conn.publisher("x").unwrap();
+    assert_eq!(publisher.publish("k", Message::new("1")).unwrap().queues(), 1);
+    conn.unbind_queue("q", "x", "k", None).unwrap();
+    let mandatory = PublishOptions { mandatory: true };
+    let error = publisher.publish_with("k", Message::new("2"), mandatory).unwrap_err();
+    assert!(matches!(&error, PublishError::Unroutable { .. }), "{error}");
+    assert_eq!(error.into_message().body().as_ref(), b"2");
+}
+
+#[test]
+fn one_publisher_shared_by_threads_delivers_every_message_once() {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default()).unwrap();
+    let consumer = conn.consume("q", ConsumeOptions { auto_ack: true, ..Default::default() }).unwrap();
+    let publisher = conn.publisher("").unwrap();
+    const THREADS: usize = 4;
+    const EACH: usize = 5_000;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let publisher = &publisher;
+            s.spawn(move || {
+                for i in 0..EACH {
+                    let key = if i % 7 == 0 { "nowhere" } else { "q" };
+                    let routed = publisher.publish(key, Message::new(format!("{t}:{i}"))).unwrap();
+                    assert_eq!(routed.queues(), usize::from(key == "q"));
+                }
+            });
+        }
+    });
+    let mut seen = std::collections::HashSet::new();
+    let expected = THREADS * (EACH - EACH.div_ceil(7));
+    for _ in 0..expected {
+        let d = consumer.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert!(seen.insert(d.body().to_vec()), "delivered twice");
+    }
+    assert!(consumer.try_recv().is_err());
+}
+
+#[test]
+fn request_reply_through_caching_connections_gets_every_reply() {
+    let broker = Broker::new();
+    let server = broker.connect();
+    server.declare_queue("rpc", QueueOptions::default()).unwrap();
+    let client = broker.connect();
+    let _worker = server
+        .serve("rpc", interoffice::WorkerOptions::default(), |request| {
+            Ok::<_, std::convert::Infallible>(Message::new(request.body().to_vec()))
+        })
+        .unwrap();
+    // The client publishes each request by name (cached), the server each
+    // reply to a direct reply-to address, which is walked every time.
+    for i in 0..20 {
+        let reply =
+            client.call("", "rpc", Message::new(format!("{i}")), std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(reply.body().as_ref(), format!("{i}").as_bytes());
+    }
+}
