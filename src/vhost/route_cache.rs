@@ -46,11 +46,13 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::access::PublishGate;
+use crate::durable::syncer::Publishing;
 use crate::error::PublishError;
 use crate::exchange::Exchange;
 use crate::message::Message;
 use crate::queue::{Enqueued, Envelope, PublishTiming, Queue};
 use crate::routing::RoutingPass;
+use crate::settle::Busy;
 use crate::sync::{Arc, Ordering};
 
 use super::Vhost;
@@ -229,30 +231,10 @@ impl Vhost {
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
         let slot = &slots.slots[at];
-        let start = &*slot.exchange;
-        let (mut message, ttl) = self.admit(gate, &start.name, Some(start), routing_key, message)?;
-        if start.is_deleted() {
-            return Err(self.not_found(&start.name, routing_key, message));
-        }
+        let admitted = self.admit_to(gate, &slot.exchange, routing_key, message)?;
+        let queues = (admitted.extra_keys.is_empty() && !slot.reads_message).then_some(&slot.queues[..]);
         let mut durable = None;
-        let result = {
-            // As in `publish_to`: in flight for `settle`, and on its way to
-            // a sync, until the last enqueue.
-            let busy = self.core.activity.busy();
-            let _publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
-            let (delay, extra_keys) = match self.prepare(start, &mut message) {
-                Ok(parts) => parts,
-                Err(refusal) => return Err(self.refuse_prepared(start, routing_key, refusal, message)),
-            };
-            let envelope = self.envelope(start, routing_key, message);
-            if extra_keys.is_empty() && !slot.reads_message {
-                let arrival = Arrival { envelope, ttl, delay, options, stripe: busy.index() };
-                self.enqueue_cached(start, routing_key, &slot.queues, arrival, &mut durable)
-            } else {
-                let walk = Walk { envelope, ttl, delay, extra_keys: &extra_keys };
-                self.route_envelope(None, start, routing_key, walk, options, busy.index(), &mut durable)
-            }
-        };
+        let result = self.deliver(&slot.exchange, routing_key, admitted, queues, options, &mut durable);
         drop(slots);
         self.confirmed(result?, durable)
     }
@@ -272,38 +254,73 @@ impl Vhost {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let (mut message, ttl) = self.admit(gate, &start.name, Some(&start), routing_key, message)?;
+        let admitted = self.admit_to(gate, &start, routing_key, message)?;
+        let recorded = admitted.extra_keys.is_empty() && {
+            let (mut key, mut queues) = slots.recycle(at);
+            let reads_message = self.collect(&start, routing_key, &admitted.envelope, &mut queues);
+            key.push_str(routing_key);
+            let exchange = Arc::clone(&start);
+            slots.install(at, Slot { epoch, exchange, key, queues, reads_message });
+            !reads_message
+        };
+        let queues = recorded.then(|| &slots.slots[at].queues[..]);
+        let mut durable = None;
+        let result = self.deliver(&start, routing_key, admitted, queues, options, &mut durable);
+        drop(slots);
+        self.confirmed(result?, durable)
+    }
+
+    /// What a cached publish passes before its route: the checks and the
+    /// gate, a deleted exchange, [`prepare`](Self::prepare); the message
+    /// comes back in its envelope, with the guards a publish holds until
+    /// its last enqueue (as in `publish_to`: in flight for `settle`, and on
+    /// its way to a sync).
+    #[inline(always)]
+    fn admit_to<'v, G: PublishGate + ?Sized>(
+        &'v self,
+        gate: &G,
+        start: &Exchange,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<Admitted<'v>, PublishError> {
+        let (mut message, ttl) = self.admit(gate, &start.name, Some(start), routing_key, message)?;
         if start.is_deleted() {
             return Err(self.not_found(&start.name, routing_key, message));
         }
-        let mut durable = None;
-        let result = {
-            let busy = self.core.activity.busy();
-            let _publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
-            let (delay, extra_keys) = match self.prepare(&start, &mut message) {
-                Ok(parts) => parts,
-                Err(refusal) => return Err(self.refuse_prepared(&start, routing_key, refusal, message)),
-            };
-            let envelope = self.envelope(&start, routing_key, message);
-            let recorded = extra_keys.is_empty() && {
-                let (mut key, mut queues) = slots.recycle(at);
-                let reads_message = self.collect(&start, routing_key, &envelope, &mut queues);
-                key.push_str(routing_key);
-                let exchange = Arc::clone(&start);
-                slots.install(at, Slot { epoch, exchange, key, queues, reads_message });
-                !reads_message
-            };
-            if recorded {
-                let queues = &slots.slots[at].queues;
-                let arrival = Arrival { envelope, ttl, delay, options, stripe: busy.index() };
-                self.enqueue_cached(&start, routing_key, queues, arrival, &mut durable)
-            } else {
-                let walk = Walk { envelope, ttl, delay, extra_keys: &extra_keys };
-                self.route_envelope(None, &start, routing_key, walk, options, busy.index(), &mut durable)
-            }
+        let busy = self.core.activity.busy();
+        let publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
+        let (delay, extra_keys) = match self.prepare(start, &mut message) {
+            Ok(parts) => parts,
+            Err(refusal) => return Err(self.refuse_prepared(start, routing_key, refusal, message)),
         };
-        drop(slots);
-        self.confirmed(result?, durable)
+        let envelope = self.envelope(start, routing_key, message);
+        Ok(Admitted { envelope, ttl, delay, extra_keys, busy, _publishing: publishing })
+    }
+
+    /// An admitted message into `queues`, its recorded route, or walked
+    /// (`None`), then its outcome.
+    #[inline(always)]
+    fn deliver(
+        &self,
+        start: &Exchange,
+        routing_key: &str,
+        admitted: Admitted<'_>,
+        queues: Option<&[Arc<Queue>]>,
+        options: PublishOptions,
+        durable: &mut Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
+        let Admitted { envelope, ttl, delay, extra_keys, busy, _publishing } = admitted;
+        let stripe = busy.index();
+        match queues {
+            Some(queues) => {
+                let arrival = Arrival { envelope, ttl, delay, options, stripe };
+                self.enqueue_cached(start, routing_key, queues, arrival, durable)
+            }
+            None => {
+                let walk = Walk { envelope, ttl, delay, extra_keys: &extra_keys };
+                self.route_envelope(None, start, routing_key, walk, options, stripe, durable)
+            }
+        }
     }
 
     /// The distinct queues `key` reaches from `start`, in the walk's order,
@@ -325,6 +342,7 @@ impl Vhost {
 
     /// Enqueues a message in the queues of its cached route, in order, then
     /// its outcome: what a walk reaching those queues does.
+    #[inline]
     fn enqueue_cached(
         &self,
         start: &Exchange,
@@ -352,6 +370,17 @@ impl Vhost {
         let stored = Stored { lsn: timing.durable_lsn, error: timing.store_error };
         self.outcome(start, routing_key, envelope, tally, stored, options, stripe, durable)
     }
+}
+
+/// A message past [`Vhost::admit_to`], and the guards it holds.
+struct Admitted<'v> {
+    envelope: Arc<Envelope>,
+    ttl: Option<Duration>,
+    delay: Option<Duration>,
+    /// Its `CC`/`BCC` keys: routed with its own, by the walk.
+    extra_keys: Vec<String>,
+    busy: Busy<'v>,
+    _publishing: Option<Publishing<'v>>,
 }
 
 /// A message in its envelope, with what its enqueues and outcome need.
