@@ -623,6 +623,10 @@ impl Connection {
     /// publish from then on, as [`publish`](Self::publish) does). It publishes as this connection
     /// (and fails once it is closed).
     ///
+    /// It remembers the queues its last few routing keys reached, so a key
+    /// used again skips the routing walk; a route is dropped the moment the
+    /// topology changes, so it is never stale (GUARANTEES G42).
+    ///
     /// ```
     /// use interoffice::{Broker, ExchangeKind, ExchangeOptions, FieldTable, Message, QueueOptions};
     /// let conn = Broker::new().connect();
@@ -635,6 +639,11 @@ impl Connection {
     ///     orders.publish("created", Message::new(format!("order {n}")))?;
     /// }
     /// assert_eq!(conn.queue_stats("billing")?.messages_ready, 3);
+    ///
+    /// // A binding made now counts for the very next publish.
+    /// conn.declare_queue("audit", QueueOptions::default())?;
+    /// conn.bind_queue("audit", "orders", "created", FieldTable::new())?;
+    /// assert_eq!(orders.publish("created", Message::new("order 3"))?.queues(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
