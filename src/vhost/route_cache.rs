@@ -33,6 +33,11 @@
 //! reference counts per queue on top of the walk, so a cache hitting one
 //! lookup in five about pays for itself; past that it only gains.
 //!
+//! **Memory.** A route holds its queues (and its exchange) by `Arc` until
+//! it is replaced or its publisher is dropped: a queue deleted meanwhile
+//! keeps its empty structure alive that long (deleting it purged its
+//! messages). A stale route is the first slot the next miss reuses.
+//!
 //! **Locking.** The cache's mutex is only ever *try*-locked: a publish
 //! that finds it held (the same publisher used from two threads at once, or
 //! from a waker that an enqueue ran) takes the full walk instead. So it is
