@@ -294,3 +294,77 @@ fn request_reply_through_caching_connections_gets_every_reply() {
         assert_eq!(reply.body().as_ref(), format!("{i}").as_bytes());
     }
 }
+
+/// Publishers on other threads never use a route a bind or an unbind has
+/// made stale. The phase counts up by one per step: a multiple of 4 while
+/// `second` is unbound, 2 more while it is bound, odd while a bind or an
+/// unbind is under way. A publish that ran entirely inside one even phase
+/// (read before and after it) reached both queues if `second` was bound
+/// then, and only `first` if not.
+#[test]
+fn concurrent_binds_and_unbinds_are_never_missed_by_cached_routes() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    const PUBLISHERS: usize = 2;
+    const FLIPS: u64 = 300;
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_exchange("x", ExchangeKind::Direct, Default::default()).unwrap();
+    for q in ["first", "second"] {
+        conn.declare_queue(q, QueueOptions { max_length: Some(16), ..Default::default() }).unwrap();
+    }
+    conn.bind_queue("first", "x", "k", None).unwrap();
+    let (phase, checked, stop) = (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
+    // Set by a publisher thread that ends, even by a failed assertion, so
+    // that the main thread stops waiting for it.
+    struct Ended<'a>(&'a AtomicBool);
+    impl Drop for Ended<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let ended = AtomicBool::new(false);
+    // Lets the publishers use the phase's routes a while.
+    let settle = || {
+        let (seen, start) = (checked.load(Ordering::Relaxed), Instant::now());
+        while checked.load(Ordering::Relaxed) < seen + 8
+            && !ended.load(Ordering::Acquire)
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::hint::spin_loop();
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 0..PUBLISHERS {
+            let (phase, checked, stop, publisher) = (&phase, &checked, &stop, conn.publisher("x").unwrap());
+            let ended = &ended;
+            s.spawn(move || {
+                let _ended = Ended(ended);
+                while !stop.load(Ordering::Acquire) {
+                    let before = phase.load(Ordering::Acquire);
+                    let queues = publisher.publish("k", Message::new("m")).unwrap().queues();
+                    if before % 2 == 0 && phase.load(Ordering::Acquire) == before {
+                        let bound = before % 4 == 2;
+                        assert_eq!(queues, 1 + usize::from(bound), "phase {before}");
+                        checked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        for flip in 0..FLIPS {
+            if ended.load(Ordering::Acquire) {
+                break;
+            }
+            settle();
+            phase.store(4 * flip + 1, Ordering::Release);
+            conn.bind_queue("second", "x", "k", None).unwrap();
+            phase.store(4 * flip + 2, Ordering::Release);
+            settle();
+            phase.store(4 * flip + 3, Ordering::Release);
+            conn.unbind_queue("second", "x", "k", None).unwrap();
+            phase.store(4 * flip + 4, Ordering::Release);
+        }
+        stop.store(true, Ordering::Release);
+    });
+    assert!(checked.into_inner() >= FLIPS, "the publishers checked too few publishes");
+}
