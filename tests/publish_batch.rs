@@ -6,13 +6,15 @@
 //! and refusals. A proptest compares the two on twin brokers.
 
 use interoffice::{
-    Broker, BrokerOptions, DeduplicationWindow, DeliveryMode, ExchangeKind, ExchangeOptions, FieldTable,
-    FieldValue, Message, Overflow, PublishBatchError, PublishError, PublishOptions, QueueOptions,
+    Broker, BrokerOptions, DeduplicationWindow, DeliveryMode, FieldValue, Message, Overflow,
+    PublishBatchError, PublishError, PublishOptions, QueueOptions,
 };
 use proptest::prelude::*;
 
 #[path = "support/data_dir.rs"]
 mod data_dir;
+#[path = "support/twin_topology.rs"]
+mod twin_topology;
 use data_dir::DataDir;
 
 const QUEUES: [&str; 6] = ["q_a", "q_b", "q_all", "q_red", "q_alt", "q_dedup"];
@@ -26,10 +28,6 @@ fn broker() -> Broker {
 /// for keys `h.*`; a small reject-publish queue; a deduplicating one.
 fn topology(broker: &Broker) {
     let conn = broker.connect();
-    conn.declare_exchange("alt", ExchangeKind::Fanout, ExchangeOptions::default()).unwrap();
-    let t = ExchangeOptions { alternate_exchange: Some("alt".into()), ..Default::default() };
-    conn.declare_exchange("t", ExchangeKind::Topic, t).unwrap();
-    conn.declare_exchange("h", ExchangeKind::Headers, ExchangeOptions::default()).unwrap();
     for q in QUEUES {
         let options = match q {
             "q_b" => {
@@ -43,14 +41,12 @@ fn topology(broker: &Broker) {
         };
         conn.declare_queue(q, options).unwrap();
     }
+    twin_topology::topic_alternate_and_headers(&conn);
     conn.bind_queue("q_a", "t", "a.*", None).unwrap();
     conn.bind_queue("q_b", "t", "*.b", None).unwrap();
     conn.bind_queue("q_all", "t", "x.#", None).unwrap();
     conn.bind_queue("q_dedup", "t", "a.#", None).unwrap();
     conn.bind_exchange("h", "t", "h.*", None).unwrap();
-    let red = FieldTable::from([("x-match", FieldValue::from("any")), ("color", FieldValue::from("red"))]);
-    conn.bind_queue("q_red", "h", "", red).unwrap();
-    conn.bind_queue("q_alt", "alt", "", None).unwrap();
 }
 
 /// One message of a generated batch.

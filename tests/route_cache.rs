@@ -9,10 +9,13 @@
 use std::sync::mpsc;
 
 use interoffice::{
-    Broker, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldTable, FieldValue, Message, PublishError,
-    PublishOptions, Publisher, QueueOptions,
+    Broker, ConsumeOptions, ExchangeKind, ExchangeOptions, FieldValue, Message, PublishError, PublishOptions,
+    Publisher, QueueOptions,
 };
 use proptest::prelude::*;
+
+#[path = "support/twin_topology.rs"]
+mod twin_topology;
 
 const QUEUES: [&str; 4] = ["q_a", "q_b", "q_red", "q_alt"];
 const KEYS: [&str; 8] = ["a.b", "a.c", "x.y", "h.z", "q_a", "q_b", "k", "none"];
@@ -20,18 +23,12 @@ const KEYS: [&str; 8] = ["a.b", "a.c", "x.y", "h.z", "q_a", "q_b", "k", "none"];
 /// Topic `t` (alternate exchange `alt`), headers `h`, direct `d`.
 fn topology(broker: &Broker) {
     let conn = broker.connect();
-    conn.declare_exchange("alt", ExchangeKind::Fanout, ExchangeOptions::default()).unwrap();
-    let t = ExchangeOptions { alternate_exchange: Some("alt".into()), ..Default::default() };
-    conn.declare_exchange("t", ExchangeKind::Topic, t).unwrap();
-    conn.declare_exchange("h", ExchangeKind::Headers, ExchangeOptions::default()).unwrap();
-    conn.declare_exchange("d", ExchangeKind::Direct, ExchangeOptions::default()).unwrap();
     for q in QUEUES {
         conn.declare_queue(q, QueueOptions::default()).unwrap();
     }
+    twin_topology::topic_alternate_and_headers(&conn);
+    conn.declare_exchange("d", ExchangeKind::Direct, ExchangeOptions::default()).unwrap();
     conn.bind_queue("q_a", "t", "a.*", None).unwrap();
-    let red = FieldTable::from([("x-match", FieldValue::from("any")), ("color", FieldValue::from("red"))]);
-    conn.bind_queue("q_red", "h", "", red).unwrap();
-    conn.bind_queue("q_alt", "alt", "", None).unwrap();
     conn.bind_queue("q_b", "d", "k", None).unwrap();
 }
 
