@@ -28,12 +28,8 @@ pub(crate) struct RoutingPass<'a> {
     pub(crate) seen_queues: SeenSet<32>,
     pub(crate) seen_exchanges: SeenSet<4>,
     pub(crate) pending: Vec<Arc<Exchange>>,
-    pub(crate) enqueued: usize,
-    pub(crate) duplicates: usize,
-    /// Queues that refused the message because they are full.
-    pub(crate) rejected: Vec<String>,
-    /// Durable queues whose store could not take the message.
-    pub(crate) store_failed: Vec<String>,
+    /// Where it went.
+    pub(crate) tally: Tally,
     /// Messages the enqueues made leave their queues, to dead-letter.
     pub(crate) letters: Vec<Letter>,
     /// The names of the queues reached, kept only for observers.
@@ -46,6 +42,36 @@ pub(crate) struct RoutingPass<'a> {
     /// exchange, a direct reply-to address): what it collected holds for
     /// this message only.
     pub(crate) reads_message: bool,
+}
+
+/// Where one message went: counts, and the queues that refused it.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) enqueued: usize,
+    pub(crate) duplicates: usize,
+    /// Queues that refused it because they are full.
+    pub(crate) rejected: Vec<String>,
+    /// Durable queues whose store could not take it.
+    pub(crate) store_failed: Vec<String>,
+}
+
+impl Tally {
+    /// Counts what `queue` did with the message.
+    #[inline]
+    pub(crate) fn count(&mut self, outcome: Enqueued, queue: &Queue) {
+        match outcome {
+            Enqueued::Accepted => self.enqueued += 1,
+            Enqueued::Duplicate => self.duplicates += 1,
+            Enqueued::Rejected => self.rejected.push(queue.name.to_string()),
+            Enqueued::StoreFailed => self.store_failed.push(queue.name.to_string()),
+            Enqueued::Gone => {}
+        }
+    }
+
+    /// Whether some queue has it (or already had it: a duplicate).
+    pub(crate) fn reached(&self) -> bool {
+        self.enqueued > 0 || self.duplicates > 0
+    }
 }
 
 /// Where a message went, by queue name, for observers.
@@ -71,10 +97,7 @@ impl<'a> RoutingPass<'a> {
             seen_queues: SeenSet::new(),
             seen_exchanges: SeenSet::new(),
             pending: Vec::new(),
-            enqueued: 0,
-            duplicates: 0,
-            rejected: Vec::new(),
-            store_failed: Vec::new(),
+            tally: Tally::default(),
             letters: Vec::new(),
             names: None,
             collected: None,
@@ -102,13 +125,7 @@ impl<'a> RoutingPass<'a> {
         } else {
             queue.enqueue(self.envelope, &mut self.timing, &mut self.letters)
         };
-        match outcome {
-            Enqueued::Accepted => self.enqueued += 1,
-            Enqueued::Duplicate => self.duplicates += 1,
-            Enqueued::Rejected => self.rejected.push(queue.name.to_string()),
-            Enqueued::StoreFailed => self.store_failed.push(queue.name.to_string()),
-            Enqueued::Gone => {}
-        }
+        self.tally.count(outcome, queue);
         if let Some(names) = &mut self.names {
             match outcome {
                 Enqueued::Accepted => names.enqueued.push(queue.name.to_string()),
@@ -134,7 +151,7 @@ impl<'a> RoutingPass<'a> {
         match action {
             // Counted as routed, as a message lost downstream would be.
             FaultAction::Drop => {
-                self.enqueued += 1;
+                self.tally.enqueued += 1;
                 None
             }
             FaultAction::Duplicate => {

@@ -236,8 +236,7 @@ impl Names {
 
 impl Envelope {
     pub(crate) fn new(exchange: &str, routing_key: &str, message: Message) -> Self {
-        debug_assert!(exchange.len() <= usize::from(u8::MAX), "exchange names are checked at declare");
-        Envelope { names: Names::new([exchange, routing_key]), message, extras: None }
+        Self::published(exchange, routing_key, message, None)
     }
 
     /// A published message's envelope, counted in a tracked conversation
@@ -253,6 +252,7 @@ impl Envelope {
         message: Message,
         token: Option<ConversationToken>,
     ) -> Self {
+        debug_assert!(exchange.len() <= usize::from(u8::MAX), "exchange names are checked at declare");
         let extras = token.map(|token| Extras { conversation: Some(token), durable: None });
         Envelope { names: Names::new([exchange, routing_key]), message, extras }
     }

@@ -17,10 +17,10 @@ use crate::exchange::Exchange;
 use crate::hash::FastHashMap;
 use crate::message::Message;
 use crate::queue::{Enqueued, Offer, PublishTiming, Queue};
-use crate::routing::RoutingPass;
+use crate::routing::Tally;
 use crate::sync::Arc;
 
-use super::publish::{Prepared, PublishOptions, Stored, Tally};
+use super::publish::{Prepared, PublishOptions, Stored};
 use super::{ExchangeMap, Vhost};
 
 /// What [`Connection::publish_batch`](crate::Connection::publish_batch) did
@@ -238,12 +238,7 @@ impl Vhost {
     ) -> Option<Vec<Arc<Queue>>> {
         let probe = self.envelope(start, key, prepared.message.clone());
         let mut queues = Vec::new();
-        let mut pass =
-            RoutingPass::new(&probe, key, PublishTiming::new(&self.core.settings.clock, None, None), &[]);
-        pass.collected = Some(&mut queues);
-        self.route_keys(Some(exchanges), start, &mut pass, &[]);
-        let reads_message = pass.reads_message;
-        drop(pass);
+        let reads_message = self.collect(Some(exchanges), start, key, &probe, &mut queues);
         if reads_message { None } else { Some(queues) }
     }
 
@@ -287,13 +282,7 @@ impl Vhost {
             let mut offers: Vec<&mut Pending<'_>> = offers.collect();
             queue.enqueue_batch(offers.iter_mut().map(|p| &mut p.offer), &mut batch.letters);
             for p in offers {
-                match p.offer.outcome {
-                    Enqueued::Accepted => p.tally.enqueued += 1,
-                    Enqueued::Duplicate => p.tally.duplicates += 1,
-                    Enqueued::Rejected => p.tally.rejected.push(queue.name.to_string()),
-                    Enqueued::StoreFailed => p.tally.store_failed.push(queue.name.to_string()),
-                    Enqueued::Gone => {}
-                }
+                p.tally.count(p.offer.outcome, queue);
             }
         }
         if !batch.letters.is_empty() {

@@ -19,7 +19,7 @@ use crate::exchange::{Dest, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::observe::{Event, PublishOutcome};
 use crate::queue::{Envelope, PublishTiming, Queue, QueueOwner};
-use crate::routing::{RoutingPass, has_sender_selected_keys, sender_selected_keys};
+use crate::routing::{RoutingPass, Tally, has_sender_selected_keys, sender_selected_keys};
 use crate::sync::{Arc, Weak};
 
 use super::{DIRECT_REPLY_TO, ExchangeMap, Vhost};
@@ -382,8 +382,7 @@ impl Vhost {
             self.core.observers.next_seq()
         });
         self.route_keys(exchanges, start, &mut pass, extra_keys);
-        let RoutingPass { enqueued, duplicates, rejected, store_failed, letters, names, timing, .. } = pass;
-        let tally = Tally { enqueued, duplicates, rejected, store_failed };
+        let RoutingPass { tally, letters, names, timing, .. } = pass;
         if let (Some(seq), Some(names)) = (seq, names) {
             let outcome = if !tally.rejected.is_empty() || !tally.store_failed.is_empty() {
                 PublishOutcome::Rejected(tally.rejected.iter().chain(&tally.store_failed).cloned().collect())
@@ -503,24 +502,6 @@ pub(super) struct Stored {
     pub(super) error: Option<Box<crate::StoreError>>,
 }
 
-/// Where one message went: counts, and the queues that refused it.
-#[derive(Debug, Default)]
-pub(crate) struct Tally {
-    pub(crate) enqueued: usize,
-    pub(crate) duplicates: usize,
-    /// Queues that refused it because they are full.
-    pub(crate) rejected: Vec<String>,
-    /// Durable queues whose store could not take it.
-    pub(crate) store_failed: Vec<String>,
-}
-
-impl Tally {
-    /// Whether some queue has it (or already had it: a duplicate).
-    fn reached(&self) -> bool {
-        self.enqueued > 0 || self.duplicates > 0
-    }
-}
-
 /// A publish routed, and what it waits for to be durable.
 pub(crate) struct Published {
     pub(crate) routed: Routed,
@@ -558,7 +539,7 @@ impl QueueOwner for Vhost {
         );
         self.route_keys(Some(&exchanges), start, &mut pass, extra_keys);
         work.extend(pass.letters);
-        pass.enqueued > 0
+        pass.tally.enqueued > 0
     }
 
     fn expire_queue(&self, queue: &Arc<Queue>, now: Instant) {
@@ -587,6 +568,26 @@ impl Vhost {
     ) {
         pass.extra_keys = extra_keys;
         self.route(exchanges, start, pass);
+    }
+
+    /// A collecting walk (a batch's, a route cache's): the distinct queues
+    /// `key` reaches from `start`, in the walk's order, into `queues`,
+    /// enqueueing nothing; true if the walk read more than the key (a
+    /// headers exchange, a direct reply-to address): then they hold for
+    /// this message only.
+    pub(super) fn collect(
+        &self,
+        exchanges: Option<&ExchangeMap>,
+        start: &Exchange,
+        key: &str,
+        envelope: &Arc<Envelope>,
+        queues: &mut Vec<Arc<Queue>>,
+    ) -> bool {
+        let timing = PublishTiming::new(&self.core.settings.clock, None, None);
+        let mut pass = RoutingPass::new(envelope, key, timing, &[]);
+        pass.collected = Some(queues);
+        self.route_keys(exchanges, start, &mut pass, &[]);
+        pass.reads_message
     }
 
     /// Walks the exchange graph from `start`, enqueueing in every queue
@@ -653,7 +654,7 @@ impl Vhost {
                     // A reply to a direct reply-to address: straight to the call.
                     matched = true;
                     endpoint.deliver(pass.envelope);
-                    pass.enqueued += 1;
+                    pass.tally.enqueued += 1;
                 }
             }
         } else {

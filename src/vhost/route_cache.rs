@@ -15,7 +15,7 @@
 //! being stored is ordered before that change, exactly as a walk that loaded
 //! the old snapshot is; one that reads the new epoch sees the new snapshots
 //! (acquire/release on the epoch). A queue deleted meanwhile refuses the
-//! enqueue under its lock ([`Enqueued::Gone`]), as it does for a walk.
+//! enqueue under its lock ([`Enqueued::Gone`](crate::queue::Enqueued::Gone)), as it does for a walk.
 //!
 //! **What is never cached.** A route that reads more than the exchange and
 //! the key — a headers exchange on the way, a direct reply-to address,
@@ -55,13 +55,13 @@ use crate::durable::syncer::Publishing;
 use crate::error::PublishError;
 use crate::exchange::Exchange;
 use crate::message::Message;
-use crate::queue::{Enqueued, Envelope, PublishTiming, Queue};
-use crate::routing::RoutingPass;
+use crate::queue::{Envelope, PublishTiming, Queue};
+use crate::routing::Tally;
 use crate::settle::Busy;
 use crate::sync::{Arc, Ordering};
 
 use super::Vhost;
-use super::publish::{PublishOptions, Routed, Stored, Tally, Walk};
+use super::publish::{PublishOptions, Routed, Stored, Walk};
 
 /// Routes a cache holds: enough for a publisher that uses a handful of
 /// keys, few enough to scan on every publish.
@@ -262,7 +262,7 @@ impl Vhost {
         let admitted = self.admit_to(gate, &start, routing_key, message)?;
         let recorded = admitted.extra_keys.is_empty() && {
             let (mut key, mut queues) = slots.recycle(at);
-            let reads_message = self.collect(&start, routing_key, &admitted.envelope, &mut queues);
+            let reads_message = self.collect(None, &start, routing_key, &admitted.envelope, &mut queues);
             key.push_str(routing_key);
             let exchange = Arc::clone(&start);
             slots.install(at, Slot { epoch, exchange, key, queues, reads_message });
@@ -328,23 +328,6 @@ impl Vhost {
         }
     }
 
-    /// The distinct queues `key` reaches from `start`, in the walk's order,
-    /// into `queues`; true if the walk read more than the key (then they
-    /// hold for this message only).
-    fn collect(
-        &self,
-        start: &Exchange,
-        key: &str,
-        envelope: &Arc<Envelope>,
-        queues: &mut Vec<Arc<Queue>>,
-    ) -> bool {
-        let mut pass =
-            RoutingPass::new(envelope, key, PublishTiming::new(&self.core.settings.clock, None, None), &[]);
-        pass.collected = Some(queues);
-        self.route_keys(None, start, &mut pass, &[]);
-        pass.reads_message
-    }
-
     /// Enqueues a message in the queues of its cached route, in order, then
     /// its outcome: what a walk reaching those queues does.
     #[inline]
@@ -361,13 +344,7 @@ impl Vhost {
         let mut letters = Vec::new();
         let mut tally = Tally::default();
         for queue in queues {
-            match queue.enqueue(&envelope, &mut timing, &mut letters) {
-                Enqueued::Accepted => tally.enqueued += 1,
-                Enqueued::Duplicate => tally.duplicates += 1,
-                Enqueued::Rejected => tally.rejected.push(queue.name.to_string()),
-                Enqueued::StoreFailed => tally.store_failed.push(queue.name.to_string()),
-                Enqueued::Gone => {}
-            }
+            tally.count(queue.enqueue(&envelope, &mut timing, &mut letters), queue);
         }
         if !letters.is_empty() {
             crate::dead_letter::bury(letters);
