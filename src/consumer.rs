@@ -444,12 +444,7 @@ impl Consumer {
         // Spin briefly before parking: in process, the next message is often
         // microseconds away, and waking a parked thread costs several (a
         // request/reply round trip pays it twice).
-        let spun = spin_wait(RECV_SPIN, || match self.shared.inbox.try_recv() {
-            Ok(msg) => Some(self.shared.hand_out(msg)),
-            Err(ChannelTryRecv::Disconnected) => Some(Err(self.shared.reason())),
-            Err(ChannelTryRecv::Empty) => None,
-        });
-        if let Some(received) = spun {
+        if let Some(received) = spin_wait(RECV_SPIN, || self.shared.try_take()) {
             return received;
         }
         match self.shared.inbox.recv() {
@@ -478,19 +473,12 @@ impl Consumer {
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Delivery, RecvTimeoutError> {
         // What is waiting first, without reading the clock; then spin, as
         // `recv` does (at most until the deadline).
-        match self.shared.inbox.try_recv() {
-            Ok(msg) => return Ok(self.shared.hand_out(msg)?),
-            Err(ChannelTryRecv::Disconnected) => return Err(self.shared.reason().into()),
-            Err(ChannelTryRecv::Empty) => {}
+        if let Some(ready) = self.shared.try_take() {
+            return Ok(ready?);
         }
         let spin = deadline.saturating_duration_since(Instant::now()).min(RECV_SPIN);
-        let spun = spin_wait(spin, || match self.shared.inbox.try_recv() {
-            Ok(msg) => Some(self.shared.hand_out(msg).map_err(RecvTimeoutError::from)),
-            Err(ChannelTryRecv::Disconnected) => Some(Err(self.shared.reason().into())),
-            Err(ChannelTryRecv::Empty) => None,
-        });
-        if let Some(received) = spun {
-            return received;
+        if let Some(received) = spin_wait(spin, || self.shared.try_take()) {
+            return Ok(received?);
         }
         match self.shared.inbox.recv_deadline(deadline) {
             Ok(msg) => Ok(self.shared.hand_out(msg)?),

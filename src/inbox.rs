@@ -20,8 +20,8 @@
 //! the instruction counts were equal). A backlog this large is one
 //! allocation here, returned whole.
 //!
-//! Waiting: a receiver spins on [`Receiver::is_empty`]-like hints (an
-//! atomic count, written under the lock) before parking on a condvar; the
+//! Waiting: a receiver spins on a hint (an atomic count of what is
+//! waiting, written under the lock) before parking on a condvar; the
 //! sender notifies only if a receiver is parked. The async handshake of
 //! [`crate::wake`] relies on the count being written before the sender's
 //! fence: see there.
