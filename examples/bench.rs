@@ -420,7 +420,7 @@ fn stamped(sample: &Sample, epoch: Instant) -> Message {
     if n.is_multiple_of(STAMP_EVERY) {
         let now = epoch.elapsed().as_nanos() as i64;
         if let Some(FieldValue::I64(sent)) =
-            message.properties_mut().headers.as_mut().and_then(|h| h.get_mut(STAMP))
+            message.properties_mut().headers_mut().as_mut().and_then(|h| h.get_mut(STAMP))
         {
             *sent = now;
         }

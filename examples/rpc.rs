@@ -178,8 +178,9 @@ fn main() -> Result<(), BoxError> {
 
     let request = requests.recv_timeout(PATIENCE)?;
     let props = request.properties();
-    let correlation_id = props.correlation_id.clone().ok_or("the request has no correlation id")?;
-    let reply_to = props.reply_to.clone().ok_or("the request has no reply_to")?;
+    let correlation_id =
+        props.correlation_id().map(str::to_owned).ok_or("the request has no correlation id")?;
+    let reply_to = props.reply_to().map(str::to_owned).ok_or("the request has no reply_to")?;
     legacy.publish("", &reply_to, Message::new("11.60").with_correlation_id(correlation_id))?;
     request.ack()?;
     let stats = checkout.rpc_stats();

@@ -303,7 +303,7 @@ pub enum TypedPublishError {
 
 /// Decodes `message` with the built-in codec its content type names.
 fn decode_by_content_type<T: DeserializeOwned>(message: &Message) -> Result<T, DecodeError> {
-    let content_type = message.properties().content_type.as_deref().ok_or(DecodeError::MissingContentType)?;
+    let content_type = message.properties().content_type().ok_or(DecodeError::MissingContentType)?;
     let media_type = media_type(content_type);
     let body = message.body();
     if Bincode::accepts(media_type) {
@@ -353,7 +353,7 @@ impl Message {
     ///
     /// let placed = OrderPlaced { order: 42, lines: vec!["tea".into()] };
     /// let msg = Message::encode(&placed)?.with_message_id("order-42");
-    /// assert_eq!(msg.properties().content_type.as_deref(), Some("application/x-bincode"));
+    /// assert_eq!(msg.properties().content_type(), Some("application/x-bincode"));
     /// assert_eq!(msg.decode::<OrderPlaced>()?, placed);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -564,7 +564,7 @@ mod tests {
     fn decoding_picks_the_codec_by_media_type_whatever_the_parameters_and_case() {
         let msg = Message::encode(&order()).unwrap();
         let (mut properties, body) = msg.into_parts();
-        properties.content_type = Some(" Application/X-Bincode ; charset=binary".into());
+        properties.set_content_type(" Application/X-Bincode ; charset=binary");
         assert_eq!(Message::with_properties(body, properties).decode::<Order>().unwrap(), order());
     }
 

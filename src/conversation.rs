@@ -78,7 +78,7 @@ fn scope_of(message: &Message) -> Option<Scope> {
         return None;
     }
     Some(Scope {
-        initiator: conversation.as_ref().and(message.properties().message_id.as_deref().map(Into::into)),
+        initiator: conversation.as_ref().and(message.properties().message_id().map(Into::into)),
         conversation,
         tracestate: traceparent.as_ref().and(text(TRACESTATE_HEADER)),
         traceparent,
@@ -162,7 +162,7 @@ fn stamp_with(message: &mut Message, scope: &Scope) {
     if conversation.is_none() && trace.is_none() {
         return;
     }
-    let headers = message.properties_mut().headers.get_or_insert_with(Default::default);
+    let headers = message.properties_mut().headers_mut().get_or_insert_with(Default::default);
     if let Some(conversation) = conversation {
         headers.insert(CONVERSATION_ID_HEADER, FieldValue::from(&**conversation));
         if let Some(initiator) = &scope.initiator

@@ -95,7 +95,7 @@ pub(crate) fn bury(letters: Vec<Letter>) {
         let seconds = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut message = dead_letter_message(&envelope.message, reason, &queue.name, envelope, seconds);
         if let Some(annotations) = &letter.annotations
-            && let Some(headers) = message.properties_mut().headers.as_mut()
+            && let Some(headers) = message.properties_mut().headers_mut().as_mut()
         {
             for (name, value) in annotations.iter() {
                 headers.insert(name, value.clone());
@@ -126,8 +126,9 @@ fn dead_letter_message(
     let mut message = original.clone();
     message.clear_delay();
     let properties = message.properties_mut();
-    let expiration = properties.expiration.take();
-    let headers = properties.headers.get_or_insert_with(FieldTable::new);
+    let expiration = properties.expiration().map(str::to_owned);
+    properties.clear_expiration();
+    let headers = properties.headers_mut().get_or_insert_with(FieldTable::new);
     // Our own bookkeeping header belongs to the queue the message leaves.
     headers.remove("x-delivery-count");
 
@@ -262,7 +263,7 @@ mod tests {
         let env =
             Envelope::new("", "q", Message::new("m").with_expiration(std::time::Duration::from_secs(5)));
         let dead = dead_letter_message(&env.message, DeathReason::Expired, "q", &env, 1);
-        assert_eq!(dead.properties().expiration, None);
+        assert_eq!(dead.properties().expiration(), None);
         let entry = dead.header("x-death").and_then(FieldValue::as_array).unwrap()[0].as_table().unwrap();
         assert_eq!(entry.get("original-expiration").and_then(FieldValue::as_str), Some("5000"));
     }

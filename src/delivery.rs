@@ -304,14 +304,14 @@ impl std::fmt::Debug for Delivery {
         if self.delivery_count > 0 {
             out.field("delivery_count", &self.delivery_count);
         }
-        if let Some(id) = &properties.message_id {
-            out.field("message_id", id);
+        if let Some(id) = properties.message_id() {
+            out.field("message_id", &id);
         }
-        if let Some(id) = &properties.correlation_id {
-            out.field("correlation_id", id);
+        if let Some(id) = properties.correlation_id() {
+            out.field("correlation_id", &id);
         }
-        if let Some(kind) = &properties.content_type {
-            out.field("content_type", kind);
+        if let Some(kind) = properties.content_type() {
+            out.field("content_type", &kind);
         }
         if let Some(headers) = self.headers().filter(|h| !h.is_empty()) {
             let names: Vec<&str> = headers.iter().map(|(name, _)| name).collect();

@@ -92,7 +92,7 @@ impl ProcessedIds {
         delivery: Delivery,
         handler: impl FnOnce(&Delivery) -> Result<T, E>,
     ) -> Result<Processed<T>, ProcessError<E>> {
-        let id = delivery.properties().message_id.clone();
+        let id = delivery.properties().message_id().map(str::to_owned);
         if let Some(id) = &id
             && !self.remember(id)
         {

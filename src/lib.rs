@@ -105,6 +105,7 @@ mod lint;
 mod message;
 mod observe;
 mod overview;
+mod properties;
 mod queue;
 mod recorder;
 mod routing;

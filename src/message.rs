@@ -7,52 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::field::{FieldTable, FieldValue};
-
-/// Whether a message should survive a broker restart (AMQP `delivery-mode`).
-///
-/// interoffice keeps everything in memory, so the mode changes nothing here;
-/// it is carried so that a bridge to a real RabbitMQ can honour it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum DeliveryMode {
-    /// Mode 1: may be lost on a broker restart.
-    Transient,
-    /// Mode 2: written to disk by a broker that has one.
-    Persistent,
-}
-
-/// The AMQP 0-9-1 basic properties of a [`Message`].
-///
-/// Every field is optional, as on the wire. Build them through the
-/// `Message::with_*` methods or set the fields directly.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Properties {
-    /// MIME type of the body, e.g. `application/json`.
-    pub content_type: Option<String>,
-    /// Encoding of the body, e.g. `gzip`.
-    pub content_encoding: Option<String>,
-    /// Application headers; also what a headers exchange matches on.
-    pub headers: Option<FieldTable>,
-    /// Transient or persistent.
-    pub delivery_mode: Option<DeliveryMode>,
-    /// Priority 0..=255, used by priority queues.
-    pub priority: Option<u8>,
-    /// Correlates a reply with its request.
-    pub correlation_id: Option<String>,
-    /// Where a reply should be sent (a queue name).
-    pub reply_to: Option<String>,
-    /// Per-message time to live, in milliseconds as a decimal string (AMQP's form).
-    pub expiration: Option<String>,
-    /// Application-assigned message id.
-    pub message_id: Option<String>,
-    /// Seconds since the Unix epoch.
-    pub timestamp: Option<u64>,
-    /// Message type name (AMQP `type`).
-    pub kind: Option<String>,
-    /// The publishing user's id.
-    pub user_id: Option<String>,
-    /// The publishing application's id.
-    pub app_id: Option<String>,
-}
+pub use crate::properties::{DeliveryMode, Properties};
 
 /// A message: [`Properties`] and a body of bytes.
 ///
@@ -93,8 +48,8 @@ macro_rules! string_property {
     ($(#[$doc:meta] $with:ident => $field:ident),* $(,)?) => {
         $(#[$doc]
         #[must_use]
-        pub fn $with(mut self, value: impl Into<String>) -> Self {
-            self.properties_mut().$field = Some(value.into());
+        pub fn $with(mut self, value: impl AsRef<str>) -> Self {
+            self.properties_mut().$field(value);
             self
         })*
     };
@@ -146,7 +101,7 @@ impl Message {
 
     /// The headers table, if any.
     pub fn headers(&self) -> Option<&FieldTable> {
-        self.properties.headers.as_ref()
+        self.properties.headers()
     }
 
     /// One header's value.
@@ -157,28 +112,28 @@ impl Message {
     /// Replaces the headers.
     #[must_use]
     pub fn with_headers(mut self, headers: FieldTable) -> Self {
-        self.properties_mut().headers = Some(headers);
+        *self.properties_mut().headers_mut() = Some(headers);
         self
     }
 
     /// Sets one header, creating the table if needed.
     #[must_use]
     pub fn with_header(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
-        self.properties_mut().headers.get_or_insert_with(FieldTable::new).insert(key, value);
+        self.properties_mut().headers_mut().get_or_insert_with(FieldTable::new).insert(key, value);
         self
     }
 
     /// Sets the delivery mode.
     #[must_use]
     pub fn with_delivery_mode(mut self, mode: DeliveryMode) -> Self {
-        self.properties_mut().delivery_mode = Some(mode);
+        self.properties_mut().set_delivery_mode(mode);
         self
     }
 
     /// Sets the priority.
     #[must_use]
     pub fn with_priority(mut self, priority: u8) -> Self {
-        self.properties_mut().priority = Some(priority);
+        self.properties_mut().set_priority(priority);
         self
     }
 
@@ -188,7 +143,7 @@ impl Message {
     #[must_use]
     pub fn with_expiration(mut self, ttl: Duration) -> Self {
         let ttl = ttl.min(crate::MAX_DURATION);
-        self.properties_mut().expiration = Some(ttl.as_millis().to_string());
+        self.properties_mut().set_expiration(ttl.as_millis().to_string());
         self
     }
 
@@ -240,27 +195,27 @@ impl Message {
     /// Sets the timestamp, in seconds since the Unix epoch.
     #[must_use]
     pub fn with_timestamp(mut self, seconds: u64) -> Self {
-        self.properties_mut().timestamp = Some(seconds);
+        self.properties_mut().set_timestamp(seconds);
         self
     }
 
     string_property! {
         /// Sets the content type.
-        with_content_type => content_type,
+        with_content_type => set_content_type,
         /// Sets the content encoding.
-        with_content_encoding => content_encoding,
+        with_content_encoding => set_content_encoding,
         /// Sets the correlation id.
-        with_correlation_id => correlation_id,
+        with_correlation_id => set_correlation_id,
         /// Sets the reply-to queue name.
-        with_reply_to => reply_to,
+        with_reply_to => set_reply_to,
         /// Sets the message id.
-        with_message_id => message_id,
+        with_message_id => set_message_id,
         /// Sets the message type name (AMQP `type`).
-        with_kind => kind,
+        with_kind => set_kind,
         /// Sets the user id.
-        with_user_id => user_id,
+        with_user_id => set_user_id,
         /// Sets the application id.
-        with_app_id => app_id,
+        with_app_id => set_app_id,
     }
 }
 
@@ -273,8 +228,8 @@ impl std::fmt::Debug for Message {
         out.field("body", &format_args!("{}", crate::observe::show_body(self)));
         macro_rules! set {
             ($($field:ident),*) => {$(
-                if let Some(value) = &p.$field {
-                    out.field(stringify!($field), value);
+                if let Some(value) = p.$field() {
+                    out.field(stringify!($field), &value);
                 }
             )*};
         }
@@ -292,7 +247,7 @@ impl std::fmt::Debug for Message {
             user_id,
             app_id
         );
-        if let Some(headers) = p.headers.as_ref().filter(|h| !h.is_empty()) {
+        if let Some(headers) = p.headers().filter(|h| !h.is_empty()) {
             out.field("headers", headers);
         }
         if self.delay > 0 {
@@ -313,12 +268,12 @@ mod tests {
         assert!(Arc::ptr_eq(&original.properties, &copy.properties));
         assert_eq!(copy.body().as_ptr(), original.body().as_ptr());
 
-        copy.properties_mut().message_id = Some("m-2".into());
+        copy.properties_mut().set_message_id("m-2");
         let copy = copy.with_header("region", "us");
         assert!(!Arc::ptr_eq(&original.properties, &copy.properties));
-        assert_eq!(original.properties().message_id.as_deref(), Some("m-1"));
+        assert_eq!(original.properties().message_id(), Some("m-1"));
         assert_eq!(original.header("region").and_then(FieldValue::as_str), Some("eu"));
-        assert_eq!(copy.properties().message_id.as_deref(), Some("m-2"));
+        assert_eq!(copy.properties().message_id(), Some("m-2"));
         assert_eq!(copy.header("region").and_then(FieldValue::as_str), Some("us"));
     }
 
@@ -327,9 +282,9 @@ mod tests {
         let message = Message::new("b").with_correlation_id("c");
         let shared = message.clone();
         let (properties, body) = message.into_parts();
-        assert_eq!(properties.correlation_id.as_deref(), Some("c"));
+        assert_eq!(properties.correlation_id(), Some("c"));
         assert_eq!(body.as_ref(), b"b");
         let (properties, _) = shared.into_parts();
-        assert_eq!(properties.correlation_id.as_deref(), Some("c"));
+        assert_eq!(properties.correlation_id(), Some("c"));
     }
 }

@@ -188,7 +188,7 @@ pub(crate) fn sender_selected_keys(message: &mut Message) -> Result<Vec<String>,
     let Some(headers) = message.headers() else { return Ok(Vec::new()) };
     let keys = read_sender_selected_keys(headers)?;
     if headers.contains_key("BCC")
-        && let Some(headers) = message.properties_mut().headers.as_mut()
+        && let Some(headers) = message.properties_mut().headers_mut().as_mut()
     {
         headers.remove("BCC");
     }

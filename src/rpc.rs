@@ -264,12 +264,8 @@ impl ReplyEndpoint {
 
     /// A reply came: hand it to its call, or count it as late.
     fn deliver_reply(&self, envelope: &Arc<Envelope>) {
-        let call = envelope
-            .message
-            .properties()
-            .correlation_id
-            .as_deref()
-            .and_then(|id| self.pending.lock().remove(id));
+        let call =
+            envelope.message.properties().correlation_id().and_then(|id| self.pending.lock().remove(id));
         let delivered = call.is_some_and(|call| {
             let reply = Delivery::new(Arc::clone(envelope), 0, false, 0, None);
             call.complete(Ok(reply))
@@ -314,8 +310,8 @@ impl ReplyEndpoint {
         let deadline = crate::clock::later(clock.now(), timeout);
         let scheduled = !blocking || clock.is_manual() || broker.core.inline_workers.is_some();
         let properties = message.properties_mut();
-        properties.correlation_id = Some(correlation_id.clone());
-        properties.reply_to = Some(self.name.to_string());
+        properties.set_correlation_id(&correlation_id);
+        properties.set_reply_to(&*self.name);
         let call = Arc::new(PendingCall {
             timer_id: broker.core.id(),
             correlation_id: correlation_id.clone(),

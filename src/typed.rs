@@ -168,7 +168,7 @@ impl<C: Codec> Typed<'_, C> {
 
 /// A reply, decoded by the codec its content type names, or with `C`.
 fn decode_reply<C: Codec, Resp: DeserializeOwned>(reply: &crate::Delivery) -> Result<Resp, CallError> {
-    Ok(match reply.properties().content_type {
+    Ok(match reply.properties().content_type() {
         Some(_) => reply.decode()?,
         None => reply.decode_with::<C, Resp>()?,
     })

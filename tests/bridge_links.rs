@@ -255,12 +255,12 @@ fn closing_the_connection_from_rabbitmqs_side_loses_nothing() {
     let peer = Peer::connect(&url);
     let arrived = peer.drain("io-link-chaos");
     let ids: BTreeSet<usize> =
-        arrived.iter().map(|m| m.properties().message_id.as_ref().unwrap().parse().unwrap()).collect();
+        arrived.iter().map(|m| m.properties().message_id().unwrap().parse().unwrap()).collect();
     assert_eq!(ids.len(), N, "every message reached RabbitMQ: 0 lost");
     // A message sent twice (its first confirm lost with the connection) says so.
     let mut seen = BTreeSet::new();
     for message in &arrived {
-        let id = message.properties().message_id.clone().unwrap();
+        let id = message.properties().message_id().map(str::to_owned).unwrap();
         if !seen.insert(id.clone()) {
             assert_eq!(
                 message.header(REDELIVERED_HEADER),
@@ -313,7 +313,7 @@ fn closing_the_inbound_connection_from_rabbitmqs_side_loses_nothing() {
     let mut ids = BTreeSet::new();
     let mut duplicates = 0;
     while let Some(delivery) = conn.get("from-rabbit", true).unwrap() {
-        let id = delivery.message().properties().message_id.clone().unwrap();
+        let id = delivery.message().properties().message_id().map(str::to_owned).unwrap();
         if !ids.insert(id.clone()) {
             duplicates += 1;
             assert_eq!(

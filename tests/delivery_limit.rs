@@ -103,7 +103,7 @@ fn deliveries_carry_x_delivery_count_0_1_2_and_the_third_nack_dead_letters_the_m
     let dead = take(&conn, "dead");
     assert_eq!(body(&dead), "poison");
     assert_eq!((dead.exchange(), dead.routing_key()), ("dlx", "work"));
-    assert_eq!(dead.properties().message_id.as_deref(), Some("p-1"));
+    assert_eq!(dead.properties().message_id(), Some("p-1"));
     assert_eq!(last_death(&dead), delivery_limit_death("work"));
     assert_eq!(dead.header("x-first-death-reason").and_then(FieldValue::as_str), Some("delivery_limit"));
     assert_eq!(dead.header("x-first-death-queue").and_then(FieldValue::as_str), Some("work"));

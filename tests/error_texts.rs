@@ -182,7 +182,7 @@ fn invalid_expiration_texts_match_rabbitmq() {
         ),
     ] {
         let mut message = Message::new("x");
-        message.properties_mut().expiration = Some(expiration.into());
+        message.properties_mut().set_expiration(expiration);
         assert_eq!(conn.publish("", "tq", message).unwrap_err().to_string(), text);
     }
 }

@@ -33,7 +33,7 @@ fn a_fault_injected_duplicate_is_caught_by_processed_ids() -> Result {
     let (ids, count, handled) = (Arc::clone(&seen), Arc::clone(&charged), Arc::clone(&deliveries));
     let _worker = conn.worker("payments", WorkerOptions::default(), move |payment| {
         handled.fetch_add(1, Ordering::SeqCst);
-        let id = payment.properties().message_id.as_deref().ok_or("no message id")?;
+        let id = payment.properties().message_id().ok_or("no message id")?;
         if ids.remember(id) {
             count.fetch_add(1, Ordering::SeqCst); // the side effect: charge once
         }

@@ -245,7 +245,7 @@ fn reject_publish_refuses_new_messages_while_full_and_hands_each_one_back_intact
                 let back = err.into_message();
                 assert_eq!(back.body(), msg.body());
                 assert_eq!(back.headers(), msg.headers());
-                assert_eq!(back.properties().message_id.as_deref(), Some(format!("id-{i}").as_str()));
+                assert_eq!(back.properties().message_id(), Some(format!("id-{i}").as_str()));
                 assert_eq!(back, msg, "the very message published comes back");
                 rejected += 1;
             }

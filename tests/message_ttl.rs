@@ -164,7 +164,7 @@ fn an_expiration_property_set_by_hand_as_a_millisecond_string_is_honoured() -> R
     let (clock, broker, conn) = setup();
     conn.declare_queue("work", QueueOptions::default())?;
     let mut msg = Message::new("m");
-    msg.properties_mut().expiration = Some("250".into());
+    msg.properties_mut().set_expiration("250");
     conn.publish("", "work", msg)?;
     clock.advance(ms(249));
     assert_eq!(ready(&broker, "work"), 1);
@@ -400,13 +400,13 @@ fn a_dead_lettered_expired_message_loses_its_expiration_and_x_death_keeps_the_or
     assert_eq!(bodies(&dead), ["own ttl", "queue ttl"]);
 
     let own = &dead[0];
-    assert_eq!(own.properties().expiration, None);
-    assert_eq!(own.properties().message_id.as_deref(), Some("id-1"));
+    assert_eq!(own.properties().expiration(), None);
+    assert_eq!(own.properties().message_id(), Some("id-1"));
     assert_eq!(text(&x_death(own)[0], "original-expiration"), Some("1500"));
     assert_eq!(text(&x_death(own)[0], "reason"), Some("expired"));
 
     let queue = &dead[1];
-    assert_eq!(queue.properties().expiration, None);
+    assert_eq!(queue.properties().expiration(), None);
     assert!(x_death(queue)[0].get("original-expiration").is_none());
     Ok(())
 }
@@ -787,7 +787,7 @@ fn an_invalid_expiration_string_is_refused_and_the_message_comes_back() -> Resul
     conn.declare_queue("work", QueueOptions::default())?;
     for bad in ["soon", "-5", "", "1.5", "10s"] {
         let mut msg = Message::new(format!("body {bad}")).with_message_id("id");
-        msg.properties_mut().expiration = Some(bad.into());
+        msg.properties_mut().set_expiration(bad);
         match conn.publish("", "work", msg.clone()) {
             Err(err @ PublishError::InvalidExpiration { .. }) => {
                 assert_eq!(err.kind(), ErrorKind::PreconditionFailed, "{bad:?}");

@@ -83,7 +83,7 @@ fn a_mixed_priority_burst_is_delivered_to_a_later_consumer_by_priority_then_fifo
     for d in &got {
         let i: u8 = body(d)[1..].parse()?;
         let want = (i % 7 != 6).then_some(i % 7);
-        assert_eq!(d.properties().priority, want, "{}", body(d));
+        assert_eq!(d.properties().priority(), want, "{}", body(d));
         assert!(!d.redelivered());
     }
     for d in got {
@@ -150,7 +150,7 @@ fn priorities_above_the_maximum_count_as_the_maximum_and_keep_their_value() -> R
 
     let got = take_all(&conn, "q");
     assert_eq!(bodies(&got), ["nine-a", "two-a", "max", "nine-b", "two-b", "one", "none"]);
-    let priorities: Vec<Option<u8>> = got.iter().map(|d| d.properties().priority).collect();
+    let priorities: Vec<Option<u8>> = got.iter().map(|d| d.properties().priority()).collect();
     assert_eq!(priorities, [Some(9), Some(2), Some(255), Some(9), Some(2), Some(1), None]);
     Ok(())
 }
@@ -166,8 +166,8 @@ fn a_message_without_priority_counts_as_priority_0() -> Result {
     conn.publish("", "q", msg("zero-2", Some(0)))?;
     let got = take_all(&conn, "q");
     assert_eq!(bodies(&got), ["one", "none-1", "zero-1", "none-2", "zero-2"]);
-    assert_eq!(got[1].properties().priority, None, "no priority is not turned into Some(0)");
-    assert_eq!(got[2].properties().priority, Some(0));
+    assert_eq!(got[1].properties().priority(), None, "no priority is not turned into Some(0)");
+    assert_eq!(got[2].properties().priority(), Some(0));
     Ok(())
 }
 
@@ -181,7 +181,7 @@ fn a_queue_without_max_priority_ignores_priorities() -> Result {
     let got = take_all(&conn, "q");
     let want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
     assert_eq!(bodies(&got), want);
-    assert_eq!(got[5].properties().priority, Some(5), "the property is still carried");
+    assert_eq!(got[5].properties().priority(), Some(5), "the property is still carried");
     Ok(())
 }
 
@@ -206,7 +206,7 @@ fn a_requeued_message_returns_ahead_of_later_messages_of_its_priority() -> Resul
     assert_eq!(bodies(&got), ["e", "a", "b", "d", "c", "f"]);
     let redelivered: Vec<bool> = got.iter().map(Delivery::redelivered).collect();
     assert_eq!(redelivered, [false, true, true, false, false, false]);
-    assert_eq!(got[1].properties().priority, Some(3));
+    assert_eq!(got[1].properties().priority(), Some(3));
     Ok(())
 }
 
@@ -222,7 +222,7 @@ fn a_requeued_message_of_an_above_max_priority_returns_ahead_of_later_ones_at_th
     drop(x); // a dropped, unsettled delivery is requeued
     let got = take_all(&conn, "q");
     assert_eq!(bodies(&got), ["x", "y", "z"]);
-    assert_eq!(got[0].properties().priority, Some(9));
+    assert_eq!(got[0].properties().priority(), Some(9));
     assert!(got[0].redelivered());
     Ok(())
 }

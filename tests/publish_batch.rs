@@ -92,7 +92,7 @@ fn message(i: usize, spec: &Spec) -> Message {
         m = m.with_header("CC", FieldValue::Array(vec![FieldValue::from("x.cc")]));
     }
     if spec.bad_expiration {
-        m.properties_mut().expiration = Some("soon".into());
+        m.properties_mut().set_expiration("soon");
     }
     m
 }

@@ -178,7 +178,7 @@ fn build(seed: u64, conn: &Connection) -> Scenario {
 fn run_locally(conn: &Connection, scenario: &Scenario) -> BTreeMap<String, Outcome> {
     let mut outcomes = BTreeMap::new();
     for (exchange, key, message) in &scenario.messages {
-        let id = message.properties().message_id.clone().unwrap();
+        let id = message.properties().message_id().map(str::to_owned).unwrap();
         let outcome =
             match conn.publish_with(exchange, key, message.clone(), PublishOptions { mandatory: true }) {
                 Ok(_) => Outcome::Routed(BTreeSet::new()),
@@ -189,7 +189,7 @@ fn run_locally(conn: &Connection, scenario: &Scenario) -> BTreeMap<String, Outco
     }
     for queue in &scenario.queues {
         while let Some(delivery) = conn.get(queue, true).unwrap() {
-            let id = delivery.message().properties().message_id.clone().unwrap();
+            let id = delivery.message().properties().message_id().map(str::to_owned).unwrap();
             if let Some(Outcome::Routed(reached)) = outcomes.get_mut(&id) {
                 reached.insert(queue.clone());
             }
@@ -227,7 +227,7 @@ async fn run_on_rabbitmq(
     let mut channel = confirm_channel(connection, url).await;
     let mut outcomes = BTreeMap::new();
     for (exchange, key, message) in &scenario.messages {
-        let id = message.properties().message_id.clone().unwrap();
+        let id = message.properties().message_id().map(str::to_owned).unwrap();
         let properties = to_amqp_properties(message.properties()).unwrap();
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
         let published = channel
@@ -293,7 +293,7 @@ fn routing_matches_rabbitmq_on_random_topologies() {
         let local = run_locally(&conn, &scenario);
         let remote = runtime.block_on(run_on_rabbitmq(&mut connection, &url, &scenario));
         for (exchange, key, message) in &scenario.messages {
-            let id = message.properties().message_id.clone().unwrap();
+            let id = message.properties().message_id().map(str::to_owned).unwrap();
             assert_eq!(
                 local[&id],
                 remote[&id],

@@ -112,7 +112,7 @@ fn message(id: usize, priority: Option<u8>) -> Message {
 /// A dead letter's id and its `x-death` entry as RabbitMQ writes it:
 /// reason, count, queue, exchange, routing keys (the time aside).
 fn death_of(message: &Message) -> (String, String, i64) {
-    let id = message.properties().message_id.clone().unwrap_or_default();
+    let id = message.properties().message_id().map(str::to_owned).unwrap_or_default();
     let first = message.header("x-death").and_then(|d| match d {
         FieldValue::Array(entries) => entries.first().cloned(),
         _ => None,

@@ -28,8 +28,9 @@ fn serve(broker: &Broker, queue: &str, reply: fn(&Delivery) -> Message) -> JoinH
         let mut served = 0;
         while let Ok(request) = consumer.recv() {
             let props = request.properties();
-            let answer = reply(&request).with_correlation_id(props.correlation_id.clone().unwrap());
-            conn.publish("", props.reply_to.as_deref().unwrap(), answer).unwrap();
+            let answer =
+                reply(&request).with_correlation_id(props.correlation_id().map(str::to_owned).unwrap());
+            conn.publish("", props.reply_to().unwrap(), answer).unwrap();
             request.ack().unwrap();
             served += 1;
         }
@@ -53,7 +54,7 @@ fn a_call_returns_the_reply_to_its_request() -> Result {
     let reply = client.call("", "echo", Message::new("hello"), LONG)?;
     assert_eq!(text(&reply), "hello");
     assert!(!reply.needs_settling(), "replies come auto-acknowledged");
-    assert!(reply.properties().correlation_id.is_some());
+    assert!(reply.properties().correlation_id().is_some());
     assert_eq!(client.rpc_stats().calls_in_flight, 0);
     client.broker().connect().delete_queue("echo", Default::default())?;
     assert_eq!(server.join().unwrap(), 1);
@@ -77,9 +78,9 @@ fn the_request_carries_a_fresh_correlation_id_and_the_direct_reply_to_address() 
     let props = request.properties().clone();
     let address = client.reply_to_address()?;
     assert!(address.starts_with("amq.rabbitmq.reply-to."), "{address}");
-    assert_eq!(props.reply_to.as_deref(), Some(address.as_str()));
-    assert_ne!(props.correlation_id.as_deref(), Some("mine"));
-    conn.publish("", &address, Message::new("ok").with_correlation_id(props.correlation_id.unwrap()))?;
+    assert_eq!(props.reply_to(), Some(address.as_str()));
+    assert_ne!(props.correlation_id(), Some("mine"));
+    conn.publish("", &address, Message::new("ok").with_correlation_id(props.correlation_id().unwrap()))?;
     assert_eq!(text(&caller.join().unwrap()?), "ok");
     Ok(())
 }
@@ -182,8 +183,9 @@ fn a_call_to_a_server_that_never_answers_times_out_on_time_and_the_late_reply_is
     // The server answers after all.
     let request = consumer.recv()?;
     let props = request.properties();
-    let late = Message::new("too late").with_correlation_id(props.correlation_id.clone().unwrap());
-    server.publish("", props.reply_to.as_deref().unwrap(), late)?;
+    let late =
+        Message::new("too late").with_correlation_id(props.correlation_id().map(str::to_owned).unwrap());
+    server.publish("", props.reply_to().unwrap(), late)?;
     request.ack()?;
     assert_eq!(client.rpc_stats().late_replies_dropped, 1);
     assert_eq!(client.rpc_stats().calls_in_flight, 0);
@@ -237,7 +239,7 @@ fn closing_the_connection_fails_its_waiting_calls() -> Result {
         std::thread::spawn(move || client.call("", "silent", Message::new("?"), LONG))
     };
     let request = consumer.recv()?;
-    let reply_to = request.properties().reply_to.clone().unwrap();
+    let reply_to = request.properties().reply_to().map(str::to_owned).unwrap();
     client.close();
     assert_eq!(caller.join().unwrap().unwrap_err(), CallError::ConnectionClosed);
     assert_eq!(client.call("", "silent", Message::new("?"), LONG).unwrap_err(), CallError::ConnectionClosed);
@@ -261,14 +263,14 @@ fn a_reply_with_an_unknown_correlation_id_reaches_no_call_and_is_counted() -> Re
     };
     let request = consumer.recv()?;
     let props = request.properties().clone();
-    let reply_to = props.reply_to.unwrap();
-    server.publish("", &reply_to, Message::new("wrong").with_correlation_id("someone else"))?;
-    server.publish("", &reply_to, Message::new("no id"))?;
+    let reply_to = props.reply_to().unwrap();
+    server.publish("", reply_to, Message::new("wrong").with_correlation_id("someone else"))?;
+    server.publish("", reply_to, Message::new("no id"))?;
     assert_eq!(client.rpc_stats().late_replies_dropped, 2);
     server.publish(
         "",
-        &reply_to,
-        Message::new("right").with_correlation_id(props.correlation_id.unwrap()),
+        reply_to,
+        Message::new("right").with_correlation_id(props.correlation_id().unwrap()),
     )?;
     assert_eq!(text(&caller.join().unwrap()?), "right");
     Ok(())
@@ -287,8 +289,8 @@ fn a_reply_to_a_dropped_call_future_is_dropped_and_counted() -> Result {
     assert_eq!(client.rpc_stats().calls_in_flight, 0);
     let request = consumer.recv()?;
     let props = request.properties();
-    let reply = Message::new("x").with_correlation_id(props.correlation_id.clone().unwrap());
-    server.publish("", props.reply_to.as_deref().unwrap(), reply)?;
+    let reply = Message::new("x").with_correlation_id(props.correlation_id().map(str::to_owned).unwrap());
+    server.publish("", props.reply_to().unwrap(), reply)?;
     assert_eq!(client.rpc_stats().late_replies_dropped, 1);
     Ok(())
 }

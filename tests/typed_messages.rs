@@ -74,7 +74,7 @@ fn a_struct_published_typed_is_consumed_and_decoded_equal_with_bincode() -> Resu
 
     let consumer = conn.consume("orders", ConsumeOptions::default())?;
     let delivery = consumer.recv()?;
-    assert_eq!(delivery.properties().content_type.as_deref(), Some("application/x-bincode"));
+    assert_eq!(delivery.properties().content_type(), Some("application/x-bincode"));
     assert_eq!(delivery.decode::<OrderPlaced>()?, order());
     delivery.ack()?;
     Ok(())
@@ -101,8 +101,8 @@ fn every_variant_of_a_nested_enum_survives_the_trip() -> Result {
 fn encoding_sets_the_content_type_and_leaves_other_properties_to_the_caller() -> Result {
     let msg = Message::encode(&order())?.with_message_id("order-42").with_priority(3);
     let properties = msg.properties();
-    assert_eq!(properties.content_type.as_deref(), Some(Bincode::CONTENT_TYPE));
-    assert_eq!(properties.message_id.as_deref(), Some("order-42"));
+    assert_eq!(properties.content_type(), Some(Bincode::CONTENT_TYPE));
+    assert_eq!(properties.message_id(), Some("order-42"));
     assert_eq!(msg.body(), &Bincode::encode(&order())?);
     assert_eq!(Message::encode_with::<Bincode, _>(&order())?, Message::encode(&order())?);
     Ok(())
@@ -242,7 +242,7 @@ mod json {
     fn a_json_message_is_decoded_by_its_content_type() -> Result {
         let (_broker, conn) = setup()?;
         let msg = Message::encode_with::<Json, _>(&order())?;
-        assert_eq!(msg.properties().content_type.as_deref(), Some("application/json"));
+        assert_eq!(msg.properties().content_type(), Some("application/json"));
         assert!(std::str::from_utf8(msg.body())?.contains(r#""customer":"Grace Hopper""#));
         conn.publish("", "orders", msg)?;
 
@@ -299,7 +299,7 @@ mod msgpack {
     fn a_msgpack_message_is_decoded_by_its_content_type() -> Result {
         let (_broker, conn) = setup()?;
         let msg = Message::encode_with::<MsgPack, _>(&order())?;
-        assert_eq!(msg.properties().content_type.as_deref(), Some("application/msgpack"));
+        assert_eq!(msg.properties().content_type(), Some("application/msgpack"));
         conn.publish("", "orders", msg)?;
 
         let consumer = conn.consume("orders", ConsumeOptions::default())?;
@@ -354,7 +354,7 @@ fn typed_publish_call_and_serve_work_with_any_codec() -> std::result::Result<(),
     assert_eq!(quote, "teapot: 12 EUR");
     json.publish("", "log", &vec![1, 2, 3])?;
     let logged = conn.get("log", true)?.expect("a message");
-    assert_eq!(logged.properties().content_type.as_deref(), Some("application/json"));
+    assert_eq!(logged.properties().content_type(), Some("application/json"));
     assert_eq!(logged.body().as_ref(), b"[1,2,3]");
     // The bincode shortcut serves the same way.
     conn.declare_queue("double", interoffice::QueueOptions::default())?;

@@ -66,7 +66,7 @@ fn a_discarded_message_carries_the_handlers_error_and_the_hook_hears_of_it() -> 
         ..Default::default()
     };
     let worker = conn.worker("orders", options, |order| match order.body().as_ref() {
-        b"" => Err(format!("order {} is empty", order.properties().message_id.as_deref().unwrap_or("?"))),
+        b"" => Err(format!("order {} is empty", order.properties().message_id().unwrap_or("?"))),
         _ => Ok(()),
     })?;
     conn.publish("", "orders", Message::new("").with_message_id("o-7"))?;

@@ -653,13 +653,13 @@ fn a_server_replies_to_the_reply_to_queue_with_the_requests_correlation_id() -> 
     for (i, word) in ["ONE", "TWO", "THREE"].iter().enumerate() {
         let reply = inbox.recv_timeout(PATIENCE)?;
         assert_eq!(reply.body().as_ref(), word.as_bytes());
-        assert_eq!(reply.properties().correlation_id.as_deref(), Some(format!("call-{i}").as_str()));
+        assert_eq!(reply.properties().correlation_id(), Some(format!("call-{i}").as_str()));
         reply.ack()?;
     }
     // Without a correlation id on the request, the handler's own stays.
     conn.publish("", "rpc", Message::new("four").with_reply_to(&replies))?;
     let reply = inbox.recv_timeout(PATIENCE)?;
-    assert_eq!(reply.properties().correlation_id.as_deref(), Some("set by the handler"));
+    assert_eq!(reply.properties().correlation_id(), Some("set by the handler"));
     reply.ack()?;
 
     assert_eq!(server.shutdown(), WorkerReport { processed: 4, ..Default::default() });
@@ -696,7 +696,7 @@ fn a_server_handler_error_requeues_the_request_and_sends_no_reply_until_it_succe
     let inbox = conn.consume(&replies, ConsumeOptions::default())?;
     let reply = inbox.recv_timeout(PATIENCE)?;
     assert_eq!(reply.body().as_ref(), b"FAIL-ONCE");
-    assert_eq!(reply.properties().correlation_id.as_deref(), Some("c-1"));
+    assert_eq!(reply.properties().correlation_id(), Some("c-1"));
     reply.ack()?;
     assert_eq!(counts(server.shutdown()), WorkerReport { processed: 1, failed: 1, ..Default::default() });
     assert!(inbox.try_recv().is_err(), "exactly one reply: none for the failed attempt");

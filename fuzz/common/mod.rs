@@ -327,7 +327,7 @@ pub fn durations(data: &[u8]) {
                 let mut message =
                     Message::new("m").with_expiration(input.duration()).with_delay(input.duration());
                 if input.one_in(3) {
-                    message.properties_mut().expiration = Some(input.edgy().to_string());
+                    message.properties_mut().set_expiration(input.edgy().to_string());
                 }
                 let _ = conn.publish("", "q", message);
             }

@@ -191,7 +191,7 @@ impl Grant {
     /// `user_id`, if set, must name the connection's user (unless it has
     /// the impersonator tag).
     fn check_user_id(&self, message: &Message) -> Result<(), (String, String)> {
-        match message.properties().user_id.as_deref() {
+        match message.properties().user_id() {
             Some(claimed) if claimed != self.user.name && !self.user.has_tag(IMPERSONATOR_TAG) => {
                 Err((claimed.to_owned(), self.user.name.clone()))
             }
@@ -225,7 +225,7 @@ impl PublishGate for Grant {
             self.check_topic(Permission::Write, name, exchange.kind, routing_key)
                 .map_err(GateRefusal::NotPermitted)?;
         }
-        if message.properties().user_id.is_some() {
+        if message.properties().user_id().is_some() {
             self.check_user_id(message)
                 .map_err(|(claimed, user)| GateRefusal::UserIdMismatch { claimed, user })?;
         }

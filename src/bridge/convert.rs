@@ -109,10 +109,10 @@ fn from_amqp_value(key: &str, value: &AMQPValue) -> Result<FieldValue, ConvertEr
     })
 }
 
-fn short(name: &str, value: &Option<String>) -> Result<Option<ShortString>, ConvertError> {
+fn short(name: &str, value: Option<&str>) -> Result<Option<ShortString>, ConvertError> {
     match value {
         Some(s) if s.len() > crate::MAX_NAME_LEN => Err(ConvertError::TooLong(name.into())),
-        Some(s) => Ok(Some(ShortString::from(s.as_str()))),
+        Some(s) => Ok(Some(ShortString::from(s))),
         None => Ok(None),
     }
 }
@@ -127,7 +127,7 @@ pub fn to_amqp_properties(properties: &Properties) -> Result<BasicProperties, Co
     let mut out = BasicProperties::default();
     macro_rules! set {
         ($($field:ident => $with:ident),*) => {$(
-            if let Some(value) = short(stringify!($field), &properties.$field)? {
+            if let Some(value) = short(stringify!($field), properties.$field())? {
                 out = out.$with(value);
             }
         )*};
@@ -143,19 +143,19 @@ pub fn to_amqp_properties(properties: &Properties) -> Result<BasicProperties, Co
         user_id => with_user_id,
         app_id => with_app_id
     );
-    if let Some(headers) = &properties.headers {
+    if let Some(headers) = properties.headers() {
         out = out.with_headers(to_amqp_table(headers)?);
     }
-    if let Some(mode) = properties.delivery_mode {
+    if let Some(mode) = properties.delivery_mode() {
         out = out.with_delivery_mode(match mode {
             DeliveryMode::Transient => 1,
             DeliveryMode::Persistent => 2,
         });
     }
-    if let Some(priority) = properties.priority {
+    if let Some(priority) = properties.priority() {
         out = out.with_priority(priority);
     }
-    if let Some(timestamp) = properties.timestamp {
+    if let Some(timestamp) = properties.timestamp() {
         out = out.with_timestamp(timestamp);
     }
     Ok(out)
@@ -167,25 +167,39 @@ pub fn to_amqp_properties(properties: &Properties) -> Result<BasicProperties, Co
 ///
 /// [`ConvertError::Decimal`]: a decimal header.
 pub fn from_amqp_message(body: &[u8], properties: &BasicProperties) -> Result<Message, ConvertError> {
-    let text = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
-    let headers = properties.headers().as_ref().map(from_amqp_table).transpose()?;
-    let converted = Properties {
-        content_type: text(properties.content_type()),
-        content_encoding: text(properties.content_encoding()),
-        headers,
-        delivery_mode: properties
-            .delivery_mode()
-            .map(|m| if m == 2 { DeliveryMode::Persistent } else { DeliveryMode::Transient }),
-        priority: *properties.priority(),
-        correlation_id: text(properties.correlation_id()),
-        reply_to: text(properties.reply_to()),
-        expiration: text(properties.expiration()),
-        message_id: text(properties.message_id()),
-        timestamp: *properties.timestamp(),
-        kind: text(properties.kind()),
-        user_id: text(properties.user_id()),
-        app_id: text(properties.app_id()),
-    };
+    let mut converted = Properties::default();
+    *converted.headers_mut() = properties.headers().as_ref().map(from_amqp_table).transpose()?;
+    macro_rules! text {
+        ($($from:ident => $set:ident),*) => {$(
+            if let Some(value) = properties.$from() {
+                converted.$set(value.as_str());
+            }
+        )*};
+    }
+    text!(
+        content_type => set_content_type,
+        content_encoding => set_content_encoding,
+        correlation_id => set_correlation_id,
+        reply_to => set_reply_to,
+        expiration => set_expiration,
+        message_id => set_message_id,
+        kind => set_kind,
+        user_id => set_user_id,
+        app_id => set_app_id
+    );
+    if let Some(mode) = properties.delivery_mode() {
+        converted.set_delivery_mode(if *mode == 2 {
+            DeliveryMode::Persistent
+        } else {
+            DeliveryMode::Transient
+        });
+    }
+    if let Some(priority) = properties.priority() {
+        converted.set_priority(*priority);
+    }
+    if let Some(timestamp) = properties.timestamp() {
+        converted.set_timestamp(*timestamp);
+    }
     Ok(Message::with_properties(body.to_vec(), converted))
 }
 
@@ -225,30 +239,29 @@ mod tests {
             from_amqp_table(&to_amqp_table(&fits).unwrap()).unwrap().get("n"),
             Some(&FieldValue::I64(7))
         );
-        let long = Properties { message_id: Some("x".repeat(300)), ..Default::default() };
+        let long = Properties::default().with_message_id("x".repeat(300));
         assert!(matches!(to_amqp_properties(&long), Err(ConvertError::TooLong(_))));
     }
 
     #[test]
     fn every_property_survives_the_round_trip() {
-        let properties = Properties {
-            content_type: Some("application/json".into()),
-            content_encoding: Some("gzip".into()),
-            headers: Some(
+        let properties = Properties::default()
+            .with_content_type("application/json")
+            .with_content_encoding("gzip")
+            .with_headers(
                 FieldTable::new()
                     .with("x-death", vec![FieldValue::Table(FieldTable::new().with("count", 1_i64))]),
-            ),
-            delivery_mode: Some(DeliveryMode::Persistent),
-            priority: Some(7),
-            correlation_id: Some("c-1".into()),
-            reply_to: Some("amq.rabbitmq.reply-to.abc".into()),
-            expiration: Some("60000".into()),
-            message_id: Some("m-1".into()),
-            timestamp: Some(1_700_000_000),
-            kind: Some("order.placed".into()),
-            user_id: Some("guest".into()),
-            app_id: Some("shop".into()),
-        };
+            )
+            .with_delivery_mode(DeliveryMode::Persistent)
+            .with_priority(7)
+            .with_correlation_id("c-1")
+            .with_reply_to("amq.rabbitmq.reply-to.abc")
+            .with_expiration("60000")
+            .with_message_id("m-1")
+            .with_timestamp(1_700_000_000)
+            .with_kind("order.placed")
+            .with_user_id("guest")
+            .with_app_id("shop");
         let amqp = to_amqp_properties(&properties).unwrap();
         let back = from_amqp_message(b"body", &amqp).unwrap();
         assert_eq!(back.properties(), &properties);

@@ -331,7 +331,7 @@ impl Forward {
 
     /// The routing key for `message` (published with `own`), or why there is none.
     fn key_for(&self, own: &str, message: &crate::message::Message) -> Result<String, String> {
-        let correlation = message.properties().correlation_id.as_deref();
+        let correlation = message.properties().correlation_id();
         match &self.key {
             KeyRule::Own => Ok(own.to_owned()),
             KeyRule::Fixed(key) => Ok(key.clone()),
@@ -351,21 +351,16 @@ impl Forward {
         match &self.reply {
             ReplyRule::Keep => {}
             ReplyRule::LocalCallsTo(queue) => {
-                if message
-                    .properties()
-                    .reply_to
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with(crate::DIRECT_REPLY_TO))
-                {
-                    message.properties_mut().reply_to = Some(queue.clone());
+                if message.properties().reply_to().is_some_and(|r| r.starts_with(crate::DIRECT_REPLY_TO)) {
+                    message.properties_mut().set_reply_to(queue);
                 }
             }
             ReplyRule::Remember(outbox, replies) => {
                 let properties = message.properties();
-                if let (Some(reply_to), Some(id)) = (&properties.reply_to, &properties.correlation_id) {
-                    let (reply_to, id) = (reply_to.clone(), id.clone());
+                if let (Some(reply_to), Some(id)) = (properties.reply_to(), properties.correlation_id()) {
+                    let (reply_to, id) = (reply_to.to_owned(), id.to_owned());
                     replies.remember(&id, &reply_to);
-                    message.properties_mut().reply_to = Some(outbox.clone());
+                    message.properties_mut().set_reply_to(outbox);
                 }
             }
         }
@@ -550,7 +545,7 @@ async fn pump_out(
                     // its frame or size limits) would loop forever.
                     counters.failed(format!(
                         "message {:?} not taken by RabbitMQ after {MAX_FORWARD_ATTEMPTS} tries: dead-lettered locally",
-                        delivery.message().properties().message_id
+                        delivery.message().properties().message_id()
                     ));
                     counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     let _settled = delivery.reject(false);

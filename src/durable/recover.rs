@@ -258,8 +258,8 @@ pub(crate) fn recover(
                                 report.orphaned += 1;
                                 continue;
                             };
-                            if let Some(id) = &decoded.message_id {
-                                ids.push((queue, pid, id.clone()));
+                            if let Some(id) = decoded.message_id() {
+                                ids.push((queue, pid, id.to_owned()));
                             }
                             let body_len = range.len();
                             let in_budget = kept.entry(queue).or_default();

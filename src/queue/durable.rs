@@ -54,7 +54,7 @@ impl Queue {
         delayed: Option<(Instant, Option<Duration>)>,
     ) -> bool {
         let Some(journal) = self.context.journal.as_ref() else { return true };
-        if msg.envelope.message.properties().delivery_mode != Some(crate::DeliveryMode::Persistent) {
+        if msg.envelope.message.properties().delivery_mode() != Some(crate::DeliveryMode::Persistent) {
             return true;
         }
         let now = timing.now.get();

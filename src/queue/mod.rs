@@ -270,7 +270,7 @@ impl Envelope {
         let mut message = self.message.clone();
         message
             .properties_mut()
-            .headers
+            .headers_mut()
             .get_or_insert_with(FieldTable::new)
             .insert("x-delivery-count", FieldValue::I64(i64::from(count)));
         Arc::new(Envelope { names: self.names.clone(), message, extras: self.extras.clone() })
@@ -748,7 +748,7 @@ impl Queue {
     fn rank(&self, message: &Message) -> u8 {
         match self.policy.max_priority {
             None => 0,
-            Some(max) => max - message.properties().priority.unwrap_or(0).min(max),
+            Some(max) => max - message.properties().priority().unwrap_or(0).min(max),
         }
     }
 
@@ -806,7 +806,7 @@ impl Queue {
         envelope: &Arc<Envelope>,
         timing: &mut PublishTiming<'_>,
     ) -> Enqueued {
-        let message_id = envelope.message.properties().message_id.as_deref();
+        let message_id = envelope.message.properties().message_id();
         if let (Some(recent), Some(id)) = (&mut state.recent_ids, message_id) {
             let now = recent.timed().then(|| timing.now.get());
             if recent.contains(id, now) {

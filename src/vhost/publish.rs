@@ -224,11 +224,11 @@ impl Vhost {
             let limit = self.core.settings.max_message_size;
             return Err(PublishError::TooLarge { size, limit, message: Box::new(message) });
         }
-        match message.properties().expiration.as_deref().map(parse_expiration) {
+        match message.properties().expiration().map(parse_expiration) {
             None => Ok((message, None)),
             Some(Some(ttl)) => Ok((message, Some(ttl))),
             Some(None) => {
-                let value = message.properties().expiration.clone().unwrap_or_default();
+                let value = message.properties().expiration().map(str::to_owned).unwrap_or_default();
                 Err(PublishError::InvalidExpiration { value, message: Box::new(message) })
             }
         }

@@ -56,7 +56,7 @@ impl Backoff {
         // Jitter from the delivery itself: stable for a given message and
         // attempt, different between messages.
         let seed = foldhash::fast::FixedState::with_seed(0x6a69_7474_6572);
-        let id = delivery.properties().message_id.as_deref().unwrap_or_default();
+        let id = delivery.properties().message_id().unwrap_or_default();
         let draw =
             seed.hash_one((id, delivery.routing_key(), delivery.delivery_count(), delivery.body().len()));
         let factor = 0.5 + (draw >> 11) as f64 / (1_u64 << 54) as f64;
@@ -137,7 +137,7 @@ impl HandlerFailure {
     pub(crate) fn new<F, E: Display>(delivery: &Delivery, error: &E) -> Self {
         HandlerFailure {
             queue: delivery.queue_name().unwrap_or_default(),
-            message_id: delivery.properties().message_id.clone(),
+            message_id: delivery.properties().message_id().map(str::to_owned),
             delivery_count: delivery.delivery_count(),
             error: error.to_string(),
             error_type: std::any::type_name::<E>(),

@@ -410,7 +410,7 @@ impl Connection {
     /// conn.publish("", "prices", Message::new("teapot").with_reply_to(&replies).with_correlation_id("c-1"))?;
     /// let reply = conn.consume(&replies, Default::default())?.recv()?;
     /// assert_eq!(reply.body().as_ref(), b"teapot: 42 EUR");
-    /// assert_eq!(reply.properties().correlation_id.as_deref(), Some("c-1"));
+    /// assert_eq!(reply.properties().correlation_id(), Some("c-1"));
     /// server.shutdown();
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -589,11 +589,11 @@ fn consume_options(options: &WorkerOptions) -> ConsumeOptions {
 
 /// Publishes an RPC server's reply to `request`, if it asked for one.
 fn publish_reply(replies: &Connection, request: &Delivery, mut reply: Message) -> Handled {
-    let Some(reply_to) = request.properties().reply_to.as_deref() else {
+    let Some(reply_to) = request.properties().reply_to() else {
         return Handled::Done;
     };
-    if let Some(id) = &request.properties().correlation_id {
-        reply.properties_mut().correlation_id = Some(id.clone());
+    if let Some(id) = request.properties().correlation_id() {
+        reply.properties_mut().set_correlation_id(id);
     }
     let observers = Arc::clone(&replies.broker().inner.core.observers);
     let seq = observers.is_active().then(|| (observers.next_seq(), reply.clone()));
@@ -609,7 +609,7 @@ fn publish_reply(replies: &Connection, request: &Delivery, mut reply: Message) -
             crate::observe::Event::Replied {
                 queue: request.queue_name().unwrap_or_default(),
                 reply_to: reply_to.to_owned(),
-                correlation_id: request.properties().correlation_id.clone(),
+                correlation_id: request.properties().correlation_id().map(str::to_owned),
                 delivered: matches!(handled, Handled::Done),
                 message: reply,
             },
