@@ -686,7 +686,11 @@ fn run(scenario: &Scenario) -> Result<(), TestCaseError> {
                         .collect();
                     if model.is_open(c) {
                         model.remove_consumer(c, unsettled);
-                    } else {
+                    } else if !unsettled.is_empty() {
+                        // A cancelled consumer's deliveries go back as one
+                        // requeue, which trims a drop-head queue; with none,
+                        // nothing is requeued and nothing trimmed (a queue a
+                        // delayed requeue took past its limit stays so).
                         model.consumers[c].in_flight -= unsettled.len() as u32;
                         for msg in unsettled {
                             model.restore(msg, true);
