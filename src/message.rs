@@ -118,7 +118,7 @@ impl Message {
 
     /// Sets one header, creating the table if needed.
     #[must_use]
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<FieldValue>) -> Self {
+    pub fn with_header(mut self, key: impl AsRef<str> + Into<String>, value: impl Into<FieldValue>) -> Self {
         self.properties_mut().headers_mut().get_or_insert_with(FieldTable::new).insert(key, value);
         self
     }
