@@ -163,14 +163,14 @@ pub(crate) struct Envelope {
     names: Names,
     pub(crate) message: Message,
     /// What few envelopes carry (a followed conversation, a place in the
-    /// store). Inline, not boxed: boxed, they made the envelope 88 bytes
-    /// and its `Arc` allocation one glibc size class smaller (16 bytes less
-    /// per queued message), but draining a million messages that own their
-    /// properties and bodies then ran 15% slower than before (and 35%
-    /// slower than inline), spending it in `malloc_consolidate` and
-    /// `unlink_chunk` at an equal instruction count: the heap's layout,
-    /// measured, not understood. Kept inline until it is.
-    extras: Option<Extras>,
+    /// store), boxed: it keeps the envelope at 88 bytes, its `Arc`
+    /// allocation in the 112-byte glibc size class instead of 128. (When
+    /// `Properties` took 264 bytes, this boxing made draining a million
+    /// messages that own their properties 15–35% slower at an equal
+    /// instruction count — `malloc_consolidate` and `unlink_chunk`, the
+    /// heap's layout — so it was inline; with properties packed, fill-drain
+    /// measured the same drain rate either way, three paired runs.)
+    extras: Option<Box<Extras>>,
 }
 
 /// The rare parts of an [`Envelope`].
@@ -187,8 +187,8 @@ struct Extras {
 
 /// Bytes of names stored inside the envelope; longer ones go to the heap.
 /// 29 keeps [`Names`] at 32 bytes (tag, lengths and buffer) and the whole
-/// `Arc<Envelope>` allocation at 120 bytes: part of the memory budget of a
-/// queued message (see ARCHITECTURE.md).
+/// `Arc<Envelope>` allocation at 104 bytes (a 112-byte glibc chunk): part of
+/// the memory budget of a queued message (see ARCHITECTURE.md).
 const INLINE_NAMES: usize = 29;
 
 /// A string stored inline up to [`INLINE_NAMES`] bytes, else boxed, with
@@ -253,7 +253,7 @@ impl Envelope {
         token: Option<ConversationToken>,
     ) -> Self {
         debug_assert!(exchange.len() <= usize::from(u8::MAX), "exchange names are checked at declare");
-        let extras = token.map(|token| Extras { conversation: Some(token), durable: None });
+        let extras = token.map(|token| Box::new(Extras { conversation: Some(token), durable: None }));
         Envelope { names: Names::new([exchange, routing_key]), message, extras }
     }
 
@@ -291,10 +291,10 @@ impl Envelope {
         Arc::new(Envelope {
             names: self.names.clone(),
             message: self.message.clone(),
-            extras: Some(Extras {
+            extras: Some(Box::new(Extras {
                 conversation: self.extras.as_ref().and_then(|e| e.conversation.clone()),
                 durable: Some(Arc::new(durable)),
-            }),
+            })),
         })
     }
 
@@ -1702,14 +1702,14 @@ mod tests {
         assert_eq!(order, [("a".into(), true), ("b".into(), true), ("c".into(), false)]);
     }
 
-    /// The per-message memory budget (≤ 176 bytes beyond body and headers)
-    /// rests on these sizes: an envelope allocation and a store entry. (An
-    /// envelope of 97 to 104 bytes is a 128-byte glibc chunk with its `Arc`
-    /// counts, as one of 96 is.)
+    /// The per-message memory budget (≤ 56 bytes beyond a raw channel
+    /// holding the same messages) rests on these sizes: an envelope
+    /// allocation and a store entry. (An envelope of 81 to 88 bytes is a
+    /// 112-byte glibc chunk with its `Arc` counts; one of 89 to 104 is 128.)
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_queued_message_stays_small() {
-        assert!(std::mem::size_of::<Envelope>() <= 104, "{}", std::mem::size_of::<Envelope>());
+        assert!(std::mem::size_of::<Envelope>() <= 88, "{}", std::mem::size_of::<Envelope>());
         assert!(std::mem::size_of::<QueuedMessage>() <= 32, "{}", std::mem::size_of::<QueuedMessage>());
     }
 
