@@ -548,6 +548,30 @@ mod tests {
         assert_eq!(p, Properties::default());
     }
 
+    proptest::proptest! {
+        /// Any sequence of sets and clears leaves each text property at
+        /// its last value, as nine separate `Option<String>`s would.
+        #[test]
+        fn text_properties_behave_as_separate_fields(
+            ops in proptest::collection::vec((0_u8..9, proptest::option::of("[a-c0-9:é]{0,12}")), 0..40)
+        ) {
+            let mut packed = Properties::default();
+            let mut plain: [Option<String>; 9] = Default::default();
+            let fields = [
+                TextField::ContentType, TextField::ContentEncoding, TextField::CorrelationId,
+                TextField::ReplyTo, TextField::Expiration, TextField::MessageId,
+                TextField::Kind, TextField::UserId, TextField::AppId,
+            ];
+            for (i, value) in ops {
+                packed.text.set(fields[usize::from(i)], value.as_deref());
+                plain[usize::from(i)] = value;
+                for (field, want) in fields.iter().zip(&plain) {
+                    proptest::prop_assert_eq!(packed.text.get(*field), want.as_deref());
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_serialised_form_is_the_unpacked_structs() {
         let (packed, plain) = full();
