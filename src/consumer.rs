@@ -147,10 +147,6 @@ impl ConsumerShared {
         }
     }
 
-    pub(crate) fn has_credit(&self) -> bool {
-        self.credit.has_credit()
-    }
-
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)
     }

@@ -4,7 +4,10 @@
 //! model-check it (through the `sync` facade) exactly as the queue runs it:
 //!
 //! - only the queue *takes* credit, under its lock, after checking there is
-//!   some — so credit never overshoots the limit;
+//!   some — so credit never overshoots the limit (a batch checks each
+//!   delivery counting the ones before it, and takes their credit together
+//!   before releasing the lock, then dispatches: a settle meanwhile saw the
+//!   lower count and may have skipped its dispatch);
 //! - a settle *releases* credit without the lock; if the release left the
 //!   limit (the consumer was full), the settler must take the queue lock and
 //!   dispatch, since a ready message may be waiting for exactly this credit.
@@ -39,14 +42,30 @@ impl Credit {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Whether one more delivery fits. (The queue asks through
+    /// [`has_credit_beyond`](Self::has_credit_beyond); the loom model asks
+    /// this.)
+    #[allow(dead_code)]
     pub(crate) fn has_credit(&self) -> bool {
-        self.prefetch == 0 || self.in_flight() < self.prefetch
+        self.has_credit_beyond(0)
+    }
+
+    /// Whether one more delivery fits beside `staged` ones checked under
+    /// the queue's lock but not yet taken (see [`take_n`](Self::take_n)).
+    pub(crate) fn has_credit_beyond(&self, staged: usize) -> bool {
+        self.prefetch == 0 || (self.in_flight() as usize).saturating_add(staged) < self.prefetch as usize
     }
 
     /// Takes one credit for a delivery. Only under the queue lock, after
     /// `has_credit`.
     pub(crate) fn take(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Takes `n` credits at once for deliveries the queue checked one by
+    /// one (counting the ones before them) under the same hold of its lock.
+    pub(crate) fn take_n(&self, n: u32) {
+        self.in_flight.fetch_add(n, Ordering::AcqRel);
     }
 
     /// Gives back `n` credits under the queue lock (a requeue, a send that

@@ -87,6 +87,33 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Appends every message of `msgs`, in order, in one hold of the lock,
+    /// leaving `msgs` empty (its capacity kept, up to [`KEEP_CAPACITY`]);
+    /// if the receiver is gone, leaves them in `msgs` and fails.
+    pub(crate) fn send_all(&self, msgs: &mut Vec<T>) -> Result<(), ()> {
+        {
+            let mut state = self.shared.state.lock();
+            if state.receiver_gone {
+                return Err(());
+            }
+            let sent = msgs.len();
+            state.waiting.extend(msgs.drain(..));
+            self.shared.len.store(state.waiting.len(), Ordering::Release);
+            // As many wake-ups as `send` would have made.
+            if state.parked > 0 && sent > 1 {
+                self.shared.available.notify_all();
+            } else if state.parked > 0 {
+                self.shared.available.notify_one();
+            }
+        }
+        if msgs.capacity() > KEEP_CAPACITY {
+            msgs.shrink_to(KEEP_CAPACITY);
+        }
+        Ok(())
+    }
+}
+
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let state = self.shared.state.lock();

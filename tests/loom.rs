@@ -68,7 +68,7 @@ impl Queue {
             *ready -= 1;
             self.credit.take();
             self.received.fetch_add(1, Ordering::AcqRel);
-            assert!(self.credit.in_flight() <= 1, "prefetch 1 exceeded");
+            assert!(self.credit.in_flight() <= self.credit.prefetch(), "prefetch exceeded");
         }
     }
 
@@ -82,7 +82,31 @@ impl Queue {
         } else {
             *ready += 1;
         }
-        assert!(self.credit.in_flight() <= 1, "prefetch 1 exceeded");
+        assert!(self.credit.in_flight() <= self.credit.prefetch(), "prefetch exceeded");
+    }
+
+    /// `Queue::enqueue_batch` with staging: each message checked counting
+    /// the ones staged before it, their credit taken together, then a
+    /// dispatch (`QueueState::flush_staged`), all in one hold of the lock.
+    fn publish_batch(&self, n: u32) {
+        let mut ready = self.ready.lock();
+        let mut staged = 0_u32;
+        for _ in 0..n {
+            if *ready == 0 && self.credit.has_credit_beyond(staged as usize) {
+                staged += 1;
+            } else {
+                *ready += 1;
+            }
+        }
+        self.credit.take_n(staged);
+        self.received.fetch_add(staged, Ordering::AcqRel);
+        assert!(self.credit.in_flight() <= self.credit.prefetch(), "prefetch exceeded");
+        while *ready > 0 && self.credit.has_credit() {
+            *ready -= 1;
+            self.credit.take();
+            self.received.fetch_add(1, Ordering::AcqRel);
+            assert!(self.credit.in_flight() <= self.credit.prefetch(), "prefetch exceeded");
+        }
     }
 
     /// A settle: release without the lock; dispatch if the release left the limit.
@@ -120,6 +144,30 @@ fn credit_never_overshoots_and_no_message_is_stranded() {
         let ready = *queue.ready.lock();
         assert!(ready == 0 || !queue.credit.has_credit(), "a message is ready while the consumer has room");
         assert_eq!(queue.received.load(Ordering::Acquire) + ready, 3);
+    });
+}
+
+#[test]
+fn a_batch_taking_its_credit_at_once_never_overshoots_nor_strands() {
+    loom::model(|| {
+        let queue =
+            Arc::new(Queue { ready: Mutex::new(0), credit: Credit::new(2), received: AtomicU32::new(0) });
+        // The consumer holds one delivery: one credit left.
+        queue.publish();
+        let publisher = {
+            let queue = Arc::clone(&queue);
+            loom::thread::spawn(move || queue.publish_batch(3))
+        };
+        let consumer = {
+            let queue = Arc::clone(&queue);
+            loom::thread::spawn(move || queue.settle())
+        };
+        publisher.join().unwrap();
+        consumer.join().unwrap();
+        let ready = *queue.ready.lock();
+        assert!(ready == 0 || !queue.credit.has_credit(), "a message is ready while the consumer has room");
+        assert!(queue.credit.in_flight() <= 2);
+        assert_eq!(queue.received.load(Ordering::Acquire) + ready, 4);
     });
 }
 

@@ -108,16 +108,17 @@ impl<'c> Batch<'c> {
 }
 
 impl Vhost {
-    /// Publishes `items` (routing key, message) to `exchange`, in order.
+    /// Publishes `messages` to `exchange` with their routing keys (`keys`,
+    /// one per message), in order.
     pub(crate) fn publish_batch<G: PublishGate + ?Sized, K: AsRef<str>>(
         &self,
         gate: &G,
         exchange: &str,
-        items: Vec<(K, Message)>,
+        keys: &[K],
+        messages: Vec<Message>,
         options: PublishOptions,
     ) -> Result<BatchRouted, PublishBatchError> {
         let exchanges = self.exchanges.load();
-        let (keys, messages): (Vec<K>, Vec<Message>) = items.into_iter().unzip();
         let mut batch = Batch {
             routed: BatchRouted::default(),
             failed: Vec::new(),
@@ -128,7 +129,7 @@ impl Vhost {
         let per_message = self.core.observers.is_active() || self.core.faults.is_active();
         match exchanges.get(exchange) {
             Some(start) if !per_message => {
-                self.route_batch(gate, &exchanges, start, &keys, messages, options, &mut batch)
+                self.route_batch(gate, &exchanges, start, keys, messages, options, &mut batch)
             }
             _ => {
                 for (index, (key, message)) in keys.iter().zip(messages).enumerate() {
@@ -167,6 +168,7 @@ impl Vhost {
         // the message; resolved on the key's first message.
         let mut routes: Vec<Vec<Arc<Queue>>> = Vec::new();
         let mut resolved: FastHashMap<&str, Option<usize>> = FastHashMap::default();
+        let mut last: Option<(&str, Option<usize>)> = None;
         for (index, (key, message)) in keys.iter().zip(messages).enumerate() {
             let key_str = key.as_ref();
             let (mut message, ttl) = match self.admit(gate, &start.name, Some(start), key_str, message) {
@@ -184,14 +186,19 @@ impl Vhost {
                 }
             };
             let prepared = Prepared { message, ttl, delay, extra_keys };
-            let route = if prepared.extra_keys.is_empty() {
-                *resolved.entry(key_str).or_insert_with(|| {
+            let route = if !prepared.extra_keys.is_empty() {
+                None
+            } else if let Some((_, route)) = last.filter(|(last, _)| *last == key_str) {
+                // A run of one key (the usual batch) skips hashing it.
+                route
+            } else {
+                let route = *resolved.entry(key_str).or_insert_with(|| {
                     let queues = self.resolve(exchanges, start, key_str, &prepared)?;
                     routes.push(queues);
                     Some(routes.len() - 1)
-                })
-            } else {
-                None
+                });
+                last = Some((key_str, route));
+                route
             };
             match route {
                 Some(route) => {
