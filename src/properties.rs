@@ -210,6 +210,34 @@ macro_rules! text_properties {
     };
 }
 
+macro_rules! plain_properties {
+    ($($field:ident: $ty:ty, $set:ident, $clear:ident, $with:ident, $what:literal;)*) => {
+        $(
+            #[doc = concat!("The ", $what, ", if set.")]
+            pub fn $field(&self) -> Option<$ty> {
+                self.$field
+            }
+
+            #[doc = concat!("Sets the ", $what, ".")]
+            pub fn $set(&mut self, value: $ty) {
+                self.$field = Some(value);
+            }
+
+            #[doc = concat!("Removes the ", $what, ".")]
+            pub fn $clear(&mut self) {
+                self.$field = None;
+            }
+
+            #[doc = concat!("Builder form of [`", stringify!($set), "`](Self::", stringify!($set), ").")]
+            #[must_use]
+            pub fn $with(mut self, value: $ty) -> Self {
+                self.$field = Some(value);
+                self
+            }
+        )*
+    };
+}
+
 impl Properties {
     text_properties! {
         ContentType: content_type, set_content_type, clear_content_type, with_content_type,
@@ -257,48 +285,11 @@ impl Properties {
         self
     }
 
-    /// Transient or persistent, if set.
-    pub fn delivery_mode(&self) -> Option<DeliveryMode> {
-        self.delivery_mode
-    }
-
-    /// Sets the delivery mode.
-    pub fn set_delivery_mode(&mut self, mode: DeliveryMode) {
-        self.delivery_mode = Some(mode);
-    }
-
-    /// Removes the delivery mode.
-    pub fn clear_delivery_mode(&mut self) {
-        self.delivery_mode = None;
-    }
-
-    /// Builder form of [`set_delivery_mode`](Self::set_delivery_mode).
-    #[must_use]
-    pub fn with_delivery_mode(mut self, mode: DeliveryMode) -> Self {
-        self.delivery_mode = Some(mode);
-        self
-    }
-
-    /// The priority (0..=255, used by priority queues), if set.
-    pub fn priority(&self) -> Option<u8> {
-        self.priority
-    }
-
-    /// Sets the priority.
-    pub fn set_priority(&mut self, priority: u8) {
-        self.priority = Some(priority);
-    }
-
-    /// Removes the priority.
-    pub fn clear_priority(&mut self) {
-        self.priority = None;
-    }
-
-    /// Builder form of [`set_priority`](Self::set_priority).
-    #[must_use]
-    pub fn with_priority(mut self, priority: u8) -> Self {
-        self.priority = Some(priority);
-        self
+    plain_properties! {
+        delivery_mode: DeliveryMode, set_delivery_mode, clear_delivery_mode, with_delivery_mode,
+            "delivery mode (transient or persistent)";
+        priority: u8, set_priority, clear_priority, with_priority,
+            "priority (0..=255, used by priority queues)";
     }
 
     /// The timestamp, in seconds since the Unix epoch, if set.
