@@ -201,3 +201,114 @@ fn a_task_waiting_on_a_consumer_is_woken_by_a_batch() {
         }
     }
 }
+
+/// A small deterministic generator (xorshift), one per thread.
+struct Draw(u64);
+
+impl Draw {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Batches of random sizes from three publishers into a queue whose four
+/// competing consumers (prefetch none, 1, 5 and 16) ack, requeue, reject
+/// (dead-lettered) and now and then leave with deliveries unsettled and
+/// come back: every message ends acked once or dead-lettered once, none
+/// twice, none lost, and no consumer ever holds more than its prefetch.
+#[test]
+fn batches_under_churning_consumers_lose_and_duplicate_nothing() {
+    const PUBLISHERS: u64 = 3;
+    const PER_PUBLISHER: u64 = 10_000;
+    const TOTAL: u64 = PUBLISHERS * PER_PUBLISHER;
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("dead", QueueOptions::default()).unwrap();
+    let options = QueueOptions {
+        dead_letter_exchange: Some(String::new()),
+        dead_letter_routing_key: Some("dead".into()),
+        ..Default::default()
+    };
+    conn.declare_queue("work", options).unwrap();
+    let acked: Vec<std::sync::atomic::AtomicU8> =
+        (0..TOTAL).map(|_| std::sync::atomic::AtomicU8::new(0)).collect();
+    let settled = std::sync::atomic::AtomicU64::new(0);
+    let rejected = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for p in 0..PUBLISHERS {
+            let publisher = broker.connect();
+            s.spawn(move || {
+                let mut draw = Draw(0x9E37_79B9 + p);
+                let mut next = p * PER_PUBLISHER;
+                let end = next + PER_PUBLISHER;
+                while next < end {
+                    let size = (1 + draw.below(64)).min(end - next);
+                    let batch = (next..next + size).map(|id| ("work", Message::new(id.to_string())));
+                    publisher.publish_batch("", batch, PublishOptions::default()).unwrap();
+                    next += size;
+                }
+            });
+        }
+        for (c, prefetch) in [0_u32, 1, 5, 16].into_iter().enumerate() {
+            let (broker, acked, settled, rejected) = (&broker, &acked, &settled, &rejected);
+            s.spawn(move || {
+                let conn = broker.connect();
+                let consume =
+                    || conn.consume("work", ConsumeOptions { prefetch, ..Default::default() }).unwrap();
+                let mut consumer = consume();
+                let mut draw = Draw(0xC0FF_EE00 + c as u64);
+                let mut held = Vec::new();
+                let ack = |d: interoffice::Delivery| {
+                    let id: usize = std::str::from_utf8(d.body()).unwrap().parse().unwrap();
+                    d.ack().unwrap();
+                    assert_eq!(acked[id].fetch_add(1, Ordering::AcqRel), 0, "message {id} acked twice");
+                    settled.fetch_add(1, Ordering::AcqRel);
+                };
+                while settled.load(Ordering::Acquire) < TOTAL {
+                    // A bounded wait, re-checking whether everything is
+                    // settled; with nothing coming, what is held is acked.
+                    let Ok(delivery) = consumer.recv_timeout(Duration::from_millis(50)) else {
+                        held.drain(..).for_each(ack);
+                        continue;
+                    };
+                    held.push(delivery);
+                    assert!(prefetch == 0 || held.len() <= prefetch as usize, "prefetch {prefetch} exceeded");
+                    if prefetch != 0 && held.len() < prefetch as usize && draw.below(2) == 0 {
+                        continue; // hold it a while
+                    }
+                    match draw.below(20) {
+                        0 => {
+                            // Leave with deliveries unsettled: they go back.
+                            drop(held.drain(..));
+                            drop(consumer);
+                            consumer = consume();
+                        }
+                        1 | 2 => {
+                            for d in held.drain(..) {
+                                d.nack(true).unwrap();
+                            }
+                        }
+                        3 => {
+                            for d in held.drain(..) {
+                                d.reject(false).unwrap();
+                                rejected.fetch_add(1, Ordering::AcqRel);
+                                settled.fetch_add(1, Ordering::AcqRel);
+                            }
+                        }
+                        _ => held.drain(..).for_each(ack),
+                    }
+                }
+                drop(held);
+            });
+        }
+    });
+    let dead = broker.queue_stats("dead").unwrap().messages_ready as u64;
+    assert_eq!(dead, rejected.load(Ordering::Acquire), "every rejected message dead-lettered once");
+    let acked_once = acked.iter().filter(|a| a.load(Ordering::Acquire) == 1).count() as u64;
+    assert_eq!(acked_once + dead, TOTAL, "every message acked or dead-lettered");
+    let work = broker.queue_stats("work").unwrap();
+    assert_eq!((work.messages_ready, work.messages_unacknowledged), (0, 0));
+}
