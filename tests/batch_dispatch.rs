@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use interoffice::{Broker, ConsumeOptions, Consumer, Message, PublishOptions, QueueOptions};
 
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
+
 /// Long enough never to fire on a working bus; a lost dispatch or wake-up
 /// fails here instead of hanging the suite.
 const STALL: Duration = Duration::from_secs(20);
@@ -202,18 +206,6 @@ fn a_task_waiting_on_a_consumer_is_woken_by_a_batch() {
     }
 }
 
-/// A small deterministic generator (xorshift), one per thread.
-struct Draw(u64);
-
-impl Draw {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Batches of random sizes from three publishers into a queue whose four
 /// competing consumers (prefetch none, 1, 5 and 16) ack, requeue, reject
 /// (dead-lettered) and now and then leave with deliveries unsettled and
@@ -241,11 +233,11 @@ fn batches_under_churning_consumers_lose_and_duplicate_nothing() {
         for p in 0..PUBLISHERS {
             let publisher = broker.connect();
             s.spawn(move || {
-                let mut draw = Draw(0x9E37_79B9 + p);
+                let mut draw = Rng::for_case(p);
                 let mut next = p * PER_PUBLISHER;
                 let end = next + PER_PUBLISHER;
                 while next < end {
-                    let size = (1 + draw.below(64)).min(end - next);
+                    let size = (1 + draw.below(64) as u64).min(end - next);
                     let batch = (next..next + size).map(|id| ("work", Message::new(id.to_string())));
                     publisher.publish_batch("", batch, PublishOptions::default()).unwrap();
                     next += size;
@@ -259,7 +251,7 @@ fn batches_under_churning_consumers_lose_and_duplicate_nothing() {
                 let consume =
                     || conn.consume("work", ConsumeOptions { prefetch, ..Default::default() }).unwrap();
                 let mut consumer = consume();
-                let mut draw = Draw(0xC0FF_EE00 + c as u64);
+                let mut draw = Rng::for_case(100 + c as u64);
                 let mut held = Vec::new();
                 let ack = |d: interoffice::Delivery| {
                     let id: usize = std::str::from_utf8(d.body()).unwrap().parse().unwrap();
