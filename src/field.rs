@@ -562,6 +562,31 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_any_length_inline_or_not_behave_alike() {
+        let long = "k".repeat(300);
+        let keys = ["", "x-sent-at", "twenty-four-bytes-long-k", "twenty-five-bytes-long-ke", long.as_str()];
+        let mut by_str = FieldTable::new();
+        let mut by_string = FieldTable::new();
+        for (i, key) in keys.iter().enumerate() {
+            by_str.insert(*key, i as i64);
+            by_string.insert(key.to_string(), i as i64);
+        }
+        assert_eq!(by_str, by_string);
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(by_str.get(key), Some(&FieldValue::I64(i as i64)), "{key}");
+        }
+        let mut sorted = keys.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(by_str.iter().map(|(k, _)| k).collect::<Vec<_>>(), sorted);
+        let bytes = bincode::serde::encode_to_vec(&by_str, bincode::config::standard()).unwrap();
+        let (back, _): (FieldTable, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back, by_str);
+        let owned: Vec<(String, FieldValue)> = by_string.into_iter().collect();
+        assert_eq!(owned.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), sorted);
+    }
+
+    #[test]
     fn a_table_serialises_as_a_map() {
         let t = FieldTable::from([("b", 1), ("a", 2)]);
         let bytes = bincode::serde::encode_to_vec(&t, bincode::config::standard()).unwrap();
