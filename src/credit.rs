@@ -31,23 +31,13 @@ impl Credit {
         Credit { prefetch, in_flight: AtomicU32::new(0) }
     }
 
-    /// The prefetch limit (0: none). (Unused by the loom model, which
-    /// compiles this file on its own.)
-    #[allow(dead_code)]
+    /// The prefetch limit (0: none).
     pub(crate) fn prefetch(&self) -> u32 {
         self.prefetch
     }
 
     pub(crate) fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
-    }
-
-    /// Whether one more delivery fits. (The queue asks through
-    /// [`has_credit_beyond`](Self::has_credit_beyond); the loom model asks
-    /// this.)
-    #[allow(dead_code)]
-    pub(crate) fn has_credit(&self) -> bool {
-        self.has_credit_beyond(0)
     }
 
     /// Whether one more delivery fits beside `staged` ones checked under
@@ -57,7 +47,7 @@ impl Credit {
     }
 
     /// Takes one credit for a delivery. Only under the queue lock, after
-    /// `has_credit`.
+    /// `has_credit_beyond`.
     pub(crate) fn take(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
     }

@@ -63,8 +63,12 @@ impl Queue {
     /// `QueueState::dispatch`: under the lock, while something is ready and
     /// the consumer has credit, send.
     fn dispatch(&self) {
-        let mut ready = self.ready.lock();
-        while *ready > 0 && self.credit.has_credit() {
+        self.dispatch_locked(&mut self.ready.lock());
+    }
+
+    /// The dispatch loop, the lock already held.
+    fn dispatch_locked(&self, ready: &mut u32) {
+        while *ready > 0 && self.credit.has_credit_beyond(0) {
             *ready -= 1;
             self.credit.take();
             self.received.fetch_add(1, Ordering::AcqRel);
@@ -76,7 +80,7 @@ impl Queue {
     /// ready and it has credit, else stored.
     fn publish(&self) {
         let mut ready = self.ready.lock();
-        if *ready == 0 && self.credit.has_credit() {
+        if *ready == 0 && self.credit.has_credit_beyond(0) {
             self.credit.take();
             self.received.fetch_add(1, Ordering::AcqRel);
         } else {
@@ -101,12 +105,7 @@ impl Queue {
         self.credit.take_n(staged);
         self.received.fetch_add(staged, Ordering::AcqRel);
         assert!(self.credit.in_flight() <= self.credit.prefetch(), "prefetch exceeded");
-        while *ready > 0 && self.credit.has_credit() {
-            *ready -= 1;
-            self.credit.take();
-            self.received.fetch_add(1, Ordering::AcqRel);
-            assert!(self.credit.in_flight() <= self.credit.prefetch(), "prefetch exceeded");
-        }
+        self.dispatch_locked(&mut ready);
     }
 
     /// A settle: release without the lock; dispatch if the release left the limit.
@@ -142,7 +141,10 @@ fn credit_never_overshoots_and_no_message_is_stranded() {
         consumer.join().unwrap();
         // Nothing is stranded: with credit free, nothing may be ready.
         let ready = *queue.ready.lock();
-        assert!(ready == 0 || !queue.credit.has_credit(), "a message is ready while the consumer has room");
+        assert!(
+            ready == 0 || !queue.credit.has_credit_beyond(0),
+            "a message is ready while the consumer has room"
+        );
         assert_eq!(queue.received.load(Ordering::Acquire) + ready, 3);
     });
 }
@@ -165,7 +167,10 @@ fn a_batch_taking_its_credit_at_once_never_overshoots_nor_strands() {
         publisher.join().unwrap();
         consumer.join().unwrap();
         let ready = *queue.ready.lock();
-        assert!(ready == 0 || !queue.credit.has_credit(), "a message is ready while the consumer has room");
+        assert!(
+            ready == 0 || !queue.credit.has_credit_beyond(0),
+            "a message is ready while the consumer has room"
+        );
         assert!(queue.credit.in_flight() <= 2);
         assert_eq!(queue.received.load(Ordering::Acquire) + ready, 4);
     });
