@@ -7,7 +7,6 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use super::{Difference, Side};
 use crate::field::{FieldTable, FieldValue};
 
 /// What a queue at its length limit does with a new message (`x-overflow`).
@@ -576,6 +575,39 @@ impl QueuePolicy {
         }
         super::table_difference(&self.other_arguments, &current.other_arguments)
     }
+}
+
+/// One side of an inequivalent declaration: the value as shown and
+/// RabbitMQ's name for its type, or `None` when that side does not set it.
+pub(crate) type Side = Option<(String, &'static str)>;
+
+/// The first option that differs: `(argument, received, current)`.
+pub(crate) type Difference = (String, Side, Side);
+
+/// A field value as one side of a difference.
+pub(crate) fn side(value: &FieldValue) -> Side {
+    Some((value.to_string(), value.amqp_type()))
+}
+
+/// The end of RabbitMQ's `inequivalent arg` text: `received '20' but
+/// current is '10'`, or, when one side does not set it, `received none but
+/// current is the value '5' of type 'signedint'` (and the reverse).
+pub(crate) fn inequivalent_phrase(received: &Side, current: &Side) -> String {
+    match (received, current) {
+        (Some((r, _)), Some((c, _))) => format!("received '{r}' but current is '{c}'"),
+        (None, Some((c, t))) => format!("received none but current is the value '{c}' of type '{t}'"),
+        (Some((r, t)), None) => format!("received the value '{r}' of type '{t}' but current is none"),
+        (None, None) => "received none but current is none".to_owned(),
+    }
+}
+
+/// The first key whose value differs between two argument tables.
+pub(crate) fn table_difference(new: &FieldTable, old: &FieldTable) -> Option<Difference> {
+    new.iter()
+        .map(|(k, _)| k)
+        .chain(old.iter().map(|(k, _)| k))
+        .find(|k| new.get(k) != old.get(k))
+        .map(|k| (k.to_owned(), new.get(k).and_then(side), old.get(k).and_then(side)))
 }
 
 #[cfg(test)]

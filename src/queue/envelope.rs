@@ -1,0 +1,267 @@
+//! The envelope: what a publish leaves in every queue it reaches (the
+//! message with its exchange and routing key, one allocation shared by all
+//! those queues), and a message's place in one queue ([`QueuedMessage`]).
+
+use std::time::Instant;
+
+use super::{Now, store};
+use crate::clock::Deadline;
+use crate::conversation::ConversationToken;
+use crate::durable::Persisted;
+use crate::field::{FieldTable, FieldValue};
+use crate::message::Message;
+use crate::sync::Arc;
+
+/// What a publish leaves in every queue it reaches: the message with its
+/// routing, shared by all those queues.
+///
+/// The exchange name and routing key are copied into the envelope rather
+/// than sharing the exchange's `Arc<str>`: a refcount shared by every
+/// publisher and consumer of an exchange would bounce its cache line between
+/// cores on every message. They are stored inline when short, so a publish
+/// makes one allocation (the envelope), not two.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    /// `exchange` followed by `routing_key`.
+    names: Names,
+    pub(crate) message: Message,
+    /// What few envelopes carry (a followed conversation, a place in the
+    /// store), boxed: it keeps the envelope at 88 bytes, its `Arc`
+    /// allocation in the 112-byte glibc size class instead of 128. (When
+    /// `Properties` took 264 bytes, this boxing made draining a million
+    /// messages that own their properties 15–35% slower at an equal
+    /// instruction count — `malloc_consolidate` and `unlink_chunk`, the
+    /// heap's layout — so it was inline; with properties packed, fill-drain
+    /// measured the same drain rate either way, three paired runs.)
+    extras: Option<Box<Extras>>,
+}
+
+/// The rare parts of an [`Envelope`].
+#[derive(Debug, Clone, Default)]
+struct Extras {
+    /// The conversation a test is waiting on, if the message belongs to
+    /// one: the message counts as pending in it while this envelope lives.
+    conversation: Option<ConversationToken>,
+    /// A persistent message in a durable queue: its place in the store,
+    /// removed from it when the last envelope sharing it is dropped. (A
+    /// durable queue's envelope is its own, never shared with other queues.)
+    durable: Option<Arc<Persisted>>,
+}
+
+/// Bytes of names stored inside the envelope; longer ones go to the heap.
+/// 29 keeps [`Names`] at 32 bytes (tag, lengths and buffer) and the whole
+/// `Arc<Envelope>` allocation at 104 bytes (a 112-byte glibc chunk): part of
+/// the memory budget of a queued message (see ARCHITECTURE.md).
+const INLINE_NAMES: usize = 29;
+
+/// A string stored inline up to [`INLINE_NAMES`] bytes, else boxed, with
+/// where the exchange name ends (names are at most 255 bytes, checked at
+/// declare and publish).
+#[derive(Debug, Clone)]
+enum Names {
+    Inline { len: u8, exchange_len: u8, bytes: [u8; INLINE_NAMES] },
+    Heap { names: Box<str>, exchange_len: u8 },
+}
+
+impl Names {
+    fn new(parts: [&str; 2]) -> Self {
+        let len = parts[0].len() + parts[1].len();
+        let exchange_len = parts[0].len() as u8;
+        if len <= INLINE_NAMES {
+            let mut bytes = [0; INLINE_NAMES];
+            bytes[..parts[0].len()].copy_from_slice(parts[0].as_bytes());
+            bytes[parts[0].len()..len].copy_from_slice(parts[1].as_bytes());
+            Names::Inline { len: len as u8, exchange_len, bytes }
+        } else {
+            Names::Heap { names: parts.concat().into_boxed_str(), exchange_len }
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from two `str`s, so always UTF-8; the empty
+            // fallback is unreachable and only avoids a panic path.
+            Names::Inline { len, bytes, .. } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Names::Heap { names, .. } => names,
+        }
+    }
+
+    fn exchange_len(&self) -> usize {
+        match self {
+            Names::Inline { exchange_len, .. } | Names::Heap { exchange_len, .. } => {
+                usize::from(*exchange_len)
+            }
+        }
+    }
+}
+
+impl Envelope {
+    pub(crate) fn new(exchange: &str, routing_key: &str, message: Message) -> Self {
+        Self::published(exchange, routing_key, message, None)
+    }
+
+    /// A published message's envelope, counted in a tracked conversation
+    /// while it lives. Built in one expression, so that it is written
+    /// once, in place: setting a field of a built envelope made the
+    /// compiler build it on the stack and copy it, reading back bytes it
+    /// had just written in smaller pieces (a store-forwarding stall on
+    /// every publish).
+    #[inline]
+    pub(crate) fn published(
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        token: Option<ConversationToken>,
+    ) -> Self {
+        debug_assert!(exchange.len() <= usize::from(u8::MAX), "exchange names are checked at declare");
+        let extras = token.map(|token| Box::new(Extras { conversation: Some(token), durable: None }));
+        Envelope { names: Names::new([exchange, routing_key]), message, extras }
+    }
+
+    pub(crate) fn exchange(&self) -> &str {
+        self.names.as_str().get(..self.names.exchange_len()).unwrap_or_default()
+    }
+
+    pub(crate) fn routing_key(&self) -> &str {
+        self.names.as_str().get(self.names.exchange_len()..).unwrap_or_default()
+    }
+
+    /// A copy for one queue whose message carries `x-delivery-count`.
+    pub(super) fn with_delivery_count(&self, count: u32) -> Arc<Envelope> {
+        let mut message = self.message.clone();
+        message
+            .properties_mut()
+            .headers_mut()
+            .get_or_insert_with(FieldTable::new)
+            .insert("x-delivery-count", FieldValue::I64(i64::from(count)));
+        Arc::new(Envelope { names: self.names.clone(), message, extras: self.extras.clone() })
+    }
+
+    /// The same envelope with another body: a paged-out message's (empty),
+    /// or its body read back.
+    pub(super) fn with_body(&self, body: bytes::Bytes) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            names: self.names.clone(),
+            message: self.message.with_body(body),
+            extras: self.extras.clone(),
+        })
+    }
+
+    /// This queue's own copy, tied to its place in the store.
+    pub(super) fn persisted(&self, durable: Persisted) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            names: self.names.clone(),
+            message: self.message.clone(),
+            extras: Some(Box::new(Extras {
+                conversation: self.extras.as_ref().and_then(|e| e.conversation.clone()),
+                durable: Some(Arc::new(durable)),
+            })),
+        })
+    }
+
+    /// Ties a recovered envelope to its place in the store.
+    pub(super) fn set_durable(&mut self, durable: Arc<Persisted>) {
+        self.extras.get_or_insert_default().durable = Some(durable);
+    }
+
+    /// Its place in the store, if it is a persistent message in a durable queue.
+    pub(crate) fn durable(&self) -> Option<&Persisted> {
+        self.extras.as_ref()?.durable.as_deref()
+    }
+}
+
+/// One message in one queue. `seq` is its position: requeueing puts it back
+/// there, ahead of everything published after it.
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedMessage {
+    pub(crate) seq: u64,
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) redelivered: bool,
+    /// Times it was delivered and came back.
+    pub(crate) deliveries: u32,
+    /// When it expires, if it has a TTL. Kept across requeues.
+    /// (A `Deadline`, not an `Instant`: 8 bytes less per queued message.)
+    pub(super) expires: Option<Deadline>,
+    /// Priority rank: 0 is served first.
+    pub(super) rank: u8,
+    /// Its body is not in memory (a durable queue past its memory budget):
+    /// read it back from the store before it leaves the queue.
+    pub(crate) paged: bool,
+}
+
+impl QueuedMessage {
+    /// A message of rank `rank` not yet placed (sequence 0, no expiry),
+    /// never delivered.
+    pub(crate) fn new(envelope: Arc<Envelope>, rank: u8) -> Self {
+        QueuedMessage {
+            seq: 0,
+            envelope,
+            redelivered: false,
+            deliveries: 0,
+            expires: None,
+            rank,
+            paged: false,
+        }
+    }
+
+    pub(super) fn key(&self) -> store::ReadyKey {
+        (self.rank, self.seq)
+    }
+
+    /// When it expires, if it has a TTL.
+    pub(crate) fn expires_at(&self) -> Option<Instant> {
+        self.expires.map(Deadline::instant)
+    }
+
+    pub(crate) fn set_expires_at(&mut self, at: Option<Instant>) {
+        self.expires = at.map(Deadline::at);
+    }
+
+    /// The body's length, in memory or paged out.
+    pub(super) fn body_len(&self) -> usize {
+        if self.paged {
+            return self.envelope.durable().map_or(0, |d| d.body_len as usize);
+        }
+        self.envelope.message.body().len()
+    }
+
+    pub(super) fn expired(&self, now: &mut Now<'_>) -> bool {
+        self.expires_at().is_some_and(|at| at <= now.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-message memory budget (≤ 56 bytes beyond a raw channel
+    /// holding the same messages) rests on these sizes: an envelope
+    /// allocation and a store entry. (An envelope of 81 to 88 bytes is a
+    /// 112-byte glibc chunk with its `Arc` counts; one of 89 to 104 is 128.)
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_queued_message_stays_small() {
+        assert!(std::mem::size_of::<Envelope>() <= 88, "{}", std::mem::size_of::<Envelope>());
+        assert!(std::mem::size_of::<QueuedMessage>() <= 32, "{}", std::mem::size_of::<QueuedMessage>());
+    }
+
+    #[test]
+    fn envelope_names_split_back_whether_inline_or_boxed() {
+        for (exchange, key) in [
+            ("", ""),
+            ("orders", "order.created"),
+            ("x".repeat(20).as_str(), "k".repeat(10).as_str()),
+            ("x".repeat(20).as_str(), "k".repeat(11).as_str()),
+            ("é".repeat(100).as_str(), "ключ.ü".repeat(20).as_str()),
+        ] {
+            let envelope = Envelope::new(exchange, key, Message::new("m"));
+            assert_eq!((envelope.exchange(), envelope.routing_key()), (exchange, key));
+            let inline = matches!(envelope.names, Names::Inline { .. });
+            assert_eq!(inline, exchange.len() + key.len() <= INLINE_NAMES, "{exchange}/{key}");
+            let copy = envelope.with_delivery_count(1);
+            assert_eq!((copy.exchange(), copy.routing_key()), (exchange, key));
+        }
+    }
+}
