@@ -523,15 +523,8 @@ impl Consumer {
     /// [`TryRecvError::Empty`] when nothing is waiting; [`TryRecvError::Closed`] when the consumer has ended.
     pub fn try_recv_batch(&self, max: usize) -> Result<Vec<Delivery>, TryRecvError> {
         let mut msgs = Vec::new();
-        while msgs.len() < max {
-            match self.shared.inbox.try_recv() {
-                Ok(msg) => msgs.push(msg),
-                Err(ChannelTryRecv::Empty) => break,
-                Err(ChannelTryRecv::Disconnected) if msgs.is_empty() => {
-                    return Err(self.shared.reason().into());
-                }
-                Err(ChannelTryRecv::Disconnected) => break,
-            }
+        if self.shared.inbox.take_up_to(max, None, &mut msgs) {
+            return Err(self.shared.reason().into());
         }
         if msgs.is_empty() {
             return Err(TryRecvError::Empty);
@@ -559,13 +552,8 @@ impl Consumer {
                 None => self.shared.inbox.recv().map_err(|_| self.shared.reason())?,
             }
         };
-        let mut msgs = vec![first];
-        while msgs.len() < max {
-            match self.shared.inbox.try_recv() {
-                Ok(msg) => msgs.push(msg),
-                Err(_) => break,
-            }
-        }
+        let mut msgs = Vec::new();
+        self.shared.inbox.take_up_to(max, Some(first), &mut msgs);
         self.shared.hand_out_batch(msgs)
     }
 

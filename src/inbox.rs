@@ -150,23 +150,55 @@ impl<T> Receiver<T> {
         self.take_waiting(&mut taken).ok_or(TryRecvError::Empty)
     }
 
+    /// Appends `first` (if any) and then what is waiting to `into`, in
+    /// order, until it holds `max` (a batch receive): from this receiver's
+    /// buffer, refilled from the shared deque once if that falls short.
+    /// Reserves exactly what it appends, so a batch is one allocation of
+    /// its final size rather than a doubling series. True if nothing was
+    /// appended because the sender is gone and nothing is left.
+    pub(crate) fn take_up_to(&self, max: usize, first: Option<T>, into: &mut Vec<T>) -> bool {
+        let mut taken = self.taken.lock();
+        let room = max.saturating_sub(into.len() + usize::from(first.is_some()));
+        // The same order as `try_recv`: `gone` before the count.
+        let gone = self.shared.sender_gone.load(Ordering::Acquire);
+        if taken.len() < room && self.shared.len.load(Ordering::Acquire) > 0 {
+            if taken.is_empty() {
+                self.refill(&mut taken);
+            } else {
+                let mut state = self.shared.state.lock();
+                taken.extend(state.waiting.drain(..));
+                self.shared.len.store(0, Ordering::Release);
+            }
+        }
+        let n = taken.len().min(room);
+        into.reserve_exact(n + usize::from(first.is_some()));
+        into.extend(first);
+        into.extend(taken.drain(..n));
+        gone && into.is_empty()
+    }
+
     /// Moves everything waiting into `taken` (one hold of the shared lock)
     /// and returns the first of it.
     fn take_waiting(&self, taken: &mut VecDeque<T>) -> Option<T> {
-        {
-            let mut state = self.shared.state.lock();
-            std::mem::swap(&mut state.waiting, taken);
-            self.shared.len.store(0, Ordering::Release);
-            // The sender's new (empty) deque is the one just drained: past
-            // a burst, let its capacity go down to twice what this take
-            // found, so a steady flow keeps its buffers and a burst's do
-            // not stay. (Shrinking an empty deque copies nothing.)
-            let keep = KEEP_CAPACITY.max(2 * taken.len());
-            if state.waiting.capacity() > 2 * keep {
-                state.waiting.shrink_to(keep);
-            }
-        }
+        self.refill(taken);
         taken.pop_front()
+    }
+
+    /// Moves everything waiting into `taken`, which is empty, by swapping
+    /// deques: one hold of the shared lock, nothing copied.
+    fn refill(&self, taken: &mut VecDeque<T>) {
+        debug_assert!(taken.is_empty(), "a refill swaps: anything in `taken` would go back");
+        let mut state = self.shared.state.lock();
+        std::mem::swap(&mut state.waiting, taken);
+        self.shared.len.store(0, Ordering::Release);
+        // The sender's new (empty) deque is the one just drained: past
+        // a burst, let its capacity go down to twice what this take
+        // found, so a steady flow keeps its buffers and a burst's do
+        // not stay. (Shrinking an empty deque copies nothing.)
+        let keep = KEEP_CAPACITY.max(2 * taken.len());
+        if state.waiting.capacity() > 2 * keep {
+            state.waiting.shrink_to(keep);
+        }
     }
 
     /// Blocks until a message arrives or the sender is gone (and nothing is
@@ -276,6 +308,39 @@ mod tests {
         let (tx, rx) = unbounded();
         drop(rx);
         assert_eq!(tx.send(7), Err(SendError(7)));
+    }
+
+    #[test]
+    fn a_batch_take_keeps_order_across_both_buffers_and_stops_at_max() {
+        let (tx, rx) = unbounded();
+        for i in 0..4 {
+            tx.send(i).unwrap();
+        }
+        assert_eq!(rx.try_recv(), Ok(0)); // 1..4 now buffered by the receiver
+        for i in 4..10 {
+            tx.send(i).unwrap();
+        }
+        let mut got = Vec::new();
+        assert!(!rx.take_up_to(5, None, &mut got));
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+        assert_eq!(got.capacity(), 5, "one allocation of the batch's size");
+        let mut got = Vec::new();
+        assert!(!rx.take_up_to(3, Some(100), &mut got));
+        assert_eq!(got, [100, 6, 7]);
+        let mut got = Vec::new();
+        assert!(!rx.take_up_to(64, None, &mut got));
+        assert_eq!(got, [8, 9]);
+        assert!(!rx.take_up_to(64, None, &mut got), "empty, the sender still there");
+        assert_eq!(got, [8, 9]);
+        tx.send(10).unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        assert!(!rx.take_up_to(64, None, &mut got), "what was sent before leaving comes first");
+        assert_eq!(got, [10]);
+        let mut got = Vec::new();
+        assert!(rx.take_up_to(64, None, &mut got));
+        assert!(got.is_empty());
+        assert!(!rx.take_up_to(0, Some(7), &mut got), "a first message is always appended");
     }
 
     #[test]

@@ -64,20 +64,18 @@ pub(super) fn publish_batch<K: AsRef<str>>(
     messages: impl IntoIterator<Item = (K, Message)>,
     options: PublishOptions,
 ) -> Result<BatchRouted, PublishBatchError> {
-    // Keys and messages apart from the start: the batch reads keys by
-    // index while it moves messages out, and one large buffer fewer per
-    // batch is measurable (allocations past glibc's thread cache are slow).
-    let (keys, messages): (Vec<K>, Vec<Message>) = messages.into_iter().unzip();
+    let mut messages = messages.into_iter().peekable();
     if closed {
         let failed = messages
-            .into_iter()
             .enumerate()
-            .map(|(index, message)| (index, PublishError::ConnectionClosed { message: Box::new(message) }))
+            .map(|(index, (_, message))| {
+                (index, PublishError::ConnectionClosed { message: Box::new(message) })
+            })
             .collect();
         return Err(PublishBatchError { failed, routed: BatchRouted::default() });
     }
-    if !messages.is_empty() {
+    if messages.peek().is_some() {
         broker.inner.core.wait_while_blocked();
     }
-    vhost.publish_batch(grant, exchange, &keys, messages, options)
+    vhost.publish_batch(grant, exchange, messages, options)
 }
