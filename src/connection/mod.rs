@@ -450,7 +450,9 @@ impl Connection {
         if self.is_closed() {
             return Err(PublishError::ConnectionClosed { message: Box::new(message) });
         }
-        let message = when_blocked.apply(&self.broker, message)?;
+        if !when_blocked.admits(&self.broker) {
+            return Err(PublishError::Blocked { message: Box::new(message) });
+        }
         let target = Target::Named(exchange);
         self.vhost.publish_cached(&*self.grant, &self.shared.routes, target, routing_key, message, options)
     }
@@ -491,10 +493,7 @@ impl Connection {
         if self.is_closed() {
             return Confirm::done(Err(PublishError::ConnectionClosed { message: Box::new(message) }));
         }
-        let message = match WhenBlocked::Wait.apply(&self.broker, message) {
-            Ok(message) => message,
-            Err(e) => return Confirm::done(Err(e)),
-        };
+        self.broker.inner.core.wait_while_blocked();
         match self.vhost.publish_deferred(&*self.grant, exchange, routing_key, message, options) {
             Err(e) => Confirm::done(Err(e)),
             Ok(published) => match (published.durable, &self.broker.inner.core.store) {
