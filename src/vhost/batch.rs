@@ -209,13 +209,14 @@ impl Vhost {
         let mut resolved = KeyRoutes::default();
         for (index, (key, message)) in messages.enumerate() {
             let key_str = key.as_ref();
-            let (mut message, ttl) = match self.admit(gate, &start.name, Some(start), key_str, message) {
-                Ok(admitted) => admitted,
-                Err(error) => {
-                    batch.failed.push((index, error));
+            let ttl = match self.admit(gate, &start.name, Some(start), key_str, &message) {
+                Ok(ttl) => ttl,
+                Err(refusal) => {
+                    batch.failed.push((index, self.not_admitted(refusal, &start.name, key_str, message)));
                     continue;
                 }
             };
+            let mut message = message;
             let (delay, extra_keys) = match self.prepare(start, &mut message) {
                 Ok(parts) => parts,
                 Err(refusal) => {

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::MAX_NAME_LEN;
-use crate::access::PublishGate;
+use crate::access::{GateRefusal, PublishGate};
 use crate::clock::MAX_DURATION;
 use crate::dead_letter::Letter;
 use crate::error::PublishError;
@@ -90,7 +90,10 @@ impl Vhost {
     ) -> Result<Routed, PublishError> {
         let exchanges = self.exchanges.load();
         let start = exchanges.get(exchange);
-        let (message, ttl) = self.admit(gate, exchange, start.map(|e| &**e), routing_key, message)?;
+        let ttl = match self.admit(gate, exchange, start.map(|e| &**e), routing_key, &message) {
+            Ok(ttl) => ttl,
+            Err(refusal) => return Err(self.not_admitted(refusal, exchange, routing_key, message)),
+        };
         let Some(start) = start else { return Err(self.not_found(exchange, routing_key, message)) };
         self.publish_to(Some(&exchanges), start, routing_key, message, ttl, options, durable)
     }
@@ -147,7 +150,10 @@ impl Vhost {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let (message, ttl) = self.admit(gate, &start.name, Some(start), routing_key, message)?;
+        let ttl = match self.admit(gate, &start.name, Some(start), routing_key, &message) {
+            Ok(ttl) => ttl,
+            Err(refusal) => return Err(self.not_admitted(refusal, &start.name, routing_key, message)),
+        };
         if start.is_deleted() {
             return Err(self.not_found(&start.name, routing_key, message));
         }
@@ -158,7 +164,10 @@ impl Vhost {
 
     /// What every publish passes first: the message's own checks (its TTL
     /// comes back), then the gate — in RabbitMQ's order, both before a
-    /// missing exchange is reported.
+    /// missing exchange is reported. The message is only borrowed: a
+    /// refusal comes back as a [`NotAdmitted`] that the caller turns into
+    /// its error with the message it still holds ([`Vhost::not_admitted`]),
+    /// so a publish that passes does not move its message out and back in.
     #[inline]
     pub(super) fn admit<G: PublishGate + ?Sized>(
         &self,
@@ -166,14 +175,36 @@ impl Vhost {
         name: &str,
         exchange: Option<&Exchange>,
         routing_key: &str,
+        message: &Message,
+    ) -> Result<Option<Duration>, NotAdmitted> {
+        let ttl = self.check(routing_key, message)?;
+        gate.admit(name, exchange, routing_key, message).map_err(NotAdmitted::Gate)?;
+        Ok(ttl)
+    }
+
+    /// A publish refused by [`admit`](Self::admit): its error, holding
+    /// `message`, reported to the observers.
+    #[cold]
+    pub(super) fn not_admitted(
+        &self,
+        refusal: NotAdmitted,
+        name: &str,
+        routing_key: &str,
         message: Message,
-    ) -> Result<(Message, Option<Duration>), PublishError> {
-        let (message, ttl) =
-            self.check(routing_key, message).inspect_err(|e| self.report_refused(name, routing_key, e))?;
-        if let Err(refusal) = gate.admit(name, exchange, routing_key, &message) {
-            return Err(self.refuse(name, routing_key, refusal.into_error(message)));
-        }
-        Ok((message, ttl))
+    ) -> PublishError {
+        let message = Box::new(message);
+        let error = match refusal {
+            NotAdmitted::RoutingKeyTooLong => {
+                PublishError::InvalidRoutingKey { len: routing_key.len(), message }
+            }
+            NotAdmitted::TooLarge { size, limit } => PublishError::TooLarge { size, limit, message },
+            NotAdmitted::InvalidExpiration => {
+                let value = message.properties().expiration().map(str::to_owned).unwrap_or_default();
+                PublishError::InvalidExpiration { value, message }
+            }
+            NotAdmitted::Gate(refusal) => refusal.into_error(*message),
+        };
+        self.refuse(name, routing_key, error)
     }
 
     /// No exchange `name` (any more): the error, reported, handing `message` back.
@@ -208,29 +239,19 @@ impl Vhost {
 
     /// The checks every publish starts with; the message's own TTL.
     #[inline]
-    fn check(
-        &self,
-        routing_key: &str,
-        message: Message,
-    ) -> Result<(Message, Option<Duration>), PublishError> {
+    fn check(&self, routing_key: &str, message: &Message) -> Result<Option<Duration>, NotAdmitted> {
         if routing_key.len() > MAX_NAME_LEN {
-            return Err(PublishError::InvalidRoutingKey {
-                len: routing_key.len(),
-                message: Box::new(message),
-            });
+            return Err(NotAdmitted::RoutingKeyTooLong);
         }
         let size = message.body().len();
-        if size > self.core.settings.max_message_size {
-            let limit = self.core.settings.max_message_size;
-            return Err(PublishError::TooLarge { size, limit, message: Box::new(message) });
+        let limit = self.core.settings.max_message_size;
+        if size > limit {
+            return Err(NotAdmitted::TooLarge { size, limit });
         }
         match message.properties().expiration().map(parse_expiration) {
-            None => Ok((message, None)),
-            Some(Some(ttl)) => Ok((message, Some(ttl))),
-            Some(None) => {
-                let value = message.properties().expiration().map(str::to_owned).unwrap_or_default();
-                Err(PublishError::InvalidExpiration { value, message: Box::new(message) })
-            }
+            None => Ok(None),
+            Some(Some(ttl)) => Ok(Some(ttl)),
+            Some(None) => Err(NotAdmitted::InvalidExpiration),
         }
     }
 
@@ -466,6 +487,19 @@ impl Vhost {
         }
         Ok(Routed { queues: enqueued, duplicates })
     }
+}
+
+/// Why [`Vhost::admit`] refused a message (its error is built by
+/// [`Vhost::not_admitted`], with the message).
+pub(super) enum NotAdmitted {
+    /// The routing key is longer than [`MAX_NAME_LEN`].
+    RoutingKeyTooLong,
+    /// The body is over the broker's limit.
+    TooLarge { size: usize, limit: usize },
+    /// The `expiration` property is not a number of milliseconds.
+    InvalidExpiration,
+    /// Access control or `user_id` said no.
+    Gate(GateRefusal),
 }
 
 /// Why [`Vhost::prepare`] refused a message.

@@ -288,7 +288,11 @@ impl Vhost {
         routing_key: &str,
         message: Message,
     ) -> Result<Admitted<'v>, PublishError> {
-        let (mut message, ttl) = self.admit(gate, &start.name, Some(start), routing_key, message)?;
+        let ttl = match self.admit(gate, &start.name, Some(start), routing_key, &message) {
+            Ok(ttl) => ttl,
+            Err(refusal) => return Err(self.not_admitted(refusal, &start.name, routing_key, message)),
+        };
+        let mut message = message;
         if start.is_deleted() {
             return Err(self.not_found(&start.name, routing_key, message));
         }
