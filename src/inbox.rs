@@ -323,7 +323,7 @@ mod tests {
         let mut got = Vec::new();
         assert!(!rx.take_up_to(5, None, &mut got));
         assert_eq!(got, [1, 2, 3, 4, 5]);
-        assert_eq!(got.capacity(), 5, "one allocation of the batch's size");
+        assert!(got.capacity() < 8, "one allocation of the batch's size, not a doubling series");
         let mut got = Vec::new();
         assert!(!rx.take_up_to(3, Some(100), &mut got));
         assert_eq!(got, [100, 6, 7]);

@@ -197,6 +197,36 @@ fn a_batch_to_one_queue_arrives_whole_and_in_order() {
     assert_eq!(conn.publish_batch("", empty, PublishOptions::default()).unwrap().messages(), 0);
 }
 
+/// An iterator whose size hint claims more than it holds (here: as many as
+/// `usize` can count). The batch must not believe it up front: reserving
+/// for the claim would be a capacity-overflow panic.
+struct Boastful<I>(I);
+
+impl<I: Iterator> Iterator for Boastful<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        self.0.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (usize::MAX, None)
+    }
+}
+
+#[test]
+fn a_batch_whose_iterator_overstates_its_length_is_published_in_full() {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default()).unwrap();
+    let batch = Boastful((0..10).map(|i| ("q", Message::new(format!("{i}")))));
+    let routed = conn.publish_batch("", batch, PublishOptions::default()).unwrap();
+    assert_eq!((routed.messages(), routed.queues()), (10, 10));
+    assert_eq!(broker.queue_stats("q").unwrap().messages_ready, 10);
+    let publisher = conn.publisher("").unwrap();
+    let batch = Boastful((0..5).map(|i| ("q", Message::new(format!("{i}")))));
+    assert_eq!(publisher.publish_batch(batch, PublishOptions::default()).unwrap().messages(), 5);
+    assert_eq!(broker.queue_stats("q").unwrap().messages_ready, 15);
+}
+
 #[test]
 fn a_closed_connection_hands_every_message_back() {
     let broker = Broker::new();

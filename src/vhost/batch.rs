@@ -70,6 +70,10 @@ impl BatchRouted {
     }
 }
 
+/// The most pending entries a batch reserves before it has seen its
+/// messages; a longer batch grows its buffer as it goes.
+const PREALLOCATE_AT_MOST: usize = 4096;
+
 /// A message of the batch waiting for its queues: its place in the batch,
 /// its key, and the destinations its key resolved to.
 struct Pending<'c, K> {
@@ -164,7 +168,9 @@ impl Vhost {
             failed: Vec::new(),
             durable: Vec::new(),
             letters: Vec::new(),
-            pending: Vec::with_capacity(messages.size_hint().0),
+            // The iterator's own claim, bounded: a lying size hint must not
+            // make a huge (or impossible) allocation up front.
+            pending: Vec::with_capacity(messages.size_hint().0.min(PREALLOCATE_AT_MOST)),
         };
         let per_message = self.core.observers.is_active() || self.core.faults.is_active();
         match exchanges.get(exchange) {
