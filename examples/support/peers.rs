@@ -14,7 +14,11 @@
 //! broadcast no competing consumers; messagebus has one handler per
 //! message type, so no fanout) shows `—`. messagebus's request/reply is
 //! its own way: the request's handler returns a reply message, which the
-//! bus routes to the reply's handler. The last column is interoffice ÷ the best peer.
+//! bus routes to the reply's handler. The last line of the table is
+//! interoffice ÷ the best peer (ratio of medians); below it, each
+//! interoffice contender ÷ each peer paired within each rep (the median and
+//! range of the reps' own ratios), the figure to hold a target against on a
+//! machine whose speed drifts between reps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -614,17 +618,24 @@ fn fmt_rate(v: f64) -> String {
     if v >= 1e6 { format!("{:.2} M", v / 1e6) } else { format!("{:.0} k", v / 1e3) }
 }
 
-/// Runs every contender `reps` times, interleaved, and prints the medians
-/// and interoffice ÷ the best peer.
+/// Runs every contender `reps` times, interleaved, and prints the medians,
+/// interoffice ÷ the best peer, and interoffice ÷ each peer paired within
+/// each rep.
 fn scenario(title: &str, unit: &str, reps: usize, contenders: Vec<Contender<'_>>) {
     let mut runs: Vec<Vec<Run>> = contenders.iter().map(|_| Vec::new()).collect();
+    // Per rep, each contender's rate (`None`: no form of the scenario).
+    let mut by_rep: Vec<Vec<Option<f64>>> = Vec::new();
     for rep in 0..reps {
+        let mut this_rep = Vec::new();
         for (i, (name, run)) in contenders.iter().enumerate() {
             eprint!("\r{title}: rep {}/{reps}, {name}                    ", rep + 1);
-            if let Some(r) = run() {
+            let r = run();
+            this_rep.push(r.as_ref().map(|r| r.per_sec));
+            if let Some(r) = r {
                 runs[i].push(r);
             }
         }
+        by_rep.push(this_rep);
     }
     eprint!("\r{:80}\r", "");
     println!("\n{title} ({unit}, median of {reps})");
@@ -655,6 +666,40 @@ fn scenario(title: &str, unit: &str, reps: usize, contenders: Vec<Contender<'_>>
         }
     }
     println!("  interoffice ÷ best peer: {:.2}", ours / best);
+    print_paired(&contenders, &by_rep);
+}
+
+/// Each interoffice contender ÷ each peer, as the median and range of the
+/// ratios within each rep. This VM has slow phases that take every
+/// contender of a rep down alike: a ratio within a rep cancels them, where
+/// a ratio of medians taken over different reps does not.
+fn print_paired(contenders: &[Contender<'_>], by_rep: &[Vec<Option<f64>>]) {
+    let ours = |name: &str| name.starts_with("interoffice");
+    let mut printed_heading = false;
+    for (us, (our_name, _)) in contenders.iter().enumerate().filter(|(_, (name, _))| ours(name)) {
+        let mut line = String::new();
+        for (them, (name, _)) in contenders.iter().enumerate().filter(|(_, (name, _))| !ours(name)) {
+            let ratios: Vec<f64> = by_rep
+                .iter()
+                .filter_map(|rep| Some(rep[us]? / rep[them]?))
+                .filter(|r| r.is_finite())
+                .collect();
+            if ratios.is_empty() {
+                continue;
+            }
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(0.0, f64::max);
+            line.push_str(&format!("\n      ÷ {name:<20} {:.2} ({lo:.2}–{hi:.2})", median(ratios)));
+        }
+        if line.is_empty() {
+            continue;
+        }
+        if !printed_heading {
+            println!("  paired within each rep (median of the reps' ratios, range):");
+            printed_heading = true;
+        }
+        println!("    {our_name}{line}");
+    }
 }
 
 /// `bench peers [--messages N] [--reps R] [--only ABCD]`.
