@@ -168,9 +168,7 @@ impl Vhost {
             failed: Vec::new(),
             durable: Vec::new(),
             letters: Vec::new(),
-            // The iterator's own claim, bounded: a lying size hint must not
-            // make a huge (or impossible) allocation up front.
-            pending: Vec::with_capacity(messages.size_hint().0.min(PREALLOCATE_AT_MOST)),
+            pending: Vec::new(),
         };
         let per_message = self.core.observers.is_active() || self.core.faults.is_active();
         match exchanges.get(exchange) {
@@ -207,6 +205,10 @@ impl Vhost {
         options: PublishOptions,
         batch: &mut Batch<'c, K>,
     ) {
+        // Only this path holds messages pending, so only it reserves: the
+        // iterator's own claim, bounded, since a lying size hint must not
+        // make a huge (or impossible) allocation up front.
+        batch.pending.reserve(messages.size_hint().0.min(PREALLOCATE_AT_MOST));
         let busy = self.core.activity.busy();
         let _publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
         // Each distinct key's destinations, or `None` where they depend on
