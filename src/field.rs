@@ -460,17 +460,39 @@ impl<K: AsRef<str> + Into<String>, V: Into<FieldValue>, const N: usize> From<[(K
     }
 }
 
+/// The most entries a table reserves room for on the word of an iterator's
+/// size hint. `Vec`'s own `collect` and `extend` reserve the hint's lower
+/// bound, so an iterator that overstates it (a bug, but the caller's) would
+/// panic with "capacity overflow" or abort the process on a failed
+/// allocation; past this, the table grows as entries actually arrive.
+const RESERVE_AT_MOST: usize = 1024;
+
 impl<K: AsRef<str> + Into<String>, V: Into<FieldValue>> FromIterator<(K, V)> for FieldTable {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut table = FieldTable(iter.into_iter().map(|(k, v)| (to_key(k), v.into())).collect());
-        table.normalise();
+        let mut table = FieldTable::new();
+        table.append(iter);
         table
     }
 }
 
 impl<K: AsRef<str> + Into<String>, V: Into<FieldValue>> Extend<(K, V)> for FieldTable {
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
-        self.0.extend(iter.into_iter().map(|(k, v)| (to_key(k), v.into())));
+        self.append(iter);
+    }
+}
+
+impl FieldTable {
+    /// Appends the entries, reserving room for at most [`RESERVE_AT_MOST`]
+    /// up front, then sorts them in.
+    fn append<K: AsRef<str> + Into<String>, V: Into<FieldValue>>(
+        &mut self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) {
+        let entries = entries.into_iter();
+        self.0.reserve(entries.size_hint().0.min(RESERVE_AT_MOST));
+        for (key, value) in entries {
+            self.0.push((to_key(key), value.into()));
+        }
         self.normalise();
     }
 }
@@ -504,6 +526,33 @@ impl<'a> IntoIterator for &'a FieldTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An iterator that claims far more entries than it yields.
+    struct Overstated(std::vec::IntoIter<(&'static str, i64)>);
+
+    impl Iterator for Overstated {
+        type Item = (&'static str, i64);
+        fn next(&mut self) -> Option<Self::Item> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (usize::MAX, None)
+        }
+    }
+
+    fn overstated() -> Overstated {
+        Overstated(vec![("b", 2), ("a", 1), ("b", 3)].into_iter())
+    }
+
+    #[test]
+    fn a_table_from_an_iterator_that_overstates_its_length_holds_what_it_yielded() {
+        let table: FieldTable = overstated().collect();
+        assert_eq!(table, FieldTable::from([("a", 1_i64), ("b", 3)]));
+        let mut extended = FieldTable::from([("c", 4_i64)]);
+        extended.extend(overstated());
+        assert_eq!(extended, FieldTable::from([("a", 1_i64), ("b", 3), ("c", 4)]));
+        assert!(extended.0.capacity() <= RESERVE_AT_MOST + 4);
+    }
 
     #[test]
     fn integers_of_any_width_are_amqp_equal() {
