@@ -67,7 +67,12 @@ pub(crate) fn bury(letters: Vec<Letter>) {
         let observers = &queue.context.observers;
         let seq = observers.is_active().then(|| observers.next_seq());
         let report = |exchange: Option<&str>| {
-            crate::trace::dead_lettered(&queue.name, reason.as_str(), exchange, &letter.msg.envelope.message);
+            crate::trace::dead_lettered(
+                &queue.name,
+                reason.as_str(),
+                exchange,
+                letter.msg.envelope.message(),
+            );
             if let Some(seq) = seq {
                 observers.emit(
                     seq,
@@ -75,7 +80,7 @@ pub(crate) fn bury(letters: Vec<Letter>) {
                         queue: queue.name.to_string(),
                         reason,
                         exchange: exchange.map(str::to_owned),
-                        message: letter.msg.envelope.message.clone(),
+                        message: letter.msg.envelope.message().clone(),
                     },
                 );
             }
@@ -93,7 +98,7 @@ pub(crate) fn bury(letters: Vec<Letter>) {
         let envelope = &letter.msg.envelope;
         let now = queue.context.clock.system_time();
         let seconds = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let mut message = dead_letter_message(&envelope.message, reason, &queue.name, envelope, seconds);
+        let mut message = dead_letter_message(envelope.message(), reason, &queue.name, envelope, seconds);
         if let Some(annotations) = &letter.annotations
             && let Some(headers) = message.properties_mut().headers_mut().as_mut()
         {
@@ -235,11 +240,11 @@ mod tests {
     #[test]
     fn dying_again_in_the_same_queue_for_the_same_reason_counts_up_and_moves_to_the_front() {
         let env = Envelope::new("orders", "new", Message::new("m"));
-        let once = dead_letter_message(&env.message, DeathReason::Rejected, "work", &env, 1);
+        let once = dead_letter_message(env.message(), DeathReason::Rejected, "work", &env, 1);
         let env2 = Envelope::new("retry-x", "new", once);
-        let twice = dead_letter_message(&env2.message, DeathReason::Expired, "retry", &env2, 2);
+        let twice = dead_letter_message(env2.message(), DeathReason::Expired, "retry", &env2, 2);
         let env3 = Envelope::new("work-x", "new", twice);
-        let thrice = dead_letter_message(&env3.message, DeathReason::Rejected, "work", &env3, 3);
+        let thrice = dead_letter_message(env3.message(), DeathReason::Rejected, "work", &env3, 3);
         assert_eq!(
             deaths(&thrice),
             [("work".into(), "rejected".into(), 2), ("retry".into(), "expired".into(), 1)]
@@ -251,9 +256,9 @@ mod tests {
     #[test]
     fn a_cycle_is_only_the_queues_died_in_since_the_last_rejection() {
         let env = Envelope::new("", "a", Message::new("m"));
-        let rejected = dead_letter_message(&env.message, DeathReason::Rejected, "a", &env, 1);
+        let rejected = dead_letter_message(env.message(), DeathReason::Rejected, "a", &env, 1);
         let env = Envelope::new("", "b", rejected);
-        let expired = dead_letter_message(&env.message, DeathReason::Expired, "b", &env, 2);
+        let expired = dead_letter_message(env.message(), DeathReason::Expired, "b", &env, 2);
         assert_eq!(cycle_queues(&expired, DeathReason::Expired), ["b"]);
         assert!(cycle_queues(&expired, DeathReason::Rejected).is_empty());
     }
@@ -262,7 +267,7 @@ mod tests {
     fn the_expiration_moves_to_original_expiration() {
         let env =
             Envelope::new("", "q", Message::new("m").with_expiration(std::time::Duration::from_secs(5)));
-        let dead = dead_letter_message(&env.message, DeathReason::Expired, "q", &env, 1);
+        let dead = dead_letter_message(env.message(), DeathReason::Expired, "q", &env, 1);
         assert_eq!(dead.properties().expiration(), None);
         let entry = dead.header("x-death").and_then(FieldValue::as_array).unwrap()[0].as_table().unwrap();
         assert_eq!(entry.get("original-expiration").and_then(FieldValue::as_str), Some("5000"));

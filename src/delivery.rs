@@ -72,27 +72,27 @@ impl Delivery {
 
     /// The body.
     pub fn body(&self) -> &Bytes {
-        self.envelope.message.body()
+        self.envelope.message().body()
     }
 
     /// The whole message.
     pub fn message(&self) -> &Message {
-        &self.envelope.message
+        self.envelope.message()
     }
 
     /// The message's properties.
     pub fn properties(&self) -> &Properties {
-        self.envelope.message.properties()
+        self.envelope.message().properties()
     }
 
     /// The message's headers, if any.
     pub fn headers(&self) -> Option<&FieldTable> {
-        self.envelope.message.headers()
+        self.envelope.message().headers()
     }
 
     /// One header's value.
     pub fn header(&self, key: &str) -> Option<&crate::FieldValue> {
-        self.envelope.message.header(key)
+        self.envelope.message().header(key)
     }
 
     /// The exchange the message was published to (`""` for the default exchange).
@@ -329,6 +329,9 @@ impl Drop for Delivery {
             // Already requeued if the connection closed first; nothing else can fail.
             let _ = self.settle(Settlement::Requeue);
         }
+        // After the settle: its requeue (or a dead letter it caused) may
+        // still hold the envelope, and then it is not kept.
+        crate::queue::recycle::give_back(&mut self.envelope);
     }
 }
 

@@ -146,7 +146,7 @@ impl<'a> RoutingPass<'a> {
             queue: queue.name.to_string(),
             routing_key: self.routing_key.to_owned(),
             action,
-            message: self.envelope.message.clone(),
+            message: self.envelope.message().clone(),
         });
         match action {
             // Counted as routed, as a message lost downstream would be.

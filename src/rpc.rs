@@ -265,7 +265,7 @@ impl ReplyEndpoint {
     /// A reply came: hand it to its call, or count it as late.
     fn deliver_reply(&self, envelope: &Arc<Envelope>) {
         let call =
-            envelope.message.properties().correlation_id().and_then(|id| self.pending.lock().remove(id));
+            envelope.message().properties().correlation_id().and_then(|id| self.pending.lock().remove(id));
         let delivered = call.is_some_and(|call| {
             let reply = Delivery::new(Arc::clone(envelope), 0, false, 0, None);
             call.complete(Ok(reply))

@@ -8,6 +8,12 @@
 //! - **C** 4 producers → 1 queue → 4 competing consumers;
 //! - **D** request/reply, one caller (calls/s and the round trip's p50).
 //!
+//! A has three more interoffice rows: `recv_batch` on the consumer,
+//! batches on both sides, and the publishing half alone (one thread
+//! publishing to a queue nobody consumes), which bounds what any 1→1 run
+//! publishing one message at a time can reach: a peer's 1→1 above it is
+//! out of reach without a cheaper publish.
+//!
 //! Every contender carries the same values: clones of 1,024 pooled
 //! `interoffice::Message`s (a 64-byte body and two headers). A contender
 //! that has no form of a scenario (tokio's mpsc has one consumer, its
@@ -464,6 +470,24 @@ mod bus {
         rate(n, start.elapsed())
     }
 
+    /// A's publishing half alone: one thread publishes `n` messages to a
+    /// queue nobody consumes (timed until the last publish returns). No 1→1
+    /// run whose producer publishes one message at a time can beat it, so
+    /// it bounds what A can reach beside a peer's full 1→1 in the same rep.
+    pub(super) fn a_publish_alone(pool: &[Message], n: u64) -> Run {
+        let broker = Broker::new();
+        let conn = broker.connect();
+        conn.declare_queue("a", QueueOptions::default()).unwrap();
+        let publisher = conn.publisher("").unwrap();
+        let start = Instant::now();
+        for i in 0..n {
+            publisher.publish("a", pool[i as usize % POOL].clone()).unwrap();
+        }
+        let run = rate(n, start.elapsed());
+        assert_eq!(conn.purge_queue("a").unwrap() as u64, n, "publish alone: every message queued");
+        run
+    }
+
     /// A, the consumer taking what is waiting in batches of up to 64; with
     /// `publish_batches`, the publisher sending batches of 64 too.
     pub(super) fn a_batch(pool: &[Message], n: u64, publish_batches: bool) -> Run {
@@ -660,9 +684,9 @@ fn scenario(title: &str, unit: &str, reps: usize, contenders: Vec<Contender<'_>>
         match m {
             Some((v, p50)) => {
                 let p50 = p50.map_or(String::new(), |d| format!("  p50 {d:.1?}"));
-                println!("  {name:<22} {:>10}{p50}", fmt_rate(*v));
+                println!("  {name:<26} {:>10}{p50}", fmt_rate(*v));
             }
-            None => println!("  {name:<22} {:>10}", "—"),
+            None => println!("  {name:<26} {:>10}", "—"),
         }
     }
     println!("  interoffice ÷ best peer: {:.2}", ours / best);
@@ -736,6 +760,7 @@ pub fn main(args: &[String]) {
                 ("interoffice", Box::new(|| Some(bus::a(pool, n)))),
                 ("interoffice recv_batch", Box::new(|| Some(bus::a_batch(pool, n, false)))),
                 ("interoffice batches", Box::new(|| Some(bus::a_batch(pool, n, true)))),
+                ("interoffice publish alone", Box::new(|| Some(bus::a_publish_alone(pool, n)))),
                 ("crossbeam-channel", Box::new(|| Some(crossbeam::a(pool, n)))),
                 ("flume", Box::new(|| Some(flume_channel::a(pool, n)))),
                 ("kanal", Box::new(|| Some(kanal_channel::a(pool, n)))),

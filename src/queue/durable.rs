@@ -54,7 +54,7 @@ impl Queue {
         delayed: Option<(Instant, Option<Duration>)>,
     ) -> bool {
         let Some(journal) = self.context.journal.as_ref() else { return true };
-        if msg.envelope.message.properties().delivery_mode() != Some(crate::DeliveryMode::Persistent) {
+        if msg.envelope.message().properties().delivery_mode() != Some(crate::DeliveryMode::Persistent) {
             return true;
         }
         let now = timing.now.get();
@@ -91,8 +91,8 @@ impl Queue {
             state,
             envelope.exchange(),
             envelope.routing_key(),
-            envelope.message.properties(),
-            envelope.message.body(),
+            envelope.message().properties(),
+            envelope.message().body(),
         )?;
         msg.envelope = envelope.persisted(persisted);
         timing.durable_lsn = timing.durable_lsn.max(lsn);
@@ -130,7 +130,7 @@ impl Queue {
                 if self.policy.delivery_limit.is_some() || self.policy.queue_type == QueueType::Quorum {
                     envelope = envelope.with_delivery_count(deliveries);
                 }
-                let rank = self.rank(&envelope.message);
+                let rank = self.rank(envelope.message());
                 let mut msg = QueuedMessage::new(envelope, rank);
                 (msg.redelivered, msg.deliveries, msg.paged) =
                     (recovered.state.redelivered, deliveries, paged);

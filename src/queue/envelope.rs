@@ -24,7 +24,9 @@ use crate::sync::Arc;
 pub(crate) struct Envelope {
     /// `exchange` followed by `routing_key`.
     names: Names,
-    pub(crate) message: Message,
+    /// `None` only while the envelope waits to be reused (see
+    /// [`recycle`](super::recycle)), never where a message is read.
+    message: Option<Message>,
     /// What few envelopes carry (a followed conversation, a place in the
     /// store), boxed: it keeps the envelope at 88 bytes, its `Arc`
     /// allocation in the 112-byte glibc size class instead of 128. (When
@@ -117,7 +119,28 @@ impl Envelope {
     ) -> Self {
         debug_assert!(exchange.len() <= usize::from(u8::MAX), "exchange names are checked at declare");
         let extras = token.map(|token| Box::new(Extras { conversation: Some(token), durable: None }));
-        Envelope { names: Names::new([exchange, routing_key]), message, extras }
+        Envelope { names: Names::new([exchange, routing_key]), message: Some(message), extras }
+    }
+
+    /// The message.
+    #[inline]
+    pub(crate) fn message(&self) -> &Message {
+        match &self.message {
+            Some(message) => message,
+            None => super::recycle::no_message(),
+        }
+    }
+
+    /// The message, moved out.
+    pub(crate) fn into_message(self) -> Message {
+        self.message.unwrap_or_default()
+    }
+
+    /// Empties the envelope for reuse: the message and what it carries
+    /// (a conversation's count, a place in the store) are let go now.
+    pub(super) fn clear(&mut self) {
+        self.message = None;
+        self.extras = None;
     }
 
     pub(crate) fn exchange(&self) -> &str {
@@ -130,13 +153,13 @@ impl Envelope {
 
     /// A copy for one queue whose message carries `x-delivery-count`.
     pub(super) fn with_delivery_count(&self, count: u32) -> Arc<Envelope> {
-        let mut message = self.message.clone();
+        let mut message = self.message().clone();
         message
             .properties_mut()
             .headers_mut()
             .get_or_insert_with(FieldTable::new)
             .insert("x-delivery-count", FieldValue::I64(i64::from(count)));
-        Arc::new(Envelope { names: self.names.clone(), message, extras: self.extras.clone() })
+        Arc::new(Envelope { names: self.names.clone(), message: Some(message), extras: self.extras.clone() })
     }
 
     /// The same envelope with another body: a paged-out message's (empty),
@@ -144,7 +167,7 @@ impl Envelope {
     pub(super) fn with_body(&self, body: bytes::Bytes) -> Arc<Envelope> {
         Arc::new(Envelope {
             names: self.names.clone(),
-            message: self.message.with_body(body),
+            message: Some(self.message().with_body(body)),
             extras: self.extras.clone(),
         })
     }
@@ -153,7 +176,7 @@ impl Envelope {
     pub(super) fn persisted(&self, durable: Persisted) -> Arc<Envelope> {
         Arc::new(Envelope {
             names: self.names.clone(),
-            message: self.message.clone(),
+            message: Some(self.message().clone()),
             extras: Some(Box::new(Extras {
                 conversation: self.extras.as_ref().and_then(|e| e.conversation.clone()),
                 durable: Some(Arc::new(durable)),
@@ -224,7 +247,7 @@ impl QueuedMessage {
         if self.paged {
             return self.envelope.durable().map_or(0, |d| d.body_len as usize);
         }
-        self.envelope.message.body().len()
+        self.envelope.message().body().len()
     }
 
     pub(super) fn expired(&self, now: &mut Now<'_>) -> bool {

@@ -17,6 +17,7 @@ mod durable;
 mod envelope;
 mod limits;
 mod options;
+pub(crate) mod recycle;
 mod segmented;
 mod stats;
 mod store;
@@ -239,7 +240,7 @@ pub(crate) fn report_settle(
             Settlement::RequeueAfter(delay) => crate::observe::SettleOutcome::RequeueAfter(delay),
             Settlement::Discard => crate::observe::SettleOutcome::Discard,
         },
-        message: msg.envelope.message.clone(),
+        message: msg.envelope.message().clone(),
     });
 }
 
@@ -458,7 +459,7 @@ impl Queue {
         envelope: &Arc<Envelope>,
         timing: &mut PublishTiming<'_>,
     ) -> Enqueued {
-        let message_id = envelope.message.properties().message_id();
+        let message_id = envelope.message().properties().message_id();
         if let (Some(recent), Some(id)) = (&mut state.recent_ids, message_id) {
             let now = recent.timed().then(|| timing.now.get());
             if recent.contains(id, now) {
@@ -470,7 +471,7 @@ impl Queue {
             Some(_) => envelope.with_delivery_count(0),
             None => Arc::clone(envelope),
         };
-        let rank = self.rank(&envelope.message);
+        let rank = self.rank(envelope.message());
         let ttl = match (self.policy.message_ttl, timing.ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -821,7 +822,7 @@ mod tests {
         let b = q.get(true).unwrap().unwrap();
         q.requeue([b, a], None, true);
         let order: Vec<_> = std::iter::from_fn(|| q.get(false).unwrap())
-            .map(|m| (m.envelope.message.body().clone(), m.redelivered))
+            .map(|m| (m.envelope.message().body().clone(), m.redelivered))
             .collect();
         assert_eq!(order, [("a".into(), true), ("b".into(), true), ("c".into(), false)]);
     }

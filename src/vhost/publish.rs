@@ -355,7 +355,7 @@ impl Vhost {
     #[inline]
     pub(super) fn envelope(&self, start: &Exchange, routing_key: &str, message: Message) -> Arc<Envelope> {
         let token = self.core.conversations.token_for(&message);
-        Arc::new(Envelope::published(&start.name, routing_key, message, token))
+        crate::queue::recycle::fresh(Envelope::published(&start.name, routing_key, message, token))
     }
 
     /// The routing walk of one prepared message, then its outcome.
@@ -417,7 +417,7 @@ impl Vhost {
                 Event::Published {
                     exchange: start.name.to_string(),
                     routing_key: routing_key.into(),
-                    message: envelope.message.clone(),
+                    message: envelope.message().clone(),
                     queues: names.enqueued,
                     duplicates: names.duplicates,
                     outcome,
@@ -454,10 +454,13 @@ impl Vhost {
             start.counters.count(stripe, enqueued > 0 || duplicates > 0);
         }
         if enqueued == 0 && duplicates == 0 {
-            crate::trace::unroutable(&start.name, routing_key, options.mandatory, &envelope.message);
+            crate::trace::unroutable(&start.name, routing_key, options.mandatory, envelope.message());
         }
         let take_back = |envelope: Arc<Envelope>| {
-            Box::new(Arc::try_unwrap(envelope).map_or_else(|shared| shared.message.clone(), |e| e.message))
+            Box::new(
+                Arc::try_unwrap(envelope)
+                    .map_or_else(|shared| shared.message().clone(), Envelope::into_message),
+            )
         };
         if !store_failed.is_empty() {
             let error = stored.error.map_or(crate::StoreError::Io("unknown".into()), |e| *e);
@@ -483,7 +486,7 @@ impl Vhost {
             });
         }
         if stored.lsn > 0 {
-            *durable = Some((stored.lsn, envelope.message.clone()));
+            *durable = Some((stored.lsn, envelope.message().clone()));
         }
         Ok(Routed { queues: enqueued, duplicates })
     }
@@ -695,7 +698,7 @@ impl Vhost {
             if exchange.kind == ExchangeKind::Headers {
                 pass.reads_message = true;
             }
-            exchange.routes.load().for_each_match(key, pass.envelope.message.headers(), |dest| {
+            exchange.routes.load().for_each_match(key, pass.envelope.message().headers(), |dest| {
                 matched = true;
                 match dest {
                     Dest::Queue(queue) => pass.enqueue(queue),
