@@ -85,9 +85,7 @@ pub(crate) fn fresh(envelope: Envelope) -> Arc<Envelope> {
 /// by the time it is reused).
 #[inline]
 pub(crate) fn give_back(envelope: &mut Arc<Envelope>) {
-    if let Some(kept) = empty(envelope) {
-        let _ = LOCAL.try_with(|local| local.borrow_mut().keep(kept, &SHARED));
-    }
+    let _ = LOCAL.try_with(|local| local.borrow_mut().give_back(envelope, &SHARED));
 }
 
 /// `envelope` written into `kept` if that is unique (always, but for a
@@ -127,16 +125,27 @@ impl Local {
         self.spare.pop()
     }
 
-    fn keep(&mut self, kept: Arc<Envelope>, depot: &Depot) {
+    /// Keeps `envelope` if it is unique and there is room: this thread's
+    /// magazine, or a fresh one once the full one is in the depot. With
+    /// the depot full too (a consumer draining a backlog no one publishes
+    /// behind), it is left to be freed as before, untouched.
+    fn give_back(&mut self, envelope: &mut Arc<Envelope>, depot: &Depot) {
         if self.returned.len() >= MAGAZINE {
+            if depot.full.is_full() {
+                return;
+            }
             // Out before the new one goes in: the newest envelope is still
             // held by the delivery being dropped, and must not reach another
             // thread before that handle is gone. (A reuse checks anyway.)
             let full = std::mem::replace(&mut self.returned, Vec::with_capacity(MAGAZINE));
-            // A full depot: these are freed.
-            let _ = depot.full.try_send(full);
+            if let Err(full) = depot.full.try_send(full) {
+                // Filled meanwhile by another thread: these are freed.
+                drop(full.into_inner());
+            }
         }
-        self.returned.push(kept);
+        if let Some(kept) = empty(envelope) {
+            self.returned.push(kept);
+        }
     }
 }
 
@@ -207,23 +216,24 @@ mod tests {
     fn full_magazines_pass_between_threads_through_the_depot_and_no_further() {
         let depot = Depot::new(1);
         let (mut consumer, mut publisher) = (Local::default(), Local::default());
-        let mut given = Vec::new();
-        for i in 0..3 * MAGAZINE + 1 {
+        let mut kept = Vec::new();
+        for i in 0..3 * MAGAZINE {
             let mut handle = Arc::new(envelope(format!("m{i}")));
-            given.push(Arc::as_ptr(&handle));
-            let kept = empty(&mut handle).expect("unique");
-            consumer.keep(kept, &depot);
+            consumer.give_back(&mut handle, &depot);
+            if Arc::strong_count(&handle) == 2 {
+                kept.push(Arc::as_ptr(&handle));
+            }
         }
-        // Three magazines filled: one reached the depot (its capacity),
-        // one was freed, the third is still filling with the rest.
-        assert_eq!(consumer.returned.len(), MAGAZINE + 1 - MAGAZINE);
-        assert_eq!(depot.taken.len(), 1);
+        // One magazine went to the depot (its capacity), the next filled
+        // up; the rest found no room and were left alone.
+        assert_eq!(kept.len(), 2 * MAGAZINE);
+        assert_eq!((depot.taken.len(), consumer.returned.len()), (1, MAGAZINE));
         let mut reused = 0;
-        while let Some(kept) = publisher.take(&depot) {
-            assert!(given.contains(&Arc::as_ptr(&kept)));
+        while let Some(envelope) = publisher.take(&depot) {
+            assert!(kept[..MAGAZINE].contains(&Arc::as_ptr(&envelope)), "the oldest magazine, whole");
             reused += 1;
         }
-        assert_eq!(reused, MAGAZINE, "the publisher took the depot's magazine");
+        assert_eq!(reused, MAGAZINE);
     }
 
     #[test]
@@ -232,8 +242,7 @@ mod tests {
         let mut both = Local::default();
         let mut handle = Arc::new(envelope("m"));
         let at = Arc::as_ptr(&handle);
-        let kept = empty(&mut handle).expect("unique");
-        both.keep(kept, &depot);
+        both.give_back(&mut handle, &depot);
         drop(handle);
         let again = reuse(both.take(&depot), envelope("next"));
         assert_eq!(Arc::as_ptr(&again), at);
