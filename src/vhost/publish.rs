@@ -355,7 +355,7 @@ impl Vhost {
     #[inline]
     pub(super) fn envelope(&self, start: &Exchange, routing_key: &str, message: Message) -> Arc<Envelope> {
         let token = self.core.conversations.token_for(&message);
-        crate::queue::recycle::fresh(Envelope::published(&start.name, routing_key, message, token))
+        crate::queue::recycle::fresh(|| Envelope::published(&start.name, routing_key, message, token))
     }
 
     /// The routing walk of one prepared message, then its outcome.
