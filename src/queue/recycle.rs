@@ -95,7 +95,13 @@ pub(crate) fn fresh(make: impl FnOnce() -> Envelope) -> Arc<Envelope> {
 /// by the time it is reused).
 #[inline]
 pub(crate) fn give_back(envelope: &mut Arc<Envelope>) {
-    let _ = LOCAL.try_with(|local| local.borrow_mut().give_back(envelope, &SHARED));
+    // A plain load first, before the thread-local: a fanout's every
+    // delivery but the last finds its envelope still shared. (`get_mut`
+    // also writes the weak count, on the cache line the other consumers
+    // are dropping their handles on.)
+    if Arc::strong_count(envelope) == 1 {
+        let _ = LOCAL.try_with(|local| local.borrow_mut().give_back(envelope, &SHARED));
+    }
 }
 
 /// The envelope `make` builds, written into `kept` if that is unique
@@ -173,6 +179,7 @@ impl Local {
 
 /// What an envelope's message reads as while it waits to be reused. Never
 /// read in practice: an empty envelope is in no queue and no delivery.
+#[cold]
 pub(crate) fn no_message() -> &'static Message {
     static EMPTY: LazyLock<Message> = LazyLock::new(Message::default);
     &EMPTY
