@@ -53,6 +53,9 @@ pub(crate) enum Holder {
 /// ```
 pub struct Delivery {
     envelope: Arc<Envelope>,
+    /// Its publish reached its queue alone: dropped, it may hand its
+    /// envelope back for reuse (`queue/recycle.rs`).
+    alone: bool,
     tag: u64,
     redelivered: bool,
     delivery_count: u32,
@@ -62,12 +65,13 @@ pub struct Delivery {
 impl Delivery {
     pub(crate) fn new(
         envelope: Arc<Envelope>,
+        alone: bool,
         tag: u64,
         redelivered: bool,
         delivery_count: u32,
         holder: Option<Holder>,
     ) -> Self {
-        Delivery { envelope, tag, redelivered, delivery_count, holder }
+        Delivery { envelope, alone, tag, redelivered, delivery_count, holder }
     }
 
     /// The body.
@@ -331,7 +335,9 @@ impl Drop for Delivery {
         }
         // After the settle: its requeue (or a dead letter it caused) may
         // still hold the envelope, and then it is not kept.
-        crate::queue::recycle::give_back(&mut self.envelope);
+        if self.alone {
+            crate::queue::recycle::give_back(&mut self.envelope);
+        }
     }
 }
 
@@ -372,12 +378,12 @@ impl GetStore {
         }
         inner.next_tag += 1;
         let tag = inner.next_tag;
-        let (envelope, redelivered, deliveries) =
-            (Arc::clone(&msg.envelope), msg.redelivered, msg.deliveries);
+        let (envelope, alone, redelivered, deliveries) =
+            (Arc::clone(&msg.envelope), msg.alone, msg.redelivered, msg.deliveries);
         inner.entries.insert(tag, (Arc::clone(queue), msg));
         drop(inner);
-        let delivery =
-            Delivery::new(envelope, tag, redelivered, deliveries, Some(Holder::Get(Arc::clone(self))));
+        let holder = Some(Holder::Get(Arc::clone(self)));
+        let delivery = Delivery::new(envelope, alone, tag, redelivered, deliveries, holder);
         report_get(queue, &delivery);
         Some(delivery)
     }

@@ -212,6 +212,9 @@ pub(crate) struct QueuedMessage {
     /// Its body is not in memory (a durable queue past its memory budget):
     /// read it back from the store before it leaves the queue.
     pub(crate) paged: bool,
+    /// Its publish reached this queue alone (`PublishTiming::alone`): the
+    /// delivery may keep the envelope for reuse.
+    pub(crate) alone: bool,
 }
 
 impl QueuedMessage {
@@ -226,6 +229,7 @@ impl QueuedMessage {
             expires: None,
             rank,
             paged: false,
+            alone: false,
         }
     }
 

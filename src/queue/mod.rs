@@ -70,6 +70,12 @@ pub(crate) struct PublishTiming<'a> {
     pub(crate) durable_lsn: u64,
     /// Why a durable queue's store refused it, if one did.
     pub(crate) store_error: Option<Box<StoreError>>,
+    /// The publish reaches this one queue only (a cached route, or a
+    /// batch's, of one queue): its deliveries may keep the envelope for
+    /// reuse (see [`recycle`]). False where that is not known: the
+    /// envelope is then freed as before, and a fanout's consumers do not
+    /// even look at its reference count.
+    pub(crate) alone: bool,
 }
 
 impl<'a> PublishTiming<'a> {
@@ -80,6 +86,7 @@ impl<'a> PublishTiming<'a> {
             delay: delay.filter(|d| !d.is_zero()),
             durable_lsn: 0,
             store_error: None,
+            alone: false,
         }
     }
 }
@@ -477,6 +484,7 @@ impl Queue {
             (a, b) => a.or(b),
         };
         let mut msg = QueuedMessage::new(envelope, rank);
+        msg.alone = timing.alone;
 
         if let Some(delay) = timing.delay {
             match self.make_room(state, &msg, &mut timing.now) {

@@ -256,15 +256,13 @@ impl Vhost {
                 Some(route) => {
                     let Prepared { message, ttl, delay, .. } = prepared;
                     let envelope = self.envelope(start, key_str, message);
+                    let mut timing = PublishTiming::new(&self.core.settings.clock, ttl, delay);
+                    timing.alone = routes[route].len() == 1;
                     batch.pending.push(Pending {
                         index,
                         key,
                         route,
-                        offer: Offer {
-                            envelope,
-                            timing: PublishTiming::new(&self.core.settings.clock, ttl, delay),
-                            outcome: Enqueued::Gone,
-                        },
+                        offer: Offer { envelope, timing, outcome: Enqueued::Gone },
                         tally: Tally::default(),
                     });
                 }
