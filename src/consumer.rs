@@ -248,7 +248,7 @@ impl ConsumerShared {
             self.report_delivery(&msg, 0);
             self.queue.count_auto_ack();
             self.queue.release_credit(self, 1);
-            return Ok(Delivery::new(msg.envelope, msg.alone, 0, msg.redelivered, msg.deliveries, None));
+            return Ok(Delivery::new(msg.envelope, msg.fanout, 0, msg.redelivered, msg.deliveries, None));
         }
         let mut unsettled = self.unsettled.lock();
         if unsettled.closed {
@@ -258,12 +258,12 @@ impl ConsumerShared {
         }
         unsettled.next_tag += 1;
         let tag = unsettled.next_tag;
-        let (envelope, alone, redelivered, deliveries) =
-            (Arc::clone(&msg.envelope), msg.alone, msg.redelivered, msg.deliveries);
+        let (envelope, fanout, redelivered, deliveries) =
+            (Arc::clone(&msg.envelope), msg.fanout, msg.redelivered, msg.deliveries);
         unsettled.entries.insert(tag, msg);
         drop(unsettled);
         let holder = Some(Holder::Consumer(Arc::clone(self)));
-        let delivery = Delivery::new(envelope, alone, tag, redelivered, deliveries, holder);
+        let delivery = Delivery::new(envelope, fanout, tag, redelivered, deliveries, holder);
         self.queue.context.observers.emit_now(|| Event::Delivered {
             queue: self.queue.name.to_string(),
             consumer_tag: Some(self.tag.to_string()),
@@ -288,7 +288,7 @@ impl ConsumerShared {
                 .map(|msg| {
                     self.report_delivery(&msg, 0);
                     self.queue.count_auto_ack();
-                    Delivery::new(msg.envelope, msg.alone, 0, msg.redelivered, msg.deliveries, None)
+                    Delivery::new(msg.envelope, msg.fanout, 0, msg.redelivered, msg.deliveries, None)
                 })
                 .collect();
             self.queue.release_credit(self, u32::try_from(n).unwrap_or(u32::MAX));
@@ -304,11 +304,11 @@ impl ConsumerShared {
         for msg in msgs {
             unsettled.next_tag += 1;
             let tag = unsettled.next_tag;
-            let (envelope, alone, redelivered, deliveries_before) =
-                (Arc::clone(&msg.envelope), msg.alone, msg.redelivered, msg.deliveries);
+            let (envelope, fanout, redelivered, deliveries_before) =
+                (Arc::clone(&msg.envelope), msg.fanout, msg.redelivered, msg.deliveries);
             unsettled.entries.insert(tag, msg);
             let holder = Some(Holder::Consumer(Arc::clone(self)));
-            deliveries.push(Delivery::new(envelope, alone, tag, redelivered, deliveries_before, holder));
+            deliveries.push(Delivery::new(envelope, fanout, tag, redelivered, deliveries_before, holder));
         }
         drop(unsettled);
         for delivery in &deliveries {

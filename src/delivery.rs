@@ -53,9 +53,9 @@ pub(crate) enum Holder {
 /// ```
 pub struct Delivery {
     envelope: Arc<Envelope>,
-    /// Its publish reached its queue alone: dropped, it may hand its
-    /// envelope back for reuse (`queue/recycle.rs`).
-    alone: bool,
+    /// Its publish is known to have reached other queues too: dropped, it
+    /// does not try to keep the envelope for reuse (`queue/recycle.rs`).
+    fanout: bool,
     tag: u64,
     redelivered: bool,
     delivery_count: u32,
@@ -65,13 +65,13 @@ pub struct Delivery {
 impl Delivery {
     pub(crate) fn new(
         envelope: Arc<Envelope>,
-        alone: bool,
+        fanout: bool,
         tag: u64,
         redelivered: bool,
         delivery_count: u32,
         holder: Option<Holder>,
     ) -> Self {
-        Delivery { envelope, alone, tag, redelivered, delivery_count, holder }
+        Delivery { envelope, fanout, tag, redelivered, delivery_count, holder }
     }
 
     /// The body.
@@ -335,7 +335,7 @@ impl Drop for Delivery {
         }
         // After the settle: its requeue (or a dead letter it caused) may
         // still hold the envelope, and then it is not kept.
-        if self.alone {
+        if !self.fanout {
             crate::queue::recycle::give_back(&mut self.envelope);
         }
     }
@@ -378,12 +378,12 @@ impl GetStore {
         }
         inner.next_tag += 1;
         let tag = inner.next_tag;
-        let (envelope, alone, redelivered, deliveries) =
-            (Arc::clone(&msg.envelope), msg.alone, msg.redelivered, msg.deliveries);
+        let (envelope, fanout, redelivered, deliveries) =
+            (Arc::clone(&msg.envelope), msg.fanout, msg.redelivered, msg.deliveries);
         inner.entries.insert(tag, (Arc::clone(queue), msg));
         drop(inner);
         let holder = Some(Holder::Get(Arc::clone(self)));
-        let delivery = Delivery::new(envelope, alone, tag, redelivered, deliveries, holder);
+        let delivery = Delivery::new(envelope, fanout, tag, redelivered, deliveries, holder);
         report_get(queue, &delivery);
         Some(delivery)
     }

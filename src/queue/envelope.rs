@@ -212,9 +212,10 @@ pub(crate) struct QueuedMessage {
     /// Its body is not in memory (a durable queue past its memory budget):
     /// read it back from the store before it leaves the queue.
     pub(crate) paged: bool,
-    /// Its publish reached this queue alone (`PublishTiming::alone`): the
-    /// delivery may keep the envelope for reuse.
-    pub(crate) alone: bool,
+    /// Its publish is known to have reached other queues too
+    /// (`PublishTiming::fanout`): its delivery does not try to keep the
+    /// envelope for reuse.
+    pub(crate) fanout: bool,
 }
 
 impl QueuedMessage {
@@ -229,7 +230,7 @@ impl QueuedMessage {
             expires: None,
             rank,
             paged: false,
-            alone: false,
+            fanout: false,
         }
     }
 

@@ -70,12 +70,13 @@ pub(crate) struct PublishTiming<'a> {
     pub(crate) durable_lsn: u64,
     /// Why a durable queue's store refused it, if one did.
     pub(crate) store_error: Option<Box<StoreError>>,
-    /// The publish reaches this one queue only (a cached route, or a
-    /// batch's, of one queue): its deliveries may keep the envelope for
-    /// reuse (see [`recycle`]). False where that is not known: the
-    /// envelope is then freed as before, and a fanout's consumers do not
-    /// even look at its reference count.
-    pub(crate) alone: bool,
+    /// The publish is known to reach several queues (a cached route, or a
+    /// batch's, of more than one): its deliveries do not look at the
+    /// envelope's reference count to keep it for reuse (see [`recycle`]),
+    /// a cache line the other queues' consumers are writing. False where
+    /// it is not known (a walk): a delivery then looks, and keeps the
+    /// envelope if it was the last to hold it.
+    pub(crate) fanout: bool,
 }
 
 impl<'a> PublishTiming<'a> {
@@ -86,7 +87,7 @@ impl<'a> PublishTiming<'a> {
             delay: delay.filter(|d| !d.is_zero()),
             durable_lsn: 0,
             store_error: None,
-            alone: false,
+            fanout: false,
         }
     }
 }
@@ -484,7 +485,7 @@ impl Queue {
             (a, b) => a.or(b),
         };
         let mut msg = QueuedMessage::new(envelope, rank);
-        msg.alone = timing.alone;
+        msg.fanout = timing.fanout;
 
         if let Some(delay) = timing.delay {
             match self.make_room(state, &msg, &mut timing.now) {

@@ -257,7 +257,7 @@ impl Vhost {
                     let Prepared { message, ttl, delay, .. } = prepared;
                     let envelope = self.envelope(start, key_str, message);
                     let mut timing = PublishTiming::new(&self.core.settings.clock, ttl, delay);
-                    timing.alone = routes[route].len() == 1;
+                    timing.fanout = routes[route].len() > 1;
                     batch.pending.push(Pending {
                         index,
                         key,

@@ -345,7 +345,7 @@ impl Vhost {
     ) -> Result<Routed, PublishError> {
         let Arrival { envelope, ttl, delay, options, stripe } = arrival;
         let mut timing = PublishTiming::new(&self.core.settings.clock, ttl, delay);
-        timing.alone = queues.len() == 1;
+        timing.fanout = queues.len() > 1;
         let mut letters = Vec::new();
         let mut tally = Tally::default();
         for queue in queues {
