@@ -255,9 +255,14 @@ impl Vhost {
             match route {
                 Some(route) => {
                     let Prepared { message, ttl, delay, .. } = prepared;
-                    let envelope = self.envelope(start, key_str, message);
+                    let fanout = routes[route].len() > 1;
+                    let envelope = if fanout {
+                        self.fanout_envelope(start, key_str, message)
+                    } else {
+                        self.envelope(start, key_str, message)
+                    };
                     let mut timing = PublishTiming::new(&self.core.settings.clock, ttl, delay);
-                    timing.fanout = routes[route].len() > 1;
+                    timing.fanout = fanout;
                     batch.pending.push(Pending {
                         index,
                         key,

@@ -351,11 +351,26 @@ impl Vhost {
     }
 
     /// Wraps a prepared message in its envelope, counted in its
-    /// conversation if a test follows it.
+    /// conversation if a test follows it: in an envelope a dropped delivery
+    /// left, if the thread holds one (see `queue/recycle.rs`).
     #[inline]
     pub(super) fn envelope(&self, start: &Exchange, routing_key: &str, message: Message) -> Arc<Envelope> {
         let token = self.core.conversations.token_for(&message);
         crate::queue::recycle::fresh(|| Envelope::published(&start.name, routing_key, message, token))
+    }
+
+    /// [`envelope`](Self::envelope) for a publish known to reach several
+    /// queues: a new allocation at once, without looking for a kept one
+    /// (its deliveries will not hand it back either: `PublishTiming::fanout`).
+    #[inline]
+    pub(super) fn fanout_envelope(
+        &self,
+        start: &Exchange,
+        routing_key: &str,
+        message: Message,
+    ) -> Arc<Envelope> {
+        let token = self.core.conversations.token_for(&message);
+        Arc::new(Envelope::published(&start.name, routing_key, message, token))
     }
 
     /// The routing walk of one prepared message, then its outcome.

@@ -236,7 +236,8 @@ impl Vhost {
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
         let slot = &slots.slots[at];
-        let admitted = self.admit_to(gate, &slot.exchange, routing_key, message)?;
+        let fanout = slot.queues.len() > 1;
+        let admitted = self.admit_to(gate, &slot.exchange, routing_key, message, fanout)?;
         let queues = (admitted.extra_keys.is_empty() && !slot.reads_message).then_some(&slot.queues[..]);
         let mut durable = None;
         let result = self.deliver(&slot.exchange, routing_key, admitted, queues, options, &mut durable);
@@ -259,7 +260,7 @@ impl Vhost {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let admitted = self.admit_to(gate, &start, routing_key, message)?;
+        let admitted = self.admit_to(gate, &start, routing_key, message, false)?;
         let recorded = admitted.extra_keys.is_empty() && {
             let (mut key, mut queues) = slots.recycle(at);
             let reads_message = self.collect(None, &start, routing_key, &admitted.envelope, &mut queues);
@@ -279,7 +280,8 @@ impl Vhost {
     /// gate, a deleted exchange, [`prepare`](Self::prepare); the message
     /// comes back in its envelope, with the guards a publish holds until
     /// its last enqueue (as in `publish_to`: in flight for `settle`, and on
-    /// its way to a sync).
+    /// its way to a sync). `fanout`: its recorded route reaches several
+    /// queues, so no kept envelope is looked for.
     #[inline(always)]
     fn admit_to<'v, G: PublishGate + ?Sized>(
         &'v self,
@@ -287,6 +289,7 @@ impl Vhost {
         start: &Exchange,
         routing_key: &str,
         message: Message,
+        fanout: bool,
     ) -> Result<Admitted<'v>, PublishError> {
         let ttl = match self.admit(gate, &start.name, Some(start), routing_key, &message) {
             Ok(ttl) => ttl,
@@ -302,7 +305,11 @@ impl Vhost {
             Ok(parts) => parts,
             Err(refusal) => return Err(self.refuse_prepared(start, routing_key, refusal, message)),
         };
-        let envelope = self.envelope(start, routing_key, message);
+        let envelope = if fanout {
+            self.fanout_envelope(start, routing_key, message)
+        } else {
+            self.envelope(start, routing_key, message)
+        };
         Ok(Admitted { envelope, ttl, delay, extra_keys, busy, _publishing: publishing })
     }
 
