@@ -248,7 +248,7 @@ impl ConsumerShared {
             self.report_delivery(&msg, 0);
             self.queue.count_auto_ack();
             self.queue.release_credit(self, 1);
-            return Ok(Delivery::new(msg.envelope, msg.fanout, 0, msg.redelivered, msg.deliveries, None));
+            return Ok(Delivery::from_queued(msg, 0, None));
         }
         let mut unsettled = self.unsettled.lock();
         if unsettled.closed {
@@ -258,20 +258,18 @@ impl ConsumerShared {
         }
         unsettled.next_tag += 1;
         let tag = unsettled.next_tag;
-        let (envelope, fanout, redelivered, deliveries) =
-            (Arc::clone(&msg.envelope), msg.fanout, msg.redelivered, msg.deliveries);
+        let handed_out = msg.clone();
         unsettled.entries.insert(tag, msg);
         drop(unsettled);
-        let holder = Some(Holder::Consumer(Arc::clone(self)));
-        let delivery = Delivery::new(envelope, fanout, tag, redelivered, deliveries, holder);
+        let delivery = Delivery::from_queued(handed_out, tag, Some(Holder::Consumer(Arc::clone(self))));
         self.queue.context.observers.emit_now(|| Event::Delivered {
             queue: self.queue.name.to_string(),
             consumer_tag: Some(self.tag.to_string()),
             delivery_tag: tag,
-            redelivered,
+            redelivered: delivery.redelivered(),
             message: delivery.message().clone(),
         });
-        crate::trace::delivered(&self.queue.name, &self.tag, tag, redelivered, delivery.message());
+        crate::trace::delivered(&self.queue.name, &self.tag, tag, delivery.redelivered(), delivery.message());
         Ok(delivery)
     }
 
@@ -288,7 +286,7 @@ impl ConsumerShared {
                 .map(|msg| {
                     self.report_delivery(&msg, 0);
                     self.queue.count_auto_ack();
-                    Delivery::new(msg.envelope, msg.fanout, 0, msg.redelivered, msg.deliveries, None)
+                    Delivery::from_queued(msg, 0, None)
                 })
                 .collect();
             self.queue.release_credit(self, u32::try_from(n).unwrap_or(u32::MAX));
@@ -304,11 +302,10 @@ impl ConsumerShared {
         for msg in msgs {
             unsettled.next_tag += 1;
             let tag = unsettled.next_tag;
-            let (envelope, fanout, redelivered, deliveries_before) =
-                (Arc::clone(&msg.envelope), msg.fanout, msg.redelivered, msg.deliveries);
+            let handed_out = msg.clone();
             unsettled.entries.insert(tag, msg);
             let holder = Some(Holder::Consumer(Arc::clone(self)));
-            deliveries.push(Delivery::new(envelope, fanout, tag, redelivered, deliveries_before, holder));
+            deliveries.push(Delivery::from_queued(handed_out, tag, holder));
         }
         drop(unsettled);
         for delivery in &deliveries {

@@ -74,6 +74,13 @@ impl Delivery {
         Delivery { envelope, fanout, tag, redelivered, delivery_count, holder }
     }
 
+    /// A queued message handed out as delivery `tag` (0 with no holder:
+    /// settled as it was handed out).
+    #[inline]
+    pub(crate) fn from_queued(msg: QueuedMessage, tag: u64, holder: Option<Holder>) -> Self {
+        Delivery::new(msg.envelope, msg.fanout, tag, msg.redelivered, msg.deliveries, holder)
+    }
+
     /// The body.
     pub fn body(&self) -> &Bytes {
         self.envelope.message().body()
@@ -378,12 +385,10 @@ impl GetStore {
         }
         inner.next_tag += 1;
         let tag = inner.next_tag;
-        let (envelope, fanout, redelivered, deliveries) =
-            (Arc::clone(&msg.envelope), msg.fanout, msg.redelivered, msg.deliveries);
+        let handed_out = msg.clone();
         inner.entries.insert(tag, (Arc::clone(queue), msg));
         drop(inner);
-        let holder = Some(Holder::Get(Arc::clone(self)));
-        let delivery = Delivery::new(envelope, fanout, tag, redelivered, deliveries, holder);
+        let delivery = Delivery::from_queued(handed_out, tag, Some(Holder::Get(Arc::clone(self))));
         report_get(queue, &delivery);
         Some(delivery)
     }

@@ -598,7 +598,7 @@ impl Connection {
         let queue = self.queue_for(queue)?;
         let Some(msg) = queue.get(!auto_ack)? else { return Ok(None) };
         if auto_ack {
-            let delivery = Delivery::new(msg.envelope, msg.fanout, 0, msg.redelivered, msg.deliveries, None);
+            let delivery = Delivery::from_queued(msg, 0, None);
             crate::delivery::report_get(&queue, &delivery);
             queue.count_auto_ack();
             return Ok(Some(delivery));

@@ -256,11 +256,7 @@ impl Vhost {
                 Some(route) => {
                     let Prepared { message, ttl, delay, .. } = prepared;
                     let fanout = routes[route].len() > 1;
-                    let envelope = if fanout {
-                        self.fanout_envelope(start, key_str, message)
-                    } else {
-                        self.envelope(start, key_str, message)
-                    };
+                    let envelope = self.envelope(start, key_str, message, !fanout);
                     let mut timing = PublishTiming::new(&self.core.settings.clock, ttl, delay);
                     timing.fanout = fanout;
                     batch.pending.push(Pending {
@@ -300,7 +296,7 @@ impl Vhost {
         key: &str,
         prepared: &Prepared,
     ) -> Option<Vec<Arc<Queue>>> {
-        let probe = self.envelope(start, key, prepared.message.clone());
+        let probe = self.envelope(start, key, prepared.message.clone(), false);
         let mut queues = Vec::new();
         let reads_message = self.collect(Some(exchanges), start, key, &probe, &mut queues);
         if reads_message { None } else { Some(queues) }

@@ -351,26 +351,23 @@ impl Vhost {
     }
 
     /// Wraps a prepared message in its envelope, counted in its
-    /// conversation if a test follows it: in an envelope a dropped delivery
-    /// left, if the thread holds one (see `queue/recycle.rs`).
-    #[inline]
-    pub(super) fn envelope(&self, start: &Exchange, routing_key: &str, message: Message) -> Arc<Envelope> {
-        let token = self.core.conversations.token_for(&message);
-        crate::queue::recycle::fresh(|| Envelope::published(&start.name, routing_key, message, token))
-    }
-
-    /// [`envelope`](Self::envelope) for a publish known to reach several
-    /// queues: a new allocation at once, without looking for a kept one
-    /// (its deliveries will not hand it back either: `PublishTiming::fanout`).
-    #[inline]
-    pub(super) fn fanout_envelope(
+    /// conversation if a test follows it. With `reuse`, in an envelope a
+    /// dropped delivery left, if the thread holds one (see
+    /// `queue/recycle.rs`); without (a publish known to reach several
+    /// queues, whose deliveries never hand it back — `PublishTiming::fanout`
+    /// — or an envelope only walked, never delivered), a new allocation at
+    /// once, without looking.
+    #[inline(always)]
+    pub(super) fn envelope(
         &self,
         start: &Exchange,
         routing_key: &str,
         message: Message,
+        reuse: bool,
     ) -> Arc<Envelope> {
         let token = self.core.conversations.token_for(&message);
-        Arc::new(Envelope::published(&start.name, routing_key, message, token))
+        let make = || Envelope::published(&start.name, routing_key, message, token);
+        if reuse { crate::queue::recycle::fresh(make) } else { Arc::new(make()) }
     }
 
     /// The routing walk of one prepared message, then its outcome.
@@ -387,7 +384,7 @@ impl Vhost {
         durable: &mut Option<(u64, Message)>,
     ) -> Result<Routed, PublishError> {
         let Prepared { message, ttl, delay, extra_keys } = prepared;
-        let envelope = self.envelope(start, routing_key, message);
+        let envelope = self.envelope(start, routing_key, message, true);
         let walk = Walk { envelope, ttl, delay, extra_keys: &extra_keys };
         self.route_envelope(exchanges, start, routing_key, walk, options, stripe, durable)
     }

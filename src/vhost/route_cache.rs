@@ -305,11 +305,7 @@ impl Vhost {
             Ok(parts) => parts,
             Err(refusal) => return Err(self.refuse_prepared(start, routing_key, refusal, message)),
         };
-        let envelope = if fanout {
-            self.fanout_envelope(start, routing_key, message)
-        } else {
-            self.envelope(start, routing_key, message)
-        };
+        let envelope = self.envelope(start, routing_key, message, !fanout);
         Ok(Admitted { envelope, ttl, delay, extra_keys, busy, _publishing: publishing })
     }
 
