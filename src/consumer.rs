@@ -452,8 +452,15 @@ impl Consumer {
     ///
     /// [`RecvTimeoutError`]: nothing arrived in time, or the consumer ended.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Delivery, RecvTimeoutError> {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.recv_deadline(deadline),
+        // What is waiting first: a busy consumer finds its next message
+        // here, and a clock read costs as much as the take (two of them per
+        // call were 5% of a 4 → 1 → 4 run's samples).
+        if let Some(ready) = self.shared.try_take() {
+            return Ok(ready?);
+        }
+        let now = Instant::now();
+        match now.checked_add(timeout) {
+            Some(deadline) => self.wait_until(now, deadline),
             None => self.recv().map_err(RecvTimeoutError::from),
         }
     }
@@ -464,12 +471,17 @@ impl Consumer {
     ///
     /// [`RecvTimeoutError`]: nothing arrived in time, or the consumer ended.
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Delivery, RecvTimeoutError> {
-        // What is waiting first, without reading the clock; then spin, as
-        // `recv` does (at most until the deadline).
+        // What is waiting first, without reading the clock.
         if let Some(ready) = self.shared.try_take() {
             return Ok(ready?);
         }
-        let spin = deadline.saturating_duration_since(Instant::now()).min(RECV_SPIN);
+        self.wait_until(Instant::now(), deadline)
+    }
+
+    /// Nothing was waiting at `now`: spin, as `recv` does (at most until
+    /// `deadline`), then park until `deadline`.
+    fn wait_until(&self, now: Instant, deadline: Instant) -> Result<Delivery, RecvTimeoutError> {
+        let spin = deadline.saturating_duration_since(now).min(RECV_SPIN);
         if let Some(received) = spin_wait(spin, || self.shared.try_take()) {
             return Ok(received?);
         }
