@@ -63,22 +63,24 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub(crate) fn new(
-        envelope: Arc<Envelope>,
-        fanout: bool,
-        tag: u64,
-        redelivered: bool,
-        delivery_count: u32,
-        holder: Option<Holder>,
-    ) -> Self {
-        Delivery { envelope, fanout, tag, redelivered, delivery_count, holder }
-    }
-
     /// A queued message handed out as delivery `tag` (0 with no holder:
     /// settled as it was handed out).
     #[inline]
     pub(crate) fn from_queued(msg: QueuedMessage, tag: u64, holder: Option<Holder>) -> Self {
-        Delivery::new(msg.envelope, msg.fanout, tag, msg.redelivered, msg.deliveries, holder)
+        Delivery {
+            envelope: msg.envelope,
+            fanout: msg.fanout,
+            tag,
+            redelivered: msg.redelivered,
+            delivery_count: msg.deliveries,
+            holder,
+        }
+    }
+
+    /// A message that never sat in a queue (a reply taken straight to its
+    /// call): settled as it is handed out, delivered for the first time.
+    pub(crate) fn unqueued(envelope: Arc<Envelope>) -> Self {
+        Delivery { envelope, fanout: false, tag: 0, redelivered: false, delivery_count: 0, holder: None }
     }
 
     /// The body.

@@ -267,7 +267,7 @@ impl ReplyEndpoint {
         let call =
             envelope.message().properties().correlation_id().and_then(|id| self.pending.lock().remove(id));
         let delivered = call.is_some_and(|call| {
-            let reply = Delivery::new(Arc::clone(envelope), false, 0, false, 0, None);
+            let reply = Delivery::unqueued(Arc::clone(envelope));
             call.complete(Ok(reply))
         });
         if !delivered {
