@@ -17,7 +17,7 @@ use crate::error::{AckError, ConsumeError, RecvError, RecvTimeoutError, TryRecvE
 use crate::field::FieldTable;
 use crate::observe::Event;
 use crate::queue::{Queue, QueueOwner, QueuedMessage, Settlement};
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering, spin_wait};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering, OwnLine, spin_wait};
 use crate::wake::WakerSet;
 
 /// Options of [`Connection::consume`](crate::Connection::consume).
@@ -121,8 +121,10 @@ pub(crate) struct ConsumerShared {
     unsettled: Mutex<Unsettled>,
     cancelled: AtomicBool,
     cancel_reason: Mutex<Option<RecvError>>,
-    /// Tasks waiting in `recv_async` / a stream: see [`crate::wake`].
-    wakers: WakerSet,
+    /// Tasks waiting in `recv_async` / a stream: see [`crate::wake`]. The
+    /// queue reads it for every send, so it keeps off the lines the
+    /// consumer writes for every receive (`inbox`, `unsettled`).
+    wakers: OwnLine<WakerSet>,
 }
 
 impl ConsumerShared {
@@ -143,7 +145,7 @@ impl ConsumerShared {
             unsettled: Mutex::new(Unsettled::default()),
             cancelled: AtomicBool::new(false),
             cancel_reason: Mutex::new(None),
-            wakers: WakerSet::default(),
+            wakers: OwnLine::default(),
         }
     }
 

@@ -15,20 +15,58 @@
 //! Either the dispatcher sees the freed credit, or the settler's dispatch
 //! sees the ready message: no message is stranded while the consumer has
 //! room.
+//!
+//! Two counters, not one: deliveries *sent* (written by the queue alone,
+//! under its lock) and deliveries *ended* (settled, or given back), each on
+//! a cache line of its own; what is in flight is their difference. With
+//! one counter, the publisher's increment and the consumer's decrement
+//! wrote the same line for every message, and each stalled on the other:
+//! in a 1→1 run the increment alone was 17% of the publisher's time.
+//!
+//! Split, each side keeps to its own line in the steady state:
+//! - the queue checks credit against the last `ended` it read (a lower
+//!   bound: `ended` only grows), and reads the consumer's line again only
+//!   when that stale count says the consumer is full;
+//! - when the fresh count says so too, the queue sets a *waiting* flag in
+//!   `ended` with a compare-and-swap, and leaves the message ready;
+//! - a settle adds to `ended` with one read-modify-write, whose previous
+//!   value tells whether the flag was set: if it was, the settler clears
+//!   it and dispatches under the lock.
+//!
+//! The flag and the count share one atomic, so the queue's flagging and a
+//! settle are ordered one way or the other: either the queue's swap sees
+//! the settle's count (and sends), or the settle sees the flag (and
+//! dispatches). Read-modify-writes on one location, not fences: loom models
+//! them exactly.
 
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicU64, Ordering, OwnLine};
+
+/// In `ended`: the queue found the consumer full with a message to send
+/// (set under the queue's lock; cleared by the settle that sees it).
+const WAITING: u64 = 1 << 63;
+
+/// The queue's side: written only under the queue's lock.
+#[derive(Debug, Default)]
+struct SentSide {
+    /// Deliveries sent, ever.
+    sent: AtomicU64,
+    /// The count of `ended` as this side last read it: a lower bound.
+    ended_seen: AtomicU64,
+}
 
 #[derive(Debug)]
 pub(crate) struct Credit {
     /// The prefetch limit; 0 means none.
     prefetch: u32,
-    /// Deliveries sent and not yet settled.
-    in_flight: AtomicU32,
+    queue_side: OwnLine<SentSide>,
+    /// Deliveries ended, ever (settled without the lock, or given back
+    /// under it), never more than `sent`; and the [`WAITING`] flag.
+    ended: OwnLine<AtomicU64>,
 }
 
 impl Credit {
     pub(crate) fn new(prefetch: u32) -> Self {
-        Credit { prefetch, in_flight: AtomicU32::new(0) }
+        Credit { prefetch, queue_side: OwnLine::default(), ended: OwnLine(AtomicU64::new(0)) }
     }
 
     /// The prefetch limit (0: none).
@@ -36,44 +74,88 @@ impl Credit {
         self.prefetch
     }
 
+    /// Deliveries sent and not yet ended. `ended` is read first: every
+    /// delivery it counts was sent before it ended, and that send is
+    /// visible once its end is, so the difference is never negative.
     pub(crate) fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire)
+        let ended = self.ended.0.load(Ordering::Acquire) & !WAITING;
+        let sent = self.queue_side.0.sent.load(Ordering::Acquire);
+        u32::try_from(sent.saturating_sub(ended)).unwrap_or(u32::MAX)
     }
 
     /// Whether one more delivery fits beside `staged` ones checked under
     /// the queue's lock but not yet taken (see [`take_n`](Self::take_n)).
+    /// Only under the queue lock. False only once the waiting flag is set,
+    /// so that the settle freeing the credit dispatches.
     pub(crate) fn has_credit_beyond(&self, staged: usize) -> bool {
-        self.prefetch == 0 || (self.in_flight() as usize).saturating_add(staged) < self.prefetch as usize
+        if self.prefetch == 0 {
+            return true;
+        }
+        let side = &self.queue_side.0;
+        let sent = side.sent.load(Ordering::Relaxed);
+        let fits = |ended: u64| {
+            let in_flight = sent.saturating_sub(ended).saturating_add(staged as u64);
+            in_flight < u64::from(self.prefetch)
+        };
+        if fits(side.ended_seen.load(Ordering::Relaxed)) {
+            return true;
+        }
+        let mut current = self.ended.0.load(Ordering::Acquire);
+        loop {
+            if fits(current & !WAITING) {
+                side.ended_seen.store(current & !WAITING, Ordering::Relaxed);
+                return true;
+            }
+            if current & WAITING != 0 {
+                // Set by this queue (only a settle clears it, and that
+                // settle then dispatches, after this lock is released).
+                return false;
+            }
+            match self.ended.0.compare_exchange_weak(
+                current,
+                current | WAITING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return false,
+                Err(now) => current = now,
+            }
+        }
     }
 
     /// Takes one credit for a delivery. Only under the queue lock, after
     /// `has_credit_beyond`.
     pub(crate) fn take(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.take_n(1);
     }
 
     /// Takes `n` credits at once for deliveries the queue checked one by
     /// one (counting the ones before them) under the same hold of its lock.
     pub(crate) fn take_n(&self, n: u32) {
-        self.in_flight.fetch_add(n, Ordering::AcqRel);
+        // The queue's lock serialises every writer of `sent`: a load and a
+        // store, not a read-modify-write.
+        let sent = &self.queue_side.0.sent;
+        sent.store(sent.load(Ordering::Relaxed) + u64::from(n), Ordering::Release);
     }
 
     /// Gives back `n` credits under the queue lock (a requeue, a send that
     /// failed, a consumer leaving): the caller dispatches itself.
     pub(crate) fn give_back(&self, n: u32) {
-        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        self.ended.0.fetch_add(u64::from(n), Ordering::AcqRel);
     }
 
     /// Releases `n` credits without the queue lock (a settle). True if the
-    /// consumer was at its limit and no longer is: the caller must then take
-    /// the queue lock and dispatch. `emptied` is true if nothing is left in
-    /// flight.
+    /// queue found the consumer full with a message to send: the caller
+    /// must then take the queue lock and dispatch.
     pub(crate) fn release(&self, n: u32) -> Released {
-        let before = self.in_flight.fetch_sub(n, Ordering::AcqRel);
-        Released {
-            must_dispatch: self.prefetch != 0 && before >= self.prefetch && before - n < self.prefetch,
-            emptied: before == n,
+        let before = self.ended.0.fetch_add(u64::from(n), Ordering::AcqRel);
+        let must_dispatch = before & WAITING != 0;
+        if must_dispatch {
+            // Cleared before the dispatch: a queue that finds the consumer
+            // full after it sets the flag again, for the next settle.
+            self.ended.0.fetch_and(!WAITING, Ordering::AcqRel);
         }
+        Released { must_dispatch }
     }
 }
 
@@ -82,6 +164,4 @@ impl Credit {
 pub(crate) struct Released {
     /// The consumer was full and has room again: dispatch under the lock.
     pub(crate) must_dispatch: bool,
-    /// Nothing is left in flight.
-    pub(crate) emptied: bool,
 }

@@ -9,12 +9,25 @@
 //! The mutex is parking_lot's: no poisoning, so a panicking consumer thread
 //! never wedges a queue for everyone else.
 
-pub(crate) use std::sync::atomic::{
-    AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
-};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering, fence};
 pub(crate) use std::sync::{Arc, Weak};
 
 pub(crate) use parking_lot::{Condvar, Mutex};
+
+/// A value on a cache line of its own (128 bytes: adjacent-line prefetch
+/// pairs lines on x86), so that writes to its neighbours leave it alone:
+/// for what one thread writes per message and another reads or writes.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct OwnLine<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 /// How long [`spin_wait`] spins without yielding the CPU: enough for an
 /// in-process hand-off (a request/reply round trip takes about 2 µs on the

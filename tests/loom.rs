@@ -18,7 +18,20 @@
 
 /// The crate's `sync` facade, on loom.
 mod sync {
-    pub use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
+    pub use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+
+    /// The crate's cache-line padding, as it is.
+    #[derive(Debug, Default)]
+    #[repr(align(128))]
+    pub struct OwnLine<T>(pub T);
+
+    impl<T> std::ops::Deref for OwnLine<T> {
+        type Target = T;
+
+        fn deref(&self) -> &T {
+            &self.0
+        }
+    }
 
     /// parking_lot's locking shape (no poisoning) over loom's mutex.
     #[derive(Debug, Default)]
@@ -173,6 +186,45 @@ fn a_batch_taking_its_credit_at_once_never_overshoots_nor_strands() {
         );
         assert!(queue.credit.in_flight() <= 2);
         assert_eq!(queue.received.load(Ordering::Acquire) + ready, 4);
+    });
+}
+
+#[test]
+fn two_settles_racing_a_publisher_at_the_limit_strand_nothing() {
+    // The waiting flag: set by the queue's swap when it finds the consumer
+    // full, cleared by the one settle that sees it. Two settles race the
+    // publishes; whichever order, nothing may stay ready with room free.
+    // Three threads: bounded preemptions keep the search to seconds.
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(3);
+    model.check(|| {
+        let queue =
+            Arc::new(Queue { ready: Mutex::new(0), credit: Credit::new(2), received: AtomicU32::new(0) });
+        // The consumer holds two deliveries: at its limit.
+        queue.publish();
+        queue.publish();
+        let publisher = {
+            let queue = Arc::clone(&queue);
+            loom::thread::spawn(move || queue.publish())
+        };
+        let settlers: Vec<_> = (0..2)
+            .map(|_| {
+                let queue = Arc::clone(&queue);
+                loom::thread::spawn(move || queue.settle())
+            })
+            .collect();
+        publisher.join().unwrap();
+        for settler in settlers {
+            settler.join().unwrap();
+        }
+        let ready = *queue.ready.lock();
+        assert!(
+            ready == 0 || !queue.credit.has_credit_beyond(0),
+            "a message is ready while the consumer has room"
+        );
+        assert_eq!(ready, 0, "two settles freed room for the publish");
+        assert_eq!(queue.credit.in_flight(), 1);
+        assert_eq!(queue.received.load(Ordering::Acquire), 3);
     });
 }
 

@@ -160,7 +160,7 @@ impl Queue {
         if released.must_dispatch {
             self.with_state(|state, now| state.dispatch(self, now));
         }
-        if released.emptied && consumer.is_cancelled() {
+        if consumer.is_cancelled() && consumer.credit.in_flight() == 0 {
             // The last delivery of a cancelled consumer: the queue no longer
             // needs it for its figures.
             self.with_state(|state, _| state.forget_if_settled(consumer));
