@@ -104,6 +104,12 @@ impl Credit {
         loop {
             if fits(current & !WAITING) {
                 side.ended_seen.store(current & !WAITING, Ordering::Relaxed);
+                if current & WAITING != 0 {
+                    // Room came back without a settle seeing the flag (a
+                    // give-back, or a settle between the read and the swap):
+                    // no settle owes a dispatch now.
+                    self.ended.0.fetch_and(!WAITING, Ordering::AcqRel);
+                }
                 return true;
             }
             if current & WAITING != 0 {
@@ -164,4 +170,73 @@ impl Credit {
 pub(crate) struct Released {
     /// The consumer was full and has room again: dispatch under the lock.
     pub(crate) must_dispatch: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // Through the facade: under `tests/loom.rs`, which compiles this file
+    // too, loom's atomics work only inside a model.
+    use crate::sync::model;
+
+    #[test]
+    fn without_a_limit_credit_is_counted_and_never_flagged() {
+        model(|| {
+            let credit = Credit::new(0);
+            for _ in 0..5 {
+                assert!(credit.has_credit_beyond(usize::MAX));
+                credit.take();
+            }
+            credit.take_n(3);
+            assert_eq!(credit.in_flight(), 8);
+            assert_eq!(credit.release(2), Released { must_dispatch: false });
+            credit.give_back(1);
+            assert_eq!(credit.in_flight(), 5);
+        });
+    }
+
+    #[test]
+    fn a_full_consumer_is_flagged_and_the_next_settle_alone_dispatches() {
+        model(|| {
+            let credit = Credit::new(2);
+            assert!(credit.has_credit_beyond(0));
+            credit.take();
+            assert!(credit.has_credit_beyond(0));
+            assert!(!credit.has_credit_beyond(1), "a staged delivery counts");
+            credit.take();
+            assert!(!credit.has_credit_beyond(0));
+            assert_eq!(credit.in_flight(), 2, "the flag is not counted");
+            assert_eq!(credit.release(1), Released { must_dispatch: true });
+            assert_eq!(credit.in_flight(), 1);
+            assert_eq!(
+                credit.release(1),
+                Released { must_dispatch: false },
+                "the first settle cleared the flag"
+            );
+            assert!(credit.has_credit_beyond(1));
+        });
+    }
+
+    #[test]
+    fn a_stale_count_is_refreshed_before_the_consumer_is_called_full() {
+        model(|| {
+            let credit = Credit::new(1);
+            credit.take();
+            // Settled where the queue did not look: its last read says full.
+            assert_eq!(credit.release(1), Released { must_dispatch: false });
+            assert!(credit.has_credit_beyond(0), "the live count shows the room");
+            credit.take();
+            assert!(!credit.has_credit_beyond(0));
+            // A give-back under the lock frees the credit as a settle does.
+            credit.give_back(1);
+            assert!(credit.has_credit_beyond(0));
+            assert_eq!(credit.in_flight(), 0);
+            credit.take();
+            assert_eq!(
+                credit.release(1),
+                Released { must_dispatch: false },
+                "the room found cleared the flag"
+            );
+        });
+    }
 }

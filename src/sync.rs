@@ -14,6 +14,14 @@ pub(crate) use std::sync::{Arc, Weak};
 
 pub(crate) use parking_lot::{Condvar, Mutex};
 
+/// Runs a unit test of a protocol module: here, directly; under
+/// `tests/loom.rs`, which compiles those modules against its own facade,
+/// inside a loom model.
+#[cfg(test)]
+pub(crate) fn model(test: impl Fn()) {
+    test();
+}
+
 /// A value on a cache line of its own (128 bytes: adjacent-line prefetch
 /// pairs lines on x86), so that writes to its neighbours leave it alone:
 /// for what one thread writes per message and another reads or writes.

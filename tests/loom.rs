@@ -20,6 +20,11 @@
 mod sync {
     pub use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
+    /// A protocol module's own unit tests, inside a model.
+    pub fn model(test: impl Fn() + Sync + Send + 'static) {
+        loom::model(test);
+    }
+
     /// The crate's cache-line padding, as it is.
     #[derive(Debug, Default)]
     #[repr(align(128))]
