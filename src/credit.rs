@@ -42,7 +42,8 @@
 use crate::sync::{AtomicU64, Ordering, OwnLine};
 
 /// In `ended`: the queue found the consumer full with a message to send
-/// (set under the queue's lock; cleared by the settle that sees it).
+/// (set under the queue's lock; cleared by the settle that sees it, or by
+/// the queue when it finds room again).
 const WAITING: u64 = 1 << 63;
 
 /// The queue's side: written only under the queue's lock.
@@ -113,8 +114,9 @@ impl Credit {
                 return true;
             }
             if current & WAITING != 0 {
-                // Set by this queue (only a settle clears it, and that
-                // settle then dispatches, after this lock is released).
+                // Set by this queue; outside this lock only a settle clears
+                // it, and that settle then dispatches, after this lock is
+                // released.
                 return false;
             }
             match self.ended.0.compare_exchange_weak(
@@ -168,7 +170,8 @@ impl Credit {
 /// What a [`Credit::release`] means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Released {
-    /// The consumer was full and has room again: dispatch under the lock.
+    /// The queue found the consumer full with a message to send, and this
+    /// settle freed credit: dispatch under the lock.
     pub(crate) must_dispatch: bool,
 }
 

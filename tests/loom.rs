@@ -197,8 +197,8 @@ fn a_batch_taking_its_credit_at_once_never_overshoots_nor_strands() {
 #[test]
 fn two_settles_racing_a_publisher_at_the_limit_strand_nothing() {
     // The waiting flag: set by the queue's swap when it finds the consumer
-    // full, cleared by the one settle that sees it. Two settles race the
-    // publishes; whichever order, nothing may stay ready with room free.
+    // full, cleared by the one settle that sees it. Two settles race a
+    // publish; whichever order, nothing may stay ready with room free.
     // Three threads: bounded preemptions keep the search to seconds.
     let mut model = loom::model::Builder::new();
     model.preemption_bound = Some(3);
