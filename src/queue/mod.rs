@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crate::inbox::{Receiver, Sender};
 use parking_lot::MutexGuard;
 
-pub(crate) use envelope::{Envelope, QueuedMessage};
+pub(crate) use envelope::{Address, Envelope, QueuedMessage};
 pub use options::{DeduplicationWindow, Overflow, QueueOptions, QueueType};
 pub(crate) use options::{
     Difference, InvalidArg, QueuePolicy, Side, ToSide, describe, inequivalent_phrase, table_difference,

@@ -28,7 +28,8 @@ use std::sync::LazyLock;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use super::Envelope;
+use super::{Address, Envelope};
+use crate::conversation::ConversationToken;
 use crate::message::Message;
 use crate::sync::Arc;
 
@@ -80,13 +81,13 @@ thread_local! {
     static LOCAL: RefCell<Local> = const { RefCell::new(Local::new()) };
 }
 
-/// The envelope `make` builds, in an `Arc`: in a kept allocation if there
-/// is one, else a new one (built in place: an envelope is 88 bytes).
-#[inline]
-pub(crate) fn fresh(make: impl FnOnce() -> Envelope) -> Arc<Envelope> {
+/// An envelope to `address` holding `message`, in an `Arc`: in a kept
+/// allocation if there is one, else a new one.
+#[inline(always)]
+pub(crate) fn fresh(address: Address, message: Message, token: Option<ConversationToken>) -> Arc<Envelope> {
     // `try_with`: a thread being torn down keeps nothing.
     let kept = LOCAL.try_with(|local| local.borrow_mut().take(&SHARED)).ok().flatten();
-    reuse(kept, make)
+    reuse(kept, address, message, token)
 }
 
 /// Keeps `envelope`'s allocation for a later publish if nothing else holds
@@ -104,19 +105,29 @@ pub(crate) fn give_back(envelope: &mut Arc<Envelope>) {
     }
 }
 
-/// The envelope `make` builds, written into `kept` if that is unique
-/// (always, but for a handle still being dropped), else into a new
-/// allocation.
-#[inline]
-fn reuse(kept: Option<Arc<Envelope>>, make: impl FnOnce() -> Envelope) -> Arc<Envelope> {
+/// An envelope to `address` holding `message`, written into `kept` if that
+/// is unique (always, but for a handle still being dropped), else into a
+/// new allocation.
+///
+/// Written field by field where it lies: building the envelope and then
+/// moving it into the allocation made the compiler copy it through the
+/// stack in pieces that did not line up with the stores that wrote them
+/// (three store-forwarding stalls, most of this function's time).
+#[inline(always)]
+fn reuse(
+    kept: Option<Arc<Envelope>>,
+    address: Address,
+    message: Message,
+    token: Option<ConversationToken>,
+) -> Arc<Envelope> {
     if let Some(mut kept) = kept
         && let Some(slot) = Arc::get_mut(&mut kept)
     {
         // Empty (see `empty`): nothing of a message is dropped here.
-        *slot = make();
+        slot.refill(address, message, token);
         return kept;
     }
-    Arc::new(make())
+    Arc::new(Envelope::addressed(address, message, token))
 }
 
 /// A second handle on `envelope`, emptied, if nothing else holds it.
@@ -217,7 +228,7 @@ mod tests {
         let kept = empty(&mut handle).expect("unique");
         assert!(dropped.load(Ordering::SeqCst), "the body is dropped when the envelope is kept");
         drop(handle);
-        let reused = reuse(Some(kept), || envelope("next"));
+        let reused = reuse(Some(kept), Address::new("x", "k"), Message::new("next"), None);
         assert_eq!(Arc::as_ptr(&reused), at, "the same allocation");
         assert_eq!(reused.message().body().as_ref(), b"next");
         assert_eq!((reused.exchange(), reused.routing_key()), ("x", "k"));
@@ -236,7 +247,7 @@ mod tests {
         let mut handle = Arc::new(envelope("m"));
         let kept = empty(&mut handle).expect("unique");
         // `handle` not dropped yet: the allocation is not unique.
-        let fresh = reuse(Some(kept), || envelope("next"));
+        let fresh = reuse(Some(kept), Address::new("x", "k"), Message::new("next"), None);
         assert_ne!(Arc::as_ptr(&fresh), Arc::as_ptr(&handle));
         assert_eq!(fresh.message().body().as_ref(), b"next");
     }
@@ -273,7 +284,7 @@ mod tests {
         let at = Arc::as_ptr(&handle);
         both.give_back(&mut handle, &depot);
         drop(handle);
-        let again = reuse(both.take(&depot), || envelope("next"));
+        let again = reuse(both.take(&depot), Address::new("x", "k"), Message::new("next"), None);
         assert_eq!(Arc::as_ptr(&again), at);
         assert!(depot.taken.is_empty());
     }

@@ -18,7 +18,7 @@ use crate::error::{PublishBatchError, PublishError};
 use crate::exchange::Exchange;
 use crate::hash::FastHashMap;
 use crate::message::Message;
-use crate::queue::{Enqueued, Offer, PublishTiming, Queue};
+use crate::queue::{Address, Enqueued, Offer, PublishTiming, Queue};
 use crate::routing::Tally;
 use crate::sync::Arc;
 
@@ -214,6 +214,8 @@ impl Vhost {
         // Each distinct key's destinations, or `None` where they depend on
         // the message; resolved on the key's first message.
         let mut routes: Vec<Vec<Arc<Queue>>> = Vec::new();
+        // Each route's address, built once for all its messages' envelopes.
+        let mut addresses: Vec<Address> = Vec::new();
         let mut resolved = KeyRoutes::default();
         for (index, (key, message)) in messages.enumerate() {
             let key_str = key.as_ref();
@@ -245,6 +247,7 @@ impl Vhost {
                     None => {
                         let route = self.resolve(exchanges, start, key_str, &prepared).map(|queues| {
                             routes.push(queues);
+                            addresses.push(Address::new(&start.name, key_str));
                             routes.len() - 1
                         });
                         resolved.insert(hash, key_str, route);
@@ -256,7 +259,7 @@ impl Vhost {
                 Some(route) => {
                     let Prepared { message, ttl, delay, .. } = prepared;
                     let fanout = routes[route].len() > 1;
-                    let envelope = self.envelope(start, key_str, message, !fanout);
+                    let envelope = self.envelope_to(addresses[route].clone(), message, !fanout);
                     let mut timing = PublishTiming::new(&self.core.settings.clock, ttl, delay);
                     timing.fanout = fanout;
                     batch.pending.push(Pending {

@@ -18,7 +18,7 @@ use crate::error::PublishError;
 use crate::exchange::{Dest, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::observe::{Event, PublishOutcome};
-use crate::queue::{Envelope, PublishTiming, Queue, QueueOwner};
+use crate::queue::{Address, Envelope, PublishTiming, Queue, QueueOwner};
 use crate::routing::{RoutingPass, Tally, has_sender_selected_keys, sender_selected_keys};
 use crate::sync::{Arc, Weak};
 
@@ -365,9 +365,19 @@ impl Vhost {
         message: Message,
         reuse: bool,
     ) -> Arc<Envelope> {
+        self.envelope_to(Address::new(&start.name, routing_key), message, reuse)
+    }
+
+    /// [`envelope`](Self::envelope) to an address built before (a copy of
+    /// a cached route's, of a batch's key's).
+    #[inline(always)]
+    pub(super) fn envelope_to(&self, address: Address, message: Message, reuse: bool) -> Arc<Envelope> {
         let token = self.core.conversations.token_for(&message);
-        let make = || Envelope::published(&start.name, routing_key, message, token);
-        if reuse { crate::queue::recycle::fresh(make) } else { Arc::new(make()) }
+        if reuse {
+            crate::queue::recycle::fresh(address, message, token)
+        } else {
+            Arc::new(Envelope::addressed(address, message, token))
+        }
     }
 
     /// The routing walk of one prepared message, then its outcome.

@@ -62,7 +62,7 @@ use crate::durable::syncer::Publishing;
 use crate::error::PublishError;
 use crate::exchange::Exchange;
 use crate::message::Message;
-use crate::queue::{Envelope, PublishTiming, Queue};
+use crate::queue::{Address, Envelope, PublishTiming, Queue};
 use crate::routing::Tally;
 use crate::settle::Busy;
 use crate::sync::{Arc, Ordering};
@@ -129,7 +129,9 @@ struct Slot {
     /// The topology epoch it was walked in; it holds while that is current.
     epoch: u64,
     exchange: Arc<Exchange>,
-    key: String,
+    /// The exchange's name and the key, as every envelope of the route
+    /// carries them (copied into each).
+    address: Address,
     /// The distinct queues reached, in the walk's order.
     queues: Vec<Arc<Queue>>,
     /// The route reads the message: walk it every time.
@@ -140,8 +142,10 @@ impl Slots {
     /// The slot holding `target`'s route for `key` in `epoch`.
     #[inline]
     fn find(&mut self, target: Target<'_>, key: &str, epoch: u64) -> Option<usize> {
-        let at =
-            self.slots.iter().position(|s| s.epoch == epoch && *s.key == *key && target.is(&s.exchange))?;
+        let at = self
+            .slots
+            .iter()
+            .position(|s| s.epoch == epoch && s.address.has_routing_key(key) && target.is(&s.exchange))?;
         self.score = (self.score + HIT_GAIN).min(SCORE_LIMIT);
         Some(at)
     }
@@ -173,15 +177,14 @@ impl Slots {
         at
     }
 
-    /// The key and queue buffers of slot `at`, emptied for the route about
-    /// to replace it: recording a route allocates nothing once the cache
-    /// is warm.
-    fn recycle(&mut self, at: usize) -> (String, Vec<Arc<Queue>>) {
-        let Some(slot) = self.slots.get_mut(at) else { return Default::default() };
-        let (mut key, mut queues) = (std::mem::take(&mut slot.key), std::mem::take(&mut slot.queues));
-        key.clear();
+    /// The queue buffer of slot `at`, emptied for the route about to
+    /// replace it: recording a route allocates no buffer once the cache is
+    /// warm (only an address too long to store inline).
+    fn recycle(&mut self, at: usize) -> Vec<Arc<Queue>> {
+        let Some(slot) = self.slots.get_mut(at) else { return Vec::new() };
+        let mut queues = std::mem::take(&mut slot.queues);
         queues.clear();
-        (key, queues)
+        queues
     }
 
     fn install(&mut self, at: usize, slot: Slot) {
@@ -251,7 +254,7 @@ impl Vhost {
     ) -> Result<Routed, PublishError> {
         let slot = &slots.slots[at];
         let fanout = slot.queues.len() > 1;
-        let admitted = self.admit_to(gate, &slot.exchange, routing_key, message, fanout)?;
+        let admitted = self.admit_to(gate, &slot.exchange, routing_key, &slot.address, message, fanout)?;
         let queues = (admitted.extra_keys.is_empty() && !slot.reads_message).then_some(&slot.queues[..]);
         let mut durable = None;
         let result = self.deliver(&slot.exchange, routing_key, admitted, queues, options, &mut durable);
@@ -274,13 +277,13 @@ impl Vhost {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let admitted = self.admit_to(gate, &start, routing_key, message, false)?;
+        let address = Address::new(&start.name, routing_key);
+        let admitted = self.admit_to(gate, &start, routing_key, &address, message, false)?;
         let recorded = admitted.extra_keys.is_empty() && {
-            let (mut key, mut queues) = slots.recycle(at);
+            let mut queues = slots.recycle(at);
             let reads_message = self.collect(None, &start, routing_key, &admitted.envelope, &mut queues);
-            key.push_str(routing_key);
             let exchange = Arc::clone(&start);
-            slots.install(at, Slot { epoch, exchange, key, queues, reads_message });
+            slots.install(at, Slot { epoch, exchange, address, queues, reads_message });
             !reads_message
         };
         let queues = recorded.then(|| &slots.slots[at].queues[..]);
@@ -302,6 +305,7 @@ impl Vhost {
         gate: &G,
         start: &Exchange,
         routing_key: &str,
+        address: &Address,
         message: Message,
         fanout: bool,
     ) -> Result<Admitted<'v>, PublishError> {
@@ -319,7 +323,7 @@ impl Vhost {
             Ok(parts) => parts,
             Err(refusal) => return Err(self.refuse_prepared(start, routing_key, refusal, message)),
         };
-        let envelope = self.envelope(start, routing_key, message, !fanout);
+        let envelope = self.envelope_to(address.clone(), message, !fanout);
         Ok(Admitted { envelope, ttl, delay, extra_keys, busy, _publishing: publishing })
     }
 
@@ -410,9 +414,9 @@ mod tests {
             return (true, false);
         }
         let at = slots.victim(epoch);
-        let (mut buffer, queues) = slots.recycle(at);
-        buffer.push_str(key);
-        let slot = Slot { epoch, exchange: Arc::clone(exchange), key: buffer, queues, reads_message: false };
+        let queues = slots.recycle(at);
+        let address = Address::new(&exchange.name, key);
+        let slot = Slot { epoch, exchange: Arc::clone(exchange), address, queues, reads_message: false };
         slots.install(at, slot);
         (false, true)
     }
