@@ -233,7 +233,9 @@ mod tests {
 
     #[test]
     fn an_expired_message_is_taken_out_of_the_middle_of_either_part() {
-        let now = Instant::now();
+        // From the clock, which fixes the deadlines' epoch first: an
+        // instant read before it clamps to it, later than `now`.
+        let now = crate::clock::Clock::system().now();
         let mut store = ReadyStore::default();
         store.insert(msg(0, 5, None));
         store.insert(msg(0, 6, Some(now)));
@@ -247,7 +249,9 @@ mod tests {
 
     #[test]
     fn expired_messages_leave_a_tail_of_many_chunks_from_anywhere() {
-        let now = Instant::now();
+        // From the clock, which fixes the deadlines' epoch first: an
+        // instant read before it clamps to it, later than `now`.
+        let now = crate::clock::Clock::system().now();
         let mut store = ReadyStore::default();
         let n = 5 * super::super::segmented::CHUNK as u64;
         let expiring = |seq: u64| seq % 97 == 3;
