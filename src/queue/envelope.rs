@@ -74,19 +74,15 @@ pub(crate) enum Address {
 impl Address {
     /// `exchange` and `routing_key`, copied.
     pub(crate) fn new(exchange: &str, routing_key: &str) -> Self {
-        Self::from_parts([exchange, routing_key])
-    }
-
-    fn from_parts(parts: [&str; 2]) -> Self {
-        let len = parts[0].len() + parts[1].len();
-        let exchange_len = parts[0].len() as u8;
+        let len = exchange.len() + routing_key.len();
+        let exchange_len = exchange.len() as u8;
         if len <= INLINE_NAMES {
             let mut bytes = [0; INLINE_NAMES];
-            bytes[..parts[0].len()].copy_from_slice(parts[0].as_bytes());
-            bytes[parts[0].len()..len].copy_from_slice(parts[1].as_bytes());
+            bytes[..exchange.len()].copy_from_slice(exchange.as_bytes());
+            bytes[exchange.len()..len].copy_from_slice(routing_key.as_bytes());
             Address::Inline { len: len as u8, exchange_len, bytes }
         } else {
-            Address::Heap { names: parts.concat().into_boxed_str(), exchange_len }
+            Address::Heap { names: [exchange, routing_key].concat().into_boxed_str(), exchange_len }
         }
     }
 

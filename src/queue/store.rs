@@ -209,6 +209,12 @@ mod tests {
         msg
     }
 
+    /// Now, from the clock, which fixes the deadlines' epoch first: an
+    /// instant read before that clamps to the epoch, later than itself.
+    fn now() -> Instant {
+        crate::clock::Clock::system().now()
+    }
+
     fn order(store: &mut ReadyStore) -> Vec<(u8, u64)> {
         std::iter::from_fn(|| store.pop_first()).map(|m| m.key()).collect()
     }
@@ -233,9 +239,7 @@ mod tests {
 
     #[test]
     fn an_expired_message_is_taken_out_of_the_middle_of_either_part() {
-        // From the clock, which fixes the deadlines' epoch first: an
-        // instant read before it clamps to it, later than `now`.
-        let now = crate::clock::Clock::system().now();
+        let now = now();
         let mut store = ReadyStore::default();
         store.insert(msg(0, 5, None));
         store.insert(msg(0, 6, Some(now)));
@@ -249,9 +253,7 @@ mod tests {
 
     #[test]
     fn expired_messages_leave_a_tail_of_many_chunks_from_anywhere() {
-        // From the clock, which fixes the deadlines' epoch first: an
-        // instant read before it clamps to it, later than `now`.
-        let now = crate::clock::Clock::system().now();
+        let now = now();
         let mut store = ReadyStore::default();
         let n = 5 * super::super::segmented::CHUNK as u64;
         let expiring = |seq: u64| seq % 97 == 3;
