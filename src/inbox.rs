@@ -29,7 +29,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-pub(crate) use crossbeam_channel::{RecvError, RecvTimeoutError, SendError, TryRecvError};
+#[cfg(test)]
+use crossbeam_channel::SendError;
+pub(crate) use crossbeam_channel::{RecvError, RecvTimeoutError, TryRecvError};
 
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 
@@ -72,18 +74,33 @@ pub(crate) struct Sender<T> {
 }
 
 impl<T> Sender<T> {
-    /// Appends `msg`, or hands it back if the receiver is gone.
+    /// Appends `msg`, or hands it back if the receiver is gone: the
+    /// by-value form of [`send_from`](Self::send_from), for the tests.
+    #[cfg(test)]
     pub(crate) fn send(&self, msg: T) -> Result<(), SendError<T>> {
+        let mut msg = Some(msg);
+        self.send_from(&mut msg);
+        msg.map_or(Ok(()), |msg| Err(SendError(msg)))
+    }
+
+    /// Appends the message in `msg`, leaving `None`, or leaves it there if
+    /// the receiver is gone. It is moved out only once the lock is held:
+    /// a caller that has just built it does not copy it whole before the
+    /// lock's atomic has let its stores reach the cache (see the queue's
+    /// `send_from`).
+    #[inline(always)]
+    pub(crate) fn send_from(&self, msg: &mut Option<T>) {
         let mut state = self.shared.state.lock();
         if state.receiver_gone {
-            return Err(SendError(msg));
+            return;
         }
-        state.waiting.push_back(msg);
+        if let Some(msg) = msg.take() {
+            state.waiting.push_back(msg);
+        }
         self.shared.len.store(state.waiting.len(), Ordering::Release);
         if state.parked > 0 {
             self.shared.available.notify_one();
         }
-        Ok(())
     }
 }
 

@@ -283,6 +283,28 @@ impl QueuedMessage {
         }
     }
 
+    /// A message placed at `seq`, expiring at `expires` if set, from a
+    /// publish that reached other queues too if `fanout`; never delivered.
+    #[inline(always)]
+    pub(crate) fn placed(
+        envelope: Arc<Envelope>,
+        rank: u8,
+        seq: u64,
+        expires: Option<Instant>,
+        fanout: bool,
+    ) -> Self {
+        QueuedMessage {
+            seq,
+            envelope,
+            redelivered: false,
+            deliveries: 0,
+            expires: expires.map(Deadline::at),
+            rank,
+            paged: false,
+            fanout,
+        }
+    }
+
     pub(super) fn key(&self) -> store::ReadyKey {
         (self.rank, self.seq)
     }

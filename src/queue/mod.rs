@@ -484,10 +484,9 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let mut msg = QueuedMessage::new(envelope, rank);
-        msg.fanout = timing.fanout;
-
         if let Some(delay) = timing.delay {
+            let mut msg = QueuedMessage::new(envelope, rank);
+            msg.fanout = timing.fanout;
             match self.make_room(state, &msg, &mut timing.now) {
                 Room::Made => {
                     let due = later(timing.now.get(), delay);
@@ -500,20 +499,32 @@ impl Queue {
                 Room::DroppedItself => {}
             }
         } else {
-            msg.seq = state.next_seq;
-            msg.set_expires_at(ttl.map(|ttl| later(timing.now.get(), ttl)));
-            if state.durable && !self.persist(&mut msg, timing, None) {
-                return Enqueued::StoreFailed;
-            }
-            state.next_seq += 1;
+            let expires = ttl.map(|ttl| later(timing.now.get(), ttl));
+            let single = self.policy.single_active_consumer;
             // Everything ready has already been offered to every consumer
             // with credit, so a new message can go straight to one if the
-            // store is empty.
-            let offered = if state.ready.is_empty() {
-                state.offer(msg, self.policy.single_active_consumer)
-            } else {
-                Some(msg)
+            // store is empty. (A durable queue stores it first; for why
+            // the message is sent from an `Option`, see `send_from`.)
+            let straight = !state.durable && state.ready.is_empty();
+            let left = match if straight { state.next_with_credit(single) } else { None } {
+                Some(index) => {
+                    let mut msg =
+                        Some(QueuedMessage::placed(envelope, rank, state.next_seq, expires, timing.fanout));
+                    state.send_from(index, &mut msg);
+                    msg
+                }
+                None => Some(QueuedMessage::placed(envelope, rank, state.next_seq, expires, timing.fanout)),
             };
+            let offered = match left {
+                Some(mut msg) if !straight => {
+                    if state.durable && !self.persist(&mut msg, timing, None) {
+                        return Enqueued::StoreFailed;
+                    }
+                    if state.ready.is_empty() { state.offer(msg, single) } else { Some(msg) }
+                }
+                left => left,
+            };
+            state.next_seq += 1;
             if let Some(msg) = offered {
                 if msg.expired(&mut timing.now) {
                     // TTL 0, or a TTL already passed: no consumer took it at once.
