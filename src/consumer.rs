@@ -330,12 +330,12 @@ impl ConsumerShared {
     }
 
     fn report_delivery(&self, msg: &QueuedMessage, tag: u64) {
-        crate::trace::delivered(&self.queue.name, &self.tag, tag, msg.redelivered, msg.envelope.message());
+        crate::trace::delivered(&self.queue.name, &self.tag, tag, msg.redelivered(), msg.envelope.message());
         self.queue.context.observers.emit_now(|| Event::Delivered {
             queue: self.queue.name.to_string(),
             consumer_tag: Some(self.tag.to_string()),
             delivery_tag: tag,
-            redelivered: msg.redelivered,
+            redelivered: msg.redelivered(),
             message: msg.envelope.message().clone(),
         });
     }

@@ -67,14 +67,8 @@ impl Delivery {
     /// settled as it was handed out).
     #[inline]
     pub(crate) fn from_queued(msg: QueuedMessage, tag: u64, holder: Option<Holder>) -> Self {
-        Delivery {
-            envelope: msg.envelope,
-            fanout: msg.fanout,
-            tag,
-            redelivered: msg.redelivered,
-            delivery_count: msg.deliveries,
-            holder,
-        }
+        let (fanout, redelivered) = (msg.fanout(), msg.redelivered());
+        Delivery { envelope: msg.envelope, fanout, tag, redelivered, delivery_count: msg.deliveries, holder }
     }
 
     /// A message that never sat in a queue (a reply taken straight to its

@@ -234,7 +234,7 @@ impl Queue {
             }
             if let (Some(counts), Some(msg)) = (&mut state.counts, &msg) {
                 counts.fetched += 1;
-                counts.redelivered += u64::from(msg.redelivered);
+                counts.redelivered += u64::from(msg.redelivered());
             }
             Ok(msg)
         })

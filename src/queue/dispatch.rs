@@ -123,7 +123,7 @@ impl QueueState {
     #[inline(always)]
     pub(super) fn send_from(&mut self, index: usize, msg: &mut Option<QueuedMessage>) {
         let slot = &mut self.consumers[index];
-        let redelivered = msg.as_ref().is_some_and(|m| m.redelivered);
+        let redelivered = msg.as_ref().is_some_and(QueuedMessage::redelivered);
         if self.staging {
             // Credit and wake-ups when the flush makes it visible.
             if slot.staged.is_empty() {

@@ -15,9 +15,9 @@ impl QueuedMessage {
     /// Leaves only its place in the store in memory, with its properties
     /// and names.
     pub(super) fn page_out(&mut self) {
-        if !self.paged && self.envelope.durable().is_some() {
+        if !self.paged() && self.envelope.durable().is_some() {
             self.envelope = self.envelope.with_body(bytes::Bytes::new());
-            self.paged = true;
+            self.set_paged(true);
         }
     }
 
@@ -25,14 +25,14 @@ impl QueuedMessage {
     /// cannot be read (damaged on disk since: counted in the store's
     /// figures).
     pub(crate) fn page_in(&mut self) -> bool {
-        if !self.paged {
+        if !self.paged() {
             return true;
         }
         let Some(durable) = self.envelope.durable() else { return false };
         match durable.read_body() {
             Ok(body) => {
                 self.envelope = self.envelope.with_body(body);
-                self.paged = false;
+                self.set_paged(false);
                 true
             }
             Err(_) => false,
@@ -86,7 +86,7 @@ impl Queue {
         timing: &mut PublishTiming<'_>,
     ) -> Result<(), StoreError> {
         let envelope = &msg.envelope;
-        let state = MessageState { placement, deliveries: msg.deliveries, redelivered: msg.redelivered };
+        let state = MessageState { placement, deliveries: msg.deliveries, redelivered: msg.redelivered() };
         let (persisted, lsn) = journal.publish(
             state,
             envelope.exchange(),
@@ -132,8 +132,9 @@ impl Queue {
                 }
                 let rank = self.rank(envelope.message());
                 let mut msg = QueuedMessage::new(envelope, rank);
-                (msg.redelivered, msg.deliveries, msg.paged) =
-                    (recovered.state.redelivered, deliveries, paged);
+                msg.deliveries = deliveries;
+                msg.set_redelivered(recovered.state.redelivered);
+                msg.set_paged(paged);
                 match recovered.state.placement {
                     Placement::Ready { seq, expires_ms } => {
                         msg.seq = seq;

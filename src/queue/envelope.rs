@@ -250,7 +250,6 @@ impl Envelope {
 pub(crate) struct QueuedMessage {
     pub(crate) seq: u64,
     pub(crate) envelope: Arc<Envelope>,
-    pub(crate) redelivered: bool,
     /// Times it was delivered and came back.
     pub(crate) deliveries: u32,
     /// When it expires, if it has a TTL. Kept across requeues.
@@ -258,29 +257,44 @@ pub(crate) struct QueuedMessage {
     pub(super) expires: Option<Deadline>,
     /// Priority rank: 0 is served first.
     pub(super) rank: u8,
+    flags: Flags,
+}
+
+/// A queued message's yes-or-no facts, in a byte every value of which is
+/// valid. As `bool` fields they gave `Option<QueuedMessage>` its tag in
+/// their spare values, and the compiler then copied the other 31 bytes of
+/// an `Option` in two overlapping 16-byte moves, the second of which read
+/// what the first had just written, stalling on store forwarding (`perf
+/// annotate` of the enqueue path). Without the spare values the tag goes
+/// in the envelope's pointer, and a copy is two aligned moves.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags(u8);
+
+impl Flags {
+    /// Delivered before and returned to the queue.
+    const REDELIVERED: u8 = 1;
     /// Its body is not in memory (a durable queue past its memory budget):
-    /// read it back from the store before it leaves the queue.
-    pub(crate) paged: bool,
+    /// read back from the store before it leaves the queue.
+    const PAGED: u8 = 2;
     /// Its publish is known to have reached other queues too
     /// (`PublishTiming::fanout`): its delivery does not try to keep the
     /// envelope for reuse.
-    pub(crate) fanout: bool,
+    const FANOUT: u8 = 4;
+
+    fn get(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        self.0 = if on { self.0 | flag } else { self.0 & !flag };
+    }
 }
 
 impl QueuedMessage {
     /// A message of rank `rank` not yet placed (sequence 0, no expiry),
     /// never delivered.
     pub(crate) fn new(envelope: Arc<Envelope>, rank: u8) -> Self {
-        QueuedMessage {
-            seq: 0,
-            envelope,
-            redelivered: false,
-            deliveries: 0,
-            expires: None,
-            rank,
-            paged: false,
-            fanout: false,
-        }
+        QueuedMessage { seq: 0, envelope, deliveries: 0, expires: None, rank, flags: Flags::default() }
     }
 
     /// A message placed at `seq`, expiring at `expires` if set, from a
@@ -296,13 +310,43 @@ impl QueuedMessage {
         QueuedMessage {
             seq,
             envelope,
-            redelivered: false,
             deliveries: 0,
             expires: expires.map(Deadline::at),
             rank,
-            paged: false,
-            fanout,
+            flags: Flags(if fanout { Flags::FANOUT } else { 0 }),
         }
+    }
+
+    /// Whether it was delivered before and came back.
+    #[inline]
+    pub(crate) fn redelivered(&self) -> bool {
+        self.flags.get(Flags::REDELIVERED)
+    }
+
+    pub(crate) fn set_redelivered(&mut self, on: bool) {
+        self.flags.set(Flags::REDELIVERED, on);
+    }
+
+    /// Whether its body is paged out to the store (read back before it
+    /// leaves the queue).
+    #[inline]
+    pub(crate) fn paged(&self) -> bool {
+        self.flags.get(Flags::PAGED)
+    }
+
+    pub(crate) fn set_paged(&mut self, on: bool) {
+        self.flags.set(Flags::PAGED, on);
+    }
+
+    /// Whether its publish reached other queues too: its delivery leaves
+    /// the envelope alone rather than keep it for reuse.
+    #[inline]
+    pub(crate) fn fanout(&self) -> bool {
+        self.flags.get(Flags::FANOUT)
+    }
+
+    pub(crate) fn set_fanout(&mut self, on: bool) {
+        self.flags.set(Flags::FANOUT, on);
     }
 
     pub(super) fn key(&self) -> store::ReadyKey {
@@ -320,7 +364,7 @@ impl QueuedMessage {
 
     /// The body's length, in memory or paged out.
     pub(super) fn body_len(&self) -> usize {
-        if self.paged {
+        if self.paged() {
             return self.envelope.durable().map_or(0, |d| d.body_len as usize);
         }
         self.envelope.message().body().len()

@@ -486,7 +486,7 @@ impl Queue {
         };
         if let Some(delay) = timing.delay {
             let mut msg = QueuedMessage::new(envelope, rank);
-            msg.fanout = timing.fanout;
+            msg.set_fanout(timing.fanout);
             match self.make_room(state, &msg, &mut timing.now) {
                 Room::Made => {
                     let due = later(timing.now.get(), delay);
@@ -740,7 +740,7 @@ impl QueueState {
     /// past it (then it is queued for dead-lettering); else flags it
     /// redelivered and, with a limit, updates its `x-delivery-count`.
     fn count_return(&mut self, queue: &Queue, msg: &mut QueuedMessage) -> bool {
-        msg.redelivered = true;
+        msg.set_redelivered(true);
         msg.deliveries = msg.deliveries.saturating_add(1);
         if let Some(limit) = queue.policy.delivery_limit
             && msg.deliveries > limit
@@ -842,7 +842,7 @@ mod tests {
         let b = q.get(true).unwrap().unwrap();
         q.requeue([b, a], None, true);
         let order: Vec<_> = std::iter::from_fn(|| q.get(false).unwrap())
-            .map(|m| (m.envelope.message().body().clone(), m.redelivered))
+            .map(|m| (m.envelope.message().body().clone(), m.redelivered()))
             .collect();
         assert_eq!(order, [("a".into(), true), ("b".into(), true), ("c".into(), false)]);
     }

@@ -66,7 +66,7 @@ impl ReadyStore {
             self.expiry.insert((at, key));
         }
         self.bytes += msg.body_len();
-        if msg.paged {
+        if msg.paged() {
             self.paged_bytes += msg.body_len();
         }
         // Every key in `sorted` is below every key in `tail`, so the largest
@@ -111,7 +111,7 @@ impl ReadyStore {
             self.expiry.remove(&(at, msg.key()));
         }
         self.bytes -= msg.body_len();
-        if msg.paged {
+        if msg.paged() {
             self.paged_bytes -= msg.body_len();
         }
     }
@@ -137,7 +137,7 @@ impl ReadyStore {
             }
         };
         self.bytes -= msg.body_len();
-        if msg.paged {
+        if msg.paged() {
             self.paged_bytes -= msg.body_len();
         }
         Some(msg)

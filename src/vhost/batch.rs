@@ -227,8 +227,9 @@ impl Vhost {
                 }
             };
             let mut message = message;
-            let (delay, extra_keys) = match self.prepare(start, &mut message) {
-                Ok(parts) => parts,
+            let mut extra_keys = Vec::new();
+            let delay = match self.prepare(start, &mut message, &mut extra_keys) {
+                Ok(delay) => delay,
                 Err(refusal) => {
                     batch.failed.push((index, self.refuse_prepared(start, key_str, refusal, message)));
                     continue;

@@ -319,8 +319,9 @@ impl Vhost {
         }
         let busy = self.core.activity.busy();
         let publishing = self.core.store.as_ref().map(|store| store.syncer.publishing());
-        let (delay, extra_keys) = match self.prepare(start, &mut message) {
-            Ok(parts) => parts,
+        let mut extra_keys = Vec::new();
+        let delay = match self.prepare(start, &mut message, &mut extra_keys) {
+            Ok(delay) => delay,
             Err(refusal) => return Err(self.refuse_prepared(start, routing_key, refusal, message)),
         };
         let envelope = self.envelope_to(address.clone(), message, !fanout);
