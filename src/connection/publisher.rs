@@ -62,6 +62,7 @@ impl Publisher {
     /// # Errors
     ///
     /// [`PublishError`], handing the message back: no such exchange, an internal exchange, an invalid routing key, expiration or header, a body over the size limit, full queues that reject publishes, an unroutable `mandatory` message, the memory alarm (with `try_publish`), or a closed connection.
+    #[inline]
     pub fn publish(&self, routing_key: &str, message: Message) -> Result<Routed, PublishError> {
         self.publish_with(routing_key, message, PublishOptions::default())
     }
@@ -115,6 +116,7 @@ impl Publisher {
         )
     }
 
+    #[inline]
     fn publish_when(
         &self,
         routing_key: &str,

@@ -79,7 +79,10 @@ impl QueueState {
         if single {
             return self.consumers.first().filter(|s| s.has_credit()).map(|_| 0);
         }
-        let ring = (0..n).map(|i| (self.cursor + i) % n);
+        // From the cursor round to just before it, without a division per
+        // step (`perf`: the `div` was a third of this function's time).
+        let start = if self.cursor < n { self.cursor } else { 0 };
+        let ring = (start..n).chain(0..start);
         if !self.priorities_differ {
             return ring.into_iter().find(|&i| self.consumers[i].has_credit());
         }
@@ -147,7 +150,7 @@ impl QueueState {
             counts.delivered += 1;
             counts.redelivered += u64::from(redelivered);
         }
-        self.cursor = (index + 1) % self.consumers.len();
+        self.cursor = if index + 1 < self.consumers.len() { index + 1 } else { 0 };
     }
 
     /// The consumer at `index` whose inbox refused a message (it is being

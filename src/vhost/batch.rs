@@ -354,14 +354,14 @@ impl Vhost {
         // Taken out and put back empty: its buffer serves the rest of the batch.
         let mut settled = std::mem::take(pending);
         for p in settled.drain(..) {
-            let Pending { index, key, offer, tally, .. } = p;
+            let Pending { index, key, offer, mut tally, .. } = p;
             let stored = Stored { lsn: offer.timing.durable_lsn, error: offer.timing.store_error };
             let mut durable = None;
             let result = self.outcome(
                 start,
                 key.as_ref(),
                 offer.envelope,
-                tally,
+                &mut tally,
                 stored,
                 options,
                 stripe,

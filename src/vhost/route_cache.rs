@@ -377,7 +377,7 @@ impl Vhost {
             crate::dead_letter::bury(letters);
         }
         let stored = Stored { lsn: timing.durable_lsn, error: timing.store_error };
-        self.outcome(start, routing_key, envelope, tally, stored, options, stripe, durable)
+        self.outcome(start, routing_key, envelope, &mut tally, stored, options, stripe, durable)
     }
 }
 
