@@ -125,27 +125,45 @@ impl QueueState {
     /// to reach the cache anyway, so a copy after it does not stall.
     #[inline(always)]
     pub(super) fn send_from(&mut self, index: usize, msg: &mut Option<QueuedMessage>) {
+        if self.staging {
+            if let Some(msg) = msg.take() {
+                self.stage(index, msg);
+            }
+            return;
+        }
         let slot = &mut self.consumers[index];
         let redelivered = msg.as_ref().is_some_and(QueuedMessage::redelivered);
-        if self.staging {
-            // Credit and wake-ups when the flush makes it visible.
-            if slot.staged.is_empty() {
-                self.staged_slots.push(index);
-            }
-            if let Some(msg) = msg.take() {
-                slot.staged.push(msg);
-            }
-        } else {
-            slot.consumer.credit.take();
-            slot.inbox.send_from(msg);
-            if msg.is_none() {
-                slot.consumer.take_wakers(&mut self.wakers);
-            }
-        }
+        slot.consumer.credit.take();
+        slot.inbox.send_from(msg);
         if msg.is_some() {
             self.remove_gone(index);
             return;
         }
+        slot.consumer.take_wakers(&mut self.wakers);
+        self.count_sent(index, redelivered);
+    }
+
+    /// [`send_to`](Self::send_to) while the queue is staging (a batch's
+    /// enqueues): the message waits in the slot, and reaches the inbox,
+    /// with its credit and wake-ups, in [`flush_staged`](Self::flush_staged).
+    /// By value and inlined, so that a message built in the call is written
+    /// straight into its place (no lock comes between its making and a
+    /// copy here to let the stores that made it settle; see `send_from`).
+    #[inline(always)]
+    pub(super) fn stage(&mut self, index: usize, msg: QueuedMessage) {
+        let redelivered = msg.redelivered();
+        let slot = &mut self.consumers[index];
+        if slot.staged.is_empty() {
+            self.staged_slots.push(index);
+        }
+        slot.staged.push(msg);
+        self.count_sent(index, redelivered);
+    }
+
+    /// A delivery to consumer `index` made: counted, and the round robin
+    /// moved past it.
+    #[inline(always)]
+    fn count_sent(&mut self, index: usize, redelivered: bool) {
         if let Some(counts) = &mut self.counts {
             counts.delivered += 1;
             counts.redelivered += u64::from(redelivered);

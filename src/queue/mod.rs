@@ -507,6 +507,13 @@ impl Queue {
             // the message is sent from an `Option`, see `send_from`.)
             let straight = !state.durable && state.ready.is_empty();
             let left = match if straight { state.next_with_credit(single) } else { None } {
+                Some(index) if state.staging => {
+                    state.stage(
+                        index,
+                        QueuedMessage::placed(envelope, rank, state.next_seq, expires, timing.fanout),
+                    );
+                    None
+                }
                 Some(index) => {
                     let mut msg =
                         Some(QueuedMessage::placed(envelope, rank, state.next_seq, expires, timing.fanout));
