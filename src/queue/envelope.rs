@@ -265,8 +265,8 @@ pub(crate) struct QueuedMessage {
 /// their spare values, and the compiler then copied the other 31 bytes of
 /// an `Option` in two overlapping 16-byte moves, the second of which read
 /// what the first had just written, stalling on store forwarding (`perf
-/// annotate` of the enqueue path). Without the spare values the tag goes
-/// in the envelope's pointer, and a copy is two aligned moves.
+/// annotate` of the enqueue path). Without the spare values the tag is the
+/// envelope's pointer, and those overlapping copies are gone.
 #[derive(Debug, Clone, Copy, Default)]
 struct Flags(u8);
 

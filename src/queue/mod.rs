@@ -506,21 +506,19 @@ impl Queue {
             // store is empty. (A durable queue stores it first; for why
             // the message is sent from an `Option`, see `send_from`.)
             let straight = !state.durable && state.ready.is_empty();
+            let (seq, fanout) = (state.next_seq, timing.fanout);
+            let placed = move || QueuedMessage::placed(envelope, rank, seq, expires, fanout);
             let left = match if straight { state.next_with_credit(single) } else { None } {
                 Some(index) if state.staging => {
-                    state.stage(
-                        index,
-                        QueuedMessage::placed(envelope, rank, state.next_seq, expires, timing.fanout),
-                    );
+                    state.stage(index, placed());
                     None
                 }
                 Some(index) => {
-                    let mut msg =
-                        Some(QueuedMessage::placed(envelope, rank, state.next_seq, expires, timing.fanout));
+                    let mut msg = Some(placed());
                     state.send_from(index, &mut msg);
                     msg
                 }
-                None => Some(QueuedMessage::placed(envelope, rank, state.next_seq, expires, timing.fanout)),
+                None => Some(placed()),
             };
             let offered = match left {
                 Some(mut msg) if !straight => {

@@ -299,8 +299,8 @@ impl Vhost {
     /// into the caller's `extra_keys` (left empty, the usual case), and the
     /// rare work is out of line, for the same reason: returned in the
     /// result, the empty `Vec` was written by this function as it returned
-    /// and read back whole by the caller, another stall (`perf annotate`,
-    /// a tenth of a cached publish).
+    /// and read back whole by the caller, another stall (`perf annotate`:
+    /// a sixth of `publish_cached`'s samples).
     #[inline(always)]
     pub(super) fn prepare(
         &self,
