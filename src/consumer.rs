@@ -544,8 +544,8 @@ impl Consumer {
     }
 
     /// Blocks until a delivery is waiting, then takes it and whatever else
-    /// is waiting, up to `max` (at least one): the batch form of
-    /// [`recv`](Self::recv), with the bookkeeping of
+    /// is waiting, up to `max` (at least one, even for a `max` of 0): the
+    /// batch form of [`recv`](Self::recv), with the bookkeeping of
     /// [`try_recv_batch`](Self::try_recv_batch).
     ///
     /// # Errors

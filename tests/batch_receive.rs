@@ -86,3 +86,31 @@ fn a_cancelled_consumer_hands_out_what_is_left_then_ends() {
     assert!(matches!(consumer.try_recv_batch(4), Err(TryRecvError::Closed(_))));
     assert!(matches!(consumer.recv_batch(4), Err(RecvError::QueueDeleted(_))));
 }
+
+#[test]
+fn recv_batch_takes_at_least_one_and_at_most_max_whether_waiting_or_not() {
+    let broker = Broker::new();
+    let conn = broker.connect();
+    conn.declare_queue("q", QueueOptions::default()).unwrap();
+    let consumer = conn.consume("q", ConsumeOptions { auto_ack: true, ..Default::default() }).unwrap();
+    for i in 0..5 {
+        conn.publish("", "q", Message::new(format!("m{i}"))).unwrap();
+    }
+    // Waiting already: taken straight from the inbox, `max` 0 counting as 1.
+    let bodies = |batch: Vec<interoffice::Delivery>| batch.iter().map(body).collect::<Vec<_>>();
+    assert_eq!(bodies(consumer.recv_batch(0).unwrap()), ["m0"]);
+    assert_eq!(bodies(consumer.recv_batch(2).unwrap()), ["m1", "m2"]);
+    assert_eq!(bodies(consumer.recv_batch(64).unwrap()), ["m3", "m4"]);
+    // Nothing waiting: the receive waits for the first, and still takes
+    // one at most when asked for none.
+    std::thread::scope(|s| {
+        let publisher = broker.connect();
+        s.spawn(move || {
+            for i in 5..7 {
+                publisher.publish("", "q", Message::new(format!("m{i}"))).unwrap();
+            }
+        });
+        assert_eq!(bodies(consumer.recv_batch(0).unwrap()), ["m5"]);
+    });
+    assert_eq!(bodies(consumer.recv_batch(64).unwrap()), ["m6"]);
+}
