@@ -294,7 +294,7 @@ impl QueuedMessage {
     /// A message of rank `rank` not yet placed (sequence 0, no expiry),
     /// never delivered.
     pub(crate) fn new(envelope: Arc<Envelope>, rank: u8) -> Self {
-        QueuedMessage { seq: 0, envelope, deliveries: 0, expires: None, rank, flags: Flags::default() }
+        Self::placed(envelope, rank, 0, None, false)
     }
 
     /// A message placed at `seq`, expiring at `expires` if set, from a
@@ -343,10 +343,6 @@ impl QueuedMessage {
     #[inline]
     pub(crate) fn fanout(&self) -> bool {
         self.flags.get(Flags::FANOUT)
-    }
-
-    pub(crate) fn set_fanout(&mut self, on: bool) {
-        self.flags.set(Flags::FANOUT, on);
     }
 
     pub(super) fn key(&self) -> store::ReadyKey {

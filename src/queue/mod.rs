@@ -485,8 +485,8 @@ impl Queue {
             (a, b) => a.or(b),
         };
         if let Some(delay) = timing.delay {
-            let mut msg = QueuedMessage::new(envelope, rank);
-            msg.set_fanout(timing.fanout);
+            // Placed (its sequence, its expiry) when it becomes due.
+            let mut msg = QueuedMessage::placed(envelope, rank, 0, None, timing.fanout);
             match self.make_room(state, &msg, &mut timing.now) {
                 Room::Made => {
                     let due = later(timing.now.get(), delay);
