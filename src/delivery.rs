@@ -52,7 +52,9 @@ pub(crate) enum Holder {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Delivery {
-    envelope: Arc<Envelope>,
+    /// `None` only while it is dropped: taken, not cloned, to be kept for
+    /// reuse (`queue/recycle.rs`).
+    envelope: Option<Arc<Envelope>>,
     /// Its publish is known to have reached other queues too: dropped, it
     /// does not try to keep the envelope for reuse (`queue/recycle.rs`).
     fanout: bool,
@@ -68,48 +70,58 @@ impl Delivery {
     #[inline]
     pub(crate) fn from_queued(msg: QueuedMessage, tag: u64, holder: Option<Holder>) -> Self {
         let (fanout, redelivered) = (msg.fanout(), msg.redelivered());
-        Delivery { envelope: msg.envelope, fanout, tag, redelivered, delivery_count: msg.deliveries, holder }
+        let envelope = Some(msg.envelope);
+        Delivery { envelope, fanout, tag, redelivered, delivery_count: msg.deliveries, holder }
     }
 
     /// A message that never sat in a queue (a reply taken straight to its
     /// call): settled as it is handed out, delivered for the first time.
     pub(crate) fn unqueued(envelope: Arc<Envelope>) -> Self {
+        let envelope = Some(envelope);
         Delivery { envelope, fanout: false, tag: 0, redelivered: false, delivery_count: 0, holder: None }
+    }
+
+    #[inline]
+    fn envelope(&self) -> &Envelope {
+        match &self.envelope {
+            Some(envelope) => envelope,
+            None => crate::queue::recycle::no_envelope(),
+        }
     }
 
     /// The body.
     pub fn body(&self) -> &Bytes {
-        self.envelope.message().body()
+        self.envelope().message().body()
     }
 
     /// The whole message.
     pub fn message(&self) -> &Message {
-        self.envelope.message()
+        self.envelope().message()
     }
 
     /// The message's properties.
     pub fn properties(&self) -> &Properties {
-        self.envelope.message().properties()
+        self.envelope().message().properties()
     }
 
     /// The message's headers, if any.
     pub fn headers(&self) -> Option<&FieldTable> {
-        self.envelope.message().headers()
+        self.envelope().message().headers()
     }
 
     /// One header's value.
     pub fn header(&self, key: &str) -> Option<&crate::FieldValue> {
-        self.envelope.message().header(key)
+        self.envelope().message().header(key)
     }
 
     /// The exchange the message was published to (`""` for the default exchange).
     pub fn exchange(&self) -> &str {
-        self.envelope.exchange()
+        self.envelope().exchange()
     }
 
     /// The routing key it was published with.
     pub fn routing_key(&self) -> &str {
-        self.envelope.routing_key()
+        self.envelope().routing_key()
     }
 
     /// Whether the message was delivered before and not acknowledged.
@@ -338,8 +350,10 @@ impl Drop for Delivery {
         }
         // After the settle: its requeue (or a dead letter it caused) may
         // still hold the envelope, and then it is not kept.
-        if !self.fanout {
-            crate::queue::recycle::give_back(&mut self.envelope);
+        if !self.fanout
+            && let Some(envelope) = self.envelope.take()
+        {
+            crate::queue::recycle::give_back(envelope);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Allocation counts on the publish path, with a counting global allocator
-//! (the one `unsafe` in the repository: this test binary's allocator, which
-//! only forwards to the system allocator and counts).
+//! (`unsafe`, as a `GlobalAlloc` must be: it only forwards to the system
+//! allocator and counts).
 //!
 //! Routing a message allocates nothing per publish: not the topic matcher,
 //! not the set of queues already reached, not the enqueue (once the queues'
