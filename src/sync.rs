@@ -49,10 +49,11 @@ pub(crate) const BUSY_SPIN: std::time::Duration = std::time::Duration::from_micr
 
 /// Spins for up to `limit` waiting for `poll` to give a value: busy for the
 /// first [`BUSY_SPIN`] (or half of `limit`, if less), then yielding the CPU
-/// between polls — yielding from the start, past its first 16 polls, when
-/// half the process's cores' worth of threads are waiting already. For waits that are usually microseconds long (an
-/// in-process reply, the next message), where parking the thread and
-/// waking it again would cost more than the wait. `None` if `poll` gave
+/// between polls; past its first 16 polls, it yields from then on if half
+/// the process's cores' worth of threads were waiting already. For waits
+/// that are usually microseconds long (an in-process reply, the next
+/// message), where parking the thread and waking it again would cost more
+/// than the wait. `None` if `poll` gave
 /// nothing in time: then park.
 ///
 /// Polls once before reading the clock, and reads it only every 16 spins:
