@@ -9,10 +9,10 @@
 //! instruction. Prefetching the whole magazine when it arrives sends for
 //! all of its lines at once, so their crossings overlap. Measured on the
 //! development VM (Intel Xeon, alternating pairs of the profiling harness):
-//! 1→1 auto-ack +8% to +15% over four sets. A safe stand-in — reading each envelope's
-//! reference count in a loop, so that the loads overlap — measured +5%:
-//! it reaches one line of the three an envelope spans, and a load must
-//! complete where a prefetch need not.
+//! 1→1 auto-ack +8% to +15% over four sets. A safe stand-in — reading
+//! each envelope's reference count in a loop, so that the loads overlap —
+//! measured +5%: it reaches one of the two or three lines an envelope
+//! spans, and a load must complete where a prefetch need not.
 //!
 //! Why `unsafe` is sound here: a prefetch instruction has no architectural
 //! effect. It never faults, never reads into a register and never writes;

@@ -53,8 +53,7 @@ pub(crate) const BUSY_SPIN: std::time::Duration = std::time::Duration::from_micr
 /// the process's cores' worth of threads were waiting already. For waits
 /// that are usually microseconds long (an in-process reply, the next
 /// message), where parking the thread and waking it again would cost more
-/// than the wait. `None` if `poll` gave
-/// nothing in time: then park.
+/// than the wait. `None` if `poll` gave nothing in time: then park.
 ///
 /// Polls once before reading the clock, and reads it only every 16 spins:
 /// a clock read costs about as much as a poll, and a busy consumer finds
