@@ -181,6 +181,12 @@ impl ConsumerShared {
         self.wakers.take(into);
     }
 
+    /// [`take_wakers`](Self::take_wakers) right after a send into the
+    /// inbox, which issued the handshake's fence (see `inbox::Sender::send_from`).
+    pub(crate) fn take_wakers_after_send(&self, into: &mut Vec<Waker>) {
+        self.wakers.take_fenced(into);
+    }
+
     /// One poll of an async receive. A delivery is taken from the inbox and
     /// handed out in the same call, so a future dropped between polls holds
     /// nothing: cancellation-safe.

@@ -1,5 +1,6 @@
 //! A hint to the CPU to start fetching memory the caller will touch soon:
-//! the crate's only `unsafe` code.
+//! one of the crate's two `unsafe` modules (the other is the inbox's ring,
+//! `inbox/ring.rs`).
 //!
 //! Why: a publisher's kept envelopes (`queue/recycle.rs`) come from the
 //! consumer's core, 32 at a time, each last written there. Reusing one

@@ -3,7 +3,7 @@
 //! Everything concurrent goes through these names so that a model checker
 //! (loom) can be swapped in behind them without touching the broker's logic:
 //! `tests/loom.rs` compiles the protocols that need checking (`credit.rs`,
-//! `wake.rs`) against a `sync` module of its own that maps these names to
+//! `wake.rs`, `inbox/ring.rs`) against a `sync` module of its own that maps these names to
 //! loom's types. (crossbeam's channels and parking_lot's internals are not
 //! model-checked; the protocols around them are.)
 //! The mutex is parking_lot's: no poisoning, so a panicking consumer thread
@@ -13,6 +13,25 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize
 pub(crate) use std::sync::{Arc, Weak};
 
 pub(crate) use parking_lot::{Condvar, Mutex};
+
+/// An `UnsafeCell` with loom's access API (`with_mut` hands out a raw
+/// pointer for the duration of a closure), so that under `tests/loom.rs`
+/// every access is checked for a data race.
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Calls `f` with a pointer to the value; what `f` may do with it is
+    /// the caller's proof to make.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
 
 /// Runs a unit test of a protocol module: here, directly; under
 /// `tests/loom.rs`, which compiles those modules against its own facade,

@@ -46,6 +46,13 @@ impl WakerSet {
     /// visible.
     pub(crate) fn take(&self, into: &mut Vec<Waker>) {
         fence(Ordering::SeqCst);
+        self.take_fenced(into);
+    }
+
+    /// [`take`](Self::take) for a caller that has issued the SeqCst fence
+    /// itself, after making its change visible: the inbox, whose send
+    /// fences for its own parked receivers, so that one fence serves both.
+    pub(crate) fn take_fenced(&self, into: &mut Vec<Waker>) {
         if !self.has_wakers.load(Ordering::Relaxed) {
             return;
         }

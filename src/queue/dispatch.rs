@@ -116,13 +116,14 @@ impl QueueState {
     /// is left `None` once sent and holds it still if the consumer's inbox
     /// refused it; a durable queue's caller has marked it delivered.
     ///
-    /// The message is moved out of `msg` only after the inbox's lock is
-    /// taken. A publish builds it and sends it at once, and copying it
-    /// whole before then read 16 bytes that two smaller stores had only
-    /// just written: a store-forwarding stall, about half of
-    /// `Queue::enqueue`'s time with one publisher fanning out to ten
-    /// queues (`perf annotate`). The lock's atomic waits for those stores
-    /// to reach the cache anyway, so a copy after it does not stall.
+    /// The message is moved out of `msg` only inside the inbox: into a
+    /// ring slot, or once the deque's lock is taken. A publish builds it
+    /// and sends it at once, and copying it whole before the deque's lock
+    /// read 16 bytes that two smaller stores had only just written: a
+    /// store-forwarding stall, about half of `Queue::enqueue`'s time with
+    /// one publisher fanning out to ten queues (`perf annotate`). The
+    /// lock's atomic waits for those stores to reach the cache anyway, so
+    /// a copy after it does not stall.
     #[inline(always)]
     pub(super) fn send_from(&mut self, index: usize, msg: &mut Option<QueuedMessage>) {
         if self.staging {
@@ -139,7 +140,7 @@ impl QueueState {
             self.remove_gone(index);
             return;
         }
-        slot.consumer.take_wakers(&mut self.wakers);
+        slot.consumer.take_wakers_after_send(&mut self.wakers);
         self.count_sent(index, redelivered);
     }
 
