@@ -495,6 +495,110 @@ mod tests {
     }
 
     #[test]
+    fn sends_past_a_full_ring_wait_in_the_deque_and_keep_their_order() {
+        let (mut tx, rx) = unbounded();
+        let n = RING as u32 + 10;
+        for i in 0..n {
+            tx.send(i).unwrap();
+        }
+        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 10, "the ring took its fill, the deque the rest");
+        assert_eq!(rx.try_recv(), Ok(0));
+        // The ring has room again, but the deque holds messages: a send
+        // goes behind them.
+        tx.send(n).unwrap();
+        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 11);
+        let mut got = Vec::new();
+        assert!(!rx.take_up_to(RING + 5, None, &mut got));
+        assert_eq!(got, (1..RING as u32 + 6).collect::<Vec<_>>(), "the ring first, then the deque");
+        // The deque was swapped out whole: a send goes to the ring again,
+        // and comes out after what the receiver's buffer still holds.
+        tx.send(n + 1).unwrap();
+        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 0);
+        assert_eq!(rx.try_recv(), Ok(RING as u32 + 6));
+        tx.send(n + 2).unwrap();
+        let rest: Vec<u32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(rest, (RING as u32 + 7..n + 3).collect::<Vec<_>>());
+        // Past a full ring again, `drain` takes the buffer, the ring and the
+        // deque, in that order.
+        for i in 0..n {
+            tx.send(i).unwrap();
+        }
+        assert_eq!(rx.try_recv(), Ok(0));
+        assert_eq!(rx.drain(), (1..n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_batch_goes_behind_what_the_ring_holds() {
+        let (mut tx, rx) = unbounded();
+        tx.send(0).unwrap();
+        let mut batch = vec![1, 2, 3];
+        tx.send_all(&mut batch).unwrap();
+        assert!(batch.is_empty());
+        tx.send(4).unwrap();
+        let mut single = vec![5];
+        tx.send_all(&mut single).unwrap();
+        let got: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got, [0, 1, 2, 3, 4, 5]);
+        drop(rx);
+        let mut refused = vec![6, 7];
+        assert_eq!(tx.send_all(&mut refused), Err(()));
+        assert_eq!(refused, [6, 7], "a gone receiver leaves the batch with the caller");
+        let mut refused = vec![8];
+        assert_eq!(tx.send_all(&mut refused), Err(()));
+        assert_eq!(refused, [8]);
+    }
+
+    /// A receiver that falls behind now and then (busy for a while every
+    /// few thousand messages), taking one at a time and in batches, while a
+    /// sender sends singles and batches: the sends move between the ring
+    /// and the deque many times, and every message arrives once, in order.
+    #[test]
+    fn a_receiver_falling_behind_and_catching_up_gets_everything_in_order() {
+        let (mut tx, rx) = unbounded::<u64>();
+        let n = 300_000;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut next = 0;
+                let mut batch = Vec::new();
+                while next < n {
+                    if next % 7 == 0 {
+                        batch.extend(next..(next + 5).min(n));
+                        next = (next + 5).min(n);
+                        tx.send_all(&mut batch).unwrap();
+                    } else {
+                        tx.send(next).unwrap();
+                        next += 1;
+                    }
+                }
+            });
+            let mut expected = 0;
+            let mut got = Vec::new();
+            let mut saw_the_deque_used = false;
+            while expected < n {
+                saw_the_deque_used |= rx.shared.len.load(Ordering::Relaxed) > 0;
+                if expected % 4096 < 3 {
+                    // Fall behind: the ring fills and the deque takes over.
+                    std::hint::black_box((0..20_000u64).sum::<u64>());
+                }
+                if expected % 3 == 0 {
+                    got.clear();
+                    let first = rx.recv().unwrap();
+                    rx.take_up_to(100, Some(first), &mut got);
+                    for msg in got.drain(..) {
+                        assert_eq!(msg, expected);
+                        expected += 1;
+                    }
+                } else {
+                    assert_eq!(rx.recv(), Ok(expected));
+                    expected += 1;
+                }
+            }
+            assert_eq!(rx.recv(), Err(RecvError));
+            assert!(saw_the_deque_used, "both lanes were used");
+        });
+    }
+
+    #[test]
     fn drain_takes_both_buffers_in_order() {
         let (mut tx, rx) = unbounded();
         for i in 0..4 {
