@@ -64,7 +64,7 @@ use std::time::Instant;
 use crossbeam_channel::SendError;
 pub(crate) use crossbeam_channel::{RecvError, RecvTimeoutError, TryRecvError};
 
-use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering, OwnLine};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 
 mod ring;
 
@@ -86,11 +86,9 @@ pub(crate) fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
     let (ring, tail, head) = ring::ring(RING);
     let shared = Arc::new(Shared {
         ring,
-        deque: OwnLine(Deque {
-            state: Mutex::new(State { waiting: VecDeque::new(), receiver_gone: false }),
-            len: AtomicUsize::new(0),
-        }),
+        state: Mutex::new(State { waiting: VecDeque::new(), receiver_gone: false }),
         available: Condvar::new(),
+        len: AtomicUsize::new(0),
         parked: AtomicUsize::new(0),
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
@@ -104,13 +102,13 @@ pub(crate) fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
 struct Shared<T> {
     /// Sent and not yet taken, while the receiver keeps up.
     ring: Arc<Ring<T>>,
-    /// What both sides write on every hand-off through the deque, on a line
-    /// of its own: the flags beside it are read on every send and stay put.
-    /// (Beside them, 4→1→4 measured 3.23–3.47 M/s; apart, 3.80–4.36, six
-    /// alternating `bench peers` pairs; 1→1, fanout and request/reply the
-    /// same.)
-    deque: OwnLine<Deque<T>>,
+    state: Mutex<State<T>>,
     available: Condvar,
+    /// How many messages `state.waiting` holds: written under the lock,
+    /// read without it by receivers deciding whether to take the lock, and
+    /// by the sender deciding whether the ring may take a message (only
+    /// while nothing waits in the deque, which comes after the ring).
+    len: AtomicUsize,
     /// Receivers blocked on `available`: changed under the lock, read by
     /// the sender after a ring push (a fence between).
     parked: AtomicUsize,
@@ -122,16 +120,6 @@ struct Shared<T> {
     /// measured 1→1 8–15% slower over nine alternating `bench peers`
     /// pairs, likely from the struct's layout, which that moved.)
     receiver_gone: AtomicBool,
-}
-
-/// The deque's lane.
-struct Deque<T> {
-    state: Mutex<State<T>>,
-    /// How many messages `state.waiting` holds: written under the lock,
-    /// read without it by receivers deciding whether to take the lock, and
-    /// by the sender deciding whether the ring may take a message (only
-    /// while nothing waits in the deque, which comes after the ring).
-    len: AtomicUsize,
 }
 
 struct State<T> {
@@ -167,7 +155,7 @@ impl<T> Sender<T> {
     #[inline(always)]
     pub(crate) fn send_from(&mut self, msg: &mut Option<T>) {
         let shared = &*self.shared;
-        if shared.deque.len.load(Ordering::Acquire) == 0 && !shared.receiver_gone.load(Ordering::Acquire) {
+        if shared.len.load(Ordering::Acquire) == 0 && !shared.receiver_gone.load(Ordering::Acquire) {
             let Some(value) = msg.take() else { return };
             match self.tail.push(value) {
                 Ok(()) => {
@@ -184,14 +172,14 @@ impl<T> Sender<T> {
     /// The ring is full, or the deque already holds messages: appends to
     /// the deque, under the lock.
     fn send_waiting(&self, msg: &mut Option<T>) {
-        let mut state = self.shared.deque.state.lock();
+        let mut state = self.shared.state.lock();
         if state.receiver_gone {
             return;
         }
         if let Some(msg) = msg.take() {
             state.waiting.push_back(msg);
         }
-        self.shared.deque.len.store(state.waiting.len(), Ordering::Release);
+        self.shared.len.store(state.waiting.len(), Ordering::Release);
         if self.shared.parked.load(Ordering::Relaxed) > 0 {
             self.shared.available.notify_one();
         }
@@ -203,7 +191,7 @@ impl<T> Sender<T> {
     /// of the two sees the other.
     fn wake_parked(&self) {
         if self.shared.parked.load(Ordering::Relaxed) > 0 {
-            let _state = self.shared.deque.state.lock();
+            let _state = self.shared.state.lock();
             self.shared.available.notify_one();
         }
     }
@@ -230,12 +218,12 @@ impl<T> Sender<T> {
             };
         }
         if !msgs.is_empty() {
-            let mut state = self.shared.deque.state.lock();
+            let mut state = self.shared.state.lock();
             if state.receiver_gone {
                 return Err(());
             }
             state.waiting.extend(msgs.drain(..));
-            self.shared.deque.len.store(state.waiting.len(), Ordering::Release);
+            self.shared.len.store(state.waiting.len(), Ordering::Release);
             // Several messages: as many wake-ups as `send` would have made.
             if self.shared.parked.load(Ordering::Relaxed) > 0 {
                 self.shared.available.notify_all();
@@ -250,7 +238,7 @@ impl<T> Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let _state = self.shared.deque.state.lock();
+        let _state = self.shared.state.lock();
         self.shared.sender_gone.store(true, Ordering::Release);
         if self.shared.parked.load(Ordering::Relaxed) > 0 {
             self.shared.available.notify_all();
@@ -298,7 +286,7 @@ impl<T> Receiver<T> {
         // ring push before the deque's first message, so the ring is seen
         // empty only once those are taken (the ring comes first).
         let gone = self.shared.sender_gone.load(Ordering::Acquire);
-        let waiting = self.shared.deque.len.load(Ordering::Acquire);
+        let waiting = self.shared.len.load(Ordering::Acquire);
         if let Some(msg) = taken.head.pop() {
             return Ok(msg);
         }
@@ -321,7 +309,7 @@ impl<T> Receiver<T> {
         // The same order as `try_recv`: `gone`, then the deque's count,
         // then the ring.
         let gone = self.shared.sender_gone.load(Ordering::Acquire);
-        let waiting = self.shared.deque.len.load(Ordering::Acquire);
+        let waiting = self.shared.len.load(Ordering::Acquire);
         let wanted = target - into.len() - usize::from(first.is_some());
         let buffered = taken.buffer.len().min(wanted);
         let found = buffered + taken.head.ready(wanted - buffered) + waiting;
@@ -345,9 +333,9 @@ impl<T> Receiver<T> {
     /// by swapping deques: one hold of the shared lock, nothing copied.
     fn refill(&self, buffer: &mut VecDeque<T>) {
         debug_assert!(buffer.is_empty(), "a refill swaps: anything in `buffer` would go back");
-        let mut state = self.shared.deque.state.lock();
+        let mut state = self.shared.state.lock();
         std::mem::swap(&mut state.waiting, buffer);
-        self.shared.deque.len.store(0, Ordering::Release);
+        self.shared.len.store(0, Ordering::Release);
         // The sender's new (empty) deque is the one just drained: past
         // a burst, let its capacity go down to twice what this take
         // found, so a steady flow keeps its buffers and a burst's do
@@ -379,7 +367,7 @@ impl<T> Receiver<T> {
                 Err(TryRecvError::Disconnected) => return Err(RecvError),
                 Err(TryRecvError::Empty) => {}
             }
-            let mut state = self.shared.deque.state.lock();
+            let mut state = self.shared.state.lock();
             if self.may_park(&state) {
                 self.shared.available.wait(&mut state);
             }
@@ -395,7 +383,7 @@ impl<T> Receiver<T> {
                 Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
                 Err(TryRecvError::Empty) => {}
             }
-            let mut state = self.shared.deque.state.lock();
+            let mut state = self.shared.state.lock();
             let may_park = self.may_park(&state);
             let timed_out = may_park && Instant::now() >= deadline;
             if may_park && !timed_out {
@@ -412,9 +400,9 @@ impl<T> Receiver<T> {
     pub(crate) fn drain(&self) -> Vec<T> {
         let mut taken = self.taken.lock();
         let mut all: Vec<T> = std::iter::from_fn(|| taken.next()).collect();
-        let mut state = self.shared.deque.state.lock();
+        let mut state = self.shared.state.lock();
         all.extend(state.waiting.drain(..));
-        self.shared.deque.len.store(0, Ordering::Release);
+        self.shared.len.store(0, Ordering::Release);
         all
     }
 }
@@ -423,7 +411,7 @@ impl<T> std::fmt::Debug for Receiver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Receiver")
             .field("ring_ready", &self.shared.ring.is_ready())
-            .field("waiting", &self.shared.deque.len.load(Ordering::Relaxed))
+            .field("waiting", &self.shared.len.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -436,7 +424,7 @@ impl<T> std::fmt::Debug for Sender<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        self.shared.deque.state.lock().receiver_gone = true;
+        self.shared.state.lock().receiver_gone = true;
         self.shared.receiver_gone.store(true, Ordering::Release);
     }
 }
@@ -521,23 +509,19 @@ mod tests {
         for i in 0..n {
             tx.send(i).unwrap();
         }
-        assert_eq!(
-            rx.shared.deque.len.load(Ordering::Relaxed),
-            10,
-            "the ring took its fill, the deque the rest"
-        );
+        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 10, "the ring took its fill, the deque the rest");
         assert_eq!(rx.try_recv(), Ok(0));
         // The ring has room again, but the deque holds messages: a send
         // goes behind them.
         tx.send(n).unwrap();
-        assert_eq!(rx.shared.deque.len.load(Ordering::Relaxed), 11);
+        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 11);
         let mut got = Vec::new();
         assert!(!rx.take_up_to(RING + 5, None, &mut got));
         assert_eq!(got, (1..RING as u32 + 6).collect::<Vec<_>>(), "the ring first, then the deque");
         // The deque was swapped out whole: a send goes to the ring again,
         // and comes out after what the receiver's buffer still holds.
         tx.send(n + 1).unwrap();
-        assert_eq!(rx.shared.deque.len.load(Ordering::Relaxed), 0);
+        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 0);
         assert_eq!(rx.try_recv(), Ok(RING as u32 + 6));
         tx.send(n + 2).unwrap();
         let rest: Vec<u32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
