@@ -15,7 +15,8 @@
 //!   EPYC with 2 cores, alternating `bench peers` runs): 1→1 1.8–2.5 →
 //!   3.1–3.2 M/s; `examples/bench` direct ÷ raw 0.78 → 1.00–1.08;
 //!   request/reply 188–200 k/s (p50 4.8–5.1 µs) → 218–219 k/s (4.4–4.5 µs);
-//!   1→10 fanout +8%; 4→1→4 unchanged.
+//!   1→10 fanout +8%; 4→1→4 about 10% lower across full runs (medians
+//!   4.0 → 3.6 M/s; see the README's eleventh-session figures).
 //! - **The deque**: a `VecDeque` under a mutex, for what arrives while the
 //!   ring is full and for batches. Everything in it is younger than
 //!   everything in the ring, so once it holds a message every send goes
