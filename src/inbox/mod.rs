@@ -5,8 +5,10 @@
 //! Two lanes, in order:
 //!
 //! - **The ring** (`ring.rs`): 16 slots, lock-free, one sender and one
-//!   receiver at a time. A send goes here while it has room and nothing
-//!   waits in the deque. It is the lane of a consumer that keeps up, taking
+//!   receiver at a time. A send goes here while it has room, nothing
+//!   waits in the deque, and the receiver has not fallen behind: once the
+//!   ring was full, sends keep to the deque until the receiver finds its
+//!   inbox empty or takes at most a ring's worth from the deque. It is the lane of a consumer that keeps up, taking
 //!   each message as it arrives. The deque made both sides write its lock's
 //!   line, its header and its count for every message; each side's locked
 //!   instruction then waited for those lines to come back from the other
@@ -16,7 +18,10 @@
 //!   3.1–3.2 M/s; `examples/bench` direct ÷ raw 0.78 → 1.00–1.08;
 //!   request/reply 188–200 k/s (p50 4.8–5.1 µs) → 218–219 k/s (4.4–4.5 µs);
 //!   1→10 fanout +8%; 4→1→4 about 10% lower across full runs (medians
-//!   4.0 → 3.6 M/s; see the README's eleventh-session figures).
+//!   4.0 → 3.6 M/s; see the README's eleventh-session figures). Keeping
+//!   a receiver that fell behind on the deque (`Shared::ring_open`) gave
+//!   4→1→4 back part of that: 2.80–3.01 → 3.15–3.22 M/s in the slow
+//!   placement, against the deque alone's 3.45–4.06 (twelfth session).
 //! - **The deque**: a `VecDeque` under a mutex, for what arrives while the
 //!   ring is full and for batches. Everything in it is younger than
 //!   everything in the ring, so once it holds a message every send goes
@@ -93,6 +98,7 @@ pub(crate) fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
         parked: AtomicUsize::new(0),
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
+        ring_open: AtomicBool::new(true),
     });
     (
         Sender { shared: Arc::clone(&shared), tail },
@@ -121,6 +127,18 @@ struct Shared<T> {
     /// measured 1→1 8–15% slower over nine alternating `bench peers`
     /// pairs, likely from the struct's layout, which that moved.)
     receiver_gone: AtomicBool,
+    /// Whether a send may use the ring: cleared by the sender when it finds
+    /// the ring full (the receiver has fallen behind), set again by a
+    /// receiver that finds nothing left in either lane (it has caught up)
+    /// or takes at most a ring's worth from the deque (it nearly has).
+    /// A receiver that is behind takes the deque's messages in one swap,
+    /// where the ring hands over a cache line per message, written on the
+    /// sender's core and read on the receiver's; without this, the sender
+    /// went back to the ring as soon as a receiver had emptied the deque,
+    /// with that take's messages still to work through. Only a hint:
+    /// order rests on `len` (the ring takes a message only while the
+    /// deque is empty), whatever this says, so plain loads and stores.
+    ring_open: AtomicBool,
 }
 
 struct State<T> {
@@ -156,14 +174,20 @@ impl<T> Sender<T> {
     #[inline(always)]
     pub(crate) fn send_from(&mut self, msg: &mut Option<T>) {
         let shared = &*self.shared;
-        if shared.len.load(Ordering::Acquire) == 0 && !shared.receiver_gone.load(Ordering::Acquire) {
+        if shared.len.load(Ordering::Acquire) == 0
+            && shared.ring_open.load(Ordering::Relaxed)
+            && !shared.receiver_gone.load(Ordering::Acquire)
+        {
             let Some(value) = msg.take() else { return };
             match self.tail.push(value) {
                 Ok(()) => {
                     fence(Ordering::SeqCst);
                     return self.wake_parked();
                 }
-                Err(back) => *msg = Some(back),
+                Err(back) => {
+                    shared.ring_open.store(false, Ordering::Relaxed);
+                    *msg = Some(back);
+                }
             }
         }
         self.send_waiting(msg);
@@ -292,6 +316,7 @@ impl<T> Receiver<T> {
             return Ok(msg);
         }
         if waiting == 0 {
+            self.caught_up();
             return Err(if gone { TryRecvError::Disconnected } else { TryRecvError::Empty });
         }
         self.refill(&mut taken.buffer);
@@ -322,12 +347,25 @@ impl<T> Receiver<T> {
                 None => break,
             }
         }
+        if into.len() < target && waiting == 0 {
+            self.caught_up();
+        }
         if into.len() < target && waiting > 0 {
             self.refill(&mut taken.buffer);
             let n = taken.buffer.len().min(target - into.len());
             into.extend(taken.buffer.drain(..n));
         }
         gone && into.is_empty()
+    }
+
+    /// This receiver found nothing in its buffer, the ring or the deque:
+    /// sends may use the ring again (see `Shared::ring_open`). Written
+    /// only when it changes, so a receiver polling an empty inbox leaves
+    /// the line the sender reads alone.
+    fn caught_up(&self) {
+        if !self.shared.ring_open.load(Ordering::Relaxed) {
+            self.shared.ring_open.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Moves everything waiting in the deque into `buffer`, which is empty,
@@ -337,6 +375,11 @@ impl<T> Receiver<T> {
         let mut state = self.shared.state.lock();
         std::mem::swap(&mut state.waiting, buffer);
         self.shared.len.store(0, Ordering::Release);
+        // A take of at most a ring's worth: the receiver is about to catch
+        // up, so sends may use the ring again (see `Shared::ring_open`).
+        if buffer.len() <= RING {
+            self.caught_up();
+        }
         // The sender's new (empty) deque is the one just drained: past
         // a burst, let its capacity go down to twice what this take
         // found, so a steady flow keeps its buffers and a burst's do
@@ -506,27 +549,60 @@ mod tests {
     #[test]
     fn sends_past_a_full_ring_wait_in_the_deque_and_keep_their_order() {
         let (mut tx, rx) = unbounded();
-        let n = RING as u32 + 10;
+        let ring = RING as u32;
+        let n = 2 * ring + 10;
         for i in 0..n {
             tx.send(i).unwrap();
         }
-        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 10, "the ring took its fill, the deque the rest");
+        assert_eq!(
+            rx.shared.len.load(Ordering::Relaxed),
+            ring as usize + 10,
+            "the ring took its fill, the deque the rest"
+        );
         assert_eq!(rx.try_recv(), Ok(0));
         // The ring has room again, but the deque holds messages: a send
         // goes behind them.
         tx.send(n).unwrap();
-        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 11);
+        assert_eq!(rx.shared.len.load(Ordering::Relaxed), ring as usize + 11);
         let mut got = Vec::new();
         assert!(!rx.take_up_to(RING + 5, None, &mut got));
-        assert_eq!(got, (1..RING as u32 + 6).collect::<Vec<_>>(), "the ring first, then the deque");
-        // The deque was swapped out whole: a send goes to the ring again,
-        // and comes out after what the receiver's buffer still holds.
+        assert_eq!(got, (1..ring + 6).collect::<Vec<_>>(), "the ring first, then the deque");
+        // The deque was swapped out whole, but that take found more than a
+        // ring's worth: the receiver is behind (its buffer holds messages),
+        // so a send keeps to the deque and comes out after the buffer.
         tx.send(n + 1).unwrap();
-        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 0);
-        assert_eq!(rx.try_recv(), Ok(RING as u32 + 6));
+        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 1);
+        assert_eq!(rx.try_recv(), Ok(ring + 6));
         tx.send(n + 2).unwrap();
         let rest: Vec<u32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-        assert_eq!(rest, (RING as u32 + 7..n + 3).collect::<Vec<_>>());
+        assert_eq!(rest, (ring + 7..n + 3).collect::<Vec<_>>());
+        // Having found its inbox empty, the receiver has caught up: sends
+        // use the ring again.
+        tx.send(n + 3).unwrap();
+        assert_eq!(rx.shared.len.load(Ordering::Relaxed), 0);
+        assert!(rx.shared.ring.is_ready());
+        assert_eq!(rx.try_recv(), Ok(n + 3));
+        // A take from the deque that finds at most a ring's worth reopens
+        // the ring too: the receiver is nearly caught up.
+        for i in 0..=ring {
+            tx.send(i).unwrap();
+        }
+        assert!(!rx.shared.ring_open.load(Ordering::Relaxed), "the ring filled up");
+        let mut all = Vec::new();
+        assert!(!rx.take_up_to(64, None, &mut all));
+        assert_eq!(all, (0..=ring).collect::<Vec<_>>());
+        assert!(rx.shared.ring_open.load(Ordering::Relaxed), "one message came from the deque");
+        // And so does a batch receive that finds nothing.
+        for i in 0..2 * ring + 1 {
+            tx.send(i).unwrap();
+        }
+        all.clear();
+        assert!(!rx.take_up_to(64, None, &mut all));
+        assert_eq!(all, (0..2 * ring + 1).collect::<Vec<_>>());
+        assert!(!rx.shared.ring_open.load(Ordering::Relaxed), "more than a ring's worth came from the deque");
+        all.clear();
+        assert!(!rx.take_up_to(64, None, &mut all));
+        assert!(all.is_empty() && rx.shared.ring_open.load(Ordering::Relaxed));
         // Past a full ring again, `drain` takes the buffer, the ring and the
         // deque, in that order.
         for i in 0..n {

@@ -54,7 +54,11 @@ struct Published(AtomicUsize);
 
 /// The ring both ends share.
 pub(super) struct Ring<T> {
+    /// A power of two of them, so that a position's slot is `position &
+    /// mask`: a `%` by the run-time length compiled to a division on every
+    /// push and pop (and positions wrapping past `usize::MAX` stay in step).
     slots: Box<[Slot<T>]>,
+    mask: usize,
     /// The next position the consumer reads: every position before it has
     /// been read, and its slot may be written again.
     head: Published,
@@ -68,23 +72,31 @@ unsafe impl<T: Send> Send for Ring<T> {}
 // only through their exclusive `Tail` and `Head`.
 unsafe impl<T: Send> Sync for Ring<T> {}
 
-/// A ring of `capacity` slots (at least one) and its two ends.
+/// A ring of at least `capacity` slots (the next power of two, at least
+/// one) and its two ends.
 pub(super) fn ring<T>(capacity: usize) -> (Arc<Ring<T>>, Tail<T>, Head<T>) {
-    let slots = (0..capacity.max(1))
+    let capacity = capacity.max(1).next_power_of_two();
+    let slots = (0..capacity)
         .map(|_| Slot { stamp: AtomicUsize::new(0), value: UnsafeCell::new(MaybeUninit::uninit()) })
         .collect();
-    let ring = Arc::new(Ring { slots, head: Published(AtomicUsize::new(0)) });
-    let tail = Tail { ring: Arc::clone(&ring), next: 0, free_until: capacity.max(1) };
+    let ring = Arc::new(Ring { slots, mask: capacity - 1, head: Published(AtomicUsize::new(0)) });
+    let tail = Tail { ring: Arc::clone(&ring), next: 0, free_until: capacity };
     let head = Head { ring: Arc::clone(&ring), next: 0 };
     (ring, tail, head)
 }
 
 impl<T> Ring<T> {
+    /// The slot of `position`.
+    #[inline(always)]
+    fn slot(&self, position: usize) -> &Slot<T> {
+        &self.slots[position & self.mask]
+    }
+
     /// Whether a value waits at the consumer's position. Reads atomics
     /// only: for a receiver deciding whether it may park.
     pub(super) fn is_ready(&self) -> bool {
         let head = self.head.0.load(Ordering::Acquire);
-        self.slots[head % self.slots.len()].stamp.load(Ordering::Acquire) == head.wrapping_add(1)
+        self.slot(head).stamp.load(Ordering::Acquire) == head.wrapping_add(1)
     }
 }
 
@@ -128,7 +140,7 @@ impl<T> Tail<T> {
                 return Err(value);
             }
         }
-        let slot = &ring.slots[self.next % ring.slots.len()];
+        let slot = ring.slot(self.next);
         // SAFETY: position `next` is below `free_until`, so the consumer
         // has moved out the value of position `next - N` (its `Release`
         // store of `head`, read above with `Acquire`, came after), and it
@@ -152,7 +164,7 @@ impl<T> Head<T> {
     #[inline]
     pub(super) fn pop(&mut self) -> Option<T> {
         let ring = &*self.ring;
-        let slot = &ring.slots[self.next % ring.slots.len()];
+        let slot = ring.slot(self.next);
         if slot.stamp.load(Ordering::Acquire) != self.next.wrapping_add(1) {
             return None;
         }
@@ -174,7 +186,7 @@ impl<T> Head<T> {
         (0..limit.min(ring.slots.len()))
             .take_while(|&i| {
                 let at = self.next.wrapping_add(i);
-                ring.slots[at % ring.slots.len()].stamp.load(Ordering::Acquire) == at.wrapping_add(1)
+                ring.slot(at).stamp.load(Ordering::Acquire) == at.wrapping_add(1)
             })
             .count()
     }
