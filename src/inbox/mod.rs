@@ -199,17 +199,33 @@ impl<T> Sender<T> {
     /// The ring is full, or the deque already holds messages: appends to
     /// the deque, under the lock.
     fn send_waiting(&self, msg: &mut Option<T>) {
+        self.append_waiting(false, |waiting| {
+            if let Some(msg) = msg.take() {
+                waiting.push_back(msg);
+            }
+        });
+    }
+
+    /// Appends to the deque, in one hold of its lock, what `append` adds,
+    /// publishes the new count and wakes parked receivers (all of them if
+    /// `several` messages came, as many wake-ups as single sends would
+    /// have made); false, appending nothing, if the receiver is gone.
+    #[inline(always)]
+    fn append_waiting(&self, several: bool, append: impl FnOnce(&mut VecDeque<T>)) -> bool {
         let mut state = self.shared.state.lock();
         if state.receiver_gone {
-            return;
+            return false;
         }
-        if let Some(msg) = msg.take() {
-            state.waiting.push_back(msg);
-        }
+        append(&mut state.waiting);
         self.shared.len.store(state.waiting.len(), Ordering::Release);
         if self.shared.parked.load(Ordering::Relaxed) > 0 {
-            self.shared.available.notify_one();
+            if several {
+                self.shared.available.notify_all();
+            } else {
+                self.shared.available.notify_one();
+            }
         }
+        true
     }
 
     /// After a ring push and a fence: wakes a parked receiver, if any.
@@ -244,17 +260,8 @@ impl<T> Sender<T> {
                 None => Ok(()),
             };
         }
-        if !msgs.is_empty() {
-            let mut state = self.shared.state.lock();
-            if state.receiver_gone {
-                return Err(());
-            }
-            state.waiting.extend(msgs.drain(..));
-            self.shared.len.store(state.waiting.len(), Ordering::Release);
-            // Several messages: as many wake-ups as `send` would have made.
-            if self.shared.parked.load(Ordering::Relaxed) > 0 {
-                self.shared.available.notify_all();
-            }
+        if !msgs.is_empty() && !self.append_waiting(true, |waiting| waiting.extend(msgs.drain(..))) {
+            return Err(());
         }
         if msgs.capacity() > KEEP_CAPACITY {
             msgs.shrink_to(KEEP_CAPACITY);
@@ -349,13 +356,14 @@ impl<T> Receiver<T> {
                 None => break,
             }
         }
-        if into.len() < target && waiting == 0 {
-            self.caught_up();
-        }
-        if into.len() < target && waiting > 0 {
-            self.refill(&mut taken.buffer);
-            let n = taken.buffer.len().min(target - into.len());
-            into.extend(taken.buffer.drain(..n));
+        if into.len() < target {
+            if waiting == 0 {
+                self.caught_up();
+            } else {
+                self.refill(&mut taken.buffer);
+                let n = taken.buffer.len().min(target - into.len());
+                into.extend(taken.buffer.drain(..n));
+            }
         }
         gone && into.is_empty()
     }
