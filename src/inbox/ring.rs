@@ -92,11 +92,18 @@ impl<T> Ring<T> {
         &self.slots[position & self.mask]
     }
 
+    /// Whether the value for `position` has been written (its stamp, read
+    /// with `Acquire`, says `position + 1`): then it may be read.
+    #[inline(always)]
+    fn written(&self, position: usize) -> bool {
+        self.slot(position).stamp.load(Ordering::Acquire) == position.wrapping_add(1)
+    }
+
     /// Whether a value waits at the consumer's position. Reads atomics
     /// only: for a receiver deciding whether it may park.
     pub(super) fn is_ready(&self) -> bool {
         let head = self.head.0.load(Ordering::Acquire);
-        self.slot(head).stamp.load(Ordering::Acquire) == head.wrapping_add(1)
+        self.written(head)
     }
 }
 
@@ -164,10 +171,10 @@ impl<T> Head<T> {
     #[inline]
     pub(super) fn pop(&mut self) -> Option<T> {
         let ring = &*self.ring;
-        let slot = ring.slot(self.next);
-        if slot.stamp.load(Ordering::Acquire) != self.next.wrapping_add(1) {
+        if !ring.written(self.next) {
             return None;
         }
+        let slot = ring.slot(self.next);
         // SAFETY: the stamp (read with `Acquire`, after the producer's
         // `Release` store that followed its write) says position `next`
         // holds a written value; only this end reads, once, and the
@@ -186,7 +193,7 @@ impl<T> Head<T> {
         (0..limit.min(ring.slots.len()))
             .take_while(|&i| {
                 let at = self.next.wrapping_add(i);
-                ring.slot(at).stamp.load(Ordering::Acquire) == at.wrapping_add(1)
+                ring.written(at)
             })
             .count()
     }
