@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use interoffice::{
-    Broker, BrokerOptions, ConsumeOptions, DeleteQueueOptions, ManualClock, Message, QueueOptions,
+    Broker, BrokerOptions, ConsumeOptions, DeleteQueueOptions, ManualClock, Message, Overflow,
+    PublishOptions, QueueOptions,
 };
 
 struct Counting;
@@ -156,4 +157,26 @@ fn churn_leaves_the_heap_flat_and_every_body_is_dropped_once() {
     conn.purge_queue("dlq").unwrap();
     conn.delete_queue("work", DeleteQueueOptions::default()).unwrap();
     assert_eq!(drops.load(Ordering::Relaxed), accepted);
+
+    // A batch hands a queue it reaches alone the envelope itself: kept,
+    // kept as a copy (a delivery limit), or handed back in the batch's
+    // error by a full queue, every body is still dropped once.
+    let full = QueueOptions { max_length: Some(5), overflow: Overflow::RejectPublish, ..Default::default() };
+    conn.declare_queue("full", full).unwrap();
+    conn.declare_queue("limited", QueueOptions { delivery_limit: Some(2), ..Default::default() }).unwrap();
+    let (before, mut made, mut refused) = (drops.load(Ordering::Relaxed), 0, 0);
+    for round in 0..100 {
+        let batch: Vec<_> = (0..8).map(|i| (["full", "limited"][i % 2], Message::new(body()))).collect();
+        made += 8;
+        if let Err(error) = conn.publish_batch("", batch, PublishOptions::default()) {
+            refused += error.failed.len();
+        }
+        if round % 3 == 2 {
+            conn.purge_queue("full").unwrap();
+        }
+    }
+    assert!(refused > 0, "the full queue refused some");
+    conn.purge_queue("full").unwrap();
+    conn.purge_queue("limited").unwrap();
+    assert_eq!(drops.load(Ordering::Relaxed) - before, made);
 }

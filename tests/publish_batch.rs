@@ -25,7 +25,9 @@ fn broker() -> Broker {
 }
 
 /// Topic `t` (alternate exchange `alt`) → queues, and → headers exchange `h`
-/// for keys `h.*`; a small reject-publish queue; a deduplicating one.
+/// for keys `h.*`; a small reject-publish queue; one with a delivery limit;
+/// a deduplicating one (alone reached by `a.c.d`: a batch hands a queue
+/// reached alone its envelope, which each of these gives back).
 fn topology(broker: &Broker) {
     let conn = broker.connect();
     for q in QUEUES {
@@ -33,6 +35,8 @@ fn topology(broker: &Broker) {
             "q_b" => {
                 QueueOptions { max_length: Some(3), overflow: Overflow::RejectPublish, ..Default::default() }
             }
+            // A queue that keeps a copy of each message (its delivery count).
+            "q_all" => QueueOptions { delivery_limit: Some(5), ..Default::default() },
             "q_dedup" => QueueOptions {
                 deduplication_window: Some(DeduplicationWindow { max_ids: Some(100), duration: None }),
                 ..Default::default()
@@ -62,7 +66,9 @@ struct Spec {
 
 fn spec() -> impl Strategy<Value = Spec> {
     (
-        prop::sample::select(vec!["a.b", "a.c", "x.y", "h.z", "z.b", "none", "q_a", "q_b", "nowhere"]),
+        prop::sample::select(vec![
+            "a.b", "a.c", "a.c.d", "x.y", "h.z", "z.b", "none", "q_a", "q_b", "nowhere",
+        ]),
         prop::option::weighted(0.3, 0u8..4),
         prop::option::weighted(0.4, prop::sample::select(vec!["red", "blue"])),
         prop::bool::weighted(0.1),
@@ -176,6 +182,9 @@ proptest! {
             (messages, queues, duplicates, unroutable)
         );
         prop_assert_eq!(contents(&batched), contents(&one_by_one));
+        // Counted on the exchange as the publishes one by one were (a batch
+        // counts its messages in one step).
+        prop_assert_eq!(batched.overview().exchanges, one_by_one.overview().exchanges);
     }
 }
 

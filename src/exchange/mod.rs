@@ -341,13 +341,14 @@ pub(crate) struct PublishCounters {
 }
 
 impl PublishCounters {
-    /// Counts one publish to this exchange, on stripe `index` (the
-    /// publishing thread's, already looked up for the settle counters).
+    /// Counts `n` publishes to this exchange, routed or not, on stripe
+    /// `index` (the publishing thread's, already looked up for the settle
+    /// counters). A batch counts all of its routed messages in one step.
     #[inline]
-    pub(crate) fn count(&self, index: usize, routed: bool) {
+    pub(crate) fn count(&self, index: usize, routed: bool, n: u64) {
         let stripe = &self.stripes[index % STRIPES];
         let counter = if routed { &stripe.routed } else { &stripe.unroutable };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// `(routed, unroutable)` so far.

@@ -80,6 +80,7 @@ pub(crate) struct PublishTiming<'a> {
 }
 
 impl<'a> PublishTiming<'a> {
+    #[inline]
     pub(crate) fn new(clock: &'a Clock, ttl: Option<Duration>, delay: Option<Duration>) -> Self {
         PublishTiming {
             now: Now::new(clock),
@@ -96,9 +97,14 @@ impl<'a> PublishTiming<'a> {
 /// ([`Queue::enqueue_batch`]): its envelope and timing, and what the last
 /// queue offered it did with it.
 pub(crate) struct Offer<'a> {
-    pub(crate) envelope: Arc<Envelope>,
+    /// `None` once a sole queue has taken it as it is.
+    pub(crate) envelope: Option<Arc<Envelope>>,
     pub(crate) timing: PublishTiming<'a>,
     pub(crate) outcome: Enqueued,
+    /// Offered to one queue only: handed over rather than cloned, so that
+    /// the publisher neither counts the handle up nor, once the batch is
+    /// enqueued, down on a line the consumer may be reading.
+    pub(crate) sole: bool,
 }
 
 /// The clock, read at most once per operation.
@@ -420,7 +426,9 @@ impl Queue {
         if state.deleted {
             return Enqueued::Gone;
         }
-        let outcome = self.enqueue_locked(&mut state, envelope, timing);
+        // The handle that may come back is a clone of the caller's: its
+        // drop only counts down.
+        let (outcome, _back) = self.enqueue_locked(&mut state, Arc::clone(envelope), timing);
         if !state.letters.is_empty() {
             // In flight from here, under the lock, until each is routed.
             self.context.activity.begin(state.letters.len() as u64);
@@ -445,11 +453,32 @@ impl Queue {
         // (`perf`: half a batched 1→1 run in the inbox's send and receive).
         state.staging = true;
         for offer in offers {
-            offer.outcome = if state.deleted {
-                Enqueued::Gone
-            } else {
-                self.enqueue_locked(&mut state, &offer.envelope, &mut offer.timing)
+            if state.deleted {
+                offer.outcome = Enqueued::Gone;
+                continue;
+            }
+            // A sole queue takes the envelope itself (see `Offer::sole`);
+            // what comes back goes back into the offer, never dropped here.
+            let envelope = match offer.envelope.take() {
+                Some(envelope) if offer.sole => envelope,
+                Some(envelope) => {
+                    let clone = Arc::clone(&envelope);
+                    offer.envelope = Some(envelope);
+                    clone
+                }
+                None => {
+                    // Taken by another queue: never, as a sole offer goes
+                    // to one queue. Counted as not reaching this one.
+                    debug_assert!(false, "a sole offer was offered twice");
+                    offer.outcome = Enqueued::Gone;
+                    continue;
+                }
             };
+            let (outcome, back) = self.enqueue_locked(&mut state, envelope, &mut offer.timing);
+            offer.outcome = outcome;
+            if offer.sole {
+                offer.envelope = back;
+            }
         }
         state.flush_staged(self, &mut Now::new(&self.context.clock));
         if !state.letters.is_empty() {
@@ -460,24 +489,33 @@ impl Queue {
         self.unlock(state);
     }
 
+    /// Offers `envelope`, which the queue keeps if it takes it as it is.
+    /// The handle comes back (`Some`) from a queue that did not take it (a
+    /// duplicate, full, a failed store) or that keeps another handle (a
+    /// copy with a delivery count; a clone where a durable or
+    /// deduplicating queue reads it after placing it): where the caller
+    /// handed over its only handle, it needs it for its error or outcome.
+    /// Never dropped here, so the last handle is not dropped under the lock.
     #[inline]
     fn enqueue_locked(
         &self,
         state: &mut QueueState,
-        envelope: &Arc<Envelope>,
+        envelope: Arc<Envelope>,
         timing: &mut PublishTiming<'_>,
-    ) -> Enqueued {
-        let message_id = envelope.message().properties().message_id();
-        if let (Some(recent), Some(id)) = (&mut state.recent_ids, message_id) {
+    ) -> (Enqueued, Option<Arc<Envelope>>) {
+        if let (Some(recent), Some(id)) =
+            (&mut state.recent_ids, envelope.message().properties().message_id())
+        {
             let now = recent.timed().then(|| timing.now.get());
             if recent.contains(id, now) {
                 bump(&self.figures.duplicates_refused);
-                return Enqueued::Duplicate;
+                return (Enqueued::Duplicate, Some(envelope));
             }
         }
-        let envelope = match self.policy.delivery_limit {
-            Some(_) => envelope.with_delivery_count(0),
-            None => Arc::clone(envelope),
+        let (envelope, back) = match self.policy.delivery_limit {
+            Some(_) => (envelope.with_delivery_count(0), Some(envelope)),
+            None if state.durable || state.recent_ids.is_some() => (Arc::clone(&envelope), Some(envelope)),
+            None => (envelope, None),
         };
         let rank = self.rank(envelope.message());
         let ttl = match (self.policy.message_ttl, timing.ttl) {
@@ -491,11 +529,11 @@ impl Queue {
                 Room::Made => {
                     let due = later(timing.now.get(), delay);
                     if state.durable && !self.persist(&mut msg, timing, Some((due, ttl))) {
-                        return Enqueued::StoreFailed;
+                        return (Enqueued::StoreFailed, back);
                     }
                     state.delayed.insert(due, Delayed { msg, ttl });
                 }
-                Room::Refused => return Enqueued::Rejected,
+                Room::Refused => return (Enqueued::Rejected, Some(back.unwrap_or(msg.envelope))),
                 Room::DroppedItself => {}
             }
         } else {
@@ -523,7 +561,7 @@ impl Queue {
             let offered = match left {
                 Some(mut msg) if !straight => {
                     if state.durable && !self.persist(&mut msg, timing, None) {
-                        return Enqueued::StoreFailed;
+                        return (Enqueued::StoreFailed, back);
                     }
                     if state.ready.is_empty() { state.offer(msg, single) } else { Some(msg) }
                 }
@@ -545,12 +583,14 @@ impl Queue {
                 } else {
                     match self.make_room(state, &msg, &mut timing.now) {
                         Room::Made => state.insert_new(msg),
-                        Room::Refused => return Enqueued::Rejected,
+                        Room::Refused => return (Enqueued::Rejected, Some(back.unwrap_or(msg.envelope))),
                         Room::DroppedItself => {}
                     }
                 }
             }
         }
+        // A deduplicating queue kept the handle back for this.
+        let message_id = back.as_ref().and_then(|e| e.message().properties().message_id());
         if let (Some(recent), Some(id)) = (&mut state.recent_ids, message_id) {
             let now = recent.timed().then(|| timing.now.get());
             recent.record(id, now);
@@ -566,7 +606,7 @@ impl Queue {
         if ttl.is_some() || timing.delay.is_some() {
             self.reschedule(state);
         }
-        Enqueued::Accepted
+        (Enqueued::Accepted, back)
     }
 
     /// Runs `f` on the locked state, then dead-letters what it left behind

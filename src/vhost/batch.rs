@@ -267,7 +267,12 @@ impl Vhost {
                         index,
                         key,
                         route,
-                        offer: Offer { envelope, timing, outcome: Enqueued::Gone },
+                        offer: Offer {
+                            envelope: Some(envelope),
+                            timing,
+                            outcome: Enqueued::Gone,
+                            sole: !fanout,
+                        },
                         tally: Tally::default(),
                     });
                 }
@@ -353,21 +358,31 @@ impl Vhost {
         }
         // Taken out and put back empty: its buffer serves the rest of the batch.
         let mut settled = std::mem::take(pending);
+        // Counted on the exchange once for the lot, not once per message.
+        let mut reached = 0;
+        let count = settled.len() as u64;
         for p in settled.drain(..) {
             let Pending { index, key, offer, mut tally, .. } = p;
+            reached += u64::from(tally.reached());
+            let Some(envelope) = offer.envelope else {
+                // Its sole queue took it as it is: accepted, nothing stored,
+                // nothing to hand back.
+                batch.settle(index, Ok(crate::Routed::of(&tally)), None);
+                continue;
+            };
             let stored = Stored { lsn: offer.timing.durable_lsn, error: offer.timing.store_error };
             let mut durable = None;
-            let result = self.outcome(
-                start,
-                key.as_ref(),
-                offer.envelope,
-                &mut tally,
-                stored,
-                options,
-                stripe,
-                &mut durable,
-            );
+            let key = key.as_ref();
+            let result =
+                self.outcome_uncounted(start, key, envelope, &mut tally, stored, options, &mut durable);
             batch.settle(index, result, durable);
+        }
+        if self.core.settings.statistics {
+            for (routed, n) in [(true, reached), (false, count - reached)] {
+                if n > 0 {
+                    start.counters.count(stripe, routed, n);
+                }
+            }
         }
         batch.pending = settled;
     }

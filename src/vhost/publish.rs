@@ -41,6 +41,11 @@ pub struct Routed {
 }
 
 impl Routed {
+    /// What a publish that reached the queues `tally` counts returns.
+    pub(super) fn of(tally: &Tally) -> Self {
+        Routed { queues: tally.enqueued, duplicates: tally.duplicates }
+    }
+
     /// How many queues the message was enqueued in.
     pub fn queues(&self) -> usize {
         self.queues
@@ -467,13 +472,31 @@ impl Vhost {
         stripe: usize,
         durable: &mut Option<(u64, Message)>,
     ) -> Result<Routed, PublishError> {
+        if self.core.settings.statistics {
+            start.counters.count(stripe, tally.reached(), 1);
+        }
+        self.outcome_uncounted(start, routing_key, envelope, tally, stored, options, durable)
+    }
+
+    /// [`outcome`](Self::outcome) without counting the publish on the
+    /// exchange: its caller does (a batch counts all of its messages at
+    /// once).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(super) fn outcome_uncounted(
+        &self,
+        start: &Exchange,
+        routing_key: &str,
+        envelope: Arc<Envelope>,
+        tally: &mut Tally,
+        stored: Stored,
+        options: PublishOptions,
+        durable: &mut Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
         // The tally by reference: passed by value, the counts its caller had
         // just written were copied whole, stalling on store forwarding (a
         // third of this function's samples, `perf annotate`).
         let (enqueued, duplicates) = (tally.enqueued, tally.duplicates);
-        if self.core.settings.statistics {
-            start.counters.count(stripe, enqueued > 0 || duplicates > 0);
-        }
         if enqueued == 0 && duplicates == 0 {
             crate::trace::unroutable(&start.name, routing_key, options.mandatory, envelope.message());
         }
@@ -509,7 +532,7 @@ impl Vhost {
         if stored.lsn > 0 {
             *durable = Some((stored.lsn, envelope.message().clone()));
         }
-        Ok(Routed { queues: enqueued, duplicates })
+        Ok(Routed::of(tally))
     }
 }
 
