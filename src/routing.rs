@@ -45,14 +45,25 @@ pub(crate) struct RoutingPass<'a> {
 }
 
 /// Where one message went: counts, and the queues that refused it.
+///
+/// Three words: refusals are rare, so their names are boxed. (A batch
+/// keeps a tally per message, and moves each; with two `Vec`s inline the
+/// batch's pending entry was past what the compiler moves without a
+/// `memcpy` call.)
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
     pub(crate) enqueued: usize,
     pub(crate) duplicates: usize,
+    refusals: Option<Box<Refusals>>,
+}
+
+/// The queues that refused a message.
+#[derive(Debug, Default)]
+struct Refusals {
     /// Queues that refused it because they are full.
-    pub(crate) rejected: Vec<String>,
+    rejected: Vec<String>,
     /// Durable queues whose store could not take it.
-    pub(crate) store_failed: Vec<String>,
+    store_failed: Vec<String>,
 }
 
 impl Tally {
@@ -62,15 +73,40 @@ impl Tally {
         match outcome {
             Enqueued::Accepted => self.enqueued += 1,
             Enqueued::Duplicate => self.duplicates += 1,
-            Enqueued::Rejected => self.rejected.push(queue.name.to_string()),
-            Enqueued::StoreFailed => self.store_failed.push(queue.name.to_string()),
+            Enqueued::Rejected => self.refusals().rejected.push(queue.name.to_string()),
+            Enqueued::StoreFailed => self.refusals().store_failed.push(queue.name.to_string()),
             Enqueued::Gone => {}
         }
+    }
+
+    #[cold]
+    fn refusals(&mut self) -> &mut Refusals {
+        self.refusals.get_or_insert_default()
     }
 
     /// Whether some queue has it (or already had it: a duplicate).
     pub(crate) fn reached(&self) -> bool {
         self.enqueued > 0 || self.duplicates > 0
+    }
+
+    /// The queues that refused it because they are full.
+    pub(crate) fn rejected(&self) -> &[String] {
+        self.refusals.as_ref().map_or(&[], |r| &r.rejected)
+    }
+
+    /// The durable queues whose store could not take it.
+    pub(crate) fn store_failed(&self) -> &[String] {
+        self.refusals.as_ref().map_or(&[], |r| &r.store_failed)
+    }
+
+    /// [`rejected`](Self::rejected), taken out.
+    pub(crate) fn take_rejected(&mut self) -> Vec<String> {
+        self.refusals.as_mut().map(|r| std::mem::take(&mut r.rejected)).unwrap_or_default()
+    }
+
+    /// [`store_failed`](Self::store_failed), taken out.
+    pub(crate) fn take_store_failed(&mut self) -> Vec<String> {
+        self.refusals.as_mut().map(|r| std::mem::take(&mut r.store_failed)).unwrap_or_default()
     }
 }
 

@@ -428,8 +428,10 @@ impl Vhost {
         self.route_keys(exchanges, start, &mut pass, extra_keys);
         let RoutingPass { mut tally, letters, names, timing, .. } = pass;
         if let (Some(seq), Some(names)) = (seq, names) {
-            let outcome = if !tally.rejected.is_empty() || !tally.store_failed.is_empty() {
-                PublishOutcome::Rejected(tally.rejected.iter().chain(&tally.store_failed).cloned().collect())
+            let outcome = if !tally.rejected().is_empty() || !tally.store_failed().is_empty() {
+                PublishOutcome::Rejected(
+                    tally.rejected().iter().chain(tally.store_failed()).cloned().collect(),
+                )
             } else if !tally.reached() && options.mandatory {
                 PublishOutcome::Returned
             } else {
@@ -506,18 +508,18 @@ impl Vhost {
                     .map_or_else(|shared| shared.message().clone(), Envelope::into_message),
             )
         };
-        if !tally.store_failed.is_empty() {
+        if !tally.store_failed().is_empty() {
             let error = stored.error.map_or(crate::StoreError::Io("unknown".into()), |e| *e);
             return Err(PublishError::StoreFailed {
-                queues: std::mem::take(&mut tally.store_failed),
+                queues: tally.take_store_failed(),
                 routed: enqueued,
                 error,
                 message: take_back(envelope),
             });
         }
-        if !tally.rejected.is_empty() {
+        if !tally.rejected().is_empty() {
             return Err(PublishError::Rejected {
-                queues: std::mem::take(&mut tally.rejected),
+                queues: tally.take_rejected(),
                 routed: enqueued,
                 message: take_back(envelope),
             });
