@@ -8,8 +8,8 @@
 //!   receiver at a time. A send goes here while it has room, nothing
 //!   waits in the deque, and the receiver has not fallen behind: once the
 //!   ring was full, sends keep to the deque until the receiver finds its
-//!   inbox empty or takes at most a ring's worth from the deque. It is the lane of a consumer that keeps up, taking
-//!   each message as it arrives. The deque made both sides write its lock's
+//!   inbox empty or takes at most a ring's worth from the deque. It is the
+//!   lane of a consumer that keeps up, taking each message as it arrives. The deque made both sides write its lock's
 //!   line, its header and its count for every message; each side's locked
 //!   instruction then waited for those lines to come back from the other
 //!   core. Here the sender writes a slot and the receiver only its own

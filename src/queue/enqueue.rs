@@ -127,20 +127,13 @@ impl Queue {
             }
             // A sole queue takes the envelope itself (see `Offer::sole`);
             // what comes back goes back into the offer, never dropped here.
-            let envelope = match offer.envelope.take() {
-                Some(envelope) if offer.sole => envelope,
-                Some(envelope) => {
-                    let clone = Arc::clone(&envelope);
-                    offer.envelope = Some(envelope);
-                    clone
-                }
-                None => {
-                    // Taken by another queue: never, as a sole offer goes
-                    // to one queue. Counted as not reaching this one.
-                    debug_assert!(false, "a sole offer was offered twice");
-                    offer.outcome = Enqueued::Gone;
-                    continue;
-                }
+            let envelope = if offer.sole { offer.envelope.take() } else { offer.envelope.clone() };
+            let Some(envelope) = envelope else {
+                // Taken by another queue: never, as a sole offer goes to
+                // one queue. Counted as not reaching this one.
+                debug_assert!(false, "a sole offer was offered twice");
+                offer.outcome = Enqueued::Gone;
+                continue;
             };
             let (outcome, back) = self.enqueue_locked(&mut state, envelope, &mut offer.timing);
             offer.outcome = outcome;
