@@ -95,15 +95,15 @@ pub struct RpcStats {
 struct CallState {
     outcome: Option<Result<Delivery, CallError>>,
     waker: Option<Waker>,
-    done: bool,
 }
 
 /// One call waiting for its reply.
 #[derive(Debug)]
 pub(crate) struct PendingCall {
-    /// Its id with the broker's timers.
+    /// Its id with the broker's timers, where they watch it (`scheduled`).
     timer_id: u64,
-    correlation_id: String,
+    /// Its number with its endpoint, the end of its correlation id.
+    number: u64,
     timeout: Duration,
     /// When it times out, on the broker's clock.
     deadline: Instant,
@@ -112,9 +112,22 @@ pub(crate) struct PendingCall {
     /// cancelling a timer cost as much as a routing pass); an async call, or
     /// one on a manual clock, needs the timers.
     scheduled: bool,
+    /// Whether the broker runs its workers inline: a blocking wait runs
+    /// them. Kept here so that other waits do not upgrade `endpoint` and
+    /// its broker (two reference counts the replying thread writes too).
+    runs_workers: bool,
     endpoint: Weak<ReplyEndpoint>,
     state: Mutex<CallState>,
     ready: Condvar,
+    /// Whether the call is done: its outcome is in `state` (until taken), or
+    /// it failed. Written only under `state`'s lock; read there, and by a
+    /// waiter spinning for its reply without the lock, which the completing
+    /// thread would otherwise have to wrest from it.
+    answered: AtomicBool,
+    /// Set once the endpoint took it out of its pending calls (a reply
+    /// came, or the connection closed): [`PendingCall::finish`] then need
+    /// not look for it. Only a hint: unset, `finish` looks and finds nothing.
+    unregistered: AtomicBool,
 }
 
 impl PendingCall {
@@ -122,11 +135,11 @@ impl PendingCall {
     fn complete(&self, outcome: Result<Delivery, CallError>) -> bool {
         let waker = {
             let mut state = self.state.lock();
-            if state.done {
+            if self.answered.load(Ordering::Relaxed) {
                 return false;
             }
-            state.done = true;
             state.outcome = Some(outcome);
+            self.answered.store(true, Ordering::Release);
             state.waker.take()
         };
         self.ready.notify_all();
@@ -137,26 +150,27 @@ impl PendingCall {
     }
 
     fn wait(&self) -> Result<Delivery, CallError> {
-        let broker = self.endpoint.upgrade().and_then(|e| e.broker.upgrade());
-        if let Some(broker) = broker.filter(|b| b.core.inline_workers.is_some()) {
+        if self.runs_workers
+            && let Some(broker) = self.endpoint.upgrade().and_then(|e| e.broker.upgrade())
+        {
             return self.wait_running_workers(&broker);
         }
         // An in-process round trip takes microseconds: spin briefly before
         // parking, to save the wake-up of a parked thread when the reply is
         // quick.
-        spin_wait(SPIN, || self.state.lock().done.then_some(()));
+        spin_wait(SPIN, || self.answered.load(Ordering::Acquire).then_some(()));
         let mut state = self.state.lock();
         loop {
             if let Some(outcome) = state.outcome.take() {
                 return outcome;
             }
-            if state.done {
+            if self.answered.load(Ordering::Relaxed) {
                 return Err(CallError::ConnectionClosed);
             }
             if self.scheduled {
                 self.ready.wait(&mut state);
             } else if Instant::now() >= self.deadline {
-                state.done = true;
+                self.answered.store(true, Ordering::Release);
                 return Err(CallError::Timeout { timeout: self.timeout });
             } else {
                 let _timed_out = self.ready.wait_until(&mut state, self.deadline);
@@ -178,12 +192,12 @@ impl PendingCall {
             if let Some(outcome) = state.outcome.take() {
                 return outcome;
             }
-            if state.done {
+            if self.answered.load(Ordering::Relaxed) {
                 return Err(CallError::ConnectionClosed);
             }
             if ran == 0 {
                 if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                    state.done = true;
+                    self.answered.store(true, Ordering::Release);
                     return Err(CallError::Timeout { timeout: self.timeout });
                 }
                 self.ready.wait_for(&mut state, Duration::from_millis(1));
@@ -196,7 +210,7 @@ impl PendingCall {
         if let Some(outcome) = state.outcome.take() {
             return Poll::Ready(outcome);
         }
-        if state.done {
+        if self.answered.load(Ordering::Relaxed) {
             return Poll::Ready(Err(CallError::ConnectionClosed));
         }
         if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -209,7 +223,9 @@ impl PendingCall {
     /// later replies for it are late.
     fn finish(&self) {
         if let Some(endpoint) = self.endpoint.upgrade() {
-            endpoint.pending.lock().remove(&self.correlation_id);
+            if !self.unregistered.load(Ordering::Relaxed) {
+                endpoint.pending.lock().remove(&self.number);
+            }
             if self.scheduled
                 && let Some(broker) = endpoint.broker.upgrade()
             {
@@ -230,7 +246,7 @@ impl TimerTarget for PendingCall {
 pub(crate) struct ReplyEndpoint {
     pub(crate) name: Arc<str>,
     broker: Weak<Vhost>,
-    pending: Mutex<FastHashMap<String, Arc<PendingCall>>>,
+    pending: Mutex<FastHashMap<u64, Arc<PendingCall>>>,
     next_correlation: AtomicU64,
     late_replies: AtomicU64,
     closed: AtomicBool,
@@ -264,9 +280,14 @@ impl ReplyEndpoint {
 
     /// A reply came: hand it to its call, or count it as late.
     fn deliver_reply(&self, envelope: &Arc<Envelope>) {
-        let call =
-            envelope.message().properties().correlation_id().and_then(|id| self.pending.lock().remove(id));
+        let call = envelope
+            .message()
+            .properties()
+            .correlation_id()
+            .and_then(|id| call_number(&self.name, id))
+            .and_then(|number| self.pending.lock().remove(&number));
         let delivered = call.is_some_and(|call| {
+            call.unregistered.store(true, Ordering::Relaxed);
             let reply = Delivery::unqueued(Arc::clone(envelope));
             call.complete(Ok(reply))
         });
@@ -280,6 +301,7 @@ impl ReplyEndpoint {
         self.closed.store(true, Ordering::Release);
         let calls: Vec<Arc<PendingCall>> = self.pending.lock().drain().map(|(_, c)| c).collect();
         for call in calls {
+            call.unregistered.store(true, Ordering::Relaxed);
             call.complete(Err(CallError::ConnectionClosed));
         }
     }
@@ -313,14 +335,19 @@ impl ReplyEndpoint {
         properties.set_correlation_id(&correlation_id);
         properties.set_reply_to(&*self.name);
         let call = Arc::new(PendingCall {
-            timer_id: broker.core.id(),
-            correlation_id: correlation_id.clone(),
+            // The broker's id counter is a line other threads write: a
+            // call the timers do not watch needs no id with them.
+            timer_id: if scheduled { broker.core.id() } else { 0 },
+            runs_workers: broker.core.inline_workers.is_some(),
+            number: n,
             timeout,
             deadline,
             scheduled,
             endpoint: Arc::downgrade(self),
             state: Mutex::new(CallState::default()),
             ready: Condvar::new(),
+            answered: AtomicBool::new(false),
+            unregistered: AtomicBool::new(false),
         });
         // Registered before publishing: a fast server may answer before
         // `publish` returns.
@@ -329,7 +356,7 @@ impl ReplyEndpoint {
             if self.closed.load(Ordering::Acquire) {
                 return Err(CallError::ConnectionClosed);
             }
-            pending.insert(correlation_id, Arc::clone(&call));
+            pending.insert(n, Arc::clone(&call));
         }
         if scheduled {
             let target: Weak<dyn TimerTarget> = Arc::downgrade(&call) as Weak<dyn TimerTarget>;
@@ -378,6 +405,19 @@ fn correlation_id(endpoint: &str, n: u64) -> String {
     id.push('.');
     id.extend(digits[at..].iter().map(|&d| char::from(d)));
     id
+}
+
+/// The number of the call whose correlation id `id` is, if it is one of
+/// `endpoint`'s: exactly the form [`correlation_id`] writes, so that no
+/// other text (a leading zero, a sign) finds a call.
+fn call_number(endpoint: &str, id: &str) -> Option<u64> {
+    let digits = id.strip_prefix(endpoint)?.strip_prefix('.')?;
+    let canonical = match digits.as_bytes() {
+        [] => false,
+        [b'0'] => true,
+        [first, rest @ ..] => *first != b'0' && first.is_ascii_digit() && rest.iter().all(u8::is_ascii_digit),
+    };
+    if canonical { digits.parse().ok() } else { None }
 }
 
 /// Waits for a started call's reply, blocking.
@@ -448,7 +488,29 @@ mod tests {
     #[test]
     fn correlation_ids_are_the_endpoint_a_dot_and_the_number() {
         for n in [0, 1, 9, 10, 42, 1_000_000, u64::MAX] {
-            assert_eq!(correlation_id("amq.rabbitmq.reply-to.x", n), format!("amq.rabbitmq.reply-to.x.{n}"));
+            let id = correlation_id("amq.rabbitmq.reply-to.x", n);
+            assert_eq!(id, format!("amq.rabbitmq.reply-to.x.{n}"));
+            assert_eq!(call_number("amq.rabbitmq.reply-to.x", &id), Some(n), "read back");
         }
+    }
+
+    #[test]
+    fn only_the_exact_form_of_an_endpoints_id_names_a_call() {
+        let endpoint = "amq.rabbitmq.reply-to.x";
+        for id in [
+            "amq.rabbitmq.reply-to.x.07",
+            "amq.rabbitmq.reply-to.x.+7",
+            "amq.rabbitmq.reply-to.x.",
+            "amq.rabbitmq.reply-to.x7",
+            "amq.rabbitmq.reply-to.y.7",
+            "amq.rabbitmq.reply-to.x.7 ",
+            "amq.rabbitmq.reply-to.x.٧",
+            "amq.rabbitmq.reply-to.x.18446744073709551616",
+            "7",
+            "",
+        ] {
+            assert_eq!(call_number(endpoint, id), None, "{id:?}");
+        }
+        assert_eq!(call_number(endpoint, "amq.rabbitmq.reply-to.x.0"), Some(0));
     }
 }

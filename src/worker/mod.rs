@@ -592,7 +592,11 @@ fn publish_reply(replies: &Connection, request: &Delivery, mut reply: Message) -
     let Some(reply_to) = request.properties().reply_to() else {
         return Handled::Done;
     };
-    if let Some(id) = request.properties().correlation_id() {
+    // A reply that carries the id already (an echo of the request) keeps
+    // its properties shared rather than copying them to write the same id.
+    if let Some(id) = request.properties().correlation_id()
+        && reply.properties().correlation_id() != Some(id)
+    {
         reply.properties_mut().set_correlation_id(id);
     }
     let observers = Arc::clone(&replies.broker().inner.core.observers);
