@@ -362,6 +362,12 @@ impl FieldTable {
         match self.find(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
             Err(i) => {
+                if self.0.len() == self.0.capacity() && self.0.len() < GROW_BY_ONE_UP_TO {
+                    // A `Vec` grows to four entries at its first insert (256
+                    // bytes here, where two headers take 128), and the table
+                    // lives on in every queued copy of its message.
+                    self.0.reserve_exact(1);
+                }
                 self.0.insert(i, (key, value));
                 None
             }
@@ -460,6 +466,11 @@ impl<K: AsRef<str> + Into<String>, V: Into<FieldValue>, const N: usize> From<[(K
     }
 }
 
+/// Up to this many entries, [`FieldTable::insert`] grows a table by one
+/// entry at a time: a message built header by header holds no unused room
+/// (headers are few, so the copies while it grows are short).
+const GROW_BY_ONE_UP_TO: usize = 8;
+
 /// The most entries a table reserves room for on the word of an iterator's
 /// size hint. `Vec`'s own `collect` and `extend` reserve the hint's lower
 /// bound, so an iterator that overstates it (a bug, but the caller's) would
@@ -552,6 +563,24 @@ mod tests {
         extended.extend(overstated());
         assert_eq!(extended, FieldTable::from([("a", 1_i64), ("b", 3), ("c", 4)]));
         assert!(extended.0.capacity() <= RESERVE_AT_MOST + 4);
+    }
+
+    #[test]
+    fn a_table_built_entry_by_entry_holds_no_unused_room_while_small() {
+        let mut t = FieldTable::new();
+        for (n, key) in ["b", "a", "d", "c"].into_iter().enumerate() {
+            t.insert(key, n as i32);
+            assert_eq!(t.0.capacity(), n + 1, "room for exactly the {} entries", n + 1);
+        }
+        let from_array = FieldTable::from([("x", 1), ("y", 2)]);
+        assert_eq!(from_array.0.capacity(), 2);
+        for n in 4..GROW_BY_ONE_UP_TO {
+            t.insert(format!("k{n}"), 0);
+        }
+        assert_eq!(t.0.capacity(), GROW_BY_ONE_UP_TO);
+        t.insert("past", 0);
+        assert!(t.0.capacity() > GROW_BY_ONE_UP_TO + 1, "past that, it grows as a Vec does");
+        assert_eq!(t.iter().next().map(|(k, _)| k), Some("a"), "still sorted");
     }
 
     #[test]
