@@ -53,8 +53,8 @@ pub struct BrokerOptions {
     /// Whether queues keep message statistics ([`QueueStats::message_stats`]):
     /// counts of messages published, delivered, fetched, redelivered and
     /// acknowledged. On by default, as with RabbitMQ's management plugin;
-    /// the cost of keeping them is measured in the benchmarks (README,
-    /// "Benchmarks") and is within a few percent.
+    /// the cost of keeping them is measured in the benchmarks (PERFORMANCE.md,
+    /// "Statistics") and is within a few percent.
     ///
     /// [`QueueStats::message_stats`]: crate::QueueStats::message_stats
     pub statistics: bool,

@@ -18,12 +18,12 @@
 //!   3.1–3.2 M/s; `examples/bench` direct ÷ raw 0.78 → 1.00–1.08;
 //!   request/reply 188–200 k/s (p50 4.8–5.1 µs) → 218–219 k/s (4.4–4.5 µs);
 //!   1→10 fanout +8%; 4→1→4 about 10% lower across full runs (medians
-//!   4.0 → 3.6 M/s; see the README's eleventh-session figures). Keeping
+//!   4.0 → 3.6 M/s; see PERFORMANCE.md's eleventh-session figures). Keeping
 //!   a receiver that fell behind on the deque (`Shared::ring_open`)
 //!   measured 4→1→4 2.80–3.01 → 3.15–3.22 M/s in a C-only harness (slow
 //!   placement; the deque alone 3.45–4.06), but no gain in `bench peers`
 //!   (3.20–3.26 against 3.15–3.45), and fanout better than reopening the
-//!   ring only on an empty inbox (twelfth session; see the README).
+//!   ring only on an empty inbox (twelfth session; see PERFORMANCE.md).
 //! - **The deque**: a `VecDeque` under a mutex, for what arrives while the
 //!   ring is full and for batches. Everything in it is younger than
 //!   everything in the ring, so once it holds a message every send goes
