@@ -14,8 +14,9 @@
 //! Cache lines still cross, but the allocator's bookkeeping no longer does,
 //! and the exchanges happen once per [`MAGAZINE`] envelopes.
 //!
-//! Bounded: a thread keeps at most two magazines, the depot [`DEPOT`]; past
-//! that, envelopes are freed as before. Nothing in a kept envelope belongs
+//! Bounded: a thread keeps at most two magazines, the depot [`DEPOT`] full
+//! ones and as many emptied ones on their way back; past that, envelopes
+//! (and emptied magazines) are freed as before. Nothing in a kept envelope belongs
 //! to a broker (it is empty but for its names), so the pool is the
 //! process's, shared by every broker in it.
 //!
@@ -41,17 +42,40 @@ const DEPOT: usize = 64;
 
 type Magazine = Vec<Arc<Envelope>>;
 
-/// Full magazines on their way between threads: a bounded channel
-/// (lock-free), so that no publish waits on another thread's lock.
+/// Magazines on their way between threads, in bounded channels
+/// (lock-free), so that no publish waits on another thread's lock: full
+/// ones to the threads that publish, and the emptied ones back to the
+/// threads that fill them. (Without the way back, every magazine's buffer
+/// was allocated by the thread that filled it and freed by the one that
+/// emptied it: `perf` of a batched 1→1 put 6% of the samples in that
+/// `malloc` and the other arena's `_int_free`.)
 struct Depot {
     full: Sender<Magazine>,
     taken: Receiver<Magazine>,
+    emptied: Sender<Magazine>,
+    to_fill: Receiver<Magazine>,
 }
 
 impl Depot {
     fn new(capacity: usize) -> Self {
         let (full, taken) = bounded(capacity);
-        Depot { full, taken }
+        let (emptied, to_fill) = bounded(capacity);
+        Depot { full, taken, emptied, to_fill }
+    }
+
+    /// An empty magazine with room for [`MAGAZINE`]: one sent back, else a
+    /// new one.
+    fn empty_magazine(&self) -> Magazine {
+        self.to_fill.try_recv().unwrap_or_else(|_| Vec::with_capacity(MAGAZINE))
+    }
+
+    /// Sends an emptied magazine back to be filled again; with no room (or
+    /// no room in it), it is freed here.
+    fn send_back(&self, magazine: Magazine) {
+        debug_assert!(magazine.is_empty());
+        if magazine.capacity() >= MAGAZINE {
+            let _ = self.emptied.try_send(magazine);
+        }
     }
 }
 
@@ -175,7 +199,7 @@ impl Local {
                     for envelope in &magazine {
                         prefetch_allocation(envelope);
                     }
-                    self.spare = magazine;
+                    depot.send_back(std::mem::replace(&mut self.spare, magazine));
                 }
                 Err(_) => self.skip_depot = MAGAZINE as u32 - 1,
             }
@@ -192,7 +216,7 @@ impl Local {
             if depot.full.is_full() {
                 return;
             }
-            let full = std::mem::replace(&mut self.returned, Vec::with_capacity(MAGAZINE));
+            let full = std::mem::replace(&mut self.returned, depot.empty_magazine());
             if let Err(full) = depot.full.try_send(full) {
                 // Filled meanwhile by another thread: these are freed.
                 drop(full.into_inner());
@@ -298,6 +322,33 @@ mod tests {
             reused += 1;
         }
         assert_eq!(reused, MAGAZINE);
+    }
+
+    #[test]
+    fn emptied_magazines_go_back_to_be_filled_again() {
+        let depot = Depot::new(2);
+        let (mut consumer, mut publisher) = (Local::new(), Local::new());
+        let fill = |consumer: &mut Local| {
+            for i in 0..MAGAZINE {
+                consumer.give_back(Arc::new(envelope(format!("m{i}"))), &depot);
+            }
+        };
+        fill(&mut consumer);
+        let first = consumer.returned.as_ptr();
+        fill(&mut consumer);
+        fill(&mut consumer);
+        assert_eq!(depot.taken.len(), 2, "two full magazines sent");
+        for _ in 0..2 * MAGAZINE {
+            assert!(publisher.take(&depot).is_some());
+        }
+        // Taking the second sent the first's buffer back (the publisher's
+        // own first magazine, never allocated, was not sent).
+        assert_eq!(depot.to_fill.len(), 1);
+        let refilled = depot.empty_magazine();
+        assert_eq!((refilled.as_ptr(), refilled.len()), (first, 0), "the same buffer, empty");
+        assert_eq!(depot.empty_magazine().capacity(), MAGAZINE, "none left: a new one");
+        depot.send_back(Vec::new());
+        assert!(depot.to_fill.is_empty(), "a buffer with no room for a magazine is not sent back");
     }
 
     #[test]
