@@ -37,7 +37,8 @@ use crate::sync::Arc;
 /// Envelopes per magazine.
 const MAGAZINE: usize = 32;
 
-/// Full magazines the depot holds at most (2,048 envelopes, about 230 KB).
+/// Full magazines the depot holds at most (2,048 envelopes, about 230 KB),
+/// and emptied ones on their way back (256 bytes each).
 const DEPOT: usize = 64;
 
 type Magazine = Vec<Arc<Envelope>>;
