@@ -16,8 +16,8 @@
 //!
 //! Bounded: a thread keeps at most two magazines, the depot [`DEPOT`] full
 //! ones and as many emptied ones on their way back; past that, envelopes
-//! (and emptied magazines) are freed as before. Nothing in a kept envelope belongs
-//! to a broker (it is empty but for its names), so the pool is the
+//! (and emptied magazines) are freed as before. Nothing in a kept envelope
+//! belongs to a broker (it is empty but for its names), so the pool is the
 //! process's, shared by every broker in it.
 //!
 //! Only envelopes let go through a [`Delivery`](crate::Delivery) come back
@@ -70,8 +70,9 @@ impl Depot {
         self.to_fill.try_recv().unwrap_or_else(|_| Vec::with_capacity(MAGAZINE))
     }
 
-    /// Sends an emptied magazine back to be filled again; with no room (or
-    /// no room in it), it is freed here.
+    /// Sends an emptied magazine back to be filled again. Freed here
+    /// instead when the way back is full, or when its buffer cannot hold a
+    /// whole magazine (a thread's first, never allocated).
     fn send_back(&self, magazine: Magazine) {
         debug_assert!(magazine.is_empty());
         if magazine.capacity() >= MAGAZINE {
