@@ -135,6 +135,53 @@ fn a_publish_reuses_the_envelope_of_a_delivery_dropped_before_it() {
 }
 
 #[test]
+fn names_too_long_to_be_inline_are_shared_by_a_routes_publishes_not_copied_into_each() {
+    // 13 + 33 bytes of names: past what an envelope holds inline.
+    let (exchange, key) = ("orders.events", "order.created.eu-west-1.priority");
+    let conn = Broker::new().connect();
+    conn.declare_exchange(exchange, ExchangeKind::Direct, ExchangeOptions::default()).unwrap();
+    conn.declare_queue("q", QueueOptions::default()).unwrap();
+    conn.bind_queue("q", exchange, key, FieldTable::new()).unwrap();
+    let consumer = conn.consume("q", ConsumeOptions { auto_ack: true, ..Default::default() }).unwrap();
+    let publisher = conn.publisher(exchange).unwrap();
+    let message = Message::new(vec![7_u8; 64]);
+    let single = || {
+        publisher.publish(key, message.clone()).unwrap();
+        drop(consumer.try_recv().unwrap());
+    };
+    let batch = || {
+        let batch = (0..64).map(|_| (key, message.clone()));
+        publisher.publish_batch(batch, Default::default()).unwrap();
+        for _ in 0..64 {
+            drop(consumer.try_recv().unwrap());
+        }
+    };
+    // Warm up: the inbox, the cached route, the batch's buffers.
+    for _ in 0..1_000 {
+        single();
+        batch();
+    }
+    let before = allocations();
+    for _ in 0..10_000 {
+        single();
+    }
+    let per_publish = (allocations() - before) as f64 / 10_000.0;
+    // The route's address is built once, when the route is cached; each
+    // envelope counts a reference to it (a copy of the names was one
+    // allocation a publish, freed by whichever thread dropped the delivery).
+    assert!(per_publish < 0.01, "{per_publish} allocations per publish through a cached route");
+    let before = allocations();
+    for _ in 0..1_000 {
+        batch();
+    }
+    // A batch builds each distinct key's address once: a handful of
+    // buffers per batch (its routes, its pending messages, about 16), none
+    // per message (a copy of the names each was one more per message).
+    let per_message = (allocations() - before) as f64 / 64_000.0;
+    assert!(per_message < 0.5, "{per_message} allocations per batched message");
+}
+
+#[test]
 fn a_consuming_thread_reuses_the_magazines_its_kept_envelopes_travel_in() {
     let broker = Broker::new();
     let conn = broker.connect();

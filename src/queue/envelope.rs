@@ -57,9 +57,9 @@ struct Extras {
 const INLINE_NAMES: usize = 29;
 
 /// Where a message was published: its exchange and routing key, as one
-/// string stored inline up to [`INLINE_NAMES`] bytes, else boxed, with
-/// where the exchange name ends (names are at most 255 bytes, checked at
-/// declare and publish).
+/// string stored inline up to [`INLINE_NAMES`] bytes, else on the heap,
+/// with where the exchange name ends (names are at most 255 bytes, checked
+/// at declare and publish).
 ///
 /// Built once where a publisher repeats it (a cached route, a batch's
 /// distinct key) and copied into each envelope: building it from two
@@ -67,8 +67,23 @@ const INLINE_NAMES: usize = 29;
 /// consumes, most of it in `memmove` calls for a few bytes each.
 #[derive(Debug, Clone)]
 pub(crate) enum Address {
-    Inline { len: u8, exchange_len: u8, bytes: [u8; INLINE_NAMES] },
-    Heap { names: Box<str>, exchange_len: u8 },
+    Inline {
+        len: u8,
+        exchange_len: u8,
+        bytes: [u8; INLINE_NAMES],
+    },
+    /// Built for one publish (a routing walk's): its envelope owns it.
+    Heap {
+        names: Box<str>,
+        exchange_len: u8,
+    },
+    /// Built once for many publishes ([`shared`](Address::shared)): each
+    /// envelope's copy counts a reference rather than allocating and
+    /// copying the names, and a queued message holds no copy of its own.
+    Shared {
+        names: std::sync::Arc<str>,
+        exchange_len: u8,
+    },
 }
 
 impl Address {
@@ -86,6 +101,16 @@ impl Address {
         }
     }
 
+    /// [`new`](Self::new), for an address that many envelopes will copy
+    /// (a cached route's, a batch's key's): names too long to be inline are
+    /// shared by every copy.
+    pub(crate) fn shared(exchange: &str, routing_key: &str) -> Self {
+        match Self::new(exchange, routing_key) {
+            Address::Heap { names, exchange_len } => Address::Shared { names: names.into(), exchange_len },
+            address => address,
+        }
+    }
+
     fn as_str(&self) -> &str {
         match self {
             // Copied whole from two `str`s, so always UTF-8; the empty
@@ -94,6 +119,7 @@ impl Address {
                 std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
             }
             Address::Heap { names, .. } => names,
+            Address::Shared { names, .. } => names,
         }
     }
 
@@ -114,15 +140,16 @@ impl Address {
         let bytes = match self {
             Address::Inline { len, bytes, .. } => bytes.get(..usize::from(*len)).unwrap_or_default(),
             Address::Heap { names, .. } => names.as_bytes(),
+            Address::Shared { names, .. } => names.as_bytes(),
         };
         bytes.get(self.exchange_len()..) == Some(key.as_bytes())
     }
 
     fn exchange_len(&self) -> usize {
         match self {
-            Address::Inline { exchange_len, .. } | Address::Heap { exchange_len, .. } => {
-                usize::from(*exchange_len)
-            }
+            Address::Inline { exchange_len, .. }
+            | Address::Heap { exchange_len, .. }
+            | Address::Shared { exchange_len, .. } => usize::from(*exchange_len),
         }
     }
 }
@@ -387,7 +414,7 @@ mod tests {
     }
 
     #[test]
-    fn envelope_names_split_back_whether_inline_or_boxed() {
+    fn envelope_names_split_back_whether_inline_boxed_or_shared() {
         for (exchange, key) in [
             ("", ""),
             ("orders", "order.created"),
@@ -404,6 +431,18 @@ mod tests {
             assert_eq!(inline, exchange.len() + key.len() <= INLINE_NAMES, "{exchange}/{key}");
             let copy = envelope.with_delivery_count(1);
             assert_eq!((copy.exchange(), copy.routing_key()), (exchange, key));
+            // Built once for many envelopes: long names are shared, not copied.
+            let shared = Address::shared(exchange, key);
+            let copy = shared.clone();
+            assert_eq!((copy.exchange(), copy.routing_key()), (exchange, key));
+            assert!(copy.has_routing_key(key));
+            match (&shared, &copy) {
+                (Address::Shared { names: a, .. }, Address::Shared { names: b, .. }) => {
+                    assert!(!inline && std::sync::Arc::ptr_eq(a, b), "{exchange}/{key}");
+                }
+                (Address::Inline { .. }, Address::Inline { .. }) => assert!(inline, "{exchange}/{key}"),
+                _ => panic!("{exchange}/{key}: a shared address copied as another kind"),
+            }
         }
     }
 }

@@ -248,7 +248,7 @@ impl Vhost {
                     None => {
                         let route = self.resolve(exchanges, start, key_str, &prepared).map(|queues| {
                             routes.push(queues);
-                            addresses.push(Address::new(&start.name, key_str));
+                            addresses.push(Address::shared(&start.name, key_str));
                             routes.len() - 1
                         });
                         resolved.insert(hash, key_str, route);

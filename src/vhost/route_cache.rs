@@ -277,7 +277,7 @@ impl Vhost {
         message: Message,
         options: PublishOptions,
     ) -> Result<Routed, PublishError> {
-        let address = Address::new(&start.name, routing_key);
+        let address = Address::shared(&start.name, routing_key);
         let admitted = self.admit_to(gate, &start, routing_key, &address, message, false)?;
         let recorded = admitted.extra_keys.is_empty() && {
             let mut queues = slots.recycle(at);
@@ -416,7 +416,7 @@ mod tests {
         }
         let at = slots.victim(epoch);
         let queues = slots.recycle(at);
-        let address = Address::new(&exchange.name, key);
+        let address = Address::shared(&exchange.name, key);
         let slot = Slot { epoch, exchange: Arc::clone(exchange), address, queues, reads_message: false };
         slots.install(at, slot);
         (false, true)
