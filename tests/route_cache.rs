@@ -207,6 +207,46 @@ fn a_binding_made_before_a_publish_starts_is_seen_by_a_cached_route() {
 }
 
 #[test]
+fn a_cache_grown_to_a_thousand_keys_routes_every_key_by_the_current_topology() {
+    // Far more keys than a cache starts with: it grows to hold them (its
+    // routes spread over sets by key), and a rebind still reaches all.
+    let keys: Vec<String> = (0..1000).map(|k| format!("tenant.{k}.order.created")).collect();
+    let conn = Broker::new().connect();
+    conn.declare_exchange("x", ExchangeKind::Direct, Default::default()).unwrap();
+    for queue in ["even", "odd"] {
+        conn.declare_queue(queue, QueueOptions::default()).unwrap();
+    }
+    for key in &keys {
+        conn.bind_queue("even", "x", key, None).unwrap();
+    }
+    let publisher = conn.publisher("x").unwrap();
+    for _ in 0..3 {
+        for key in &keys {
+            assert_eq!(publisher.publish(key, Message::new("before")).unwrap().queues(), 1);
+            assert_eq!(conn.publish("x", key, Message::new("before")).unwrap().queues(), 1);
+        }
+    }
+    assert_eq!(conn.purge_queue("even").unwrap(), 6000);
+    for key in keys.iter().skip(1).step_by(2) {
+        conn.unbind_queue("even", "x", key, None).unwrap();
+        conn.bind_queue("odd", "x", key, None).unwrap();
+    }
+    for key in &keys {
+        assert_eq!(publisher.publish(key, Message::new(key.clone())).unwrap().queues(), 1);
+        assert_eq!(conn.publish("x", key, Message::new(key.clone())).unwrap().queues(), 1);
+    }
+    for (queue, parity) in [("even", 0), ("odd", 1)] {
+        for (k, key) in keys.iter().enumerate().filter(|(k, _)| k % 2 == parity) {
+            for _ in 0..2 {
+                let delivery = conn.get(queue, true).unwrap().unwrap_or_else(|| panic!("{key} in {queue}"));
+                assert_eq!(delivery.body().as_ref(), key.as_bytes(), "key {k} in {queue}");
+            }
+        }
+        assert!(conn.get(queue, true).unwrap().is_none(), "nothing else in {queue}");
+    }
+}
+
+#[test]
 fn a_queue_deleted_and_declared_again_gets_the_next_cached_publish() {
     let broker = Broker::new();
     let conn = broker.connect();
