@@ -231,7 +231,8 @@ impl Slots {
             self.slots.resize_with(self.sets * WAYS, || None);
         }
         let set = self.set_of(key);
-        let free = self.slots[set.clone()].iter().position(|s| s.as_ref().is_none_or(|s| s.epoch != epoch));
+        let ways = self.slots.get(set.clone()).unwrap_or_default();
+        let free = ways.iter().position(|s| s.as_ref().is_none_or(|s| s.epoch != epoch));
         if let Some(way) = free {
             return set.start + way;
         }
