@@ -42,6 +42,10 @@ pub(crate) struct RoutingPass<'a> {
     /// exchange, a direct reply-to address): what it collected holds for
     /// this message only.
     pub(crate) reads_message: bool,
+    /// The walk matched the key somewhere (a direct or topic exchange, the
+    /// default exchange). Without it — fanout exchanges only — what it
+    /// collected holds for every key.
+    pub(crate) reads_key: bool,
 }
 
 /// Where one message went: counts, and the queues that refused it.
@@ -137,6 +141,7 @@ impl<'a> RoutingPass<'a> {
             names: None,
             collected: None,
             reads_message: false,
+            reads_key: false,
         }
     }
 

@@ -20,7 +20,8 @@ mod twin_topology;
 const QUEUES: [&str; 4] = ["q_a", "q_b", "q_red", "q_alt"];
 const KEYS: [&str; 8] = ["a.b", "a.c", "x.y", "h.z", "q_a", "q_b", "k", "none"];
 
-/// Topic `t` (alternate exchange `alt`), headers `h`, direct `d`.
+/// Topic `t` (alternate exchange `alt`), headers `h`, direct `d`, fanout
+/// `f` (whose routes read no key until it is bound to `d`).
 fn topology(broker: &Broker) {
     let conn = broker.connect();
     for q in QUEUES {
@@ -30,6 +31,8 @@ fn topology(broker: &Broker) {
     conn.declare_exchange("d", ExchangeKind::Direct, ExchangeOptions::default()).unwrap();
     conn.bind_queue("q_a", "t", "a.*", None).unwrap();
     conn.bind_queue("q_b", "d", "k", None).unwrap();
+    conn.declare_exchange("f", ExchangeKind::Fanout, ExchangeOptions::default()).unwrap();
+    conn.bind_queue("q_red", "f", "", None).unwrap();
 }
 
 #[derive(Debug, Clone)]
@@ -43,10 +46,12 @@ enum Op {
     DeleteQueue(&'static str),
     RedeclareDirect,
     DeleteDirect,
+    BindFanoutToDirect,
+    UnbindFanoutToDirect,
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let exchange = prop::sample::select(vec!["t", "d", ""]);
+    let exchange = prop::sample::select(vec!["t", "d", "", "f"]);
     let key = prop::sample::select(KEYS.to_vec());
     let queue = prop::sample::select(QUEUES.to_vec());
     prop_oneof![
@@ -60,6 +65,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => queue.prop_map(Op::DeleteQueue),
         1 => Just(Op::RedeclareDirect),
         1 => Just(Op::DeleteDirect),
+        1 => Just(Op::BindFanoutToDirect),
+        1 => Just(Op::UnbindFanoutToDirect),
     ]
 }
 
@@ -91,7 +98,7 @@ impl Twin {
         let recorder = recorded.then(|| broker.record());
         topology(&broker);
         let conn = broker.connect();
-        let publishers = ["t", "d", ""].map(|e| (e, conn.publisher(e).unwrap())).to_vec();
+        let publishers = ["t", "d", "", "f"].map(|e| (e, conn.publisher(e).unwrap())).to_vec();
         (Twin { broker, conn, publishers }, recorder)
     }
 
@@ -134,6 +141,8 @@ impl Twin {
                 declared
             }
             Op::DeleteDirect => outcome(conn.delete_exchange("d", Default::default())),
+            Op::BindFanoutToDirect => outcome(conn.bind_exchange("d", "f", "", None)),
+            Op::UnbindFanoutToDirect => outcome(conn.unbind_exchange("d", "f", "", None)),
         }
     }
 
@@ -244,6 +253,49 @@ fn a_cache_grown_to_a_thousand_keys_routes_every_key_by_the_current_topology() {
         }
         assert!(conn.get(queue, true).unwrap().is_none(), "nothing else in {queue}");
     }
+}
+
+#[test]
+fn a_fanout_route_serves_every_key_and_each_message_keeps_its_own_key() {
+    let conn = Broker::new().connect();
+    conn.declare_exchange("f", ExchangeKind::Fanout, Default::default()).unwrap();
+    conn.declare_exchange("d", ExchangeKind::Direct, Default::default()).unwrap();
+    for queue in ["all", "keyed"] {
+        conn.declare_queue(queue, QueueOptions::default()).unwrap();
+    }
+    conn.bind_queue("all", "f", "", None).unwrap();
+    let publisher = conn.publisher("f").unwrap();
+    let key = |k: usize| format!("orders.eu-west-1.order.{k}.created");
+    // More distinct keys than the largest cache holds: a fanout's route
+    // reads none of them.
+    for k in 0..3_000 {
+        assert_eq!(publisher.publish(&key(k), Message::new(key(k))).unwrap().queues(), 1);
+    }
+    // Bound on to a direct exchange, the fanout's route reads the key.
+    conn.bind_exchange("d", "f", "", None).unwrap();
+    conn.bind_queue("keyed", "d", &key(7), None).unwrap();
+    for k in 0..20 {
+        let expected = if k == 7 { 2 } else { 1 };
+        assert_eq!(publisher.publish(&key(k), Message::new(key(k))).unwrap().queues(), expected, "key {k}");
+        assert_eq!(conn.publish("f", &key(k), Message::new(key(k))).unwrap().queues(), expected, "key {k}");
+    }
+    conn.unbind_exchange("d", "f", "", None).unwrap();
+    for k in 0..20 {
+        assert_eq!(publisher.publish(&key(k), Message::new(key(k))).unwrap().queues(), 1, "key {k}");
+    }
+    // Every message carries the key it was published with.
+    let mut all = 0;
+    while let Some(delivery) = conn.get("all", true).unwrap() {
+        assert_eq!(delivery.routing_key().as_bytes(), delivery.body().as_ref());
+        assert_eq!(delivery.exchange(), "f");
+        all += 1;
+    }
+    assert_eq!(all, 3_000 + 40 + 20);
+    for _ in 0..2 {
+        let delivery = conn.get("keyed", true).unwrap().unwrap();
+        assert_eq!(delivery.routing_key(), key(7));
+    }
+    assert!(conn.get("keyed", true).unwrap().is_none());
 }
 
 #[test]

@@ -91,7 +91,7 @@ impl Address {
     pub(crate) fn new(exchange: &str, routing_key: &str) -> Self {
         let len = exchange.len() + routing_key.len();
         let exchange_len = exchange.len() as u8;
-        if len <= INLINE_NAMES {
+        if Self::fits_inline(exchange, routing_key) {
             let mut bytes = [0; INLINE_NAMES];
             bytes[..exchange.len()].copy_from_slice(exchange.as_bytes());
             bytes[exchange.len()..len].copy_from_slice(routing_key.as_bytes());
@@ -99,6 +99,12 @@ impl Address {
         } else {
             Address::Heap { names: [exchange, routing_key].concat().into_boxed_str(), exchange_len }
         }
+    }
+
+    /// Whether `exchange` and `routing_key` are stored inline: an address
+    /// built from them allocates nothing.
+    pub(crate) fn fits_inline(exchange: &str, routing_key: &str) -> bool {
+        exchange.len() + routing_key.len() <= INLINE_NAMES
     }
 
     /// [`new`](Self::new), for an address that many envelopes will copy

@@ -307,8 +307,8 @@ impl Vhost {
     ) -> Option<Vec<Arc<Queue>>> {
         let probe = self.envelope(start, key, prepared.message.clone(), false);
         let mut queues = Vec::new();
-        let reads_message = self.collect(Some(exchanges), start, key, &probe, &mut queues);
-        if reads_message { None } else { Some(queues) }
+        let reads = self.collect(Some(exchanges), start, key, &probe, &mut queues);
+        if reads.message { None } else { Some(queues) }
     }
 
     /// Enqueues the pending messages, a queue at a time (each under one

@@ -540,6 +540,16 @@ impl Vhost {
     }
 }
 
+/// What a collecting walk ([`Vhost::collect`]) read to find its queues.
+pub(super) struct Reads {
+    /// More than the key (a headers exchange, a direct reply-to address):
+    /// the queues hold for this message only.
+    pub(super) message: bool,
+    /// The key (a direct or topic exchange, the default exchange). Neither
+    /// (fanout exchanges only): the queues hold for any key.
+    pub(super) key: bool,
+}
+
 /// Why [`Vhost::admit`] refused a message (its error is built by
 /// [`Vhost::not_admitted`], with the message).
 pub(super) enum NotAdmitted {
@@ -657,9 +667,7 @@ impl Vhost {
 
     /// A collecting walk (a batch's, a route cache's): the distinct queues
     /// `key` reaches from `start`, in the walk's order, into `queues`,
-    /// enqueueing nothing; true if the walk read more than the key (a
-    /// headers exchange, a direct reply-to address): then they hold for
-    /// this message only.
+    /// enqueueing nothing; and what the walk read to find them.
     pub(super) fn collect(
         &self,
         exchanges: Option<&ExchangeMap>,
@@ -667,12 +675,12 @@ impl Vhost {
         key: &str,
         envelope: &Arc<Envelope>,
         queues: &mut Vec<Arc<Queue>>,
-    ) -> bool {
+    ) -> Reads {
         let timing = PublishTiming::new(&self.core.settings.clock, None, None);
         let mut pass = RoutingPass::new(envelope, key, timing, &[]);
         pass.collected = Some(queues);
         self.route_keys(exchanges, start, &mut pass, &[]);
-        pass.reads_message
+        Reads { message: pass.reads_message, key: pass.reads_key }
     }
 
     /// Walks the exchange graph from `start`, enqueueing in every queue
@@ -726,6 +734,7 @@ impl Vhost {
     fn route_key(&self, exchange: &Exchange, pass: &mut RoutingPass<'_>, key: &str) -> bool {
         let mut matched = false;
         if exchange.is_default() {
+            pass.reads_key = true;
             if let Some(queue) = self.queues.load().get(key) {
                 matched = true;
                 pass.enqueue(queue);
@@ -743,8 +752,10 @@ impl Vhost {
                 }
             }
         } else {
-            if exchange.kind == ExchangeKind::Headers {
-                pass.reads_message = true;
+            match exchange.kind {
+                ExchangeKind::Headers => pass.reads_message = true,
+                ExchangeKind::Direct | ExchangeKind::Topic => pass.reads_key = true,
+                ExchangeKind::Fanout => {}
             }
             exchange.routes.load().for_each_match(key, pass.envelope.message().headers(), |dest| {
                 matched = true;

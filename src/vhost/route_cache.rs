@@ -39,6 +39,18 @@
 //! pairs; `examples/bench direct`, which publishes that way, 2.8 → 3.6
 //! M/s).
 //!
+//! **Routes for any key.** A walk through fanout exchanges only reads no
+//! key: its queues hold for every key. Such a route is filed once, in one
+//! of [`ANY_KEY`] slots beside the sets, and serves every key of its
+//! exchange whose address fits inline in an envelope (each publish then
+//! writes its own key into its envelope, allocating nothing). A publisher
+//! giving a fanout exchange a new key each time (a message id, say) no
+//! longer fills the cache with one route per key and walks when it
+//! overflows: publishing alone to ten queues with a fresh short key each
+//! time ran 1.28–1.43 M/s before and 1.42–1.68 M/s after (five alternating
+//! pairs). A longer key keeps a route of its own, whose envelopes share one
+//! copy of the names.
+//!
 //! **Thrashing.** A publisher with more keys than even the largest cache
 //! holds would pay for recording routes it never reuses, and for scanning
 //! slots that do not hold its key. A score follows the hit rate (a hit adds
@@ -97,6 +109,13 @@ const WAYS: usize = 8;
 /// The most sets a cache grows to: 2,048 routes, about 230 KB with their
 /// queue lists, held by a publisher that cycles through that many keys.
 const MAX_SETS: usize = 256;
+/// Slots, beyond the sets, for routes that read no key (fanout exchanges
+/// only): each holds for every key its publisher uses whose address fits
+/// inline. A longer key's envelope would need its own copy of the names,
+/// which a route for that key alone shares among its envelopes instead
+/// (measured: 1,024 long keys cycling through a fanout exchange published
+/// 5% slower through a route for any key, copying each address).
+const ANY_KEY: usize = 4;
 /// What a hit adds to the score (a full miss takes one off).
 const HIT_GAIN: i32 = 4;
 /// The score's bounds: it reacts to a change of pattern within a few
@@ -138,9 +157,15 @@ impl Target<'_> {
 }
 
 /// The routes, in `sets` sets of [`WAYS`] slots each; a key's routes live
-/// in the set its hash picks (the only set while there is one).
+/// in the set its hash picks (the only set while there is one). After the
+/// sets, [`ANY_KEY`] slots for routes that hold for any key.
 struct Slots {
     slots: Vec<Option<Slot>>,
+    /// Some slot for any key holds a route: lookups that miss their set
+    /// look there too.
+    any_key_routes: bool,
+    /// The slot for any key the next replacement takes (round robin).
+    next_any_key: usize,
     /// How many sets: a power of two, 1 until the cache grows.
     sets: usize,
     /// The way the next eviction takes in its set (round robin).
@@ -159,6 +184,8 @@ impl Default for Slots {
     fn default() -> Self {
         Slots {
             slots: Vec::new(),
+            any_key_routes: false,
+            next_any_key: 0,
             sets: 1,
             next: 0,
             score: 0,
@@ -181,6 +208,9 @@ struct Slot {
     queues: Vec<Arc<Queue>>,
     /// The route reads the message: walk it every time.
     reads_message: bool,
+    /// The route read no key (fanout exchanges only): it holds for every
+    /// key, and sits in a slot for any key.
+    any_key: bool,
 }
 
 impl Slots {
@@ -201,12 +231,65 @@ impl Slots {
     fn find(&mut self, target: Target<'_>, key: &str, epoch: u64) -> Option<usize> {
         let set = self.set_of(key);
         let start = set.start;
-        let at = self.slots.get(set)?.iter().position(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.epoch == epoch && s.address.has_routing_key(key) && target.is(&s.exchange))
-        })?;
+        let ways = self.slots.get(set).unwrap_or_default();
+        let found = ways
+            .iter()
+            .position(|s| {
+                s.as_ref().is_some_and(|s| {
+                    s.epoch == epoch && s.address.has_routing_key(key) && target.is(&s.exchange)
+                })
+            })
+            .map(|way| start + way)
+            .or_else(|| self.find_any_key(target, key, epoch))?;
         self.score = (self.score + HIT_GAIN).min(SCORE_LIMIT);
-        Some(start + at)
+        Some(found)
+    }
+
+    /// The slot holding `target`'s route for any key in `epoch`, if `key`
+    /// is short enough to use it (see [`ANY_KEY`]).
+    #[inline]
+    fn find_any_key(&self, target: Target<'_>, key: &str, epoch: u64) -> Option<usize> {
+        if !self.any_key_routes {
+            return None;
+        }
+        let slots = self.any_key_slots();
+        let start = slots.start;
+        let way = self.slots.get(slots)?.iter().position(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.epoch == epoch && Address::fits_inline(&s.exchange.name, key) && target.is(&s.exchange)
+            })
+        })?;
+        Some(start + way)
+    }
+
+    /// Where the slots for any key are, after the sets.
+    fn any_key_slots(&self) -> std::ops::Range<usize> {
+        self.sets * WAYS..self.sets * WAYS + ANY_KEY
+    }
+
+    /// Where a route for any key, walked in `epoch`, is recorded: an empty
+    /// or stale slot first, else round robin.
+    fn any_key_victim(&mut self, epoch: u64) -> usize {
+        self.any_key_routes = true;
+        let slots = self.any_key_slots();
+        let ways = self.slots.get(slots.clone()).unwrap_or_default();
+        let way = match ways.iter().position(|s| s.as_ref().is_none_or(|s| s.epoch != epoch)) {
+            Some(way) => way,
+            None => {
+                let way = self.next_any_key;
+                self.next_any_key = (way + 1) % ANY_KEY;
+                way
+            }
+        };
+        slots.start + way
+    }
+
+    /// Empties slot `at` (its route was to be replaced by one that went
+    /// to a slot for any key instead).
+    fn vacate(&mut self, at: usize) {
+        if let Some(place) = self.slots.get_mut(at) {
+            *place = None;
+        }
     }
 
     /// Whether this publish looks its route up: always, but while the
@@ -228,7 +311,7 @@ impl Slots {
     /// then it grows first (see the module docs).
     fn victim(&mut self, epoch: u64, key: &str) -> usize {
         if self.slots.is_empty() {
-            self.slots.resize_with(self.sets * WAYS, || None);
+            self.slots.resize_with(self.sets * WAYS + ANY_KEY, || None);
         }
         let set = self.set_of(key);
         let ways = self.slots.get(set.clone()).unwrap_or_default();
@@ -238,7 +321,7 @@ impl Slots {
         }
         self.evictions += 1;
         self.score = (self.score - 1).max(-SCORE_LIMIT);
-        if (self.score < -THRASH || self.evictions >= self.slots.len()) && self.sets < MAX_SETS {
+        if (self.score < -THRASH || self.evictions >= self.sets * WAYS) && self.sets < MAX_SETS {
             self.grow();
             return self.victim(epoch, key);
         }
@@ -254,7 +337,8 @@ impl Slots {
     fn grow(&mut self) {
         self.sets *= 2;
         self.slots.clear();
-        self.slots.resize_with(self.sets * WAYS, || None);
+        self.slots.resize_with(self.sets * WAYS + ANY_KEY, || None);
+        self.any_key_routes = false;
         self.evictions = 0;
         self.score = 0;
     }
@@ -357,7 +441,16 @@ impl Vhost {
             return self.publish_uncached(gate, target, routing_key, message, options);
         };
         let fanout = slot.queues.len() > 1;
-        let admitted = self.admit_to(gate, &slot.exchange, routing_key, &slot.address, message, fanout)?;
+        // A route for any key was recorded with another key: this
+        // publish's envelope carries its own.
+        let own;
+        let address = if slot.any_key && !slot.address.has_routing_key(routing_key) {
+            own = Address::new(&slot.exchange.name, routing_key);
+            &own
+        } else {
+            &slot.address
+        };
+        let admitted = self.admit_to(gate, &slot.exchange, routing_key, address, message, fanout)?;
         let queues = (admitted.extra_keys.is_empty() && !slot.reads_message).then_some(&slot.queues[..]);
         let mut durable = None;
         let result = self.deliver(&slot.exchange, routing_key, admitted, queues, options, &mut durable);
@@ -382,11 +475,20 @@ impl Vhost {
     ) -> Result<Routed, PublishError> {
         let address = Address::shared(&start.name, routing_key);
         let admitted = self.admit_to(gate, &start, routing_key, &address, message, false)?;
+        let mut at = at;
         let recorded = admitted.extra_keys.is_empty() && {
             let mut queues = slots.recycle(at);
-            let reads_message = self.collect(None, &start, routing_key, &admitted.envelope, &mut queues);
+            let reads = self.collect(None, &start, routing_key, &admitted.envelope, &mut queues);
+            let any_key = !reads.key && !reads.message && Address::fits_inline(&start.name, routing_key);
+            if any_key {
+                // Not this key's route but every key's: its slot, whose
+                // queue buffer it took, keeps nothing.
+                slots.vacate(at);
+                at = slots.any_key_victim(epoch);
+            }
             let exchange = Arc::clone(&start);
-            slots.install(at, Slot { epoch, exchange, address, queues, reads_message });
+            let reads_message = reads.message;
+            slots.install(at, Slot { epoch, exchange, address, queues, reads_message, any_key });
             !reads_message
         };
         // Recorded in slot `at` (if not, the walk below routes it anyway).
@@ -521,7 +623,14 @@ mod tests {
         let at = slots.victim(epoch, key);
         let queues = slots.recycle(at);
         let address = Address::shared(&exchange.name, key);
-        let slot = Slot { epoch, exchange: Arc::clone(exchange), address, queues, reads_message: false };
+        let slot = Slot {
+            epoch,
+            exchange: Arc::clone(exchange),
+            address,
+            queues,
+            reads_message: false,
+            any_key: false,
+        };
         slots.install(at, slot);
         (false, true)
     }
@@ -600,6 +709,33 @@ mod tests {
         }
         let hits = (0..100).filter(|_| lookup(&mut slots, &exchange, "k0", 1).0).count();
         assert_eq!(hits, 100, "out of the mode, every publish looks up and hits");
+    }
+
+    #[test]
+    fn a_route_for_any_key_serves_every_key_of_its_exchange_and_only_its_own() {
+        let (mut slots, fanout, other) = (Slots::default(), exchange(), exchange());
+        // Recorded as a miss records a walk that read no key.
+        let at = slots.victim(1, "k0");
+        slots.vacate(at);
+        let at = slots.any_key_victim(1);
+        let address = Address::shared(&fanout.name, "k0");
+        let exchange = Arc::clone(&fanout);
+        slots.install(
+            at,
+            Slot { epoch: 1, exchange, address, queues: Vec::new(), reads_message: false, any_key: true },
+        );
+        for key in ["k0", "k1", "orders.created", ""] {
+            assert_eq!(slots.find(Target::Resolved(&fanout), key, 1), Some(at), "{key}");
+        }
+        // A key too long for its address to be inline: left to a route of its
+        // own, whose envelopes share one copy of the names.
+        let long = "a.much.longer.routing.key.than.any.other";
+        assert_eq!(slots.find(Target::Resolved(&fanout), long, 1), None);
+        assert_eq!(slots.find(Target::Resolved(&other), "k0", 1), None, "another exchange");
+        assert_eq!(slots.find(Target::Resolved(&fanout), "k0", 2), None, "a later epoch");
+        assert_eq!(slots.slots.iter().flatten().count(), 1, "one route for every key");
+        slots.grow();
+        assert_eq!(slots.find(Target::Resolved(&fanout), "k1", 1), None, "growing empties it too");
     }
 
     #[test]
