@@ -272,8 +272,7 @@ impl Slots {
     fn any_key_victim(&mut self, epoch: u64) -> usize {
         self.any_key_routes = true;
         let slots = self.any_key_slots();
-        let ways = self.slots.get(slots.clone()).unwrap_or_default();
-        let way = match ways.iter().position(|s| s.as_ref().is_none_or(|s| s.epoch != epoch)) {
+        let way = match self.free_way(slots.clone(), epoch) {
             Some(way) => way,
             None => {
                 let way = self.next_any_key;
@@ -282,6 +281,13 @@ impl Slots {
             }
         };
         slots.start + way
+    }
+
+    /// The first way of `ways` that holds no route current in `epoch`
+    /// (empty, or stale): where a new route goes without replacing one.
+    fn free_way(&self, ways: std::ops::Range<usize>, epoch: u64) -> Option<usize> {
+        let ways = self.slots.get(ways).unwrap_or_default();
+        ways.iter().position(|s| s.as_ref().is_none_or(|s| s.epoch != epoch))
     }
 
     /// Empties slot `at` (its route was to be replaced by one that went
@@ -314,9 +320,7 @@ impl Slots {
             self.slots.resize_with(self.sets * WAYS + ANY_KEY, || None);
         }
         let set = self.set_of(key);
-        let ways = self.slots.get(set.clone()).unwrap_or_default();
-        let free = ways.iter().position(|s| s.as_ref().is_none_or(|s| s.epoch != epoch));
-        if let Some(way) = free {
+        if let Some(way) = self.free_way(set.clone(), epoch) {
             return set.start + way;
         }
         self.evictions += 1;
