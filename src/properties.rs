@@ -61,28 +61,36 @@ impl Text {
         TextEntries { rest: &self.0 }
     }
 
-    /// Sets (or with `None`, clears) one value: the text is written anew,
-    /// the others copied in order around it, into a buffer of exactly its
-    /// size (so boxing it does not reallocate).
+    /// Sets (or with `None`, clears) one value: see [`update`](Self::update).
     fn set(&mut self, field: TextField, value: Option<&str>) {
-        let index = field as u8;
         if value.is_none() && self.get(field).is_none() {
             return;
         }
-        let kept = self.entries().filter(|&(f, _)| f != index);
-        let size = kept.clone().map(|(_, v)| entry_len(v)).sum::<usize>() + value.map_or(0, entry_len);
+        self.update(&[(field, value)]);
+    }
+
+    /// Sets (or with `None`, clears) each value of `updates`, which lists
+    /// distinct fields in [`TextField`] order: the text is written anew
+    /// once, the values kept copied in order around the new ones, into a
+    /// buffer of exactly its size (so boxing it does not reallocate). (A
+    /// request/reply call sets two values: written anew for each, they
+    /// were a sixth of its caller's instructions, callgrind.)
+    fn update(&mut self, updates: &[(TextField, Option<&str>)]) {
+        debug_assert!(updates.windows(2).all(|w| w[0].0 < w[1].0), "distinct, in order");
+        let replaced = |f: u8| updates.iter().any(|&(field, _)| field as u8 == f);
+        let kept = self.entries().filter(|&(f, _)| !replaced(f));
+        let added = updates.iter().filter_map(|&(field, value)| Some((field as u8, value?)));
+        let size = kept.clone().chain(added.clone()).map(|(_, v)| entry_len(v)).sum::<usize>();
         let mut out = String::with_capacity(size);
-        let mut pending = value;
+        let mut added = added.peekable();
         for (f, existing) in kept {
-            if f > index
-                && let Some(v) = pending.take()
-            {
-                push_entry(&mut out, index, v);
+            while let Some((index, value)) = added.next_if(|&(index, _)| index < f) {
+                push_entry(&mut out, index, value);
             }
             push_entry(&mut out, f, existing);
         }
-        if let Some(v) = pending {
-            push_entry(&mut out, index, v);
+        for (index, value) in added {
+            push_entry(&mut out, index, value);
         }
         debug_assert_eq!(out.len(), size);
         self.0 = out.into_boxed_str();
@@ -112,13 +120,13 @@ fn decimal(mut n: usize) -> ([u8; 20], usize) {
 }
 
 fn push_entry(out: &mut String, index: u8, value: &str) {
-    // The framing in one piece: letter, digits, `:` (ASCII, so a `str`).
+    // The framing is ASCII, pushed as characters: no UTF-8 check.
     let (digits, count) = decimal(value.len());
-    let mut head = [0_u8; 22];
-    head[0] = b'a' + index;
-    head[1..=count].copy_from_slice(&digits[digits.len() - count..]);
-    head[count + 1] = b':';
-    out.push_str(std::str::from_utf8(&head[..count + 2]).unwrap_or_default());
+    out.push(char::from(b'a' + index));
+    for &digit in &digits[digits.len() - count..] {
+        out.push(char::from(digit));
+    }
+    out.push(':');
     out.push_str(value);
 }
 
@@ -239,6 +247,15 @@ macro_rules! plain_properties {
 }
 
 impl Properties {
+    /// Sets a request's correlation id and reply-to address at once (the
+    /// text written anew once, not twice).
+    pub(crate) fn set_call(&mut self, correlation_id: &str, reply_to: &str) {
+        self.text.update(&[
+            (TextField::CorrelationId, Some(correlation_id)),
+            (TextField::ReplyTo, Some(reply_to)),
+        ]);
+    }
+
     text_properties! {
         ContentType: content_type, set_content_type, clear_content_type, with_content_type,
             "MIME type of the body (e.g. `application/json`)";
@@ -589,6 +606,50 @@ mod tests {
                 }
             }
         }
+
+        /// Two values updated at once leave the same text, byte for byte,
+        /// as the two set one after the other, whatever surrounds them.
+        #[test]
+        fn two_values_updated_at_once_are_the_two_set_in_turn(
+            start in proptest::collection::vec((0_u8..9, "[a-c0-9:é]{0,12}"), 0..12),
+            (i, j) in proptest::strategy::Strategy::prop_filter((0_u8..9, 0_u8..9), "distinct", |(i, j)| i != j),
+            a in proptest::option::of("[a-c0-9:é]{0,40}"),
+            b in proptest::option::of("[a-c0-9:é]{0,40}"),
+        ) {
+            let fields = [
+                TextField::ContentType, TextField::ContentEncoding, TextField::CorrelationId,
+                TextField::ReplyTo, TextField::Expiration, TextField::MessageId,
+                TextField::Kind, TextField::UserId, TextField::AppId,
+            ];
+            let mut in_turn = Properties::default();
+            for (f, value) in &start {
+                in_turn.text.set(fields[usize::from(*f)], Some(value));
+            }
+            let mut at_once = in_turn.clone();
+            in_turn.text.set(fields[usize::from(i)], a.as_deref());
+            in_turn.text.set(fields[usize::from(j)], b.as_deref());
+            let (first, second) = if i < j { ((i, &a), (j, &b)) } else { ((j, &b), (i, &a)) };
+            at_once.text.update(&[
+                (fields[usize::from(first.0)], first.1.as_deref()),
+                (fields[usize::from(second.0)], second.1.as_deref()),
+            ]);
+            proptest::prop_assert_eq!(&*at_once.text.0, &*in_turn.text.0);
+        }
+    }
+
+    #[test]
+    fn a_calls_two_values_set_at_once_read_back_beside_the_others() {
+        let mut p = Properties::default().with_content_type("text/plain").with_app_id("billing");
+        p.set_call("amq.rabbitmq.reply-to.x.7", "amq.rabbitmq.reply-to.x");
+        assert_eq!(p.correlation_id(), Some("amq.rabbitmq.reply-to.x.7"));
+        assert_eq!(p.reply_to(), Some("amq.rabbitmq.reply-to.x"));
+        assert_eq!((p.content_type(), p.app_id()), (Some("text/plain"), Some("billing")));
+        let by_setters = Properties::default()
+            .with_content_type("text/plain")
+            .with_reply_to("amq.rabbitmq.reply-to.x")
+            .with_app_id("billing")
+            .with_correlation_id("amq.rabbitmq.reply-to.x.7");
+        assert_eq!(p, by_setters, "one encoding whichever way it was set");
     }
 
     #[test]

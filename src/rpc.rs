@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::access::PublishGate;
 use crate::codec::{DecodeError, EncodeError};
 use crate::delivery::Delivery;
 use crate::error::{ErrorKind, PublishError};
@@ -24,7 +23,7 @@ use crate::message::Message;
 use crate::queue::Envelope;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, Weak, spin_wait};
 use crate::timer::TimerTarget;
-use crate::vhost::publish::PublishOptions;
+use crate::vhost::publish::{PublishOptions, Routed};
 use crate::vhost::{ReplyTarget, Vhost};
 
 pub use crate::vhost::DIRECT_REPLY_TO;
@@ -313,18 +312,17 @@ impl ReplyEndpoint {
         }
     }
 
-    /// Publishes a request and registers its call. `blocking`: the caller
-    /// waits on its own thread (see [`PendingCall::scheduled`]).
-    #[allow(clippy::too_many_arguments)]
+    /// Registers a call and publishes its request through `publish` (the
+    /// caller's connection, with its route cache: walking the exchanges for
+    /// every request was a third of a call's instructions). `blocking`: the
+    /// caller waits on its own thread (see [`PendingCall::scheduled`]).
     pub(crate) fn start(
         self: &Arc<Self>,
         broker: &Vhost,
-        gate: &impl PublishGate,
-        exchange: &str,
-        routing_key: &str,
         mut message: Message,
         timeout: Duration,
         blocking: bool,
+        publish: impl FnOnce(Message, PublishOptions) -> Result<Routed, PublishError>,
     ) -> Result<Arc<PendingCall>, CallError> {
         let n = self.next_correlation.fetch_add(1, Ordering::Relaxed);
         let correlation_id = correlation_id(&self.name, n);
@@ -332,8 +330,7 @@ impl ReplyEndpoint {
         let deadline = crate::clock::later(clock.now(), timeout);
         let scheduled = !blocking || clock.is_manual() || broker.core.inline_workers.is_some();
         let properties = message.properties_mut();
-        properties.set_correlation_id(&correlation_id);
-        properties.set_reply_to(&*self.name);
+        properties.set_call(&correlation_id, &self.name);
         let call = Arc::new(PendingCall {
             // The broker's id counter is a line other threads write: a
             // call the timers do not watch needs no id with them.
@@ -362,7 +359,7 @@ impl ReplyEndpoint {
             let target: Weak<dyn TimerTarget> = Arc::downgrade(&call) as Weak<dyn TimerTarget>;
             broker.core.timers().schedule(target, call.timer_id, deadline);
         }
-        match broker.publish(gate, exchange, routing_key, message, PublishOptions { mandatory: true }) {
+        match publish(message, PublishOptions { mandatory: true }) {
             Ok(_) => {
                 // A deadline already reached (a zero timeout) fails at once,
                 // whatever the clock: a manual clock has no thread to fire

@@ -10,6 +10,7 @@ use crate::delivery::Delivery;
 use crate::message::Message;
 use crate::rpc::{self, Call, CallError, ReplyEndpoint, RpcStats};
 use crate::sync::Arc;
+use crate::vhost::route_cache::Target;
 
 impl Connection {
     /// Calls a service: publishes `request` to `exchange` with `routing_key`
@@ -139,6 +140,16 @@ impl Connection {
         blocking: bool,
     ) -> Result<Arc<rpc::PendingCall>, CallError> {
         let endpoint = self.reply_endpoint()?;
-        endpoint.start(&self.vhost, &*self.grant, exchange, routing_key, request, timeout, blocking)
+        endpoint.start(&self.vhost, request, timeout, blocking, |request, options| {
+            let target = Target::Named(exchange);
+            self.vhost.publish_cached(
+                &*self.grant,
+                &self.shared.routes,
+                target,
+                routing_key,
+                request,
+                options,
+            )
+        })
     }
 }
