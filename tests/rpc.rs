@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use interoffice::{
     Broker, BrokerOptions, CallError, Connection, ConsumeOptions, Delivery, ManualClock, Message,
-    QueueOptions,
+    PublishError, PublishOptions, QueueOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -415,4 +415,33 @@ fn a_will_nobody_is_bound_for_is_dropped_quietly() {
     conn.set_will("", "nobody", Message::new("w")).unwrap();
     drop(conn); // must not panic
     assert!(broker.queue_names().is_empty());
+}
+
+#[test]
+fn a_reply_address_whose_connection_closed_is_unroutable_though_replies_reached_it_before() -> Result {
+    let broker = Broker::new();
+    let server = broker.connect();
+    server.declare_queue("once", QueueOptions::default())?;
+    let consumer = server.consume("once", ConsumeOptions { auto_ack: true, ..Default::default() })?;
+    let client = Arc::new(broker.connect());
+    let caller = {
+        let client = Arc::clone(&client);
+        std::thread::spawn(move || client.call("", "once", Message::new("q"), LONG))
+    };
+    let request = consumer.recv()?;
+    let props = request.properties().clone();
+    let reply_to = props.reply_to().unwrap();
+    let answer = Message::new("a").with_correlation_id(props.correlation_id().unwrap());
+    // Replies from this connection go through its route cache, which now
+    // holds the address's route.
+    server.publish_with("", reply_to, answer, PublishOptions { mandatory: true })?;
+    assert_eq!(text(&caller.join().unwrap()?), "a");
+    server.publish_with("", reply_to, Message::new("late"), PublishOptions { mandatory: true })?;
+    assert_eq!(client.rpc_stats().late_replies_dropped, 1, "an open address takes a late reply");
+    client.close();
+    match server.publish_with("", reply_to, Message::new("gone"), PublishOptions { mandatory: true }) {
+        Err(PublishError::Unroutable { message, .. }) => assert_eq!(message.body().as_ref(), b"gone"),
+        other => panic!("a reply to a closed connection's address: {other:?}"),
+    }
+    Ok(())
 }

@@ -21,7 +21,10 @@
 //! **What is never cached.** A route that reads more than the exchange and
 //! the key — a headers exchange on the way, a direct reply-to address,
 //! whose endpoint comes and goes with its connection — is recorded as
-//! "walk it": the message takes the full walk every time. A message with
+//! "walk it": the message takes the full walk every time (a reply goes
+//! straight to the endpoint registered for its address, looked up on each
+//! publish, which is the only step of its walk that finds anything). A
+//! message with
 //! `CC`/`BCC` keys takes the full walk. With observers or fault rules
 //! active every publish takes the full walk (their events and decisions are
 //! per queue reached).
@@ -97,10 +100,10 @@ use crate::message::Message;
 use crate::queue::{Address, Envelope, PublishTiming, Queue};
 use crate::routing::Tally;
 use crate::settle::Busy;
-use crate::sync::{Arc, Ordering};
+use crate::sync::{Arc, Ordering, Weak};
 
-use super::Vhost;
 use super::publish::{PublishOptions, Routed, Stored, Walk};
+use super::{DIRECT_REPLY_TO, ReplyTarget, Vhost};
 
 /// Routes a cache holds at first, in one set scanned whole: enough for a
 /// publisher that uses a handful of keys, few enough to scan on every
@@ -558,10 +561,50 @@ impl Vhost {
                 self.enqueue_cached(start, routing_key, queues, arrival, durable)
             }
             None => {
+                if start.is_default() && extra_keys.is_empty() && routing_key.starts_with(DIRECT_REPLY_TO) {
+                    let endpoint = self.replies.load().get(routing_key).and_then(Weak::upgrade);
+                    if let Some(endpoint) = endpoint {
+                        return self.reply(
+                            start,
+                            routing_key,
+                            &*endpoint,
+                            envelope,
+                            options,
+                            stripe,
+                            durable,
+                        );
+                    }
+                }
                 let walk = Walk { envelope, ttl, delay, extra_keys: &extra_keys };
                 self.route_envelope(None, start, routing_key, walk, options, stripe, durable)
             }
         }
+    }
+
+    /// A reply to the direct reply-to address `routing_key`, whose call
+    /// `endpoint` waits on, given to it as the default exchange's step of a
+    /// walk would: never a queue's name first (names under `amq.` are
+    /// reserved to the server, which gives queues only `amq.gen-…` ones).
+    /// Such a route reads the message, so it is recorded without queues,
+    /// and its walk was a sixth of a request/reply round trip's
+    /// instructions (callgrind). An address nothing answers at is walked
+    /// as before (unroutable, or its exchange's alternate).
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &self,
+        start: &Exchange,
+        routing_key: &str,
+        endpoint: &dyn ReplyTarget,
+        envelope: Arc<Envelope>,
+        options: PublishOptions,
+        stripe: usize,
+        durable: &mut Option<(u64, Message)>,
+    ) -> Result<Routed, PublishError> {
+        endpoint.deliver(&envelope);
+        let mut tally = Tally::default();
+        tally.enqueued = 1;
+        let stored = Stored { lsn: 0, error: None };
+        self.outcome(start, routing_key, envelope, &mut tally, stored, options, stripe, durable)
     }
 
     /// Enqueues a message in the queues of its cached route, in order, then
