@@ -69,19 +69,30 @@ fn push(scope: Scope) -> bool {
 
 /// The scope of a delivery, if it carries a conversation id or a trace
 /// context to pass on.
+///
+/// One pass over the headers, comparing each name with the three (most
+/// differ in length at once): a lookup of each by name was about 300
+/// instructions a delivery handed to a worker (callgrind, two headers).
 fn scope_of(message: &Message) -> Option<Scope> {
     let headers = message.headers()?;
-    let text = |name: &str| headers.get(name).and_then(FieldValue::as_str).map(Arc::<str>::from);
-    let conversation = text(CONVERSATION_ID_HEADER);
-    let traceparent = text(TRACEPARENT_HEADER);
+    let (mut conversation, mut traceparent, mut tracestate) = (None, None, None);
+    for (name, value) in headers.iter() {
+        let found = match name {
+            CONVERSATION_ID_HEADER => &mut conversation,
+            TRACEPARENT_HEADER => &mut traceparent,
+            TRACESTATE_HEADER => &mut tracestate,
+            _ => continue,
+        };
+        *found = value.as_str();
+    }
     if conversation.is_none() && traceparent.is_none() {
         return None;
     }
     Some(Scope {
-        initiator: conversation.as_ref().and(message.properties().message_id().map(Into::into)),
-        conversation,
-        tracestate: traceparent.as_ref().and(text(TRACESTATE_HEADER)),
-        traceparent,
+        initiator: conversation.and(message.properties().message_id().map(Into::into)),
+        conversation: conversation.map(Into::into),
+        tracestate: traceparent.and(tracestate).map(Into::into),
+        traceparent: traceparent.map(Into::into),
     })
 }
 
@@ -364,5 +375,46 @@ impl Conversation {
 impl Drop for Conversation {
     fn drop(&mut self) {
         self.host.unfollow(&self.id, &self.tracker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(headers: &[(&str, &str)], message_id: Option<&str>) -> Option<Scope> {
+        let mut message = Message::new("m").with_header("tenant", FieldValue::from("acme"));
+        for (name, value) in headers {
+            message = message.with_header(*name, FieldValue::from(*value));
+        }
+        if let Some(id) = message_id {
+            message.properties_mut().set_message_id(id);
+        }
+        scope_of(&message)
+    }
+
+    fn texts(scope: &Scope) -> [Option<&str>; 4] {
+        [&scope.conversation, &scope.initiator, &scope.traceparent, &scope.tracestate].map(|t| t.as_deref())
+    }
+
+    #[test]
+    fn a_delivery_scope_takes_each_header_it_passes_on_and_nothing_else() {
+        assert!(scope(&[("x-other", "1")], Some("m-1")).is_none(), "no conversation, no trace");
+        assert!(scope(&[(TRACESTATE_HEADER, "v=1")], None).is_none(), "a trace state alone is not passed on");
+        let s = scope(&[(CONVERSATION_ID_HEADER, "c-1"), ("x-other", "1")], Some("m-1")).unwrap();
+        assert_eq!(texts(&s), [Some("c-1"), Some("m-1"), None, None]);
+        let s =
+            scope(&[(TRACEPARENT_HEADER, "00-ab-cd-01"), (TRACESTATE_HEADER, "v=1")], Some("m-1")).unwrap();
+        assert_eq!(
+            texts(&s),
+            [None, None, Some("00-ab-cd-01"), Some("v=1")],
+            "an initiator only with a conversation"
+        );
+        let all = [
+            (TRACESTATE_HEADER, "v=1"),
+            (CONVERSATION_ID_HEADER, "c-1"),
+            (TRACEPARENT_HEADER, "00-ab-cd-01"),
+        ];
+        assert_eq!(texts(&scope(&all, None).unwrap()), [Some("c-1"), None, Some("00-ab-cd-01"), Some("v=1")]);
     }
 }
