@@ -1,6 +1,6 @@
-//! Nothing leaks (GUARANTEES.md, G13): churning connections, consumers and
-//! queues leaves the heap flat, and every message body the bus accepted is
-//! dropped exactly once.
+//! Nothing leaks (GUARANTEES.md, G15): churning connections, consumers and
+//! queues, and request/reply calls, leave the heap flat, and every message
+//! body the bus accepted is dropped exactly once.
 //!
 //! Memory is measured with a counting global allocator (live bytes), not
 //! RSS. The scenarios run one after another in a single test, so no other
@@ -178,5 +178,38 @@ fn churn_leaves_the_heap_flat_and_every_body_is_dropped_once() {
     assert!(refused > 0, "the full queue refused some");
     conn.purge_queue("full").unwrap();
     conn.purge_queue("limited").unwrap();
+    assert_eq!(drops.load(Ordering::Relaxed) - before, made);
+
+    // Request/reply: a request through the caller's route cache, its reply
+    // straight to the caller's endpoint, a reply to a call already over
+    // (counted, dropped), and replies to an address whose connection
+    // closed (unroutable, handed back): the heap stays flat and every body
+    // is dropped once.
+    let broker = Broker::new();
+    let server = broker.connect();
+    server.declare_queue("echo", QueueOptions::default()).unwrap();
+    let _worker = server
+        .serve("echo", Default::default(), |request| Ok::<_, String>(request.message().clone()))
+        .unwrap();
+    let caller = broker.connect();
+    stays_flat("calls", 256 * 1024, |_| {
+        let reply = caller.call("", "echo", Message::new("q"), Duration::from_secs(60)).unwrap();
+        assert_eq!(reply.body().as_ref(), b"q");
+    });
+    let before = drops.load(Ordering::Relaxed);
+    let mut made = 0;
+    for _ in 0..100 {
+        let caller = broker.connect();
+        let reply = caller.call("", "echo", Message::new(body()), Duration::from_secs(60)).unwrap();
+        made += 1;
+        let reply_to = reply.properties().reply_to().unwrap().to_owned();
+        server.publish("", &reply_to, Message::new(body())).unwrap();
+        made += 1;
+        drop((reply, caller));
+        let gone = PublishOptions { mandatory: true };
+        let error = server.publish_with("", &reply_to, Message::new(body()), gone).unwrap_err();
+        made += 1;
+        drop(error);
+    }
     assert_eq!(drops.load(Ordering::Relaxed) - before, made);
 }
