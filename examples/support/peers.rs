@@ -8,11 +8,13 @@
 //! - **C** 4 producers → 1 queue → 4 competing consumers;
 //! - **D** request/reply, one caller (calls/s and the round trip's p50).
 //!
-//! A has three more interoffice rows: `recv_batch` on the consumer,
-//! batches on both sides, and the publishing half alone (one thread
+//! A has four more interoffice rows: `recv_batch` on the consumer,
+//! batches on both sides, the publishing half alone (one thread
 //! publishing to a queue nobody consumes), which bounds what any 1→1 run
 //! publishing one message at a time can reach: a peer's 1→1 above it is
-//! out of reach without a cheaper publish.
+//! out of reach without a cheaper publish, and the batches' publishing
+//! half on one thread, which bounds the batch row the same way (see
+//! [`bus::a_batch_publish_half`]).
 //!
 //! Every contender carries the same values: clones of 1,024 pooled
 //! `interoffice::Message`s (a 64-byte body and two headers). A contender
@@ -522,6 +524,35 @@ mod bus {
         rate(n, start.elapsed())
     }
 
+    /// The batch row's publishing half at its cheapest: one thread
+    /// publishes a batch of 64, then takes it with `recv_batch` itself,
+    /// and only the publishes are timed. Everything stays in this core's
+    /// cache (the envelopes come back to the thread that reuses them, and
+    /// no line crosses to another core), so this is what the batched
+    /// publish's own work costs; a two-thread run only adds to it. A peer's
+    /// 1→1 above it cannot be reached by moving less between cores, only
+    /// by a batched publish doing less.
+    pub(super) fn a_batch_publish_half(pool: &[Message], n: u64) -> Run {
+        let broker = Broker::new();
+        let conn = broker.connect();
+        conn.declare_queue("a", QueueOptions::default()).unwrap();
+        let options = ConsumeOptions { auto_ack: true, prefetch: 1024, ..Default::default() };
+        let consumer = conn.consume("a", options).unwrap();
+        let publisher = conn.publisher("").unwrap();
+        let (mut publishing, mut i) = (Duration::ZERO, 0);
+        while i < n {
+            let end = (i + 64).min(n);
+            let batch = (i..end).map(|i| ("a", pool[i as usize % POOL].clone()));
+            let start = Instant::now();
+            publisher.publish_batch(batch, Default::default()).unwrap();
+            publishing += start.elapsed();
+            let got = consumer.recv_batch(64).unwrap().len() as u64;
+            check("interoffice batch publishing half", got, end - i);
+            i = end;
+        }
+        rate(n, publishing)
+    }
+
     pub(super) fn b(pool: &[Message], n: u64, fan: usize) -> Run {
         let broker = Broker::new();
         let conn = broker.connect();
@@ -761,6 +792,7 @@ pub fn main(args: &[String]) {
                 ("interoffice recv_batch", Box::new(|| Some(bus::a_batch(pool, n, false)))),
                 ("interoffice batches", Box::new(|| Some(bus::a_batch(pool, n, true)))),
                 ("interoffice publish alone", Box::new(|| Some(bus::a_publish_alone(pool, n)))),
+                ("interoffice batch publishing", Box::new(|| Some(bus::a_batch_publish_half(pool, n)))),
                 ("crossbeam-channel", Box::new(|| Some(crossbeam::a(pool, n)))),
                 ("flume", Box::new(|| Some(flume_channel::a(pool, n)))),
                 ("kanal", Box::new(|| Some(kanal_channel::a(pool, n)))),
