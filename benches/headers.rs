@@ -50,8 +50,8 @@ fn headers_publish_only(c: &mut Criterion) {
     for j in 0..BINDINGS {
         let args = FieldTable::from([
             ("x-match", FieldValue::String(if j % 2 == 0 { "all" } else { "any" }.into())),
-            ("region", FieldValue::String(format!("region-{}", j % REGIONS))),
-            ("kind", FieldValue::String(format!("kind-{}", j / REGIONS))),
+            ("region", FieldValue::from(format!("region-{}", j % REGIONS))),
+            ("kind", FieldValue::from(format!("kind-{}", j / REGIONS))),
         ]);
         conn.bind_queue(&queues[j % QUEUES], "headers", "", args).unwrap();
     }

@@ -388,7 +388,7 @@ fn build_pool(vocab: &[String]) -> Vec<Sample> {
             let body: Vec<u8> = (0..BODY_LEN).map(|_| rng.next() as u8).collect();
             let headers = FieldTable::from([
                 (STAMP, FieldValue::I64(UNSTAMPED)),
-                (REGION, FieldValue::String(format!("region-{}", i % REGIONS))),
+                (REGION, FieldValue::from(format!("region-{}", i % REGIONS))),
             ]);
             Sample { key, message: Message::new(Bytes::from(body)).with_headers(headers) }
         })
@@ -1320,7 +1320,7 @@ impl Bench {
             for j in 0..b {
                 let args = FieldTable::from([
                     ("x-match", FieldValue::from("all")),
-                    (REGION, FieldValue::String(format!("region-{j}"))),
+                    (REGION, FieldValue::from(format!("region-{j}"))),
                 ]);
                 or_fail("bind", conn.bind_queue(&queue, exchange, "", args));
             }

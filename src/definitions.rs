@@ -50,7 +50,7 @@ impl JsonValue {
             JsonValue::Bool(b) => FieldValue::Bool(*b),
             JsonValue::Int(i) => FieldValue::I64(*i),
             JsonValue::Float(f) => FieldValue::F64(*f),
-            JsonValue::String(s) => FieldValue::String(s.clone()),
+            JsonValue::String(s) => FieldValue::String(s.into()),
             JsonValue::Array(values) => FieldValue::Array(values.iter().map(JsonValue::to_field).collect()),
             JsonValue::Object(map) => FieldValue::Table(to_table(map)),
         }

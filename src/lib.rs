@@ -37,7 +37,7 @@
 //! | `basic.get` | [`Connection::get`] |
 //! | (extensions) batches | [`Connection::publish_batch`], [`Consumer::recv_batch`], [`Consumer::try_recv_batch`] |
 //! | `basic.ack` / `nack` / `reject` | [`Delivery::ack`], [`Delivery::nack`], [`Delivery::reject`] |
-//! | field table | [`FieldTable`], [`FieldValue`] |
+//! | field table | [`FieldTable`], [`FieldValue`], [`FieldString`] |
 //! | `x-message-ttl`, `x-expires`, `x-max-length(-bytes)`, `x-overflow` | [`QueueOptions::message_ttl`], [`QueueOptions::expires`], [`QueueOptions::max_length`], [`QueueOptions::max_length_bytes`], [`Overflow`] |
 //! | `x-dead-letter-exchange`, `x-dead-letter-routing-key`, `x-death` | [`QueueOptions::dead_letter_exchange`], [`QueueOptions::dead_letter_routing_key`], [`DeathReason`] |
 //! | `x-max-priority`, `x-delivery-limit`, `x-single-active-consumer`, `x-priority` | [`QueueOptions::max_priority`], [`QueueOptions::delivery_limit`], [`QueueOptions::single_active_consumer`], [`ConsumeOptions::priority`] |
@@ -161,7 +161,7 @@ pub use error::{
 pub use exchange::{BindingInfo, ExchangeKind, ExchangeOptions};
 pub use explain::{Hop, NearMiss, Route, RouteExplanation, Via};
 pub use faults::{Fault, FaultAction, FaultInjector, InjectedFault};
-pub use field::{FieldTable, FieldValue};
+pub use field::{FieldString, FieldTable, FieldValue};
 pub use flow::{FlowEvent, FlowStatus};
 pub use idempotency::{ProcessError, Processed, ProcessedIds};
 pub use lint::{LintFinding, Severity};

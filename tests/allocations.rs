@@ -248,3 +248,27 @@ fn a_call_writes_its_correlation_id_and_reply_address_in_one_allocation() {
     // left theirs.
     assert!(per_call <= 5.05, "{per_call} allocations per call on the caller's thread");
 }
+
+#[test]
+fn a_string_header_of_up_to_24_bytes_takes_no_allocation_of_its_own() {
+    use interoffice::FieldValue;
+    // Allocations made while the value is built from `text` and the
+    // message is built around it.
+    let build = |value: &dyn Fn() -> FieldValue| {
+        let before = allocations();
+        let message =
+            Message::new(vec![7_u8; 64]).with_header("n", FieldValue::I64(1)).with_header("region", value());
+        assert_eq!(message.headers().map(FieldTable::len), Some(2));
+        allocations() - before
+    };
+    let (short, edge, long) = ("region-eu-west-1", "x".repeat(24), "y".repeat(25));
+    // The body, the properties and the header table: the same three
+    // whether the second header is an integer or a string of up to 24 bytes.
+    let with_integer = build(&|| FieldValue::I64(7));
+    assert_eq!(build(&|| FieldValue::from(short)), with_integer, "a short string is stored inline");
+    assert_eq!(build(&|| FieldValue::from(edge.as_str())), with_integer, "24 bytes still fit inline");
+    // Past 24 bytes the value has a buffer of its own: one allocation.
+    assert_eq!(build(&|| FieldValue::from(long.as_str())), with_integer + 1, "a longer string is copied out");
+    // A `String` of that length hands its buffer over rather than being copied.
+    assert_eq!(build(&|| FieldValue::from(long.clone())), with_integer + 1, "the clone's buffer, kept");
+}

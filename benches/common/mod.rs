@@ -92,8 +92,8 @@ impl Pool {
                     .join(".");
                 let body: Vec<u8> = (0..BODY_LEN).map(|_| rng.next() as u8).collect();
                 let headers = FieldTable::from([
-                    ("region", FieldValue::String(format!("region-{}", rng.below(REGIONS)))),
-                    ("kind", FieldValue::String(format!("kind-{}", rng.below(KINDS)))),
+                    ("region", FieldValue::from(format!("region-{}", rng.below(REGIONS)))),
+                    ("kind", FieldValue::from(format!("kind-{}", rng.below(KINDS)))),
                 ]);
                 Sample { routing_key, message: Message::new(Bytes::from(body)).with_headers(headers) }
             })

@@ -103,7 +103,7 @@ impl<'a> Input<'a> {
             5 => FieldValue::U64(self.edgy()),
             6 => FieldValue::F32(f32::from_bits(self.u64() as u32)),
             7 => FieldValue::F64(f64::from_bits(self.u64())),
-            8 => FieldValue::String(self.string(12)),
+            8 => FieldValue::from(self.string(12)),
             9 => FieldValue::Bytes(self.string(6).into_bytes().into()),
             10 => FieldValue::Timestamp(self.edgy()),
             11 => FieldValue::Void,

@@ -92,11 +92,11 @@ fn from_amqp_value(key: &str, value: &AMQPValue) -> Result<FieldValue, ConvertEr
         AMQPValue::Float(x) => FieldValue::F32(*x),
         AMQPValue::Double(x) => FieldValue::F64(*x),
         AMQPValue::DecimalValue(_) => return Err(ConvertError::Decimal(key.into())),
-        AMQPValue::ShortString(s) => FieldValue::String(s.as_str().to_owned()),
+        AMQPValue::ShortString(s) => FieldValue::String(s.as_str().into()),
         // A long string is bytes on the wire; RabbitMQ's are text, which is
         // what interoffice's `String` headers are.
         AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
-            Ok(text) => FieldValue::String(text.to_owned()),
+            Ok(text) => FieldValue::String(text.into()),
             Err(_) => FieldValue::Bytes(s.as_bytes().to_vec().into()),
         },
         AMQPValue::FieldArray(items) => FieldValue::Array(
