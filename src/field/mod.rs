@@ -337,11 +337,9 @@ pub struct FieldTable(Vec<(Key, FieldValue)>);
 /// A table's key: inline up to 24 bytes, the size of a `String`.
 type Key = compact_str::CompactString;
 
-/// `key` as a [`Key`]: copied inline when it fits (no allocation, even for
-/// a `String`, whose buffer is dropped), else the `String` it converts into.
+/// `key` as a [`Key`]: see [`string::compact`].
 fn to_key<K: AsRef<str> + Into<String>>(key: K) -> Key {
-    let text = key.as_ref();
-    if text.len() <= std::mem::size_of::<String>() { Key::new(text) } else { Key::from(key.into()) }
+    string::compact(key)
 }
 
 impl FieldTable {

@@ -93,15 +93,23 @@ impl From<&String> for FieldString {
     }
 }
 
+/// `text` in inline storage when it fits (no allocation, even for a
+/// `String`, whose buffer is then freed), else in the `String` it converts
+/// into (a `String`'s own buffer, kept): a table's keys and its string
+/// values alike.
+pub(super) fn compact<T: AsRef<str> + Into<String>>(text: T) -> compact_str::CompactString {
+    if text.as_ref().len() <= std::mem::size_of::<String>() {
+        compact_str::CompactString::new(text.as_ref())
+    } else {
+        compact_str::CompactString::from(text.into())
+    }
+}
+
 impl From<String> for FieldString {
     /// Copied inline when it fits (its buffer is then freed), else its
     /// buffer is kept.
     fn from(text: String) -> Self {
-        if text.len() <= std::mem::size_of::<String>() {
-            FieldString::new(text)
-        } else {
-            FieldString(compact_str::CompactString::from(text))
-        }
+        FieldString(compact(text))
     }
 }
 
